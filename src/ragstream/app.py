@@ -1,0 +1,174 @@
+"""Application factory and lifespan: everything stateful is built here, nothing at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import strawberry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+
+from ragstream.db.embedded import EmbeddedDatabase, start_embedded
+from ragstream.db.engine import make_engine, make_sessionmaker
+from ragstream.db.migrate import upgrade_to_head
+from ragstream.domain.auth.passwords import PasswordHasher
+from ragstream.domain.auth.ratelimit import SlidingWindowLimiter
+from ragstream.domain.auth.service import AuthService
+from ragstream.domain.auth.tokens import TokenService
+from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from ragstream.schema import build_schema
+from ragstream.settings import ConfigurationError, Settings, resolve_jwt_secret
+from ragstream.view import GraphQLView
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    """Long-lived collaborators shared by all requests. Set up in the lifespan."""
+
+    settings: Settings
+    schema: strawberry.Schema
+    tokens: TokenService
+    auth: AuthService
+    engine: AsyncEngine | None = None
+    sessionmaker_: async_sessionmaker[AsyncSession] | None = None
+    embedded: EmbeddedDatabase | None = None
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        if self.sessionmaker_ is None:
+            raise RuntimeError("the database is not connected yet")
+        return self.sessionmaker_
+
+
+def build_state(settings: Settings) -> AppState:
+    """Everything that can be checked without a database; raises ConfigurationError early."""
+    tokens = TokenService(
+        resolve_jwt_secret(settings),
+        access_ttl=settings.access_token_ttl_seconds,
+        refresh_ttl=settings.refresh_token_ttl_seconds,
+    )
+    hasher = PasswordHasher(
+        time_cost=settings.argon2_time_cost,
+        memory_kib=settings.argon2_memory_kib,
+        parallelism=settings.argon2_parallelism,
+        concurrency=settings.password_hash_concurrency,
+    )
+    limiter = SlidingWindowLimiter(settings.login_attempts_per_minute)
+    return AppState(
+        settings=settings,
+        schema=build_schema(settings),
+        tokens=tokens,
+        auth=AuthService(hasher, tokens, limiter),
+    )
+
+
+async def check_pgvector(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        available = await conn.scalar(
+            text("SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'")
+        )
+    if not available:
+        raise ConfigurationError(
+            "the configured PostgreSQL has no pgvector extension; install pgvector "
+            "(e.g. use the pgvector/pgvector image) or unset RAGSTREAM_DATABASE_URL"
+        )
+
+
+@contextlib.asynccontextmanager
+async def connect(state: AppState, *, migrate: bool = True) -> AsyncIterator[None]:
+    """Start (or reach) the database, migrate it and open the pool; undo all of it on exit."""
+    settings = state.settings
+    url = settings.database_url
+    if url is None:
+        state.embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
+        url = state.embedded.url()
+    state.engine = make_engine(url, settings)
+    try:
+        await check_pgvector(state.engine)
+        if migrate:
+            await asyncio.to_thread(upgrade_to_head, url)
+        state.sessionmaker_ = make_sessionmaker(state.engine)
+        yield
+    finally:
+        for task in list(state.background):
+            task.cancel()
+        await asyncio.gather(*state.background, return_exceptions=True)
+        await state.engine.dispose()
+        if state.embedded is not None:
+            await asyncio.to_thread(state.embedded.stop)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    state: AppState = request.app.state.ragstream
+    try:
+        async with asyncio.timeout(2):
+            async with state.sessionmaker() as session:
+                await session.execute(text("SELECT 1"))
+    except Exception:  # any failure means "not ready"; details go to the log only
+        logger.warning("readiness check failed", exc_info=True)
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    state = build_state(settings)
+    view = GraphQLView(state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with connect(state):
+            logger.info("ragstream ready")
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/graphql", view, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", view),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(
+                BodyLimitMiddleware,
+                max_bytes=settings.max_body_bytes,
+                max_multipart_bytes=settings.max_upload_bytes + 64 * 1024,
+            ),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "apollo-require-preflight",
+                    "x-requested-with",
+                    "x-request-id",
+                ],
+                expose_headers=["x-request-id"],
+                max_age=600,
+            ),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.ragstream = state
+    return app

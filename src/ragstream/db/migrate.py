@@ -1,0 +1,34 @@
+"""Run the alembic migrations programmatically (`ragstream migrate`, `serve` start-up, tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from ragstream.settings import ConfigurationError
+
+
+def _project_root() -> Path:
+    # The source tree (editable installs, Docker image) keeps alembic.ini beside src/.
+    candidates = [Path(__file__).resolve().parents[3], Path.cwd()]
+    for root in candidates:
+        if (root / "alembic.ini").is_file() and (root / "migrations").is_dir():
+            return root
+    raise ConfigurationError(
+        "cannot find alembic.ini and migrations/; run ragstream from its source checkout"
+    )
+
+
+def alembic_config(database_url: str) -> Config:
+    root = _project_root()
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "migrations"))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade_to_head(database_url: str) -> None:
+    """Blocking: call from a thread when an event loop is running (alembic's env uses asyncio.run)."""
+    command.upgrade(alembic_config(database_url), "head")

@@ -1,0 +1,1 @@
+"""Repositories: every SQL statement ragstream runs. They flush, never commit."""

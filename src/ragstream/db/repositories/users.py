@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ragstream.db.models import User
+from ragstream.db.pagination import Page, PageRequest, paginate
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, user_id: uuid.UUID) -> User | None:
+        return await self.session.get(User, user_id)
+
+    async def get_many(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, User]:
+        rows = await self.session.scalars(select(User).where(User.id.in_(ids)))
+        return {user.id: user for user in rows}
+
+    async def get_by_email(self, email: str) -> User | None:
+        return await self.session.scalar(select(User).where(User.email == email))
+
+    async def add(self, user: User) -> User:
+        self.session.add(user)
+        await self.session.flush()
+        await self.session.refresh(user)
+        return user
+
+    async def list(self, request: PageRequest, search: str | None = None) -> Page[User]:
+        stmt = select(User)
+        if search:
+            pattern = f"%{_escape_like(search)}%"
+            stmt = stmt.where(or_(User.email.ilike(pattern), User.display_name.ilike(pattern)))
+        return await paginate(
+            self.session,
+            stmt,
+            keys=[User.created_at, User.id],
+            cursor_of=lambda u: (u.created_at, u.id),
+            request=request,
+        )

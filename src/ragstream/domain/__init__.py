@@ -1,0 +1,1 @@
+"""Business logic per area. Nothing here knows about GraphQL."""

@@ -1,0 +1,1 @@
+"""Identity: password hashing, tokens, sign-in flows and their rate limits."""

@@ -1,0 +1,147 @@
+"""Sign-up, sign-in, token rotation and password changes.
+
+Every function receives the session of the caller's unit of work and never commits it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ragstream.db.models import RefreshToken, User
+from ragstream.db.repositories.refresh_tokens import RefreshTokenRepository
+from ragstream.db.repositories.users import UserRepository
+from ragstream.domain.auth.passwords import PasswordHasher, check_password_policy
+from ragstream.domain.auth.ratelimit import SlidingWindowLimiter
+from ragstream.domain.auth.tokens import AccessClaims, TokenService, refresh_digest
+from ragstream.domain.errors import Conflict, Unauthenticated
+from ragstream.domain.users.validation import normalize_display_name, normalize_email
+
+INVALID_CREDENTIALS = "invalid email or password"
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    user: User
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+class RefreshTokenReused(Unauthenticated):
+    """A spent refresh token came back: its family has been revoked and that must be committed."""
+
+    keep_changes = True
+
+
+class AuthService:
+    def __init__(
+        self, hasher: PasswordHasher, tokens: TokenService, login_limiter: SlidingWindowLimiter
+    ) -> None:
+        self.hasher = hasher
+        self.tokens = tokens
+        self.login_limiter = login_limiter
+
+    async def register(
+        self, session: AsyncSession, *, email: str, password: str, display_name: str
+    ) -> AuthResult:
+        email = normalize_email(email)
+        display_name = normalize_display_name(display_name)
+        check_password_policy(password)
+        users = UserRepository(session)
+        if await users.get_by_email(email) is not None:
+            raise Conflict("an account with this email already exists", field="email")
+        user = User(
+            email=email, display_name=display_name, password_hash=await self.hasher.hash(password)
+        )
+        try:
+            # A savepoint: a concurrent sign-up with the same email fails alone, as a conflict.
+            async with session.begin_nested():
+                await users.add(user)
+        except IntegrityError as exc:
+            raise Conflict("an account with this email already exists", field="email") from exc
+        return await self._start_session(session, user)
+
+    async def login(
+        self, session: AsyncSession, *, email: str, password: str, client: str
+    ) -> AuthResult:
+        """Same message and comparable time for an unknown email and a wrong password."""
+        key = email.strip().lower()
+        self.login_limiter.hit(f"email:{key}")
+        self.login_limiter.hit(f"client:{client}")
+        user = await UserRepository(session).get_by_email(key)
+        if user is None:
+            await self.hasher.burn(password)
+            raise Unauthenticated(INVALID_CREDENTIALS)
+        if not await self.hasher.verify(user.password_hash, password) or not user.is_active:
+            raise Unauthenticated(INVALID_CREDENTIALS)
+        if self.hasher.needs_rehash(user.password_hash):
+            user.password_hash = await self.hasher.hash(password)
+        return await self._start_session(session, user)
+
+    async def refresh(self, session: AsyncSession, raw_token: str) -> AuthResult:
+        """Rotate a refresh token. Presenting a spent one revokes its whole family."""
+        tokens = RefreshTokenRepository(session)
+        current = await tokens.get_for_update(refresh_digest(raw_token))
+        if current is None or current.revoked_at is not None:
+            raise Unauthenticated("invalid refresh token")
+        if current.used_at is not None:
+            await tokens.revoke_family(current.family_id)
+            raise RefreshTokenReused("refresh token already used; please sign in again")
+        if current.expires_at <= datetime.now(UTC):
+            raise Unauthenticated("refresh token expired")
+        user = await UserRepository(session).get(current.user_id)
+        if user is None or not user.is_active:
+            raise Unauthenticated("invalid refresh token")
+        current.used_at = datetime.now(UTC)
+        return await self._issue(session, user, current.family_id)
+
+    async def logout(self, session: AsyncSession, raw_token: str) -> None:
+        """End the session the refresh token belongs to. Unknown tokens are ignored (no oracle)."""
+        tokens = RefreshTokenRepository(session)
+        current = await tokens.get_for_update(refresh_digest(raw_token))
+        if current is not None:
+            await tokens.revoke_family(current.family_id)
+
+    async def change_password(
+        self,
+        session: AsyncSession,
+        user: User,
+        claims: AccessClaims,
+        *,
+        current_password: str,
+        new_password: str,
+    ) -> None:
+        """Set a new password and sign out every other session of the user."""
+        check_password_policy(new_password, field="newPassword")
+        if not await self.hasher.verify(user.password_hash, current_password):
+            raise Unauthenticated("current password is incorrect")
+        user.password_hash = await self.hasher.hash(new_password)
+        await RefreshTokenRepository(session).revoke_all_for_user(
+            user.id, keep_family=claims.session_id
+        )
+        await session.flush()
+
+    async def _start_session(self, session: AsyncSession, user: User) -> AuthResult:
+        return await self._issue(session, user, uuid.uuid4())
+
+    async def _issue(self, session: AsyncSession, user: User, family_id: uuid.UUID) -> AuthResult:
+        refresh = self.tokens.issue_refresh()
+        await RefreshTokenRepository(session).add(
+            RefreshToken(
+                user_id=user.id,
+                family_id=family_id,
+                token_hash=refresh.digest,
+                expires_at=refresh.expires_at,
+            )
+        )
+        return AuthResult(
+            user=user,
+            access_token=self.tokens.issue_access(user.id, family_id),
+            refresh_token=refresh.raw,
+            expires_in=self.tokens.access_ttl,
+        )

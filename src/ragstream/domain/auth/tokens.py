@@ -1,0 +1,85 @@
+"""Access JWTs (HS256, pinned) and opaque refresh tokens stored only as SHA-256 digests."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from ragstream.domain.errors import Unauthenticated
+
+ALGORITHM = "HS256"
+ACCESS_TYPE = "access"
+MAX_TOKEN_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    session_id: uuid.UUID | None
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class IssuedRefreshToken:
+    raw: str
+    digest: str
+    expires_at: datetime
+
+
+def refresh_digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class TokenService:
+    def __init__(self, secret: bytes, *, access_ttl: int, refresh_ttl: int) -> None:
+        self._secret = secret
+        self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl
+
+    def issue_access(self, user_id: uuid.UUID, session_id: uuid.UUID) -> str:
+        now = datetime.now(UTC)
+        claims = {
+            "sub": str(user_id),
+            "sid": str(session_id),
+            "typ": ACCESS_TYPE,
+            "iat": now,
+            "exp": now + timedelta(seconds=self.access_ttl),
+            "jti": secrets.token_hex(8),
+        }
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def decode_access(self, token: str) -> AccessClaims:
+        """Validate an access token; every failure is the same UNAUTHENTICATED answer."""
+        invalid = Unauthenticated("invalid or expired access token")
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise invalid
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "iat", "sub"]},
+            )
+            if claims.get("typ") != ACCESS_TYPE:
+                raise invalid
+            sid = claims.get("sid")
+            return AccessClaims(
+                user_id=uuid.UUID(str(claims["sub"])),
+                session_id=uuid.UUID(str(sid)) if sid else None,
+                expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+            )
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+            raise invalid from exc
+
+    def issue_refresh(self) -> IssuedRefreshToken:
+        raw = secrets.token_urlsafe(48)
+        return IssuedRefreshToken(
+            raw=raw,
+            digest=refresh_digest(raw),
+            expires_at=datetime.now(UTC) + timedelta(seconds=self.refresh_ttl),
+        )

@@ -1,0 +1,92 @@
+"""Reading and administering accounts. Callers pass the signed-in viewer explicitly."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ragstream.db.models import User
+from ragstream.db.pagination import Page
+from ragstream.db.repositories.refresh_tokens import RefreshTokenRepository
+from ragstream.db.repositories.users import UserRepository
+from ragstream.domain.errors import Forbidden, InvalidInput, not_found
+from ragstream.domain.pagination import cursor_errors, page_request
+from ragstream.domain.users.validation import normalize_display_name
+
+ROLES = ("USER", "ADMIN")
+
+
+def is_admin(viewer: User) -> bool:
+    return viewer.role == "ADMIN"
+
+
+def require_admin(viewer: User) -> None:
+    if not is_admin(viewer):
+        raise Forbidden("administrator role required")
+
+
+async def get_user(session: AsyncSession, viewer: User, user_id: uuid.UUID) -> User:
+    """Yourself, or anyone for an admin; otherwise the same NOT_FOUND as a missing id."""
+    if user_id != viewer.id and not is_admin(viewer):
+        raise not_found("user")
+    user = await UserRepository(session).get(user_id)
+    if user is None:
+        raise not_found("user")
+    return user
+
+
+async def list_users(
+    session: AsyncSession, viewer: User, *, first: int | None, after: str | None, search: str | None
+) -> Page[User]:
+    require_admin(viewer)
+    with cursor_errors():
+        return await UserRepository(session).list(
+            page_request(first, after), search=(search or "").strip() or None
+        )
+
+
+async def update_me(session: AsyncSession, viewer: User, *, display_name: str | None) -> User:
+    if display_name is not None:
+        viewer.display_name = normalize_display_name(display_name)
+    await session.flush()
+    return viewer
+
+
+async def update_user(
+    session: AsyncSession,
+    viewer: User,
+    user_id: uuid.UUID,
+    *,
+    role: str | None,
+    is_active: bool | None,
+    display_name: str | None,
+) -> User:
+    """Admin changes. Deactivation signs the user out everywhere at once."""
+    require_admin(viewer)
+    user = await UserRepository(session).get(user_id)
+    if user is None:
+        raise not_found("user")
+    if user.id == viewer.id and (role == "USER" or is_active is False):
+        # Otherwise the last admin could lock everyone out of administration.
+        raise InvalidInput("administrators cannot demote or deactivate themselves", field="role")
+    if role is not None:
+        if role not in ROLES:
+            raise InvalidInput("unknown role", field="role")
+        user.role = role
+    if display_name is not None:
+        user.display_name = normalize_display_name(display_name)
+    if is_active is not None:
+        user.is_active = is_active
+        if not is_active:
+            await RefreshTokenRepository(session).revoke_all_for_user(user.id)
+    await session.flush()
+    return user
+
+
+async def resolve_viewer(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The signed-in user, fresh from the database: deactivation and demotion apply at once."""
+    user = await UserRepository(session).get(user_id)
+    if user is None or not user.is_active:
+        return None
+    return user

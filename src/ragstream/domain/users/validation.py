@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from email_validator import EmailNotValidError, validate_email
+
+from ragstream.domain.errors import InvalidInput
+
+MAX_DISPLAY_NAME = 100
+
+
+def normalize_email(email: str) -> str:
+    """Syntax-checked and lower-cased, so uniqueness is case-insensitive. No DNS look-ups."""
+    try:
+        result = validate_email(email.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidInput("email address is not valid", field="email") from exc
+    return result.normalized.lower()
+
+
+def normalize_display_name(name: str, field: str = "displayName") -> str:
+    name = " ".join(name.split())
+    if not 1 <= len(name) <= MAX_DISPLAY_NAME:
+        raise InvalidInput(f"display name must be 1 to {MAX_DISPLAY_NAME} characters", field=field)
+    return name

@@ -1,0 +1,1 @@
+"""Thin resolvers: read the context, call a domain service, map the result to schema types."""

@@ -1,0 +1,86 @@
+"""The typed per-request (per-socket for websockets) context every resolver receives."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+from starlette.websockets import WebSocket
+
+from ragstream.db.models import User
+from ragstream.domain.auth.tokens import AccessClaims
+from ragstream.domain.errors import DomainError, Unauthenticated
+from ragstream.domain.users.service import resolve_viewer
+
+if TYPE_CHECKING:
+    from ragstream.app import AppState
+
+
+@dataclass
+class Context:
+    state: AppState
+    request: Request | WebSocket
+    request_id: str
+    claims: AccessClaims | None = None
+    token_invalid: bool = False
+    connection_params: dict[str, Any] | None = None
+    _viewer: User | None = field(default=None, repr=False)
+
+    @property
+    def is_websocket(self) -> bool:
+        return isinstance(self.request, WebSocket)
+
+    @property
+    def client_address(self) -> str:
+        client = self.request.client
+        return client.host if client else "unknown"
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One unit of work: committed when the block succeeds, rolled back when it raises.
+
+        A domain error marked ``keep_changes`` (e.g. revoking a reused refresh token family) is
+        committed before it propagates, because the change is the point of the error.
+        """
+        async with self.state.sessionmaker() as session:
+            try:
+                yield session
+            except DomainError as exc:
+                if getattr(exc, "keep_changes", False):
+                    await session.commit()
+                else:
+                    await session.rollback()
+                raise
+            except BaseException:
+                await session.rollback()
+                raise
+            else:
+                await session.commit()
+
+    def require_claims(self) -> AccessClaims:
+        if self.claims is None or self.token_invalid:
+            raise Unauthenticated("authentication required")
+        # A websocket outlives its token: re-check expiry on every operation.
+        if self.claims.expires_at <= datetime.now(UTC):
+            raise Unauthenticated("access token expired")
+        return self.claims
+
+    async def viewer(self) -> User:
+        """The signed-in user, reloaded so a deactivated account stops working at once.
+
+        Cached per HTTP request; a websocket reloads it for every operation.
+        """
+        claims = self.require_claims()
+        if self._viewer is not None and not self.is_websocket:
+            return self._viewer
+        async with self.state.sessionmaker() as session:
+            user = await resolve_viewer(session, claims.user_id)
+        if user is None:
+            raise Unauthenticated("authentication required")
+        self._viewer = user
+        return user

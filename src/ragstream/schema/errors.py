@@ -1,0 +1,82 @@
+"""The error contract, applied in one place: codes for domain errors, masks for everything else."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from ragstream.domain.errors import DomainError
+
+logger = logging.getLogger("ragstream.errors")
+
+MASKED_MESSAGE = "Internal server error"
+_SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?", re.DOTALL)
+
+
+def strip_suggestions(message: str) -> str:
+    """No "Did you mean ...": the schema is not enumerable through error messages."""
+    return _SUGGESTION.sub("", message)
+
+
+def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
+    original = error.original_error
+    while isinstance(original, GraphQLError) and original.original_error is not None:
+        original = original.original_error
+    if isinstance(original, DomainError):
+        extensions: dict[str, Any] = {"code": original.code, **original.extensions}
+        if original.field is not None:
+            extensions["field"] = original.field
+        return _rebuild(error, original.message, extensions)
+    if original is None or isinstance(original, GraphQLError):
+        # Parse, validation and input-coercion errors: the request itself is wrong.
+        extensions = {"code": "BAD_USER_INPUT", **(error.extensions or {})}
+        return _rebuild(error, strip_suggestions(error.message), extensions)
+    logger.error(
+        "unexpected error (request %s) at %s",
+        request_id,
+        ".".join(str(p) for p in error.path or ()),
+        exc_info=original,
+    )
+    return _rebuild(
+        error, MASKED_MESSAGE, {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id}
+    )
+
+
+def _rebuild(error: GraphQLError, message: str, extensions: dict[str, Any]) -> GraphQLError:
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions=extensions,
+    )
+
+
+def _request_id(context: Any) -> str | None:
+    return getattr(context, "request_id", None)
+
+
+class ErrorContract(SchemaExtension):
+    """Rewrites every error of a result; the subscription path is covered in ``on_execute``."""
+
+    def _apply(self) -> None:
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if result is not None and errors:
+            request_id = _request_id(self.execution_context.context)
+            result.errors = [shape_error(e, request_id) for e in errors]
+        pre = self.execution_context.pre_execution_errors
+        if pre:
+            request_id = _request_id(self.execution_context.context)
+            self.execution_context.pre_execution_errors = [shape_error(e, request_id) for e in pre]
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        self._apply()

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+import strawberry
+
+from ragstream.db import models
+
+
+@strawberry.enum(description="What an account may do.")
+class Role(Enum):
+    USER = strawberry.enum_value("USER", description="A regular account.")
+    ADMIN = strawberry.enum_value(
+        "ADMIN", description="May manage accounts and share documents with everyone."
+    )
+
+
+@strawberry.type(description="An account.")
+class User:
+    id: strawberry.ID = strawberry.field(description="UUID of the account.")
+    email: str = strawberry.field(description="Sign-in email, lower-cased.")
+    display_name: str = strawberry.field(description="Name shown to other people.")
+    role: Role = strawberry.field(description="USER or ADMIN.")
+    is_active: bool = strawberry.field(description="False once an admin deactivated the account.")
+    created_at: datetime = strawberry.field(description="When the account was created.")
+
+
+def to_user(row: models.User) -> User:
+    return User(
+        id=strawberry.ID(str(row.id)),
+        email=row.email,
+        display_name=row.display_name,
+        role=Role(row.role),
+        is_active=row.is_active,
+        created_at=row.created_at,
+    )
+
+
+@strawberry.type(description="Tokens issued by register, login and refreshToken.")
+class AuthPayload:
+    access_token: str = strawberry.field(
+        description="Short-lived JWT for the Authorization header."
+    )
+    refresh_token: str = strawberry.field(
+        description="Single-use token for refreshToken; rotate on every use."
+    )
+    token_type: str = strawberry.field(description='Always "Bearer".')
+    expires_in: int = strawberry.field(description="Seconds until the access token expires.")
+    user: User = strawberry.field(description="The signed-in account.")
+
+
+@strawberry.input(description="A new account.")
+class RegisterInput:
+    email: str = strawberry.field(description="Sign-in email; must be unique (any case).")
+    password: str = strawberry.field(description="10 to 256 characters.")
+    display_name: str = strawberry.field(description="Name shown to other people, 1 to 100 chars.")
+
+
+@strawberry.input(description="Changes to your own profile; omitted fields stay as they are.")
+class UpdateMeInput:
+    display_name: str | None = strawberry.field(default=None, description="New display name.")
+
+
+@strawberry.input(description="Admin changes to an account; omitted fields stay as they are.")
+class UpdateUserInput:
+    role: Role | None = strawberry.field(default=None, description="New role.")
+    is_active: bool | None = strawberry.field(
+        default=None, description="False deactivates the account and signs it out everywhere."
+    )
+    display_name: str | None = strawberry.field(default=None, description="New display name.")

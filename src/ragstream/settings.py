@@ -1,0 +1,134 @@
+"""Runtime configuration, read from the environment and `.env` (prefix ``RAGSTREAM_``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_JWT_SECRET_BYTES = 32
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("ragstream", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every setting ragstream reads; `.env.example` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGSTREAM_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    environment: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    # Storage
+    database_url: str | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    db_pool_timeout: float = 10.0
+    db_statement_timeout_ms: int = 30_000
+
+    # Auth
+    jwt_secret: SecretStr | None = None
+    access_token_ttl_seconds: int = 15 * 60
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # argon2id cost; the defaults are above the OWASP minimum (19 MiB, t=2, p=1).
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65_536
+    argon2_parallelism: int = 4
+    password_hash_concurrency: int = 4
+    login_attempts_per_minute: int = 10
+
+    # HTTP / GraphQL surface
+    cors_origins: list[str] = Field(default_factory=list)
+    introspection: bool | None = None  # None: on in development, off in production
+    graphiql: bool | None = None  # None: follows introspection
+    max_query_depth: int = 10
+    max_aliases: int = 15
+    max_tokens: int = 2_000
+    max_body_bytes: int = 1_000_000
+    max_page_size: int = 100
+    max_upload_bytes: int = 20 * 1024 * 1024
+    ws_connection_init_timeout_seconds: float = 10.0
+    ws_max_operations: int = 20
+
+    # Providers
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    chat_provider: Literal["openai", "extractive"] | None = None
+    embedding_provider: Literal["openai", "hashing"] | None = None
+    chat_model: str = "gpt-4o-mini"
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int = 384
+
+    # Limits
+    daily_message_limit: int = 200
+    redis_url: str | None = None
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> Settings:
+        if self.introspection is None:
+            self.introspection = self.environment == "development"
+        if self.graphiql is None:
+            self.graphiql = self.introspection
+        online = self.openai_api_key is not None
+        if self.chat_provider is None:
+            self.chat_provider = "openai" if online else "extractive"
+        if self.embedding_provider is None:
+            self.embedding_provider = "openai" if online else "hashing"
+        return self
+
+    @property
+    def introspection_enabled(self) -> bool:
+        return bool(self.introspection)
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return bool(self.graphiql)
+
+
+class ConfigurationError(RuntimeError):
+    """Raised at start-up when the configuration cannot be used; the message says how to fix it."""
+
+
+def resolve_jwt_secret(settings: Settings) -> bytes:
+    """The signing key: the configured one (>= 32 bytes), or in development one kept in the data dir.
+
+    Production refuses to start without an explicit secret, so tokens never silently change
+    between deployments.
+    """
+    if settings.jwt_secret is not None:
+        secret = settings.jwt_secret.get_secret_value().encode()
+        if len(secret) < MIN_JWT_SECRET_BYTES:
+            raise ConfigurationError(
+                f"RAGSTREAM_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes "
+                f"(got {len(secret)}); generate one with: python -c "
+                "'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        return secret
+    if settings.environment == "production":
+        raise ConfigurationError("RAGSTREAM_JWT_SECRET is required in production")
+    path = settings.data_dir / "jwt_secret"
+    if path.exists():
+        secret = path.read_bytes().strip()
+        if len(secret) >= MIN_JWT_SECRET_BYTES:
+            return secret
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = os.urandom(48).hex().encode()
+    # Written with owner-only permissions before any content lands in it.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret)
+    return secret

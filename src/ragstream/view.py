@@ -1,0 +1,123 @@
+"""The GraphQL endpoint: HTTP, GraphiQL and `graphql-transport-ws` websockets on one path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UNSET, UnsetType
+
+from ragstream.domain.errors import Unauthenticated
+from ragstream.schema.context import Context
+
+if TYPE_CHECKING:
+    from ragstream.app import AppState
+
+logger = logging.getLogger(__name__)
+
+# Headers a browser cannot send cross-site without a CORS preflight.
+PREFLIGHT_HEADERS = (b"apollo-require-preflight", b"x-requested-with", b"graphql-preflight")
+TOKEN_EXPIRED_CLOSE_CODE = 4403
+
+
+def bearer_token(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+
+
+class GraphQLView(GraphQL[Context, None]):
+    def __init__(self, state: AppState) -> None:
+        settings = state.settings
+        super().__init__(
+            state.schema,
+            graphql_ide="graphiql" if settings.graphiql_enabled else None,
+            allow_queries_via_get=True,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            connection_init_wait_timeout=timedelta(
+                seconds=settings.ws_connection_init_timeout_seconds
+            ),
+            multipart_uploads_enabled=True,
+            max_subscriptions_per_connection=settings.ws_max_operations,
+        )
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = dict(scope.get("headers") or [])
+            content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+            # CSRF: a multipart form can be posted cross-site by any page; demand a header that
+            # forces a CORS preflight, as Apollo and GraphQL Yoga do.
+            if content_type.startswith("multipart/") and not any(
+                h in headers for h in PREFLIGHT_HEADERS
+            ):
+                response = PlainTextResponse(
+                    "multipart requests need an Apollo-Require-Preflight or X-Requested-With "
+                    "header",
+                    status_code=400,
+                )
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket | None = None
+    ) -> Context:
+        context = Context(
+            state=self.state,
+            request=request,
+            request_id=request.scope.get("state", {}).get("request_id", "-"),
+        )
+        if isinstance(request, Request):
+            self._authenticate(context, request.headers.get("authorization"))
+        return context
+
+    def _authenticate(self, context: Context, header: str | None) -> None:
+        token = bearer_token(header)
+        if token is None:
+            return
+        try:
+            context.claims = self.state.tokens.decode_access(token)
+        except Unauthenticated:
+            context.token_invalid = True
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        params = context.connection_params or {}
+        raw = params.get("authorization") or params.get("Authorization")
+        header = raw if isinstance(raw, str) else context.request.headers.get("authorization")
+        self._authenticate(context, header)
+        if context.token_invalid:
+            raise ConnectionRejectionError()
+        if context.claims is not None:
+            try:
+                await context.viewer()
+            except Unauthenticated:
+                raise ConnectionRejectionError() from None
+            self._close_on_expiry(context)
+        return UNSET
+
+    def _close_on_expiry(self, context: Context) -> None:
+        """A socket cannot outlive its access token: close it when the token expires."""
+        assert context.claims is not None
+        websocket = context.request
+        delay = (context.claims.expires_at - datetime.now(UTC)).total_seconds()
+
+        async def close_later() -> None:
+            await asyncio.sleep(max(delay, 0))
+            with contextlib.suppress(RuntimeError, OSError):
+                await websocket.close(code=TOKEN_EXPIRED_CLOSE_CODE, reason="Token expired")
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self.state.background.add(task)
+        task.add_done_callback(self.state.background.discard)
