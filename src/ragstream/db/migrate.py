@@ -30,5 +30,6 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade_to_head(database_url: str) -> None:
-    """Blocking: call from a thread when an event loop is running (alembic's env uses asyncio.run)."""
-    command.upgrade(alembic_config(database_url), "head")
+    """Blocking; call it from a thread inside an event loop (alembic's env runs asyncio.run)."""
+    # "heads": areas add migrations independently; every branch is applied.
+    command.upgrade(alembic_config(database_url), "heads")

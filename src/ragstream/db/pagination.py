@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
+from sqlalchemy import Select, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 T = TypeVar("T")
@@ -65,7 +65,7 @@ def encode_cursor(values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, keys: Sequence[ColumnElement[Any]]) -> list[Any]:
+def decode_cursor(cursor: str, keys: Sequence[Any]) -> list[Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = json.loads(raw)
@@ -78,9 +78,9 @@ def decode_cursor(cursor: str, keys: Sequence[ColumnElement[Any]]) -> list[Any]:
 
 async def paginate(
     session: AsyncSession,
-    stmt: Select[tuple[T]],
+    stmt: Select[Any],
     *,
-    keys: Sequence[ColumnElement[Any]],
+    keys: Sequence[Any],
     cursor_of: Callable[[T], Sequence[Any]],
     request: PageRequest,
     descending: bool = False,
@@ -92,7 +92,8 @@ async def paginate(
         bound = tuple_(*(literal(v, k.type) for v, k in zip(after, keys, strict=True)))
         stmt = stmt.where(tuple_(*keys) < bound if descending else tuple_(*keys) > bound)
     ordering = [k.desc() if descending else k.asc() for k in keys]
-    rows = list((await session.scalars(stmt.order_by(*ordering).limit(request.first + 1))).all())
+    result = await session.scalars(stmt.order_by(*ordering).limit(request.first + 1))
+    rows: list[T] = list(result.all())
     items = rows[: request.first]
     return Page(
         items=items,

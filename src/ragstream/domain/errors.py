@@ -1,4 +1,4 @@
-"""Domain exceptions. Each carries the `extensions.code` the API reports for it (mapped in one place)."""
+"""Domain exceptions, each with the `extensions.code` the API reports for it."""
 
 from __future__ import annotations
 

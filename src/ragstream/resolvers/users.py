@@ -63,7 +63,7 @@ async def update_user(
             session,
             viewer,
             parse_id(id, "user"),
-            role=input.role.value if input.role is not None else None,
+            role=input.role.name if input.role is not None else None,
             is_active=input.is_active,
             display_name=input.display_name,
         )

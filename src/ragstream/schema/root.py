@@ -1,61 +1,17 @@
-"""Root Query / Mutation / Subscription, assembled from per-area resolvers."""
+"""Root Query / Mutation, assembled from the per-area field classes (one module per area)."""
 
 from __future__ import annotations
 
 import strawberry
 
-from ragstream.resolvers import auth, users
-from ragstream.schema.permissions import IsAdmin, IsAuthenticated
-from ragstream.schema.types.pagination import Connection
-from ragstream.schema.types.users import AuthPayload, User
-
-signed_in = [IsAuthenticated]
-admin_only = [IsAdmin]
+from ragstream.schema.users import UserMutations, UserQueries
 
 
 @strawberry.type(description="Read operations.")
-class Query:
-    me: User = strawberry.field(
-        resolver=users.me, description="The signed-in account.", permission_classes=signed_in
-    )
-    user: User = strawberry.field(
-        resolver=users.user,
-        description="One account: yourself, or anyone for an admin.",
-        permission_classes=signed_in,
-    )
-    users: Connection[User] = strawberry.field(
-        resolver=users.users,
-        description="All accounts (admin only), oldest first.",
-        permission_classes=admin_only,
-    )
+class Query(UserQueries):
+    pass
 
 
 @strawberry.type(description="Write operations.")
-class Mutation:
-    register: AuthPayload = strawberry.field(
-        resolver=auth.register, description="Create an account and sign in."
-    )
-    login: AuthPayload = strawberry.field(resolver=auth.login, description="Sign in.")
-    refresh_token: AuthPayload = strawberry.field(
-        resolver=auth.refresh_token,
-        description="Exchange a refresh token for new tokens. Each refresh token works once; "
-        "presenting a spent one signs out that whole session.",
-    )
-    logout: bool = strawberry.field(
-        resolver=auth.logout, description="End the session a refresh token belongs to."
-    )
-    update_me: User = strawberry.field(
-        resolver=users.update_me,
-        description="Change your own profile.",
-        permission_classes=signed_in,
-    )
-    change_password: bool = strawberry.field(
-        resolver=auth.change_password,
-        description="Change your password; every other session is signed out.",
-        permission_classes=signed_in,
-    )
-    update_user: User = strawberry.field(
-        resolver=users.update_user,
-        description="Change an account's role, active flag or name (admin only).",
-        permission_classes=admin_only,
-    )
+class Mutation(UserMutations):
+    pass

@@ -54,7 +54,7 @@ class PasswordHasher:
         return await anyio.to_thread.run_sync(check, limiter=self._limiter)
 
     async def burn(self, password: str) -> None:
-        """Spend the time of a real verification, so an unknown email answers like a wrong password."""
+        """Spend a real verification's time, so an unknown email answers like a wrong password."""
         if self._dummy_hash is None:
             self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
         await self.verify(self._dummy_hash, password)

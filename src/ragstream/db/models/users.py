@@ -1,4 +1,4 @@
-"""ORM models. They are storage, not API types: the schema layer maps them explicitly."""
+"""Accounts and their refresh tokens."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class User(UUIDPrimaryKey, Timestamps, Base):
 
 
 class RefreshToken(UUIDPrimaryKey, Base):
-    """One issued refresh token. Only its SHA-256 is stored; a family is one login's rotation chain."""
+    """An issued refresh token, stored as its SHA-256; a family is one sign-in's rotation chain."""
 
     __tablename__ = "refresh_tokens"
     __table_args__ = (

@@ -1,0 +1,8 @@
+"""ORM models, one module per area. Importing this package registers every table on the metadata.
+
+They are storage, not API types: the schema layer maps them explicitly.
+"""
+
+from ragstream.db.models.users import RefreshToken, User
+
+__all__ = ["RefreshToken", "User"]
