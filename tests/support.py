@@ -81,7 +81,6 @@ class LiveServer:
             self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"
         )
         self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.task = asyncio.create_task(self.server.serve())
         while not self.server.started:
             if self.task.done():
@@ -90,7 +89,8 @@ class LiveServer:
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        assert self.server is not None and self.task is not None
+        assert self.server is not None
+        assert self.task is not None
         self.server.should_exit = True
         await self.task
 
@@ -102,7 +102,7 @@ class LiveServer:
         token: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Result:
-        """Run one operation over HTTP with the gql client; GraphQL errors are returned, not raised."""
+        """One operation over HTTP with the gql client; GraphQL errors are returned, not raised."""
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
