@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import getpass
 import logging
@@ -26,7 +27,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     app = create_app(settings)  # validates the configuration before anything starts
-    lock = exclusive_server_lock(settings.data_dir)
+    # The embedded database belongs to one server; replicas sharing an external database are fine.
+    lock = (
+        exclusive_server_lock(settings.data_dir)
+        if settings.database_url is None
+        else contextlib.nullcontext()
+    )
     with lock:
         uvicorn.run(
             app,

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:
+        # Compose files pass unset variables as empty strings: treat them as absent.
+        if self.openai_api_key is not None and not self.openai_api_key.get_secret_value():
+            self.openai_api_key = None
+        if not self.openai_base_url:
+            self.openai_base_url = None
         if self.introspection is None:
             self.introspection = self.environment == "development"
         if self.graphiql is None:
