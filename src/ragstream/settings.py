@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     graphiql: bool | None = None  # None: follows introspection
     max_query_depth: int = 10
     max_aliases: int = 15
+    max_directives: int = 50
     max_tokens: int = 2_000
     max_body_bytes: int = 1_000_000
     max_page_size: int = 100

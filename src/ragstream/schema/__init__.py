@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    DisableIntrospection,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
+from strawberry.extensions import DisableIntrospection, MaxTokensLimiter, ValidationCache
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.graphql import OperationType
 
-from ragstream.schema.errors import ErrorContract
+from ragstream.schema.errors import ErrorContract, shape_result
+from ragstream.schema.limits import ParserCache, QueryLimits, query_limits_rule
 from ragstream.schema.root import Mutation, Query
 from ragstream.settings import Settings
 
@@ -28,16 +24,45 @@ class RagstreamSchema(strawberry.Schema):
     ) -> None:
         """Logging happens in ErrorContract, which knows which errors are unexpected."""
 
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        result = await super().execute(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed_operation_types,
+            operation_extensions,
+        )
+        # An exception inside an extension hook ends the operation before ErrorContract sees the
+        # result; such errors are shaped (and masked) here instead.
+        shape_result(result, context_value)
+        return result
+
 
 def build_schema(settings: Settings) -> strawberry.Schema:
     # Factories: Strawberry builds fresh extension instances for every operation; the parser and
     # validation caches are shared module-level LRUs, so they stay warm across requests.
+    # The limits rule is one class per schema: the validation cache keys on the rule classes.
+    limits = query_limits_rule(
+        max_depth=settings.max_query_depth,
+        max_aliases=settings.max_aliases,
+        max_directives=settings.max_directives,
+    )
     extensions: list[Any] = [
         ErrorContract,
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: ParserCache(maxsize=512),
-        lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
+        lambda: QueryLimits(limits),
         lambda: ValidationCache(maxsize=512),
     ]
     if not settings.introspection_enabled:

@@ -24,6 +24,8 @@ def strip_suggestions(message: str) -> str:
 
 
 def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
+    if error.original_error is None and "code" in (error.extensions or {}):
+        return error  # already shaped
     original = error.original_error
     while isinstance(original, GraphQLError) and original.original_error is not None:
         original = original.original_error
@@ -63,20 +65,30 @@ def _request_id(context: Any) -> str | None:
     return getattr(context, "request_id", None)
 
 
+def shape_result(result: Any, context: Any) -> None:
+    """Shape every error of ``result`` in place (idempotent)."""
+    errors = getattr(result, "errors", None)
+    if errors:
+        request_id = _request_id(context)
+        result.errors = [shape_error(e, request_id) for e in errors]
+
+
 class ErrorContract(SchemaExtension):
-    """Rewrites every error of a result; the subscription path is covered in ``on_execute``."""
+    """Rewrites every error of a result: after an HTTP operation, and for each result a websocket
+    operation streams (those are sent before the operation hook resumes)."""
 
     def _apply(self) -> None:
-        result = self.execution_context.result
-        errors = getattr(result, "errors", None)
-        if result is not None and errors:
-            request_id = _request_id(self.execution_context.context)
-            result.errors = [shape_error(e, request_id) for e in errors]
+        context = self.execution_context.context
+        shape_result(self.execution_context.result, context)
         pre = self.execution_context.pre_execution_errors
         if pre:
-            request_id = _request_id(self.execution_context.context)
+            request_id = _request_id(context)
             self.execution_context.pre_execution_errors = [shape_error(e, request_id) for e in pre]
 
     def on_operation(self) -> Iterator[None]:
         yield
         self._apply()
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        shape_result(result, self.execution_context.context)
+        yield

@@ -21,6 +21,11 @@ def check_password_policy(password: str, field: str = "password") -> None:
             f"password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters",
             field=field,
         )
+    try:
+        password.encode()
+    except UnicodeEncodeError:
+        # JSON can carry lone surrogates, which have no UTF-8 form to hash.
+        raise InvalidInput("password is not valid Unicode text", field=field) from None
 
 
 class PasswordHasher:
@@ -48,7 +53,8 @@ class PasswordHasher:
         def check() -> bool:
             try:
                 return self._argon2.verify(password_hash, password)
-            except (VerificationError, InvalidHashError):
+            # ValueError: a hash or password with no ASCII / UTF-8 form cannot match.
+            except (VerificationError, InvalidHashError, ValueError):
                 return False
 
         return await anyio.to_thread.run_sync(check, limiter=self._limiter)

@@ -18,7 +18,7 @@ from ragstream.db.repositories.users import UserRepository
 from ragstream.domain.auth.passwords import PasswordHasher, check_password_policy
 from ragstream.domain.auth.ratelimit import SlidingWindowLimiter
 from ragstream.domain.auth.tokens import AccessClaims, TokenService, refresh_digest
-from ragstream.domain.errors import Conflict, Unauthenticated
+from ragstream.domain.errors import Conflict, InvalidInput, Unauthenticated
 from ragstream.domain.users.validation import normalize_display_name, normalize_email
 
 INVALID_CREDENTIALS = "invalid email or password"
@@ -70,10 +70,15 @@ class AuthService:
         self, session: AsyncSession, *, email: str, password: str, client: str
     ) -> AuthResult:
         """Same message and comparable time for an unknown email and a wrong password."""
-        key = email.strip().lower()
-        self.login_limiter.hit(f"email:{key}")
+        # Capped: the limiter keeps a key per email tried, and the key must stay small.
+        self.login_limiter.hit(f"email:{email.strip().lower()[:320]}")
         self.login_limiter.hit(f"client:{client}")
-        user = await UserRepository(session).get_by_email(key)
+        try:
+            # Normalised exactly as at sign-up; an invalid address names no account.
+            key: str | None = normalize_email(email)
+        except InvalidInput:
+            key = None
+        user = await UserRepository(session).get_by_email(key) if key else None
         if user is None:
             await self.hasher.burn(password)
             raise Unauthenticated(INVALID_CREDENTIALS)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import unicodedata
+
 from email_validator import EmailNotValidError, validate_email
 
 from ragstream.domain.errors import InvalidInput
@@ -20,4 +22,7 @@ def normalize_display_name(name: str, field: str = "displayName") -> str:
     name = " ".join(name.split())
     if not 1 <= len(name) <= MAX_DISPLAY_NAME:
         raise InvalidInput(f"display name must be 1 to {MAX_DISPLAY_NAME} characters", field=field)
+    # Control characters (NUL is refused by PostgreSQL) and lone surrogates (no UTF-8 form).
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise InvalidInput("display name contains characters that are not allowed", field=field)
     return name
