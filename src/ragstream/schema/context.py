@@ -16,6 +16,7 @@ from ragstream.db.models import User
 from ragstream.domain.auth.tokens import AccessClaims
 from ragstream.domain.errors import DomainError, Unauthenticated
 from ragstream.domain.users.service import resolve_viewer
+from ragstream.schema.loaders import Loaders
 
 if TYPE_CHECKING:
     from ragstream.app import AppState
@@ -30,6 +31,11 @@ class Context:
     token_invalid: bool = False
     connection_params: dict[str, Any] | None = None
     _viewer: User | None = field(default=None, repr=False)
+    # DataLoaders for nested fields; see schema/loaders.py for why websockets do not cache.
+    loaders: Loaders = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.loaders = Loaders(self, cache=not self.is_websocket)
 
     @property
     def is_websocket(self) -> bool:

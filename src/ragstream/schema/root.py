@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import strawberry
 
+from ragstream.schema.evaluations import EvaluationMutations, EvaluationQueries
 from ragstream.schema.users import UserMutations, UserQueries
 
 
 @strawberry.type(description="Read operations.")
-class Query(UserQueries):
+class Query(UserQueries, EvaluationQueries):
     pass
 
 
 @strawberry.type(description="Write operations.")
-class Mutation(UserMutations):
+class Mutation(UserMutations, EvaluationMutations):
     pass

@@ -3,11 +3,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.models import User
 from ragstream.db.pagination import Page, PageRequest, paginate
+
+
+def readable_by(viewer: User) -> ColumnElement[bool]:
+    """An account sees itself; administrators see every account."""
+    if viewer.role == "ADMIN":
+        return true()
+    return User.id == viewer.id
 
 
 def _escape_like(text: str) -> str:
@@ -23,6 +30,12 @@ class UserRepository:
 
     async def get_many(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, User]:
         rows = await self.session.scalars(select(User).where(User.id.in_(ids)))
+        return {user.id: user for user in rows}
+
+    async def get_many_readable(
+        self, viewer: User, ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, User]:
+        rows = await self.session.scalars(select(User).where(User.id.in_(ids), readable_by(viewer)))
         return {user.id: user for user in rows}
 
     async def get_by_email(self, email: str) -> User | None:

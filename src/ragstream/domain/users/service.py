@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,6 +35,13 @@ async def get_user(session: AsyncSession, viewer: User, user_id: uuid.UUID) -> U
     if user is None:
         raise not_found("user")
     return user
+
+
+async def get_users(
+    session: AsyncSession, viewer: User, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, User]:
+    """The accounts among ``ids`` the viewer may see (itself; anyone for an admin), by id."""
+    return await UserRepository(session).get_many_readable(viewer, ids)
 
 
 async def list_users(

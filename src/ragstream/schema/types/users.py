@@ -2,10 +2,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
 from ragstream.db import models
+from ragstream.schema.types.pagination import Connection
+
+if TYPE_CHECKING:
+    from ragstream.schema.context import Context
+    from ragstream.schema.types.evaluations import Evaluation
+
+# Evaluation.owner points back here, so the evaluation types are referenced lazily.
+LazyEvaluation = Annotated["Evaluation", strawberry.lazy("ragstream.schema.types.evaluations")]
 
 
 @strawberry.enum(description="What an account may do.")
@@ -16,6 +25,21 @@ class Role(Enum):
     )
 
 
+async def resolve_evaluations(
+    root: User,
+    info: strawberry.Info[Context, None],
+    first: Annotated[
+        int | None, strawberry.argument(description="Page size, at most 100 (default 20).")
+    ] = None,
+    after: Annotated[
+        str | None, strawberry.argument(description="Cursor to continue after.")
+    ] = None,
+) -> Connection[LazyEvaluation]:
+    from ragstream.resolvers.evaluations import owner_evaluations  # imports this module
+
+    return await owner_evaluations(root, info, first, after)
+
+
 @strawberry.type(description="An account.")
 class User:
     id: strawberry.ID = strawberry.field(description="UUID of the account.")
@@ -24,6 +48,10 @@ class User:
     role: Role = strawberry.field(description="USER or ADMIN.")
     is_active: bool = strawberry.field(description="False once an admin deactivated the account.")
     created_at: datetime = strawberry.field(description="When the account was created.")
+    evaluations: Connection[LazyEvaluation] = strawberry.field(
+        resolver=resolve_evaluations,
+        description="The account's evaluations that you may read, newest first.",
+    )
 
 
 def to_user(row: models.User) -> User:

@@ -1,0 +1,1 @@
+"""Evaluations: a user's structured, weighted assessment of an ERP project."""

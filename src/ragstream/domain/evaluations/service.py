@@ -1,0 +1,240 @@
+"""Evaluations: create, read, change and delete a user's assessments.
+
+Callers pass the session (the unit of work they own) and the signed-in viewer. Authorization is
+the repository's readable statement, so another user's evaluation is simply not found.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ragstream.db.models.evaluations import Evaluation
+from ragstream.db.models.users import User
+from ragstream.db.pagination import Page
+from ragstream.db.repositories.evaluations import (
+    EvaluationFilter,
+    EvaluationOrder,
+    EvaluationRepository,
+    OwnerPageKey,
+)
+from ragstream.domain.errors import Forbidden, InvalidInput, not_found
+from ragstream.domain.evaluations import rules
+from ragstream.domain.evaluations.rules import Criterion
+from ragstream.domain.pagination import cursor_errors, page_request
+from ragstream.domain.users.service import is_admin
+
+KIND = "evaluation"
+
+
+class Keep(enum.Enum):
+    """Marks a field an update leaves as it is (distinct from an explicit null)."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
+
+
+@dataclass(frozen=True)
+class NewEvaluation:
+    title: str
+    company_name: str
+    project_type: str = "OTHER"
+    status: str = "DRAFT"
+    notes: str | None = None
+    criteria: Sequence[Criterion] = ()
+
+
+@dataclass(frozen=True)
+class EvaluationChanges:
+    """A partial update: fields left at KEEP do not change; criteria are replaced as a whole."""
+
+    title: str | Literal[Keep.KEEP] | None = KEEP
+    company_name: str | Literal[Keep.KEEP] | None = KEEP
+    project_type: str | Literal[Keep.KEEP] | None = KEEP
+    status: str | Literal[Keep.KEEP] | None = KEEP
+    notes: str | Literal[Keep.KEEP] | None = KEEP
+    criteria: Sequence[Criterion] | Literal[Keep.KEEP] | None = KEEP
+
+
+def criteria_of(evaluation: Evaluation) -> list[Criterion]:
+    return [Criterion.from_json(value) for value in evaluation.criteria]
+
+
+def _set_criteria(evaluation: Evaluation, criteria: Sequence[Criterion]) -> None:
+    # The stored overall score always follows the criteria it is computed from.
+    evaluation.criteria = [c.to_json() for c in criteria]
+    evaluation.overall_score = rules.overall_score(criteria)
+
+
+def _required(value: str | None, field: str) -> str:
+    if value is None:
+        raise InvalidInput(f"{field} cannot be null", field=field)
+    return value
+
+
+async def create_evaluation(session: AsyncSession, viewer: User, new: NewEvaluation) -> Evaluation:
+    """A new evaluation owned by the viewer."""
+    criteria = rules.validate_criteria(new.criteria)
+    status = rules.validate_status(new.status)
+    rules.check_completion(status, criteria, field="status")
+    evaluation = Evaluation(
+        owner_id=viewer.id,
+        title=rules.validate_title(new.title),
+        company_name=rules.validate_company_name(new.company_name),
+        project_type=rules.validate_project_type(new.project_type),
+        status=status,
+        notes=rules.validate_notes(new.notes),
+    )
+    _set_criteria(evaluation, criteria)
+    return await EvaluationRepository(session, viewer).add(evaluation)
+
+
+async def get_evaluation(
+    session: AsyncSession, viewer: User, evaluation_id: uuid.UUID
+) -> Evaluation:
+    evaluation = await EvaluationRepository(session, viewer).get(evaluation_id)
+    if evaluation is None:
+        raise not_found(KIND)
+    return evaluation
+
+
+async def update_evaluation(
+    session: AsyncSession, viewer: User, evaluation_id: uuid.UUID, changes: EvaluationChanges
+) -> Evaluation:
+    """Apply a partial update; every rule is checked against the resulting evaluation.
+
+    Nothing is written unless the whole update is valid.
+    """
+    repository = EvaluationRepository(session, viewer)
+    evaluation = await repository.get(evaluation_id, for_update=True)
+    if evaluation is None:
+        raise not_found(KIND)
+    # Validate everything first, then assign: a rejected update leaves the row untouched.
+    title = (
+        evaluation.title
+        if changes.title is KEEP
+        else rules.validate_title(_required(changes.title, "title"))
+    )
+    company_name = (
+        evaluation.company_name
+        if changes.company_name is KEEP
+        else rules.validate_company_name(_required(changes.company_name, "companyName"))
+    )
+    project_type = (
+        evaluation.project_type
+        if changes.project_type is KEEP
+        else rules.validate_project_type(_required(changes.project_type, "projectType"))
+    )
+    status = (
+        evaluation.status
+        if changes.status is KEEP
+        else rules.validate_status(_required(changes.status, "status"))
+    )
+    notes = evaluation.notes if changes.notes is KEEP else rules.validate_notes(changes.notes)
+    if changes.criteria is KEEP:
+        criteria = criteria_of(evaluation)
+    else:
+        criteria = rules.validate_criteria(_required_criteria(changes.criteria))
+    if changes.status is not KEEP and status != evaluation.status:
+        rules.check_completion(status, criteria, field="status")
+    elif changes.criteria is not KEEP:
+        # Criteria replaced on an evaluation that stays COMPLETED must keep it complete.
+        rules.check_completion(status, criteria, field="criteria")
+
+    evaluation.title = title
+    evaluation.company_name = company_name
+    evaluation.project_type = project_type
+    evaluation.status = status
+    evaluation.notes = notes
+    if changes.criteria is not KEEP:
+        _set_criteria(evaluation, criteria)
+    return await repository.save(evaluation)
+
+
+def _required_criteria(criteria: Sequence[Criterion] | None) -> Sequence[Criterion]:
+    if criteria is None:
+        raise InvalidInput("criteria cannot be null; pass [] to remove them all", field="criteria")
+    return criteria
+
+
+async def delete_evaluation(session: AsyncSession, viewer: User, evaluation_id: uuid.UUID) -> None:
+    if not await EvaluationRepository(session, viewer).delete(evaluation_id):
+        raise not_found(KIND)
+
+
+async def list_evaluations(
+    session: AsyncSession,
+    viewer: User,
+    *,
+    first: int | None,
+    after: str | None,
+    status: str | None = None,
+    project_type: str | None = None,
+    search: str | None = None,
+    owner_id: str | None = None,
+    order: EvaluationOrder | None = None,
+) -> Page[Evaluation]:
+    """The evaluations the viewer may read, filtered and ordered (default: newest first).
+
+    Only administrators may filter by owner (FORBIDDEN otherwise, whatever the value); everyone
+    else always sees only their own.
+    """
+    owner = None
+    if owner_id is not None:
+        if not is_admin(viewer):
+            raise Forbidden("only administrators may filter by owner", field="filter.ownerId")
+        try:
+            owner = uuid.UUID(owner_id)
+        except ValueError:
+            raise InvalidInput("ownerId is not a valid id", field="filter.ownerId") from None
+    filter = EvaluationFilter(
+        status=None if status is None else rules.validate_status(status),
+        project_type=None if project_type is None else rules.validate_project_type(project_type),
+        search=rules.validate_search(search),
+        owner_id=owner,
+    )
+    request = page_request(first, after)
+    with cursor_errors():
+        return await EvaluationRepository(session, viewer).page(
+            request, filter, order or EvaluationOrder()
+        )
+
+
+def owner_page_key(owner_id: uuid.UUID, *, first: int | None, after: str | None) -> OwnerPageKey:
+    """Validate ``User.evaluations`` arguments up front, so a batch never fails on one bad key."""
+    request = page_request(first, after)
+    if request.after is None:
+        return OwnerPageKey(owner_id=owner_id, first=request.first)
+    with cursor_errors():
+        decoded = EvaluationRepository.decode_owner_cursor(request.after)
+    return OwnerPageKey(owner_id=owner_id, first=request.first, after=decoded)
+
+
+async def pages_by_owner(
+    session: AsyncSession, viewer: User, keys: Sequence[OwnerPageKey]
+) -> list[Page[Evaluation]]:
+    """Each owner's newest evaluations that the viewer may read, for many owners at once."""
+    return await EvaluationRepository(session, viewer).pages_by_owner(keys)
+
+
+__all__ = [
+    "KEEP",
+    "EvaluationChanges",
+    "EvaluationOrder",
+    "NewEvaluation",
+    "OwnerPageKey",
+    "create_evaluation",
+    "criteria_of",
+    "delete_evaluation",
+    "get_evaluation",
+    "list_evaluations",
+    "owner_page_key",
+    "pages_by_owner",
+]

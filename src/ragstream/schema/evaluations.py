@@ -1,0 +1,46 @@
+"""Root fields for evaluations. Every one needs a signed-in account; the rest is per row."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.permission import BasePermission
+
+from ragstream.resolvers import evaluations
+from ragstream.schema.permissions import IsAuthenticated
+from ragstream.schema.types.evaluations import Evaluation
+from ragstream.schema.types.pagination import Connection
+
+signed_in: list[type[BasePermission]] = [IsAuthenticated]
+
+
+@strawberry.type
+class EvaluationQueries:
+    evaluation: Evaluation = strawberry.field(
+        resolver=evaluations.evaluation,
+        description="One evaluation: your own, or anyone's for an admin.",
+        permission_classes=signed_in,
+    )
+    evaluations: Connection[Evaluation] = strawberry.field(
+        resolver=evaluations.evaluations,
+        description="Your evaluations (everyone's for an admin), newest first unless ordered.",
+        permission_classes=signed_in,
+    )
+
+
+@strawberry.type
+class EvaluationMutations:
+    create_evaluation: Evaluation = strawberry.field(
+        resolver=evaluations.create_evaluation,
+        description="Create an evaluation owned by you.",
+        permission_classes=signed_in,
+    )
+    update_evaluation: Evaluation = strawberry.field(
+        resolver=evaluations.update_evaluation,
+        description="Change an evaluation; omitted fields stay, criteria are replaced as a whole.",
+        permission_classes=signed_in,
+    )
+    delete_evaluation: strawberry.ID = strawberry.field(
+        resolver=evaluations.delete_evaluation,
+        description="Delete an evaluation; returns its id.",
+        permission_classes=signed_in,
+    )

@@ -1,0 +1,50 @@
+"""Per-request DataLoaders: nested fields batch their reads into one query per level.
+
+Every load function authorizes through the domain (the repository's readable statement), so a
+loader never hands out a row the viewer could not fetch by id.
+
+Lifetime: an HTTP request is one operation, so its loaders cache for that request. A websocket's
+context lives as long as the socket and serves many operations; there the loaders still batch but
+do not cache, so no operation (nor a later event of a subscription) is served rows read by an
+earlier one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from strawberry.dataloader import DataLoader
+
+from ragstream.db.models.evaluations import Evaluation
+from ragstream.db.models.users import User
+from ragstream.db.pagination import Page
+from ragstream.domain.errors import NotFound, not_found
+from ragstream.domain.evaluations import service as evaluations
+from ragstream.domain.evaluations.service import OwnerPageKey
+from ragstream.domain.users.service import get_users
+
+if TYPE_CHECKING:
+    from ragstream.schema.context import Context
+
+
+class Loaders:
+    def __init__(self, context: Context, *, cache: bool) -> None:
+        self._context = context
+        self.users: DataLoader[uuid.UUID, User] = DataLoader(self._load_users, cache=cache)
+        self.evaluations_by_owner: DataLoader[OwnerPageKey, Page[Evaluation]] = DataLoader(
+            self._load_evaluations_by_owner, cache=cache
+        )
+
+    async def _load_users(self, ids: list[uuid.UUID]) -> Sequence[User | NotFound]:
+        """Accounts by id: yourself, or anyone for an admin; others are NOT_FOUND."""
+        viewer = await self._context.viewer()
+        async with self._context.state.sessionmaker() as session:
+            found = await get_users(session, viewer, list(set(ids)))
+        return [found.get(user_id) or not_found("user") for user_id in ids]
+
+    async def _load_evaluations_by_owner(self, keys: list[OwnerPageKey]) -> list[Page[Evaluation]]:
+        viewer = await self._context.viewer()
+        async with self._context.state.sessionmaker() as session:
+            return await evaluations.pages_by_owner(session, viewer, keys)
