@@ -26,6 +26,9 @@ from ragstream.domain.auth.passwords import PasswordHasher
 from ragstream.domain.auth.ratelimit import SlidingWindowLimiter
 from ragstream.domain.auth.service import AuthService
 from ragstream.domain.auth.tokens import TokenService
+from ragstream.domain.events import EventBroker, InMemoryBroker
+from ragstream.domain.llm.embeddings import Embedder, build_embedder
+from ragstream.knowledge import ingestion_worker
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstream.schema import build_schema
 from ragstream.settings import ConfigurationError, Settings, resolve_jwt_secret
@@ -46,12 +49,22 @@ class AppState:
     sessionmaker_: async_sessionmaker[AsyncSession] | None = None
     embedded: EmbeddedDatabase | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    database_url: str | None = None
+    embedder_: Embedder | None = None
+    # In-process pub/sub (document events, chat streams); a Redis broker can take its place.
+    broker: EventBroker = field(default_factory=InMemoryBroker)
 
     @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         if self.sessionmaker_ is None:
             raise RuntimeError("the database is not connected yet")
         return self.sessionmaker_
+
+    @property
+    def embedder(self) -> Embedder:
+        if self.embedder_ is None:
+            raise RuntimeError("the embedding provider is not set up yet")
+        return self.embedder_
 
 
 def build_state(settings: Settings) -> AppState:
@@ -100,13 +113,19 @@ async def connect(state: AppState, *, migrate: bool = True) -> AsyncIterator[Non
     try:
         await check_pgvector(state.engine)
         if migrate:
-            await asyncio.to_thread(upgrade_to_head, url)
+            await asyncio.to_thread(
+                upgrade_to_head, url, embedding_dimensions=settings.embedding_dimensions
+            )
+        state.database_url = url
         state.sessionmaker_ = make_sessionmaker(state.engine)
+        state.embedder_ = build_embedder(settings)
         yield
     finally:
         for task in list(state.background):
             task.cancel()
         await asyncio.gather(*state.background, return_exceptions=True)
+        if state.embedder_ is not None:
+            await state.embedder_.aclose()
         await state.engine.dispose()
         if state.embedded is not None:
             await asyncio.to_thread(state.embedded.stop)
@@ -135,7 +154,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with connect(state):
+        async with connect(state), ingestion_worker(state):
             logger.info("ragstream ready")
             yield
 

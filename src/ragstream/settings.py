@@ -73,6 +73,23 @@ class Settings(BaseSettings):
     chat_model: str = "gpt-4o-mini"
     embedding_model: str = "text-embedding-3-small"
     embedding_dimensions: int = 384
+    embedding_batch_size: int = 64
+    embedding_request_dimensions: bool = True  # off for servers that reject `dimensions`
+    openai_max_retries: int = 3
+    openai_timeout_seconds: float = 60.0
+
+    # Knowledge base
+    ingestion_worker: bool = True  # run the ingestion worker inside `ragstream serve`
+    ingestion_concurrency: int = 2
+    ingestion_max_attempts: int = 5
+    ingestion_retry_base_seconds: int = 2
+    ingestion_stalled_seconds: float = 30.0
+    ingestion_recovery_interval_seconds: float = 30.0
+    ingestion_shutdown_timeout_seconds: float = 10.0
+    chunk_target_tokens: int = 500
+    chunk_overlap_tokens: int = 50
+    search_candidates: int = 60
+    document_events_poll_seconds: float = 2.0
 
     # Limits
     daily_message_limit: int = 200

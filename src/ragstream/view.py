@@ -14,7 +14,9 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
 from ragstream.domain.errors import Unauthenticated
@@ -70,6 +72,14 @@ class GraphQLView(GraphQL[Context, None]):
                 await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        # Uploaded files are spooled to temporary files: close them whatever the outcome
+        # (a resolver that never ran, e.g. refused by a permission, cannot).
+        await request.close()
+        return await super().process_result(request, result)
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket | None = None

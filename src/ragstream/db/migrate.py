@@ -21,15 +21,18 @@ def _project_root() -> Path:
     )
 
 
-def alembic_config(database_url: str) -> Config:
+def alembic_config(database_url: str, *, embedding_dimensions: int | None = None) -> Config:
     root = _project_root()
     config = Config(str(root / "alembic.ini"))
     config.set_main_option("script_location", str(root / "migrations"))
     config.attributes["database_url"] = database_url
+    # Read by the migration that creates the vector column (only when it first runs).
+    config.attributes["embedding_dimensions"] = embedding_dimensions
     return config
 
 
-def upgrade_to_head(database_url: str) -> None:
+def upgrade_to_head(database_url: str, *, embedding_dimensions: int | None = None) -> None:
     """Blocking; call it from a thread inside an event loop (alembic's env runs asyncio.run)."""
     # "heads": areas add migrations independently; every branch is applied.
-    command.upgrade(alembic_config(database_url), "heads")
+    config = alembic_config(database_url, embedding_dimensions=embedding_dimensions)
+    command.upgrade(config, "heads")

@@ -14,7 +14,7 @@ from strawberry.types.graphql import OperationType
 
 from ragstream.schema.errors import ErrorContract, shape_result
 from ragstream.schema.limits import ParserCache, QueryLimits, query_limits_rule
-from ragstream.schema.root import Mutation, Query
+from ragstream.schema.root import Mutation, Query, Subscription
 from ragstream.settings import Settings
 
 
@@ -70,6 +70,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     return RagstreamSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=True),
     )

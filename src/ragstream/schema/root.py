@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import strawberry
 
+from ragstream.schema.documents import (
+    DocumentMutations,
+    DocumentQueries,
+    DocumentSubscriptions,
+)
 from ragstream.schema.evaluations import EvaluationMutations, EvaluationQueries
 from ragstream.schema.users import UserMutations, UserQueries
 
 
 @strawberry.type(description="Read operations.")
-class Query(UserQueries, EvaluationQueries):
+class Query(UserQueries, EvaluationQueries, DocumentQueries):
     pass
 
 
 @strawberry.type(description="Write operations.")
-class Mutation(UserMutations, EvaluationMutations):
+class Mutation(UserMutations, EvaluationMutations, DocumentMutations):
+    pass
+
+
+@strawberry.type(description="Live updates over the graphql-transport-ws websocket protocol.")
+class Subscription(DocumentSubscriptions):
     pass

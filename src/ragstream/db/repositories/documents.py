@@ -1,0 +1,220 @@
+"""Documents and chunks. Who may see what is decided here, inside each statement."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, func, insert, or_, select, text, true, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from ragstream.db.models.documents import Chunk, Document, DocumentContent
+from ragstream.db.models.users import User
+from ragstream.db.pagination import Page, PageRequest, paginate
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _is_admin(viewer: User) -> bool:
+    return viewer.role == "ADMIN"
+
+
+def readable_by(viewer: User) -> ColumnElement[bool]:
+    """Documents whose content the viewer may read and retrieve from: own and shared ones."""
+    return or_(Document.owner_id == viewer.id, Document.visibility == "SHARED")
+
+
+def visible_to(viewer: User) -> ColumnElement[bool]:
+    """Documents the viewer may look at: readable ones, and every document for an admin."""
+    return true() if _is_admin(viewer) else readable_by(viewer)
+
+
+def managed_by(viewer: User) -> ColumnElement[bool]:
+    """Documents the viewer may change, delete or watch: own ones, or any for an admin."""
+    return true() if _is_admin(viewer) else Document.owner_id == viewer.id
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    ordinal: int
+    content: str
+    heading_path: Sequence[str]
+    heading: str
+    page: int | None
+    token_count: int
+    embedding: Sequence[float]
+
+
+class DocumentRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def _select(self, condition: ColumnElement[bool]) -> Any:
+        return select(Document).options(selectinload(Document.owner)).where(condition)
+
+    async def get_visible(self, viewer: User, document_id: uuid.UUID) -> Document | None:
+        stmt = self._select(visible_to(viewer)).where(Document.id == document_id)
+        result: Document | None = await self.session.scalar(stmt)
+        return result
+
+    async def get_managed(
+        self, viewer: User, document_id: uuid.UUID, *, for_update: bool = False
+    ) -> Document | None:
+        stmt = self._select(managed_by(viewer)).where(Document.id == document_id)
+        if for_update:
+            stmt = stmt.with_for_update(of=Document)
+        result: Document | None = await self.session.scalar(stmt)
+        return result
+
+    async def get_many_visible(
+        self, viewer: User, ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, Document]:
+        rows = await self.session.scalars(
+            self._select(visible_to(viewer)).where(Document.id.in_(ids))
+        )
+        return {row.id: row for row in rows}
+
+    async def get_for_ingestion(
+        self, document_id: uuid.UUID, *, for_update: bool = False
+    ) -> Document | None:
+        """Unscoped: only the ingestion job, which acts for the owner, reads documents this way."""
+        stmt = select(Document).where(Document.id == document_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return await self.session.scalar(stmt)
+
+    async def find_duplicate(self, owner_id: uuid.UUID, sha256: str) -> uuid.UUID | None:
+        return await self.session.scalar(
+            select(Document.id).where(
+                Document.owner_id == owner_id, Document.content_sha256 == sha256
+            )
+        )
+
+    async def add(self, document: Document, data: bytes) -> Document:
+        self.session.add(document)
+        await self.session.flush()
+        self.session.add(DocumentContent(document_id=document.id, data=data))
+        await self.session.flush()
+        return document
+
+    async def content(self, document_id: uuid.UUID) -> bytes | None:
+        return await self.session.scalar(
+            select(DocumentContent.data).where(DocumentContent.document_id == document_id)
+        )
+
+    async def list_visible(
+        self,
+        viewer: User,
+        request: PageRequest,
+        *,
+        status: str | None = None,
+        visibility: str | None = None,
+        search: str | None = None,
+    ) -> Page[Document]:
+        stmt = self._select(visible_to(viewer))
+        if status is not None:
+            stmt = stmt.where(Document.status == status)
+        if visibility is not None:
+            stmt = stmt.where(Document.visibility == visibility)
+        if search:
+            pattern = f"%{_escape_like(search)}%"
+            stmt = stmt.where(or_(Document.title.ilike(pattern), Document.filename.ilike(pattern)))
+        page: Page[Document] = await paginate(
+            self.session,
+            stmt,
+            keys=[Document.created_at, Document.id],
+            cursor_of=lambda d: (d.created_at, d.id),
+            request=request,
+            descending=True,
+        )
+        return page
+
+    async def delete(self, document: Document) -> None:
+        # Chunks and the stored bytes go with it (ON DELETE CASCADE).
+        await self.session.execute(delete(Document).where(Document.id == document.id))
+
+    async def set_status(
+        self,
+        document: Document,
+        status: str,
+        *,
+        error: str | None = None,
+        chunk_count: int | None = None,
+    ) -> Document:
+        document.status = status
+        document.error = error
+        if chunk_count is not None:
+            document.chunk_count = chunk_count
+        document.updated_at = func.now()
+        await self.session.flush()
+        await self.session.refresh(document, ["updated_at"])
+        return document
+
+    async def replace_chunks(self, document_id: uuid.UUID, chunks: Sequence[NewChunk]) -> None:
+        """All chunks of a document at once: one DELETE, then one batched INSERT."""
+        await self.session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+        if not chunks:
+            return
+        await self.session.execute(
+            insert(Chunk),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "document_id": document_id,
+                    "ordinal": chunk.ordinal,
+                    "content": chunk.content,
+                    "heading_path": list(chunk.heading_path),
+                    "heading": chunk.heading,
+                    "page": chunk.page,
+                    "token_count": chunk.token_count,
+                    "embedding": list(chunk.embedding),
+                }
+                for chunk in chunks
+            ],
+        )
+
+    async def list_chunks(
+        self, viewer: User, document_id: uuid.UUID, request: PageRequest
+    ) -> Page[Chunk]:
+        stmt = (
+            select(Chunk)
+            .join(Document, Document.id == Chunk.document_id)
+            .where(Chunk.document_id == document_id, visible_to(viewer))
+        )
+        page: Page[Chunk] = await paginate(
+            self.session,
+            stmt,
+            keys=[Chunk.ordinal, Chunk.id],
+            cursor_of=lambda c: (c.ordinal, c.id),
+            request=request,
+        )
+        return page
+
+    async def unfinished_ids(self) -> list[uuid.UUID]:
+        rows = await self.session.scalars(
+            select(Document.id).where(Document.status.in_(("PENDING", "PROCESSING")))
+        )
+        return list(rows)
+
+    async def mark_pending(self, document_ids: Sequence[uuid.UUID]) -> None:
+        await self.session.execute(
+            update(Document)
+            .where(Document.id.in_(document_ids), Document.status == "PROCESSING")
+            .values(status="PENDING", updated_at=func.now())
+        )
+
+
+async def embedding_column_dimensions(session: AsyncSession) -> int | None:
+    """The dimension of ``chunks.embedding`` as the database has it (None if unconstrained)."""
+    typmod = await session.scalar(
+        text(
+            "SELECT atttypmod FROM pg_attribute "
+            "WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
+        )
+    )
+    return int(typmod) if typmod is not None and typmod > 0 else None

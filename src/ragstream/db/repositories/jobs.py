@@ -1,0 +1,78 @@
+"""The ingestion job queue's rows, written in the caller's transaction.
+
+Jobs are procrastinate jobs. Deferring goes through procrastinate's versioned SQL function
+(``procrastinate_defer_jobs_v1``, the one its own connectors call) on *our* connection, so a
+document and its job are committed together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+INGESTION_QUEUE = "ingestion"
+INGEST_TASK = "ragstream.ingest_document"
+
+
+def document_lock(document_id: uuid.UUID) -> str:
+    return f"document:{document_id}"
+
+
+class JobRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def enqueue_ingestion(self, document_id: uuid.UUID) -> bool:
+        """Queue an ingestion job; False when one is already waiting for this document.
+
+        ``lock`` keeps two jobs of one document from running at once; ``queueing_lock`` keeps
+        at most one of them waiting.
+        """
+        lock = document_lock(document_id)
+        try:
+            async with self.session.begin_nested():
+                await self.session.execute(
+                    text(
+                        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW("
+                        ":queue, :task, 0, :lock, :lock, CAST(:args AS jsonb), NULL"
+                        ")::procrastinate_job_to_defer_v1])"
+                    ),
+                    {
+                        "queue": INGESTION_QUEUE,
+                        "task": INGEST_TASK,
+                        "lock": lock,
+                        "args": json.dumps({"document_id": str(document_id)}),
+                    },
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def without_live_job(self, document_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        """Those of ``document_ids`` with no job waiting or running for them."""
+        if not document_ids:
+            return []
+        locks = [document_lock(i) for i in document_ids]
+        rows = await self.session.execute(
+            text(
+                "SELECT DISTINCT lock FROM procrastinate_jobs "
+                "WHERE lock = ANY(:locks) AND status IN ('todo', 'doing')"
+            ),
+            {"locks": locks},
+        )
+        live = {row[0] for row in rows}
+        return [i for i, lock in zip(document_ids, locks, strict=True) if lock not in live]
+
+    async def cancel_waiting(self, document_id: uuid.UUID) -> None:
+        await self.session.execute(
+            text(
+                "UPDATE procrastinate_jobs SET status = 'cancelled' "
+                "WHERE lock = :lock AND status = 'todo'"
+            ),
+            {"lock": document_lock(document_id)},
+        )

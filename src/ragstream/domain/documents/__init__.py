@@ -1,0 +1,1 @@
+"""The knowledge base: intake, ingestion pipeline, durable jobs and document events."""

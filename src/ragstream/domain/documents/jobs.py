@@ -1,0 +1,161 @@
+"""Durable ingestion jobs on procrastinate (PostgreSQL-backed, LISTEN/NOTIFY, retries, locks).
+
+Jobs are deferred in the same transaction as their document (see db/repositories/jobs.py).
+A worker runs inside `ragstream serve` by default and in `ragstream worker` processes. The
+recovery loop guarantees that no document stays PENDING or PROCESSING forever: jobs of workers
+that stopped sending heartbeats (a crash, a killed container) are retried, and unfinished
+documents without any job get a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import procrastinate
+from procrastinate import JobContext, RetryStrategy
+from sqlalchemy.engine import make_url
+
+from ragstream.db.repositories.documents import DocumentRepository
+from ragstream.db.repositories.jobs import INGEST_TASK, INGESTION_QUEUE, JobRepository
+from ragstream.domain.documents.pipeline import (
+    IngestionDeps,
+    RetryableIngestionError,
+    ingest_document,
+    mark_failed,
+    mark_retrying,
+)
+from ragstream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def libpq_conninfo(database_url: str) -> str:
+    """The SQLAlchemy URL (``postgresql+asyncpg://...``) as a libpq URI for psycopg."""
+    url = make_url(database_url).set(drivername="postgresql")
+    query = dict(url.query)
+    if "ssl" in query and "sslmode" not in query:  # asyncpg spells it differently
+        query["sslmode"] = query.pop("ssl")
+    return url.set(query=query).render_as_string(hide_password=False)
+
+
+def build_job_app(settings: Settings, database_url: str, deps: IngestionDeps) -> procrastinate.App:
+    """A procrastinate app with the ingestion task bound to ``deps`` (nothing global)."""
+    connector = procrastinate.PsycopgConnector(
+        conninfo=libpq_conninfo(database_url),
+        min_size=1,
+        max_size=settings.ingestion_concurrency + 3,
+        kwargs={"application_name": "ragstream-worker"},
+    )
+    app = procrastinate.App(connector=connector)
+    attempts = max(1, settings.ingestion_max_attempts)
+
+    async def ingest(context: JobContext, document_id: str) -> None:
+        doc_id = uuid.UUID(document_id)
+        assert context.job is not None
+        final = context.job.attempts >= attempts - 1
+        try:
+            await ingest_document(deps, doc_id)
+        except RetryableIngestionError as exc:
+            if final:
+                await mark_failed(deps, doc_id, f"{exc}; gave up after {attempts} attempts")
+                return
+            logger.warning("document %s: %s; will retry", doc_id, exc)
+            await mark_retrying(deps, doc_id)
+            raise
+        except Exception:
+            logger.exception("ingestion of document %s failed", doc_id)
+            if final:
+                await mark_failed(
+                    deps, doc_id, "ingestion failed unexpectedly; reprocess the document to retry"
+                )
+                return
+            await mark_retrying(deps, doc_id)
+            raise
+
+    app.task(
+        name=INGEST_TASK,
+        queue=INGESTION_QUEUE,
+        pass_context=True,
+        retry=RetryStrategy(
+            max_attempts=attempts - 1,
+            exponential_wait=max(1, settings.ingestion_retry_base_seconds),
+        ),
+    )(ingest)
+    return app
+
+
+async def recover(app: procrastinate.App, deps: IngestionDeps, settings: Settings) -> int:
+    """Retry jobs of dead workers and queue a job for every orphaned unfinished document."""
+    recovered = 0
+    stalled = await app.job_manager.get_stalled_jobs(
+        queue=INGESTION_QUEUE, seconds_since_heartbeat=settings.ingestion_stalled_seconds
+    )
+    for job in stalled:
+        try:
+            await app.job_manager.retry_job(job)
+            recovered += 1
+            logger.warning("retrying ingestion job %s left behind by a stopped worker", job.id)
+        except Exception:  # e.g. it finished meanwhile; the next round looks again
+            logger.info("could not retry stalled job %s", job.id, exc_info=True)
+    async with deps.sessionmaker.begin() as session:
+        unfinished = await DocumentRepository(session).unfinished_ids()
+        jobs = JobRepository(session)
+        for document_id in await jobs.without_live_job(unfinished):
+            if await jobs.enqueue_ingestion(document_id):
+                recovered += 1
+                logger.warning("queued ingestion again for orphaned document %s", document_id)
+    return recovered
+
+
+async def _recovery_loop(app: procrastinate.App, deps: IngestionDeps, settings: Settings) -> None:
+    while True:
+        try:
+            await recover(app, deps, settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the database may be restarting; try again next round
+            logger.warning("ingestion recovery failed; retrying later", exc_info=True)
+        await asyncio.sleep(settings.ingestion_recovery_interval_seconds)
+
+
+def worker_options(settings: Settings, *, in_process: bool) -> dict[str, Any]:
+    stalled = settings.ingestion_stalled_seconds
+    return {
+        "queues": [INGESTION_QUEUE],
+        "concurrency": max(1, settings.ingestion_concurrency),
+        "name": "ragstream-ingestion",
+        "install_signal_handlers": not in_process,
+        "shutdown_graceful_timeout": settings.ingestion_shutdown_timeout_seconds,
+        "delete_jobs": "successful",
+        "update_heartbeat_interval": max(0.2, min(10.0, stalled / 3)),
+        "stalled_worker_timeout": stalled,
+    }
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings, database_url: str, deps: IngestionDeps, *, in_process: bool = True
+) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a worker and the recovery loop in the background until the block exits.
+
+    On exit running jobs get ``ingestion_shutdown_timeout_seconds`` to finish; the rest are
+    aborted and retried by the next worker.
+    """
+    app = build_job_app(settings, database_url, deps)
+    async with app.open_async():
+        worker = asyncio.create_task(
+            app.run_worker_async(**worker_options(settings, in_process=in_process)),
+            name="ingestion-worker",
+        )
+        recovery = asyncio.create_task(_recovery_loop(app, deps, settings), name="recovery")
+        try:
+            yield worker
+        finally:
+            recovery.cancel()
+            worker.cancel()
+            await asyncio.gather(recovery, worker, return_exceptions=True)

@@ -1,0 +1,139 @@
+"""The ingestion pipeline: parse -> chunk -> embed -> store, for one document.
+
+Each step that writes is its own short transaction; the chunks and the READY status are
+written together, so a document is never READY with half its chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ragstream.db.repositories.documents import DocumentRepository, NewChunk
+from ragstream.domain.documents.chunking import ChunkDraft, chunk_blocks
+from ragstream.domain.documents.events import publish_status
+from ragstream.domain.documents.parsing import ParseError, parse
+from ragstream.domain.events import EventBroker
+from ragstream.domain.llm.embeddings import Embedder, EmbeddingError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestionDeps:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    embedder: Embedder
+    broker: EventBroker
+    chunk_target_tokens: int = 500
+    chunk_overlap_tokens: int = 50
+    embedding_batch_size: int = 64
+
+
+class RetryableIngestionError(Exception):
+    """A failure worth another attempt later (provider down, rate-limited, database hiccup)."""
+
+
+def embedding_text(title: str, draft: ChunkDraft) -> str:
+    """What gets embedded: the chunk with its document title and headings as context."""
+    context = " / ".join([title, *draft.heading_path])
+    return f"{context}\n\n{draft.content}"
+
+
+async def _set_status(
+    deps: IngestionDeps,
+    document_id: uuid.UUID,
+    status: str,
+    *,
+    error: str | None = None,
+    only_from: tuple[str, ...] | None = None,
+) -> bool:
+    async with deps.sessionmaker.begin() as session:
+        repo = DocumentRepository(session)
+        document = await repo.get_for_ingestion(document_id, for_update=True)
+        if document is None or (only_from is not None and document.status not in only_from):
+            return False
+        await repo.set_status(document, status, error=error)
+    await publish_status(deps.broker, document)
+    return True
+
+
+async def mark_failed(deps: IngestionDeps, document_id: uuid.UUID, error: str) -> None:
+    await _set_status(deps, document_id, "FAILED", error=error)
+
+
+async def mark_retrying(deps: IngestionDeps, document_id: uuid.UUID) -> None:
+    await _set_status(deps, document_id, "PENDING", only_from=("PROCESSING",))
+
+
+async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> str | None:
+    """Run the pipeline; returns the final status, or None when the document no longer exists.
+
+    Unreadable content ends FAILED at once (retrying cannot help). Provider and database
+    failures raise RetryableIngestionError for the job queue to retry.
+    """
+    async with deps.sessionmaker.begin() as session:
+        repo = DocumentRepository(session)
+        document = await repo.get_for_ingestion(document_id, for_update=True)
+        if document is None:
+            return None
+        if document.status == "READY":
+            return "READY"  # a duplicate job for work already done
+        await repo.set_status(document, "PROCESSING")
+        data = await repo.content(document_id)
+        title, mime_type = document.title, document.mime_type
+    await publish_status(deps.broker, document)
+
+    if data is None:
+        await mark_failed(deps, document_id, "the uploaded file is missing")
+        return "FAILED"
+    try:
+        blocks = await asyncio.to_thread(parse, mime_type, data)
+        drafts = chunk_blocks(
+            blocks, target=deps.chunk_target_tokens, overlap=deps.chunk_overlap_tokens
+        )
+        if not drafts:
+            raise ParseError("the document contains no text")
+    except ParseError as exc:
+        await mark_failed(deps, document_id, str(exc))
+        return "FAILED"
+
+    vectors: list[list[float]] = []
+    texts = [embedding_text(title, draft) for draft in drafts]
+    try:
+        for start in range(0, len(texts), deps.embedding_batch_size):
+            vectors.extend(
+                await deps.embedder.embed(texts[start : start + deps.embedding_batch_size])
+            )
+    except EmbeddingError as exc:
+        if exc.transient:
+            raise RetryableIngestionError(str(exc)) from exc
+        await mark_failed(deps, document_id, f"embedding failed: {exc}")
+        return "FAILED"
+
+    chunks = [
+        NewChunk(
+            ordinal=draft.ordinal,
+            content=draft.content,
+            heading_path=draft.heading_path,
+            heading=draft.heading,
+            page=draft.page,
+            token_count=draft.token_count,
+            embedding=vector,
+        )
+        for draft, vector in zip(drafts, vectors, strict=True)
+    ]
+    async with deps.sessionmaker.begin() as session:
+        repo = DocumentRepository(session)
+        # Locked first: a concurrent delete either waits for us or has already won.
+        document = await repo.get_for_ingestion(document_id, for_update=True)
+        if document is None:
+            return None
+        await repo.replace_chunks(document_id, chunks)
+        await repo.set_status(document, "READY", chunk_count=len(chunks))
+    await publish_status(deps.broker, document)
+    logger.info("document %s ready: %d chunks", document_id, len(chunks))
+    return "READY"

@@ -1,0 +1,1 @@
+"""Model providers behind small interfaces: embeddings (and chat), online or offline."""

@@ -1,0 +1,272 @@
+"""Embedding providers: an offline feature-hashing embedder and any OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import math
+import re
+import unicodedata
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import openai
+from openai import AsyncOpenAI
+
+from ragstream.settings import ConfigurationError, Settings
+
+
+class EmbeddingError(Exception):
+    """The provider could not embed; ``transient`` errors are worth retrying later."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class Embedder(Protocol):
+    @property
+    def dimensions(self) -> int: ...
+
+    @property
+    def name(self) -> str:
+        """Provider and model, for logs and the reindex report."""
+        ...
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One L2-normalised vector of ``dimensions`` floats per text, in order."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# Frequent English words carry little meaning; they keep only a small weight.
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers herself him himself his how i if in into is it
+    its itself just me more most my myself no nor not now of off on once only or other our ours
+    ourselves out over own same she should so some such than that the their theirs them
+    themselves then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours yourself
+    yourselves""".split()  # noqa: SIM905  (a word list reads better as prose)
+)
+_WORD = re.compile(r"[^\W_]+")
+WORD_WEIGHT = 1.0
+STOPWORD_WEIGHT = 0.05
+BIGRAM_WEIGHT = 0.6
+CHAR_NGRAM_WEIGHT = 0.5  # shared by all n-grams of one word
+CHAR_NGRAM_SIZES = (3, 4)
+
+
+def _stem(word: str) -> str:
+    """A deliberately tiny suffix stripper: plural and verb forms meet their base word."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 5 and word.endswith("ing"):
+        return word[:-3]
+    if len(word) > 4 and word.endswith("ed"):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def tokenize(text: str) -> list[str]:
+    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+class HashingEmbedder:
+    """Deterministic feature hashing of words, word bigrams and character n-grams.
+
+    Needs no model files and no network. Similar wording gives similar vectors, which is enough
+    for retrieval over a modest knowledge base, especially fused with full-text search.
+    """
+
+    def __init__(self, dimensions: int = 384) -> None:
+        if dimensions < 8:
+            raise ConfigurationError("RAGSTREAM_EMBEDDING_DIMENSIONS must be at least 8")
+        self._dimensions = dimensions
+        # Per-instance caches: the same word always lands in the same buckets.
+        self._feature = functools.lru_cache(maxsize=200_000)(self._feature_uncached)
+        self._word = functools.lru_cache(maxsize=100_000)(self._word_uncached)
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    @property
+    def name(self) -> str:
+        return f"hashing/{self._dimensions}"
+
+    def _feature_uncached(self, feature: str) -> tuple[int, float]:
+        digest = zlib.crc32(feature.encode("utf-8"))
+        sign = 1.0 if (digest >> 31) & 1 else -1.0
+        return digest % self._dimensions, sign
+
+    def _word_uncached(self, word: str) -> tuple[np.ndarray, np.ndarray]:
+        """Bucket indices and signed weights of one word's own feature and its n-grams."""
+        stop = word in STOPWORDS
+        stem = _stem(word)
+        features = [(f"w:{stem}", STOPWORD_WEIGHT if stop else WORD_WEIGHT)]
+        if not stop:
+            padded = f"<{stem}>"
+            grams = [
+                padded[i : i + n]
+                for n in CHAR_NGRAM_SIZES
+                for i in range(max(len(padded) - n + 1, 0))
+            ]
+            for gram in grams:
+                features.append((f"c:{gram}", CHAR_NGRAM_WEIGHT / len(grams)))
+        indices = np.empty(len(features), dtype=np.int64)
+        weights = np.empty(len(features), dtype=np.float64)
+        for i, (feature, weight) in enumerate(features):
+            index, sign = self._feature(feature)
+            indices[i] = index
+            weights[i] = sign * weight
+        return indices, weights
+
+    def embed_one(self, text: str) -> list[float]:
+        words = tokenize(text)
+        vector = np.zeros(self._dimensions, dtype=np.float64)
+        if not words:
+            vector[0] = 1.0
+            return vector.tolist()
+        for word, count in Counter(words).items():
+            indices, weights = self._word(word)
+            np.add.at(vector, indices, weights * (1.0 + math.log(count)))
+        content = [_stem(w) for w in words if w not in STOPWORDS]
+        for bigram, count in Counter(itertools.pairwise(content)).items():
+            index, sign = self._feature(f"b:{bigram[0]} {bigram[1]}")
+            vector[index] += sign * BIGRAM_WEIGHT * (1.0 + math.log(count))
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            vector[0] = 1.0
+            norm = 1.0
+        result: list[float] = (vector / norm).tolist()
+        return result
+
+    def embed_sync(self, texts: Sequence[str]) -> list[list[float]]:
+        return [self.embed_one(text) for text in texts]
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if len(texts) <= 4:
+            return self.embed_sync(texts)
+        # Batches are CPU work: keep the event loop free for requests meanwhile.
+        return await asyncio.to_thread(self.embed_sync, texts)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class OpenAIEmbedder:
+    """Any endpoint speaking the OpenAI embeddings protocol (OpenAI, Ollama, vLLM, ...).
+
+    Batches the texts; the official client retries 429, 5xx and connection errors with
+    exponential backoff (``openai_max_retries``) before an error reaches us.
+    """
+
+    def __init__(
+        self,
+        client: AsyncOpenAI,
+        *,
+        model: str,
+        dimensions: int,
+        batch_size: int = 64,
+        request_dimensions: bool = True,
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._dimensions = dimensions
+        self._batch_size = max(1, batch_size)
+        self._request_dimensions = request_dimensions
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    @property
+    def name(self) -> str:
+        return f"openai/{self._model}/{self._dimensions}"
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self._batch_size):
+            vectors.extend(await self._embed_batch(list(texts[start : start + self._batch_size])))
+        return vectors
+
+    async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
+        # Empty strings are rejected by the API; a single space embeds as "nothing".
+        inputs = [text if text.strip() else " " for text in batch]
+        try:
+            if self._request_dimensions:
+                response = await self._client.embeddings.create(
+                    input=inputs,
+                    model=self._model,
+                    dimensions=self._dimensions,
+                    encoding_format="float",
+                )
+            else:
+                response = await self._client.embeddings.create(
+                    input=inputs, model=self._model, encoding_format="float"
+                )
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            raise EmbeddingError(
+                f"the embedding provider answered HTTP {status}",
+                transient=status in (408, 409, 429) or status >= 500,
+            ) from exc
+        except openai.APIConnectionError as exc:  # includes timeouts
+            raise EmbeddingError(
+                "the embedding provider could not be reached", transient=True
+            ) from exc
+        data = sorted(response.data, key=lambda item: item.index)
+        if len(data) != len(inputs):
+            raise EmbeddingError(
+                f"the embedding provider returned {len(data)} vectors for {len(inputs)} texts",
+                transient=False,
+            )
+        vectors = [list(item.embedding) for item in data]
+        for vector in vectors:
+            if len(vector) != self._dimensions:
+                raise EmbeddingError(
+                    f"the embedding model returns {len(vector)} dimensions but "
+                    f"RAGSTREAM_EMBEDDING_DIMENSIONS is {self._dimensions}",
+                    transient=False,
+                )
+        return vectors
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def openai_client(settings: Settings) -> AsyncOpenAI:
+    """The official async client for the configured OpenAI-compatible endpoint."""
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    if key is None and settings.openai_base_url is None:
+        raise ConfigurationError(
+            "the openai provider needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local endpoint)"
+        )
+    return AsyncOpenAI(
+        # Local OpenAI-compatible servers usually accept any key.
+        api_key=key or "unused",
+        base_url=settings.openai_base_url,
+        max_retries=settings.openai_max_retries,
+        timeout=settings.openai_timeout_seconds,
+    )
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    if settings.embedding_provider == "openai":
+        return OpenAIEmbedder(
+            openai_client(settings),
+            model=settings.embedding_model,
+            dimensions=settings.embedding_dimensions,
+            batch_size=settings.embedding_batch_size,
+            request_dimensions=settings.embedding_request_dimensions,
+        )
+    return HashingEmbedder(settings.embedding_dimensions)

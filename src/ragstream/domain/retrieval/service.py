@@ -1,0 +1,94 @@
+"""Hybrid retrieval: HNSW cosine neighbours and full-text matches, fused by reciprocal rank."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ragstream.db.models import User
+from ragstream.db.repositories.search import SearchRepository
+from ragstream.domain.errors import InvalidInput
+from ragstream.domain.llm.embeddings import Embedder
+
+MAX_LIMIT = 50
+MAX_QUERY_CHARS = 1_000
+DEFAULT_CANDIDATES = 60
+# The usual RRF constant: damps the weight of the very top ranks of either list.
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    chunk_id: uuid.UUID
+    document_id: uuid.UUID
+    document_title: str
+    ordinal: int
+    content: str
+    page: int | None
+    heading_path: list[str]
+    score: float
+    vector_rank: int | None = None
+    text_rank: int | None = None
+    token_count: int = 0
+
+
+def fuse(rankings: list[list[uuid.UUID]], k: int = RRF_K) -> list[tuple[uuid.UUID, float]]:
+    """Reciprocal rank fusion: sum of 1 / (k + rank) over the lists an item appears in."""
+    scores: dict[uuid.UUID, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda pair: (-pair[1], str(pair[0])))
+
+
+async def search(
+    session: AsyncSession,
+    viewer: User,
+    query: str,
+    limit: int,
+    embedder: Embedder,
+    *,
+    candidates: int = DEFAULT_CANDIDATES,
+) -> list[SearchResult]:
+    """The ``limit`` chunks most relevant to ``query`` among the documents the viewer may read
+    (their own and shared ones), best first. ``score`` is the fused RRF score.
+    """
+    query = " ".join(query.split())
+    if not query:
+        raise InvalidInput("query must not be empty", field="query")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidInput(f"query must be at most {MAX_QUERY_CHARS} characters", field="query")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+    pool = max(candidates, limit)
+    [vector] = await embedder.embed([query])
+    repo = SearchRepository(session)
+    by_vector = await repo.nearest_by_vector(viewer, vector, pool)
+    by_text = await repo.best_by_text(viewer, query, pool)
+    fused = fuse([by_vector, by_text])[:limit]
+    hits = await repo.load(viewer, [chunk_id for chunk_id, _ in fused])
+    vector_ranks = {chunk_id: rank for rank, chunk_id in enumerate(by_vector, start=1)}
+    text_ranks = {chunk_id: rank for rank, chunk_id in enumerate(by_text, start=1)}
+    results = []
+    for chunk_id, score in fused:
+        hit = hits.get(chunk_id)
+        if hit is None:  # deleted between the ranking and the load
+            continue
+        results.append(
+            SearchResult(
+                chunk_id=hit.chunk_id,
+                document_id=hit.document_id,
+                document_title=hit.document_title,
+                ordinal=hit.ordinal,
+                content=hit.content,
+                page=hit.page,
+                heading_path=hit.heading_path,
+                score=score,
+                vector_rank=vector_ranks.get(chunk_id),
+                text_rank=text_ranks.get(chunk_id),
+                token_count=hit.token_count,
+            )
+        )
+    return results

@@ -1,0 +1,58 @@
+"""Wiring of the knowledge base into a running process (server, worker, CLI commands)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from ragstream.db.repositories.documents import embedding_column_dimensions
+from ragstream.domain.documents.jobs import running_worker
+from ragstream.domain.documents.pipeline import IngestionDeps
+from ragstream.settings import ConfigurationError
+
+if TYPE_CHECKING:
+    from ragstream.app import AppState
+
+logger = logging.getLogger(__name__)
+
+
+def ingestion_deps(state: AppState) -> IngestionDeps:
+    settings = state.settings
+    return IngestionDeps(
+        sessionmaker=state.sessionmaker,
+        embedder=state.embedder,
+        broker=state.broker,
+        chunk_target_tokens=settings.chunk_target_tokens,
+        chunk_overlap_tokens=settings.chunk_overlap_tokens,
+        embedding_batch_size=settings.embedding_batch_size,
+    )
+
+
+async def check_embedding_dimensions(state: AppState) -> None:
+    """Refuse to run when stored vectors and the embedder disagree on their size."""
+    async with state.sessionmaker() as session:
+        stored = await embedding_column_dimensions(session)
+    wanted = state.embedder.dimensions
+    if stored is not None and stored != wanted:
+        raise ConfigurationError(
+            f"the database stores {stored}-dimensional embeddings but the embedder "
+            f"({state.embedder.name}) makes {wanted}-dimensional ones; run `ragstream reindex` "
+            "to re-embed every chunk, or set RAGSTREAM_EMBEDDING_DIMENSIONS back to "
+            f"{stored}"
+        )
+
+
+@contextlib.asynccontextmanager
+async def ingestion_worker(state: AppState, *, in_process: bool = True) -> AsyncIterator[None]:
+    """Check the vector size, then run an ingestion worker while the block runs (if enabled)."""
+    await check_embedding_dimensions(state)
+    if in_process and not state.settings.ingestion_worker:
+        yield
+        return
+    assert state.database_url is not None
+    async with running_worker(
+        state.settings, state.database_url, ingestion_deps(state), in_process=in_process
+    ):
+        yield

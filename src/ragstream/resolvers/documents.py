@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Annotated, cast
+
+import strawberry
+from starlette.datastructures import UploadFile
+from strawberry.file_uploads import Upload
+
+from ragstream.db.models.documents import Document as DocumentRow
+from ragstream.domain.documents import service
+from ragstream.domain.documents.events import (
+    TERMINAL_STATUSES,
+    apply_snapshot,
+    document_topic,
+    publish_status,
+)
+from ragstream.domain.errors import InvalidInput, NotFound
+from ragstream.domain.retrieval.service import search as retrieve
+from ragstream.resolvers.ids import parse_id
+from ragstream.schema.context import Context
+from ragstream.schema.types.documents import (
+    CreateDocumentInput,
+    Document,
+    DocumentFilter,
+    SearchHit,
+    Visibility,
+    to_document,
+    to_search_hit,
+)
+from ragstream.schema.types.pagination import Connection, to_connection
+
+Info = strawberry.Info[Context, None]
+
+
+async def document(
+    info: Info,
+    id: Annotated[strawberry.ID, strawberry.argument(description="UUID of the document.")],
+) -> Document:
+    viewer = await info.context.viewer()
+    async with info.context.transaction() as session:
+        row = await service.get_document(session, viewer, parse_id(id, "document"))
+    return to_document(row)
+
+
+async def documents(
+    info: Info,
+    first: Annotated[
+        int | None, strawberry.argument(description="Page size, at most 100 (default 20).")
+    ] = None,
+    after: Annotated[
+        str | None, strawberry.argument(description="Cursor to continue after.")
+    ] = None,
+    filter: Annotated[
+        DocumentFilter | None, strawberry.argument(description="Optional narrowing.")
+    ] = None,
+) -> Connection[Document]:
+    viewer = await info.context.viewer()
+    async with info.context.transaction() as session:
+        page = await service.list_documents(
+            session,
+            viewer,
+            first=first,
+            after=after,
+            status=filter.status.name if filter and filter.status else None,
+            visibility=filter.visibility.name if filter and filter.visibility else None,
+            search=filter.search if filter else None,
+        )
+    return to_connection(page, to_document)
+
+
+async def search(
+    info: Info,
+    query: Annotated[str, strawberry.argument(description="What to look for, in plain words.")],
+    limit: Annotated[
+        int, strawberry.argument(description="How many passages, 1 to 50 (default 5).")
+    ] = 5,
+) -> list[SearchHit]:
+    viewer = await info.context.viewer()
+    state = info.context.state
+    async with info.context.transaction() as session:
+        results = await retrieve(
+            session,
+            viewer,
+            query,
+            limit,
+            state.embedder,
+            candidates=state.settings.search_candidates,
+        )
+        rows = await service.get_documents(session, viewer, [r.document_id for r in results])
+    return [to_search_hit(r, rows[r.document_id]) for r in results if r.document_id in rows]
+
+
+async def upload_document(
+    info: Info,
+    file: Annotated[
+        Upload, strawberry.argument(description="The file (GraphQL multipart request).")
+    ],
+    title: Annotated[
+        str | None, strawberry.argument(description="Title; defaults to the file name.")
+    ] = None,
+    visibility: Annotated[
+        Visibility, strawberry.argument(description="SHARED is for admins only.")
+    ] = Visibility.PRIVATE,
+) -> Document:
+    viewer = await info.context.viewer()
+    if not isinstance(file, UploadFile):
+        raise InvalidInput("file must be an uploaded file", field="file")
+    upload = cast("UploadFile", file)
+    max_bytes = info.context.state.settings.max_upload_bytes
+    try:
+        # One byte past the limit is enough to know the file is too large.
+        data = await upload.read(max_bytes + 1)
+    finally:
+        await upload.close()
+    async with info.context.transaction() as session:
+        row = await service.upload_document(
+            session,
+            viewer,
+            filename=upload.filename,
+            data=data,
+            title=title,
+            visibility=visibility.name,
+            max_bytes=max_bytes,
+        )
+    return to_document(row)
+
+
+async def create_document(
+    info: Info,
+    input: Annotated[CreateDocumentInput, strawberry.argument(description="The document.")],
+) -> Document:
+    viewer = await info.context.viewer()
+    async with info.context.transaction() as session:
+        row = await service.create_document(
+            session,
+            viewer,
+            title=input.title,
+            content=input.content,
+            mime_type=input.mime_type,
+            visibility=input.visibility.name,
+            max_bytes=info.context.state.settings.max_upload_bytes,
+        )
+    return to_document(row)
+
+
+async def delete_document(
+    info: Info,
+    id: Annotated[strawberry.ID, strawberry.argument(description="UUID of the document.")],
+) -> strawberry.ID:
+    viewer = await info.context.viewer()
+    async with info.context.transaction() as session:
+        deleted = await service.delete_document(session, viewer, parse_id(id, "document"))
+    return strawberry.ID(str(deleted))
+
+
+async def reprocess_document(
+    info: Info,
+    id: Annotated[strawberry.ID, strawberry.argument(description="UUID of the document.")],
+) -> Document:
+    viewer = await info.context.viewer()
+    async with info.context.transaction() as session:
+        row, changed = await service.reprocess_document(session, viewer, parse_id(id, "document"))
+    if changed:
+        await publish_status(info.context.state.broker, row)
+    return to_document(row)
+
+
+def _status_key(row: DocumentRow) -> tuple[str, str | None, int]:
+    return (row.status, row.error, row.chunk_count)
+
+
+async def document_events(
+    info: Info,
+    id: Annotated[strawberry.ID, strawberry.argument(description="UUID of the document.")],
+) -> AsyncGenerator[Document, None]:
+    viewer = await info.context.viewer()
+    document_id = parse_id(id, "document")
+    state = info.context.state
+    # Subscribed before reading the current state, so no change can fall in between.
+    async with state.broker.subscribe(document_topic(document_id)) as events:
+        async with state.sessionmaker() as session:
+            row = await service.get_watchable_document(session, viewer, document_id)
+        yield to_document(row)
+        last = _status_key(row)
+        while row.status not in TERMINAL_STATUSES:
+            try:
+                payload = await asyncio.wait_for(
+                    anext(events), timeout=state.settings.document_events_poll_seconds
+                )
+                apply_snapshot(row, payload)
+            except TimeoutError:
+                # Events from a worker in another process do not reach this broker: look.
+                try:
+                    async with state.sessionmaker() as session:
+                        row = await service.get_watchable_document(session, viewer, document_id)
+                except NotFound:
+                    return  # deleted meanwhile
+            if _status_key(row) != last:
+                last = _status_key(row)
+                yield to_document(row)

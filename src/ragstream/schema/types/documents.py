@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import Enum
+from typing import Annotated
+
+import strawberry
+
+from ragstream.db.models.documents import Chunk as ChunkRow
+from ragstream.db.models.documents import Document as DocumentRow
+from ragstream.domain.documents import service
+from ragstream.domain.retrieval.service import SearchResult
+from ragstream.schema.context import Context
+from ragstream.schema.types.pagination import Connection, to_connection
+from ragstream.schema.types.users import User, to_user
+
+
+@strawberry.enum(description="Who may read a document.")
+class Visibility(Enum):
+    PRIVATE = strawberry.enum_value("PRIVATE", description="Only the owner (and admins).")
+    SHARED = strawberry.enum_value(
+        "SHARED", description="Every user; only admins may share documents."
+    )
+
+
+@strawberry.enum(description="Where a document is in ingestion.")
+class DocumentStatus(Enum):
+    PENDING = strawberry.enum_value("PENDING", description="Queued for ingestion.")
+    PROCESSING = strawberry.enum_value(
+        "PROCESSING", description="Being parsed, chunked and embedded."
+    )
+    READY = strawberry.enum_value("READY", description="Searchable.")
+    FAILED = strawberry.enum_value(
+        "FAILED", description="Ingestion gave up; `error` says why. Reprocess to try again."
+    )
+
+
+@strawberry.type(description="A passage of a document: the unit retrieval returns.")
+class Chunk:
+    id: strawberry.ID = strawberry.field(description="UUID of the chunk.")
+    ordinal: int = strawberry.field(description="Position in its document, from 0.")
+    content: str = strawberry.field(description="The passage text.")
+    page: int | None = strawberry.field(description="PDF page it starts on (from 1); null else.")
+    heading_path: list[str] = strawberry.field(
+        description="Headings of the section it belongs to, outermost first."
+    )
+    token_count: int = strawberry.field(description="Estimated size in tokens.")
+
+
+def to_chunk(row: ChunkRow) -> Chunk:
+    return Chunk(
+        id=strawberry.ID(str(row.id)),
+        ordinal=row.ordinal,
+        content=row.content,
+        page=row.page,
+        heading_path=list(row.heading_path),
+        token_count=row.token_count,
+    )
+
+
+@strawberry.type(description="A document of the knowledge base.")
+class Document:
+    id: strawberry.ID = strawberry.field(description="UUID of the document.")
+    owner: User = strawberry.field(description="Who uploaded it.")
+    title: str = strawberry.field(description="Title shown in lists and citations.")
+    filename: str = strawberry.field(description="File name as uploaded (no path).")
+    mime_type: str = strawberry.field(
+        description="Detected type: text/plain, text/markdown, text/html or application/pdf."
+    )
+    size_bytes: int = strawberry.field(description="Size of the uploaded content in bytes.")
+    visibility: Visibility = strawberry.field(description="PRIVATE or SHARED.")
+    status: DocumentStatus = strawberry.field(description="Ingestion status.")
+    error: str | None = strawberry.field(description="Why ingestion failed; null unless FAILED.")
+    chunk_count: int = strawberry.field(description="Number of chunks once READY.")
+    created_at: datetime = strawberry.field(description="When it was uploaded.")
+    updated_at: datetime = strawberry.field(description="When its status last changed.")
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry leaves it untyped
+        description="The document's chunks in order (what search can return)."
+    )
+    async def chunks(
+        self,
+        info: strawberry.Info[Context, None],
+        first: Annotated[
+            int | None, strawberry.argument(description="Page size, at most 100 (default 20).")
+        ] = None,
+        after: Annotated[
+            str | None, strawberry.argument(description="Cursor to continue after.")
+        ] = None,
+    ) -> Connection[Chunk]:
+        viewer = await info.context.viewer()
+        async with info.context.transaction() as session:
+            page = await service.list_chunks(
+                session, viewer, uuid.UUID(str(self.id)), first=first, after=after
+            )
+        return to_connection(page, to_chunk)
+
+
+def to_document(row: DocumentRow) -> Document:
+    return Document(
+        id=strawberry.ID(str(row.id)),
+        owner=to_user(row.owner),
+        title=row.title,
+        filename=row.filename,
+        mime_type=row.mime_type,
+        size_bytes=row.size_bytes,
+        visibility=Visibility(row.visibility),
+        status=DocumentStatus(row.status),
+        error=row.error,
+        chunk_count=row.chunk_count,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+@strawberry.type(description="One search result: a chunk, its document and its relevance.")
+class SearchHit:
+    chunk: Chunk = strawberry.field(description="The matching passage.")
+    document: Document = strawberry.field(description="The document it comes from.")
+    score: float = strawberry.field(
+        description="Reciprocal-rank-fusion score of the vector and full-text rankings; "
+        "higher is more relevant."
+    )
+
+
+def to_search_hit(result: SearchResult, document: DocumentRow) -> SearchHit:
+    return SearchHit(
+        chunk=Chunk(
+            id=strawberry.ID(str(result.chunk_id)),
+            ordinal=result.ordinal,
+            content=result.content,
+            page=result.page,
+            heading_path=list(result.heading_path),
+            token_count=result.token_count,
+        ),
+        document=to_document(document),
+        score=result.score,
+    )
+
+
+@strawberry.input(description="A document from text instead of a file.")
+class CreateDocumentInput:
+    title: str = strawberry.field(description="Title, 1 to 200 characters.")
+    content: str = strawberry.field(description="The text itself.")
+    mime_type: str = strawberry.field(
+        description="How to read the text: text/plain, text/markdown or text/html."
+    )
+    visibility: Visibility = strawberry.field(
+        default=Visibility.PRIVATE, description="SHARED is for admins only."
+    )
+
+
+@strawberry.input(description="Narrows a document list; omitted fields do not filter.")
+class DocumentFilter:
+    status: DocumentStatus | None = strawberry.field(default=None, description="Only this status.")
+    visibility: Visibility | None = strawberry.field(
+        default=None, description="Only this visibility."
+    )
+    search: str | None = strawberry.field(
+        default=None, description="Case-insensitive match on title or file name."
+    )

@@ -1,0 +1,316 @@
+"""Intake: every format end to end over real multipart HTTP, and everything that is refused."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+
+from ragstream.settings import Settings
+from tests.conftest import make_settings
+from tests.documents_support import (
+    SEARCH,
+    create,
+    ingest_text,
+    make_pdf,
+    upload,
+    wait_for_status,
+)
+from tests.support import LiveServer, running_server
+
+CHUNKS = """query($id: ID!) {
+  document(id: $id) { chunkCount chunks(first: 100) { totalCount edges { node {
+    ordinal content page headingPath tokenCount } } } }
+}"""
+
+
+async def _count(server: LiveServer, table: str) -> int:
+    async with server.state.sessionmaker() as session:
+        return int(await session.scalar(text(f"SELECT count(*) FROM {table}")) or 0)  # noqa: S608
+
+
+async def _chunks(server: LiveServer, token: str, document_id: str) -> list[dict[str, object]]:
+    data = (await server.execute(CHUNKS, {"id": document_id}, token=token)).ok()
+    return [edge["node"] for edge in data["document"]["chunks"]["edges"]]
+
+
+async def _upload_ready(
+    server: LiveServer, token: str, filename: str, data: bytes
+) -> dict[str, object]:
+    status, result = await upload(server, token, filename, data)
+    assert status == 200
+    created = result.ok()["uploadDocument"]
+    assert created["status"] == "PENDING"
+    document = await wait_for_status(server, token, created["id"])
+    assert document["status"] == "READY", document
+    return document
+
+
+async def test_plain_text_upload_becomes_searchable(server: LiveServer) -> None:
+    account = await server.register()
+    body = "Quarterly inventory counts happen on the first Monday.\n\nAsk the warehouse lead."
+    document = await _upload_ready(server, account.access_token, "inventory.txt", body.encode())
+
+    assert document["mimeType"] == "text/plain"
+    assert document["filename"] == "inventory.txt"
+    assert document["title"] == "inventory"
+    assert document["sizeBytes"] == len(body.encode())
+    chunks = await _chunks(server, account.access_token, str(document["id"]))
+    assert [c["content"] for c in chunks] == [
+        "Quarterly inventory counts happen on the first Monday.\n\nAsk the warehouse lead."
+    ]
+    hits = (
+        await server.execute(SEARCH, {"q": "when are inventory counts"}, token=account.access_token)
+    ).ok()["search"]
+    assert hits[0]["document"]["id"] == document["id"]
+
+
+async def test_markdown_keeps_heading_paths(server: LiveServer) -> None:
+    account = await server.register()
+    body = (
+        "# Handbook\n\nWelcome aboard.\n\n## Travel\n\nBook trains over flights under 500 km.\n\n"
+        "### Receipts\n\nScan every receipt within a week.\n\n```\ncode stays together\n```\n"
+    )
+    document = await _upload_ready(server, account.access_token, "handbook.md", body.encode())
+
+    assert document["mimeType"] == "text/markdown"
+    chunks = await _chunks(server, account.access_token, str(document["id"]))
+    assert [(c["headingPath"], c["content"]) for c in chunks] == [
+        (["Handbook"], "Welcome aboard."),
+        (["Handbook", "Travel"], "Book trains over flights under 500 km."),
+        (
+            ["Handbook", "Travel", "Receipts"],
+            "Scan every receipt within a week.\n\ncode stays together",
+        ),
+    ]
+
+
+async def test_html_keeps_text_only(server: LiveServer) -> None:
+    account = await server.register()
+    body = (
+        "<!doctype html><html><head><title>t</title><style>p { color: red }</style>"
+        "<script>stealCookies()</script></head><body><h1>Returns</h1>"
+        "<p>Items can be returned within <b>30 days</b>.</p><noscript>enable js</noscript>"
+        "<ul><li>Keep the box</li><li>Bring the receipt</li></ul></body></html>"
+    )
+    document = await _upload_ready(server, account.access_token, "returns.html", body.encode())
+
+    assert document["mimeType"] == "text/html"
+    chunks = await _chunks(server, account.access_token, str(document["id"]))
+    assert len(chunks) == 1
+    assert chunks[0]["headingPath"] == ["Returns"]
+    assert chunks[0]["content"] == (
+        "Items can be returned within 30 days.\n\nKeep the box\n\nBring the receipt"
+    )
+
+
+async def test_pdf_keeps_page_numbers(server: LiveServer) -> None:
+    account = await server.register()
+    pdf = make_pdf(
+        [
+            ["The boiler is serviced every autumn."],
+            ["Emergency contact: facilities desk, extension 4410."],
+        ]
+    )
+    document = await _upload_ready(server, account.access_token, "facilities.pdf", pdf)
+
+    assert document["mimeType"] == "application/pdf"
+    chunks = await _chunks(server, account.access_token, str(document["id"]))
+    assert [(c["page"], c["content"]) for c in chunks] == [
+        (1, "The boiler is serviced every autumn."),
+        (2, "Emergency contact: facilities desk, extension 4410."),
+    ]
+    hits = (
+        await server.execute(
+            SEARCH, {"q": "emergency contact extension"}, token=account.access_token
+        )
+    ).ok()["search"]
+    assert hits[0]["chunk"]["page"] == 2
+
+
+async def test_long_pdf_chunks_start_on_their_page(settings: Settings) -> None:
+    settings = settings.model_copy(update={"chunk_target_tokens": 40, "chunk_overlap_tokens": 0})
+    async with running_server(settings) as server:
+        account = await server.register()
+        first = [f"Page one sentence number {i} about pumps." for i in range(12)]
+        second = [f"Page two sentence number {i} about valves." for i in range(12)]
+        document = await _upload_ready(
+            server, account.access_token, "manual.pdf", make_pdf([first, second])
+        )
+        chunks = await _chunks(server, account.access_token, str(document["id"]))
+
+    assert len(chunks) > 2
+    assert [c["ordinal"] for c in chunks] == list(range(len(chunks)))
+    for chunk in chunks:
+        content = str(chunk["content"])
+        assert ("pumps" in content) != ("valves" in content)
+        assert chunk["page"] == (1 if "pumps" in content else 2)
+
+
+async def test_create_document_from_text(server: LiveServer) -> None:
+    account = await server.register()
+    document = await ingest_text(
+        server,
+        account.access_token,
+        "# Parking\n\nVisitors park in bay C.",
+        title="Parking rules",
+        mime_type="text/markdown",
+    )
+    assert document["filename"] == "Parking-rules.md"
+    assert document["chunkCount"] == 1
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "message"),
+    [
+        ("setup.exe", b"MZ\x90\x00binary", "unsupported file type"),
+        ("report.docx", b"PK\x03\x04zip", "unsupported file type"),
+        ("notes", b"no extension at all", "unsupported file type"),
+        ("scan.pdf", b"just text pretending to be a pdf", "not a PDF"),
+        ("notes.txt", b"%PDF-1.4 actually a pdf", "not text"),
+        ("image.md", b"\x89PNG\r\n\x1a\nrest", "not text"),
+        ("latin1.txt", "caf\u00e9".encode("latin-1"), "UTF-8"),
+        ("../../etc/passwd.txt", b"root:x:0:0", "path"),
+        ("..\\..\\boot.ini.txt", b"[boot loader]", "path"),
+        ("dir/notes.txt", b"hello", "path"),
+        ("..", b"hello", "path"),
+        ("n" * 300 + ".txt", b"hello", "not valid"),
+    ],
+)
+async def test_refused_uploads_store_nothing(
+    server: LiveServer, filename: str, data: bytes, message: str
+) -> None:
+    account = await server.register()
+    status, result = await upload(server, account.access_token, filename, data)
+
+    assert status == 200
+    assert result.code == "BAD_USER_INPUT"
+    assert result.errors[0]["extensions"]["field"] == "file"
+    assert message in result.errors[0]["message"]
+    assert await _count(server, "documents") == 0
+    assert await _count(server, "procrastinate_jobs") == 0
+
+
+async def test_oversized_upload_is_refused(database_url: str, tmp_path: object) -> None:
+    settings = make_settings(database_url, tmp_path, max_upload_bytes=1_000)  # type: ignore[arg-type]
+    async with running_server(settings) as server:
+        account = await server.register()
+        status, result = await upload(server, account.access_token, "big.txt", b"a" * 1_001)
+        at_limit, ok = await upload(server, account.access_token, "fits.txt", b"b" * 1_000)
+        raw = await create(server, account.access_token, "c" * 1_001)
+
+        assert status == 200
+        assert result.code == "BAD_USER_INPUT"
+        assert "larger than 1000 bytes" in result.errors[0]["message"]
+        assert raw.code == "BAD_USER_INPUT"
+        assert raw.errors[0]["extensions"]["field"] == "content"
+        assert at_limit == 200
+        ok.ok()
+        assert await _count(server, "documents") == 1
+
+
+async def test_multipart_without_preflight_header_is_refused(server: LiveServer) -> None:
+    account = await server.register()
+    status, _ = await upload(server, account.access_token, "a.txt", b"hello", preflight=False)
+    assert status == 400
+    assert await _count(server, "documents") == 0
+
+
+async def test_upload_needs_sign_in(server: LiveServer) -> None:
+    status, result = await upload(server, None, "a.txt", b"hello")
+    assert status == 200
+    assert result.code == "UNAUTHENTICATED"
+    assert await _count(server, "documents") == 0
+
+
+async def test_duplicate_content_names_the_existing_document(server: LiveServer) -> None:
+    owner = await server.register()
+    other = await server.register()
+    _, first = await upload(server, owner.access_token, "a.txt", b"same bytes")
+    existing = first.ok()["uploadDocument"]["id"]
+
+    _, again = await upload(server, owner.access_token, "b.txt", b"same bytes", title="Copy")
+    raw_again = await create(server, owner.access_token, "same bytes")
+    _, someone_else = await upload(server, other.access_token, "a.txt", b"same bytes")
+
+    assert again.code == "CONFLICT"
+    assert again.errors[0]["extensions"]["existingId"] == existing
+    assert existing in again.errors[0]["message"]
+    assert raw_again.code == "CONFLICT"
+    someone_else.ok()
+    assert await _count(server, "documents") == 2
+
+
+async def test_only_admins_share_documents(server: LiveServer) -> None:
+    user = await server.register()
+    admin = await server.register()
+    await server.make_admin(admin)
+
+    _, refused = await upload(server, user.access_token, "a.txt", b"for all", visibility="SHARED")
+    refused_raw = await create(server, user.access_token, "for all", visibility="SHARED")
+    _, shared = await upload(server, admin.access_token, "a.txt", b"for all", visibility="SHARED")
+
+    assert refused.code == "FORBIDDEN"
+    assert refused_raw.code == "FORBIDDEN"
+    assert shared.ok()["uploadDocument"]["visibility"] == "SHARED"
+    assert await _count(server, "documents") == 1
+
+
+@pytest.mark.parametrize(
+    ("mime_type", "content", "field"),
+    [
+        ("application/pdf", "text", "mimeType"),
+        ("image/png", "text", "mimeType"),
+        ("text/plain", "   \n ", "content"),
+        ("text/plain", "nul\x00byte", "content"),
+    ],
+)
+async def test_create_document_validation(
+    server: LiveServer, mime_type: str, content: str, field: str
+) -> None:
+    account = await server.register()
+    result = await create(server, account.access_token, content, mime_type=mime_type)
+    assert result.code == "BAD_USER_INPUT"
+    assert result.errors[0]["extensions"]["field"] == field
+    assert await _count(server, "documents") == 0
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "error"),
+    [
+        ("broken.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage", "PDF could not be read"),
+        ("empty.html", b"<html><script>only()</script><style>x{}</style></html>", "no text"),
+        ("blank.md", b"# \n\n   \n", "no text"),
+    ],
+)
+async def test_unreadable_content_fails_with_a_readable_error(
+    server: LiveServer, filename: str, data: bytes, error: str
+) -> None:
+    account = await server.register()
+    _, result = await upload(server, account.access_token, filename, data)
+    created = result.ok()["uploadDocument"]
+
+    document = await wait_for_status(server, account.access_token, created["id"])
+
+    assert document["status"] == "FAILED"
+    assert error in document["error"]
+    assert document["chunkCount"] == 0
+    assert await _count(server, "chunks") == 0
+
+
+async def test_html_bomb_is_flattened_not_expanded(server: LiveServer) -> None:
+    account = await server.register()
+    nested = "<div>" * 20_000 + "deep text" + "</div>" * 20_000
+    body = f"<html><body>{nested}<p>{'&amp;' * 1000}</p></body></html>".encode()
+    document = await _upload_ready(server, account.access_token, "bomb.html", body)
+    chunks = await _chunks(server, account.access_token, str(document["id"]))
+    assert str(chunks[0]["content"]).startswith("deep text")
+
+
+async def test_embedded_connection_used_by_template(embedded_pg: object) -> None:
+    """The migrated template already carries the job queue's schema."""
+    conn = await asyncpg.connect(embedded_pg.libpq_uri("ragstream_template"))  # type: ignore[attr-defined]
+    try:
+        assert await conn.fetchval("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
+    finally:
+        await conn.close()
