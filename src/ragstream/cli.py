@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ragstream.domain.errors import DomainError
 from ragstream.settings import ConfigurationError, Settings
 
 
@@ -59,14 +60,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
     from ragstream.app import build_state, connect
+    from ragstream.domain.auth.passwords import check_password_policy
     from ragstream.domain.users.admin import ensure_admin
+    from ragstream.domain.users.validation import normalize_email
 
+    normalize_email(args.email)  # refuse a bad address before asking for a password
     password = args.password
     if password is None:
         password = getpass.getpass("Password: ")
         if password != getpass.getpass("Repeat password: "):
             print("passwords do not match", file=sys.stderr)
             return 1
+    check_password_policy(password)  # before the database is started for nothing
     state = build_state(Settings())
 
     async def run() -> str:
@@ -123,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"ragstream: {exc}", file=sys.stderr)
         return 2
+    except DomainError as exc:  # e.g. an invalid email given to create-admin
+        print(f"ragstream: {exc.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -71,9 +71,15 @@ def decode_cursor(cursor: str, keys: Sequence[Any]) -> list[Any]:
         values = json.loads(raw)
         if not isinstance(values, list) or len(values) != len(keys):
             raise InvalidCursor(cursor)
-        return [_from_json(v, k.type.python_type) for v, k in zip(values, keys, strict=True)]
+        decoded = [_from_json(v, k.type.python_type) for v, k in zip(values, keys, strict=True)]
     except (ValueError, TypeError, binascii.Error, NotImplementedError) as exc:
         raise InvalidCursor(cursor) from exc
+    # A NULL bound compares as unknown and silently ends the list: only nullable keys allow it.
+    if any(
+        v is None and not getattr(k, "nullable", True) for v, k in zip(decoded, keys, strict=True)
+    ):
+        raise InvalidCursor(cursor)
+    return decoded
 
 
 async def paginate(

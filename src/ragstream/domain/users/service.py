@@ -13,7 +13,7 @@ from ragstream.db.repositories.refresh_tokens import RefreshTokenRepository
 from ragstream.db.repositories.users import UserRepository
 from ragstream.domain.errors import Forbidden, InvalidInput, not_found
 from ragstream.domain.pagination import cursor_errors, page_request
-from ragstream.domain.users.validation import normalize_display_name
+from ragstream.domain.users.validation import check_storable_text, normalize_display_name
 
 ROLES = ("USER", "ADMIN")
 
@@ -48,10 +48,11 @@ async def list_users(
     session: AsyncSession, viewer: User, *, first: int | None, after: str | None, search: str | None
 ) -> Page[User]:
     require_admin(viewer)
+    term = (search or "").strip() or None
+    if term is not None:
+        check_storable_text(term, field="search")
     with cursor_errors():
-        return await UserRepository(session).list(
-            page_request(first, after), search=(search or "").strip() or None
-        )
+        return await UserRepository(session).list(page_request(first, after), search=term)
 
 
 async def update_me(session: AsyncSession, viewer: User, *, display_name: str | None) -> User:

@@ -22,7 +22,11 @@ def normalize_display_name(name: str, field: str = "displayName") -> str:
     name = " ".join(name.split())
     if not 1 <= len(name) <= MAX_DISPLAY_NAME:
         raise InvalidInput(f"display name must be 1 to {MAX_DISPLAY_NAME} characters", field=field)
-    # Control characters (NUL is refused by PostgreSQL) and lone surrogates (no UTF-8 form).
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
-        raise InvalidInput("display name contains characters that are not allowed", field=field)
+    check_storable_text(name, field=field)
     return name
+
+
+def check_storable_text(value: str, *, field: str) -> None:
+    """Refuse control characters (PostgreSQL refuses NUL) and lone surrogates (no UTF-8 form)."""
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        raise InvalidInput(f"{field} contains characters that are not allowed", field=field)
