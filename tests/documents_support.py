@@ -147,3 +147,18 @@ def make_pdf(pages: list[list[str]]) -> bytes:
         xref,
     )
     return bytes(out)
+
+
+async def wait_until_idle(server: LiveServer, within: float = 120.0) -> None:
+    """Until no document of the server's database is PENDING or PROCESSING."""
+    from sqlalchemy import text
+
+    async with asyncio.timeout(within):
+        while True:
+            async with server.state.sessionmaker() as session:
+                left = await session.scalar(
+                    text("SELECT count(*) FROM documents WHERE status IN ('PENDING', 'PROCESSING')")
+                )
+            if not left:
+                return
+            await asyncio.sleep(0.05)

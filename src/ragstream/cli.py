@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ragstream.domain.errors import DomainError
+from ragstream.knowledge_cli import add_commands as add_knowledge_commands
 from ragstream.settings import ConfigurationError, Settings
 
 
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("--output", "-o", help="write to this file instead of stdout")
     export.set_defaults(func=cmd_export_schema)
+    add_knowledge_commands(sub)
     return parser
 
 

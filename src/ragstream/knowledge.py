@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -45,14 +46,23 @@ async def check_embedding_dimensions(state: AppState) -> None:
 
 
 @contextlib.asynccontextmanager
-async def ingestion_worker(state: AppState, *, in_process: bool = True) -> AsyncIterator[None]:
-    """Check the vector size, then run an ingestion worker while the block runs (if enabled)."""
+async def ingestion_worker(
+    state: AppState, *, enabled: bool | None = None, signal_handlers: bool = False
+) -> AsyncIterator[asyncio.Task[None] | None]:
+    """Check the vector size, then run an ingestion worker while the block runs.
+
+    ``enabled`` None follows the ``ingestion_worker`` setting (what `ragstream serve` does).
+    Yields the worker task (it ends when the worker stops), or None without a worker.
+    """
     await check_embedding_dimensions(state)
-    if in_process and not state.settings.ingestion_worker:
-        yield
+    if not (state.settings.ingestion_worker if enabled is None else enabled):
+        yield None
         return
     assert state.database_url is not None
     async with running_worker(
-        state.settings, state.database_url, ingestion_deps(state), in_process=in_process
-    ):
-        yield
+        state.settings,
+        state.database_url,
+        ingestion_deps(state),
+        in_process=not signal_handlers,
+    ) as task:
+        yield task

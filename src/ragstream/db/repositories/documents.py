@@ -218,3 +218,60 @@ async def embedding_column_dimensions(session: AsyncSession) -> int | None:
         )
     )
     return int(typmod) if typmod is not None and typmod > 0 else None
+
+
+@dataclass(frozen=True)
+class ChunkForEmbedding:
+    id: uuid.UUID
+    title: str
+    heading_path: list[str]
+    content: str
+
+
+class VectorIndexRepository:
+    """Schema-level operations on the embedding column, for `ragstream reindex`."""
+
+    INDEX = "ix_chunks_embedding_hnsw"
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def count_chunks(self) -> int:
+        return int(await self.session.scalar(select(func.count()).select_from(Chunk)) or 0)
+
+    async def resize(self, dimensions: int) -> None:
+        """Drop the index and every vector, and give the column its new size."""
+        await self.session.execute(text(f"DROP INDEX IF EXISTS {self.INDEX}"))
+        await self.session.execute(
+            text(
+                "ALTER TABLE chunks ALTER COLUMN embedding "
+                f"TYPE vector({int(dimensions)}) USING NULL"
+            )
+        )
+
+    async def ensure_index(self) -> None:
+        await self.session.execute(
+            text(
+                f"CREATE INDEX IF NOT EXISTS {self.INDEX} ON chunks "
+                "USING hnsw (embedding vector_cosine_ops)"
+            )
+        )
+
+    async def batch_after(self, after: uuid.UUID | None, limit: int) -> list[ChunkForEmbedding]:
+        stmt = (
+            select(Chunk.id, Document.title, Chunk.heading_path, Chunk.content)
+            .join(Document, Document.id == Chunk.document_id)
+            .order_by(Chunk.id)
+            .limit(limit)
+        )
+        if after is not None:
+            stmt = stmt.where(Chunk.id > after)
+        rows = await self.session.execute(stmt)
+        return [ChunkForEmbedding(r[0], r[1], list(r[2]), r[3]) for r in rows]
+
+    async def set_embeddings(self, pairs: Sequence[tuple[uuid.UUID, Sequence[float]]]) -> None:
+        if pairs:
+            await self.session.execute(
+                update(Chunk),
+                [{"id": chunk_id, "embedding": list(vector)} for chunk_id, vector in pairs],
+            )

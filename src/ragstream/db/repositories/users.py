@@ -41,6 +41,15 @@ class UserRepository:
     async def get_by_email(self, email: str) -> User | None:
         return await self.session.scalar(select(User).where(User.email == email))
 
+    async def first_admin(self) -> User | None:
+        """The oldest active admin (the default owner of bulk imports)."""
+        return await self.session.scalar(
+            select(User)
+            .where(User.role == "ADMIN", User.is_active.is_(True))
+            .order_by(User.created_at, User.id)
+            .limit(1)
+        )
+
     async def add(self, user: User) -> User:
         self.session.add(user)
         await self.session.flush()

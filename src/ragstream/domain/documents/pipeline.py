@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ragstream.db.repositories.documents import DocumentRepository, NewChunk
-from ragstream.domain.documents.chunking import ChunkDraft, chunk_blocks
+from ragstream.domain.documents.chunking import chunk_blocks
 from ragstream.domain.documents.events import publish_status
 from ragstream.domain.documents.parsing import ParseError, parse
 from ragstream.domain.events import EventBroker
@@ -37,10 +38,10 @@ class RetryableIngestionError(Exception):
     """A failure worth another attempt later (provider down, rate-limited, database hiccup)."""
 
 
-def embedding_text(title: str, draft: ChunkDraft) -> str:
+def embedding_text(title: str, heading_path: Sequence[str], content: str) -> str:
     """What gets embedded: the chunk with its document title and headings as context."""
-    context = " / ".join([title, *draft.heading_path])
-    return f"{context}\n\n{draft.content}"
+    context = " / ".join([title, *heading_path])
+    return f"{context}\n\n{content}"
 
 
 async def _set_status(
@@ -102,7 +103,7 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> str | 
         return "FAILED"
 
     vectors: list[list[float]] = []
-    texts = [embedding_text(title, draft) for draft in drafts]
+    texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
     try:
         for start in range(0, len(texts), deps.embedding_batch_size):
             vectors.extend(

@@ -1,0 +1,204 @@
+"""`ragstream worker`, `ragstream ingest` and `ragstream reindex`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ragstream.settings import ConfigurationError, Settings
+
+SUPPORTED_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"}
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ragstream.app import build_state, connect
+    from ragstream.knowledge import ingestion_worker
+
+    state = build_state(Settings())
+
+    async def run() -> None:
+        async with (
+            connect(state),
+            ingestion_worker(state, enabled=True, signal_handlers=True) as worker,
+        ):
+            assert worker is not None
+            await worker  # ends on SIGINT/SIGTERM, after running jobs finish or are requeued
+
+    asyncio.run(run())
+    return 0
+
+
+def collect_files(paths: list[str]) -> list[Path]:
+    """Files named, and supported files found in folders (recursively, hidden ones skipped)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file()
+                    and p.suffix.lower() in SUPPORTED_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                )
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ConfigurationError(f"no such file or folder: {raw}")
+    return found
+
+
+@dataclass
+class Outcome:
+    path: Path
+    document_id: uuid.UUID | None = None
+    status: str = "PENDING"
+    chunks: int = 0
+    note: str = ""
+
+
+async def _ingest(args: argparse.Namespace, console: Console) -> list[Outcome]:
+    from ragstream.app import build_state, connect
+    from ragstream.db.repositories.users import UserRepository
+    from ragstream.domain.documents import service
+    from ragstream.domain.errors import Conflict, DomainError
+    from ragstream.domain.users.validation import normalize_email
+    from ragstream.knowledge import ingestion_worker
+
+    files = collect_files(args.paths)
+    state = build_state(Settings())
+    outcomes = [Outcome(path) for path in files]
+    async with connect(state), ingestion_worker(state, enabled=True):
+        async with state.sessionmaker() as session:
+            users = UserRepository(session)
+            owner = (
+                await users.get_by_email(normalize_email(args.owner))
+                if args.owner
+                else await users.first_admin()
+            )
+        if owner is None:
+            raise ConfigurationError(
+                "no such owner: pass --owner EMAIL of an existing account "
+                "(or create an admin with `ragstream create-admin`)"
+            )
+        visibility = "SHARED" if args.shared else "PRIVATE"
+        for outcome in outcomes:
+            try:
+                data = outcome.path.read_bytes()
+                async with state.sessionmaker.begin() as session:
+                    document = await service.upload_document(
+                        session,
+                        owner,
+                        filename=outcome.path.name,
+                        data=data,
+                        title=None,
+                        visibility=visibility,
+                        max_bytes=state.settings.max_upload_bytes,
+                    )
+                outcome.document_id = document.id
+            except Conflict as exc:
+                outcome.status, outcome.note = "SKIPPED", exc.message
+            except DomainError as exc:
+                outcome.status, outcome.note = "REFUSED", exc.message
+            except OSError as exc:
+                outcome.status, outcome.note = "REFUSED", f"cannot read: {exc.strerror}"
+        pending = {o.document_id: o for o in outcomes if o.document_id is not None}
+        columns: list[Any] = [
+            TextColumn("[bold]ingesting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        ]
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("ingest", total=len(pending))
+            while pending:
+                async with state.sessionmaker() as session:
+                    rows = await service.get_documents(session, owner, list(pending))
+                for document_id, row in rows.items():
+                    if row.status in ("READY", "FAILED"):
+                        outcome = pending.pop(document_id)
+                        outcome.status, outcome.chunks = row.status, row.chunk_count
+                        outcome.note = row.error or str(document_id)
+                        progress.advance(bar)
+                for document_id in set(pending) - set(rows):  # deleted meanwhile
+                    pending.pop(document_id).status = "DELETED"
+                    progress.advance(bar)
+                if pending:
+                    await asyncio.sleep(0.2)
+    return outcomes
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    console = Console()
+    outcomes = asyncio.run(_ingest(args, console))
+    table = Table(title="ragstream ingest")
+    for column in ("file", "status", "chunks", "document / note"):
+        table.add_column(column)
+    colours = {"READY": "green", "FAILED": "red", "REFUSED": "red", "SKIPPED": "yellow"}
+    for o in outcomes:
+        colour = colours.get(o.status, "white")
+        table.add_row(str(o.path), f"[{colour}]{o.status}[/]", str(o.chunks), o.note)
+    console.print(table)
+    ready = sum(o.status == "READY" for o in outcomes)
+    chunks = sum(o.chunks for o in outcomes)
+    console.print(f"{ready} of {len(outcomes)} files ready, {chunks} chunks")
+    return 0 if all(o.status in ("READY", "SKIPPED") for o in outcomes) else 1
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from ragstream.app import build_state, connect
+    from ragstream.domain.documents.reindex import reindex
+
+    console = Console()
+    state = build_state(Settings())
+
+    async def run() -> tuple[int | None, int]:
+        async with connect(state):
+            with Progress(
+                TextColumn("[bold]re-embedding"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress:
+                bar = progress.add_task("reindex", total=None)
+                return await reindex(
+                    state.sessionmaker,
+                    state.embedder,
+                    batch_size=state.settings.embedding_batch_size,
+                    on_start=lambda total: progress.update(bar, total=total),
+                    on_progress=lambda done: progress.update(bar, completed=done),
+                )
+
+    previous, count = asyncio.run(run())
+    dimensions = state.settings.embedding_dimensions
+    change = f"{previous} -> {dimensions}" if previous != dimensions else f"{dimensions}"
+    console.print(f"re-embedded {count} chunks ({change} dimensions)")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    sub.add_parser(
+        "worker", help="run an ingestion worker (no HTTP); scale out with several"
+    ).set_defaults(func=cmd_worker)
+    ingest = sub.add_parser("ingest", help="import files and folders into the knowledge base")
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
+    ingest.add_argument("--owner", metavar="EMAIL", help="owner account (default: first admin)")
+    ingest.add_argument(
+        "--shared", action="store_true", help="share with every user (owner must be an admin)"
+    )
+    ingest.set_defaults(func=cmd_ingest)
+    sub.add_parser(
+        "reindex",
+        help="re-embed every chunk (after changing the embedding model or its dimensions)",
+    ).set_defaults(func=cmd_reindex)

@@ -1,0 +1,166 @@
+"""Durable ingestion: retries with backoff, giving up readably, restarts and crashed workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import SecretStr
+from sqlalchemy import text
+
+from ragstream.settings import Settings
+from tests.conftest import TEST_JWT_SECRET
+from tests.documents_support import create, wait_for_status
+from tests.openai_stub import EMBEDDINGS, OpenAIStub
+from tests.support import LiveServer, running_server
+
+
+def _online(settings: Settings, stub: OpenAIStub, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "embedding_provider": "openai",
+        "openai_base_url": stub.base_url,
+        "openai_api_key": SecretStr("test-key"),
+        "openai_max_retries": 0,
+        "ingestion_retry_base_seconds": 1,
+        "ingestion_shutdown_timeout_seconds": 0.2,
+    }
+    values.update(overrides)
+    return settings.model_copy(update=values)
+
+
+async def _until_waiting(stub: OpenAIStub, path: str = EMBEDDINGS) -> None:
+    async with asyncio.timeout(60):
+        while True:
+            if stub.waiting(path):
+                return
+            await asyncio.sleep(0.02)
+
+
+async def _scalar(server: LiveServer, sql: str) -> object:
+    async with server.state.sessionmaker() as session:
+        return await session.scalar(text(sql))
+
+
+async def test_transient_provider_errors_are_retried_with_backoff(settings: Settings) -> None:
+    async with OpenAIStub() as stub:
+        stub.fail(EMBEDDINGS, times=2, status=503)
+        async with running_server(_online(settings, stub)) as server:
+            account = await server.register()
+            created = (await create(server, account.access_token, "Retry me twice.")).ok()
+            document = await wait_for_status(
+                server, account.access_token, created["createDocument"]["id"]
+            )
+
+    assert document["status"] == "READY"
+    assert document["error"] is None
+    assert len(stub.requests_to(EMBEDDINGS)) == 3
+
+
+async def test_persistent_provider_errors_fail_with_a_readable_error(settings: Settings) -> None:
+    async with OpenAIStub() as stub:
+        stub.fail(EMBEDDINGS, times=-1, status=429, message="secret provider detail")
+        online = _online(settings, stub, ingestion_max_attempts=2)
+        async with running_server(online) as server:
+            account = await server.register()
+            created = (await create(server, account.access_token, "Never embeddable.")).ok()
+            document = await wait_for_status(
+                server, account.access_token, created["createDocument"]["id"]
+            )
+            unfinished = await _scalar(
+                server, "SELECT count(*) FROM documents WHERE status IN ('PENDING', 'PROCESSING')"
+            )
+
+    assert document["status"] == "FAILED"
+    assert document["error"] == (
+        "the embedding provider answered HTTP 429; gave up after 2 attempts"
+    )
+    assert "secret" not in document["error"]
+    assert len(stub.requests_to(EMBEDDINGS)) == 2
+    assert unfinished == 0
+
+
+async def test_job_interrupted_by_a_restart_finishes_afterwards(settings: Settings) -> None:
+    async with OpenAIStub() as stub:
+        stub.hold(EMBEDDINGS)
+        online = _online(settings, stub)
+        async with running_server(online) as server:
+            account = await server.register()
+            created = (await create(server, account.access_token, "Survive the restart.")).ok()
+            document_id = created["createDocument"]["id"]
+            await _until_waiting(stub)
+            interrupted = await _scalar(
+                server,
+                f"SELECT status FROM documents WHERE id = '{document_id}'",  # noqa: S608
+            )
+        # The server is gone; the provider answers again for whoever comes next.
+        stub.release(EMBEDDINGS)
+        async with running_server(online) as server:
+            document = await wait_for_status(server, account.access_token, document_id)
+
+    assert interrupted == "PROCESSING"
+    assert document["status"] == "READY"
+    assert document["chunkCount"] == 1
+
+
+async def test_a_crashed_worker_process_is_recovered(settings: Settings, tmp_path: Path) -> None:
+    async with OpenAIStub() as stub:
+        stub.hold(EMBEDDINGS)
+        quiet = _online(settings, stub, ingestion_worker=False)
+        async with running_server(quiet) as server:
+            account = await server.register()
+            created = (await create(server, account.access_token, "The worker dies.")).ok()
+            document_id = created["createDocument"]["id"]
+        env = {
+            **os.environ,
+            "RAGSTREAM_DATABASE_URL": str(settings.database_url),
+            "RAGSTREAM_DATA_DIR": str(tmp_path / "worker"),
+            "RAGSTREAM_JWT_SECRET": TEST_JWT_SECRET,
+            "RAGSTREAM_EMBEDDING_PROVIDER": "openai",
+            "RAGSTREAM_OPENAI_MAX_RETRIES": "0",
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": stub.base_url,
+        }
+        worker = subprocess.Popen(  # noqa: ASYNC220  (a real process, killed below)
+            [sys.executable, "-m", "ragstream.cli", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await _until_waiting(stub)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+        stub.release(EMBEDDINGS)
+        recovering = _online(
+            settings,
+            stub,
+            ingestion_stalled_seconds=1.0,
+            ingestion_recovery_interval_seconds=0.5,
+        )
+        async with running_server(recovering) as server:
+            stuck = await _scalar(
+                server,
+                f"SELECT status FROM documents WHERE id = '{document_id}'",  # noqa: S608
+            )
+            document = await wait_for_status(server, account.access_token, document_id)
+
+    assert stuck == "PROCESSING"
+    assert document["status"] == "READY"
+
+
+async def test_orphaned_documents_are_queued_again_at_start_up(settings: Settings) -> None:
+    quiet = settings.model_copy(update={"ingestion_worker": False})
+    async with running_server(quiet) as server:
+        account = await server.register()
+        created = (await create(server, account.access_token, "My job went missing.")).ok()
+        document_id = created["createDocument"]["id"]
+        async with server.state.sessionmaker.begin() as session:
+            await session.execute(text("DELETE FROM procrastinate_jobs"))
+    async with running_server(settings) as server:
+        document = await wait_for_status(server, account.access_token, document_id)
+    assert document["status"] == "READY"
