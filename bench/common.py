@@ -1,0 +1,119 @@
+"""Shared bench plumbing: a throwaway embedded database, the app on a loopback port, a client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import uvicorn
+
+from ragstream.app import AppState, create_app
+from ragstream.db.embedded import EmbeddedDatabase, start_embedded
+from ragstream.db.migrate import upgrade_to_head
+from ragstream.settings import Settings
+
+JWT_SECRET = "bench-secret-" + "x" * 40
+
+
+@contextlib.asynccontextmanager
+async def embedded_database() -> AsyncIterator[tuple[EmbeddedDatabase, str, Path]]:
+    """A fresh, migrated database in a temporary data dir (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as tmp:
+        database = await asyncio.to_thread(start_embedded, Path(tmp))
+        try:
+            name = f"bench_{uuid.uuid4().hex[:8]}"
+            conn = await asyncpg.connect(database.libpq_uri("postgres"))
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+            await asyncio.to_thread(upgrade_to_head, database.url(name))
+            yield database, name, Path(tmp)
+        finally:
+            await asyncio.to_thread(database.stop)
+
+
+def bench_settings(url: str, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": url,
+        "data_dir": data_dir,
+        "jwt_secret": JWT_SECRET,
+        "argon2_time_cost": 2,
+        "argon2_memory_kib": 19_456,
+        "argon2_parallelism": 1,
+        "login_attempts_per_minute": 10_000,
+        "embedding_provider": "hashing",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def live_app(settings: Settings) -> AsyncIterator[tuple[str, AppState]]:
+    """The real app on 127.0.0.1 (a free port); yields its GraphQL URL and state."""
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}/graphql", app.state.ragstream
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def graphql(
+    client: httpx.AsyncClient,
+    url: str,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = await client.post(
+        url, json={"query": query, "variables": variables or {}}, headers=headers
+    )
+    body: dict[str, Any] = response.json()
+    if body.get("errors"):
+        raise RuntimeError(body["errors"])
+    data: dict[str, Any] = body["data"]
+    return data
+
+
+async def register(client: httpx.AsyncClient, url: str) -> tuple[str, str]:
+    """A new account: (user id, access token)."""
+    data = await graphql(
+        client,
+        url,
+        """mutation($input: RegisterInput!) {
+             register(input: $input) { accessToken user { id } } }""",
+        {
+            "input": {
+                "email": f"bench-{uuid.uuid4().hex[:10]}@example.com",
+                "password": "bench password 123",
+                "displayName": "Bench",
+            }
+        },
+    )
+    return data["register"]["user"]["id"], data["register"]["accessToken"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
