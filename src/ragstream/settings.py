@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     max_query_depth: int = 10
     max_aliases: int = 15
     max_directives: int = 50
+    max_fields: int = 300  # field selections per operation, fragments expanded
     max_tokens: int = 2_000
     max_body_bytes: int = 1_000_000
     max_page_size: int = 100

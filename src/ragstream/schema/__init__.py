@@ -7,13 +7,13 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import DisableIntrospection, MaxTokensLimiter, ValidationCache
+from strawberry.extensions import DisableIntrospection, MaxTokensLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from ragstream.schema.errors import ErrorContract, shape_result
-from ragstream.schema.limits import ParserCache, QueryLimits, query_limits_rule
+from ragstream.schema.limits import Limits, ParserCache, QueryLimits, ValidationCache
 from ragstream.schema.root import Mutation, Query, Subscription
 from ragstream.settings import Settings
 
@@ -52,11 +52,11 @@ class RagstreamSchema(strawberry.Schema):
 def build_schema(settings: Settings) -> strawberry.Schema:
     # Factories: Strawberry builds fresh extension instances for every operation; the parser and
     # validation caches are shared module-level LRUs, so they stay warm across requests.
-    # The limits rule is one class per schema: the validation cache keys on the rule classes.
-    limits = query_limits_rule(
+    limits = Limits(
         max_depth=settings.max_query_depth,
         max_aliases=settings.max_aliases,
         max_directives=settings.max_directives,
+        max_fields=settings.max_fields,
     )
     extensions: list[Any] = [
         ErrorContract,

@@ -1,11 +1,15 @@
-"""Query limits checked during validation, before any resolver runs: depth, aliases, directives.
+"""Query limits checked before graphql-core's validation, so no resolver runs for a document over a
+limit: depth, aliases, directives and the number of field selections.
 
-ragstream has its own rule instead of Strawberry's QueryDepthLimiter / MaxAliasesLimiter because
+ragstream has its own check instead of Strawberry's QueryDepthLimiter / MaxAliasesLimiter because
 those walk a fragment again for every spread of it (fragments that each spread the next one twice
 cost 2**n), fail with an internal KeyError on an unknown fragment, and build a new rule class per
-request, which makes every validation-cache lookup miss. Here each fragment is measured once, an
-unknown fragment counts as empty (graphql-core reports it as an ordinary validation error), and
-the rule class is built once per schema.
+request, which makes every validation-cache lookup miss. Here each fragment is measured once and an
+unknown fragment counts as empty (graphql-core reports it as an ordinary validation error).
+
+A document over a limit gets the limit errors only: graphql-core's validation is skipped, since
+some of its rules cost time quadratic in the number of fields (hundreds of repeated fields took
+seconds) and a flood of duplicate directives would otherwise come back as a hundred errors.
 """
 
 from __future__ import annotations
@@ -23,11 +27,10 @@ from graphql import (
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
-    ValidationContext,
-    ValidationRule,
 )
-from strawberry.extensions import AddValidationRules
 from strawberry.extensions import ParserCache as StrawberryParserCache
+from strawberry.extensions import SchemaExtension
+from strawberry.extensions import ValidationCache as StrawberryValidationCache
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,17 @@ class Cost:
     depth: int = 0
     aliases: int = 0
     directives: int = 0
+    fields: int = 0
 
     def nested(self) -> Cost:
-        return Cost(self.depth + 1, self.aliases, self.directives)
+        return Cost(self.depth + 1, self.aliases, self.directives, self.fields)
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(
             max(self.depth, other.depth),
             self.aliases + other.aliases,
             self.directives + other.directives,
+            self.fields + other.fields,
         )
 
 
@@ -68,7 +73,7 @@ class _Measure:
             return Cost()
         self.in_progress.add(name)
         cost = self.selection_set(definition.selection_set)
-        cost = Cost(cost.depth, cost.aliases, cost.directives + len(definition.directives or ()))
+        cost = cost + Cost(directives=len(definition.directives or ()))
         self.in_progress.discard(name)
         self.done[name] = cost
         return cost
@@ -78,10 +83,14 @@ class _Measure:
         for selection in selection_set.selections if selection_set else ():
             own = Cost(directives=len(selection.directives or ()))
             if isinstance(selection, FieldNode):
-                own = own + Cost(aliases=1 if selection.alias else 0)
-                # Introspection is measured by its own switch (off in production), not by depth.
-                if selection.selection_set and not selection.name.value.startswith("__"):
-                    own = own + self.selection_set(selection.selection_set).nested()
+                own = own + Cost(aliases=1 if selection.alias else 0, fields=1)
+                inner = self.selection_set(selection.selection_set)
+                if selection.name.value.startswith("__"):
+                    # Introspection has its own switch (off in production); its standard query
+                    # nests deeper than any API query needs, so it counts for size, not depth.
+                    own = own + Cost(0, inner.aliases, inner.directives, inner.fields)
+                elif selection.selection_set:
+                    own = own + inner.nested()
             elif isinstance(selection, FragmentSpreadNode):
                 own = own + self.fragment(selection.name.value)
             elif isinstance(selection, InlineFragmentNode):
@@ -90,50 +99,66 @@ class _Measure:
         return total
 
 
-def query_limits_rule(
-    *, max_depth: int, max_aliases: int, max_directives: int
-) -> type[ValidationRule]:
-    """A validation rule class enforcing the limits; build it once and reuse it."""
+@dataclass(frozen=True)
+class Limits:
+    max_depth: int
+    max_aliases: int
+    max_directives: int
+    max_fields: int
 
-    class QueryLimits(ValidationRule):
-        def __init__(self, context: ValidationContext) -> None:
-            super().__init__(context)
-            measure = _Measure(context.document)
-            for operation in context.document.definitions:
-                if isinstance(operation, OperationDefinitionNode):
-                    self._check(context, operation, measure)
-
-        @staticmethod
-        def _check(
-            context: ValidationContext, operation: OperationDefinitionNode, measure: _Measure
-        ) -> None:
+    def check(self, document: DocumentNode) -> list[GraphQLError]:
+        """One error per limit an operation exceeds; empty when the document is within them."""
+        measure = _Measure(document)
+        errors: list[GraphQLError] = []
+        for operation in document.definitions:
+            if not isinstance(operation, OperationDefinitionNode):
+                continue
             cost = measure.selection_set(operation.selection_set)
+            cost = cost + Cost(directives=len(operation.directives or ()))
             name = operation.name.value if operation.name else "anonymous"
             # Depth counts selection sets below the root: `{ me { id } }` has depth 1.
-            if cost.depth > max_depth:
-                context.report_error(
+            if cost.depth > self.max_depth:
+                errors.append(
                     GraphQLError(
-                        f"'{name}' exceeds maximum operation depth of {max_depth}", operation
+                        f"'{name}' exceeds maximum operation depth of {self.max_depth}", operation
                     )
                 )
-            if cost.aliases > max_aliases:
-                context.report_error(
-                    GraphQLError(f"{max_aliases} aliases allowed at most", operation)
-                )
-            directives = cost.directives + len(operation.directives or ())
-            if directives > max_directives:
-                context.report_error(
-                    GraphQLError(f"{max_directives} directives allowed at most", operation)
-                )
+            for count, limit, what in (
+                (cost.aliases, self.max_aliases, "aliases"),
+                (cost.directives, self.max_directives, "directives"),
+                (cost.fields, self.max_fields, "field selections"),
+            ):
+                if count > limit:
+                    errors.append(
+                        GraphQLError(f"'{name}' has more than {limit} {what}", operation)
+                    )
+        return errors
 
-    return QueryLimits
+
+class QueryLimits(SchemaExtension):
+    """Runs the limits check at the start of validation (list it before ValidationCache)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.graphql_document is not None and not context.pre_execution_errors:
+            errors = self.limits.check(context.graphql_document)
+            if errors:
+                # Strawberry runs graphql-core's validation only while this is still unset.
+                context.pre_execution_errors = errors
+        yield
 
 
-class QueryLimits(AddValidationRules):
-    """Adds the limits rule; pass one instance's ``rule`` around so caches keep hitting."""
+class ValidationCache(StrawberryValidationCache):
+    """Strawberry's validation cache, skipped for a document the limits already refused."""
 
-    def __init__(self, rule: type[ValidationRule]) -> None:
-        super().__init__([rule])
+    def on_validate(self) -> Iterator[None]:
+        if self.execution_context.pre_execution_errors:
+            yield
+        else:
+            yield from super().on_validate()
 
 
 class ParserCache(StrawberryParserCache):
