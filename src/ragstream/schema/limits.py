@@ -129,9 +129,7 @@ class Limits:
                 (cost.fields, self.max_fields, "field selections"),
             ):
                 if count > limit:
-                    errors.append(
-                        GraphQLError(f"'{name}' has more than {limit} {what}", operation)
-                    )
+                    errors.append(GraphQLError(f"'{name}' has more than {limit} {what}", operation))
         return errors
 
 
