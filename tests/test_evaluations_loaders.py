@@ -6,7 +6,9 @@ import re
 from typing import Any
 
 from gql import GraphQLRequest
+from graphql import parse
 
+from ragstream.schema.list_size import estimate_list_items
 from tests.evaluations_support import count_statements, create_evaluation
 from tests.support import Account, LiveServer
 
@@ -246,3 +248,62 @@ async def test_websocket_pages_batch_owners_too(server: LiveServer) -> None:
 
     assert len(data["evaluations"]["edges"]) == 20
     assert len(feature_statements(small)) == len(feature_statements(large))
+
+
+THREE_LEVELS = """query($first: Int) {
+  evaluations(first: $first) { edges { node { owner {
+    evaluations(first: $first) { edges { node { owner {
+      evaluations(first: $first) { edges { cursor } }
+    } } } }
+  } } } }
+}"""
+
+TWO_LEVELS = """query($first: Int) {
+  evaluations(first: $first) { edges { node { owner {
+    evaluations(first: $first) { totalCount edges { node { id } } }
+  } } } }
+}"""
+
+
+async def test_nested_lists_multiplying_rows_are_rejected_before_any_sql(
+    server: LiveServer,
+) -> None:
+    account = await server.register()
+    await create_evaluation(server, account, title="mine")
+
+    for query, first in ((THREE_LEVELS, 100), (THREE_LEVELS, 25), (TWO_LEVELS, 100)):
+        with count_statements(server) as statements:
+            result = await server.execute(query, {"first": first}, token=account.access_token)
+        assert result.code == "BAD_USER_INPUT", (query, first)
+        assert result.errors[0]["extensions"]["field"] == "first"
+        assert "list items" in result.errors[0]["message"]
+        assert feature_statements(statements) == []
+
+    # 50 + 50 * 50 items, and 20 + 20 * 20 + 20 * 20 * 20 with the default page size.
+    assert (await server.execute(TWO_LEVELS, {"first": 50}, token=account.access_token)).ok()
+    assert (await server.execute(THREE_LEVELS, token=account.access_token)).ok()
+
+
+async def test_list_size_estimate_applies_variables_defaults_and_fragments(
+    server: LiveServer,
+) -> None:
+    schema = server.state.schema._schema
+    # Each fragment spreads the next one twice: measured once each, not 2**n times.
+    chain = "\n".join(
+        f"fragment F{i} on Evaluation {{ owner {{ id }} ...F{i + 1} ...F{i + 1} }}"
+        for i in range(30)
+    )
+    document = parse(
+        "query($n: Int = 7) { evaluations(first: $n) { edges { node { ...F0 } } } }\n"
+        + chain
+        + "\nfragment F30 on Evaluation { owner { evaluations(first: 3) { totalCount } } }"
+    )
+
+    default = estimate_list_items(schema, document, {})
+    given = estimate_list_items(schema, document, {"n": 2})
+    capped = estimate_list_items(schema, document, {"n": 100_000})
+
+    spreads = 2**30  # F30 is reached along 2**30 paths, each asking for 3 evaluations
+    assert default == 7 * (1 + spreads * 3)
+    assert given == 2 * (1 + spreads * 3)
+    assert capped == 100 * (1 + spreads * 3)

@@ -296,14 +296,16 @@ async def test_page_size_limits(server: LiveServer) -> None:
     await seed(server, account)
 
     too_many = await server.execute(LIST, {"first": 101}, token=account.access_token)
+    huge = await server.execute(LIST, {"first": 100_000}, token=account.access_token)
     negative = await server.execute(LIST, {"first": -1}, token=account.access_token)
     most = await list_page(server, account, first=100)
     empty = await list_page(server, account, first=0)
     default = await list_page(server, account)
 
-    for result in (too_many, negative):
+    for result in (too_many, huge, negative):
         assert result.code == "BAD_USER_INPUT"
         assert result.errors[0]["extensions"]["field"] == "first"
+        assert result.errors[0]["message"] == "first must be between 0 and 100"
     assert len(most["edges"]) == len(SEED)
     assert empty["edges"] == []
     assert empty["totalCount"] == len(SEED)

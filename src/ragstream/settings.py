@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     max_tokens: int = 2_000
     max_body_bytes: int = 1_000_000
     max_page_size: int = 100
+    # List items one operation may ask for, nested lists multiplied (see schema/list_size.py).
+    max_list_items: int = 10_000
     max_upload_bytes: int = 20 * 1024 * 1024
     ws_connection_init_timeout_seconds: float = 10.0
     ws_max_operations: int = 20

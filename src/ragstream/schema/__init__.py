@@ -14,6 +14,7 @@ from strawberry.types.graphql import OperationType
 
 from ragstream.schema.errors import ErrorContract, shape_result
 from ragstream.schema.limits import Limits, ParserCache, QueryLimits, ValidationCache
+from ragstream.schema.list_size import ListSizeLimit
 from ragstream.schema.root import Mutation, Query, Subscription
 from ragstream.settings import Settings
 
@@ -64,6 +65,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         lambda: ParserCache(maxsize=512),
         lambda: QueryLimits(limits),
         lambda: ValidationCache(maxsize=512),
+        # After validation: measures only documents that passed it.
+        lambda: ListSizeLimit(max_items=settings.max_list_items),
     ]
     if not settings.introspection_enabled:
         extensions.append(DisableIntrospection)
