@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, cast
 
 from starlette.requests import Request
@@ -21,6 +19,7 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from ragstream.domain.errors import Unauthenticated
 from ragstream.schema.context import Context
+from ragstream.websocket import TransportWSHandler
 
 if TYPE_CHECKING:
     from ragstream.app import AppState
@@ -29,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 # Headers a browser cannot send cross-site without a CORS preflight.
 PREFLIGHT_HEADERS = (b"apollo-require-preflight", b"x-requested-with", b"graphql-preflight")
-TOKEN_EXPIRED_CLOSE_CODE = 4403
 
 
 def bearer_token(value: str | None) -> str | None:
@@ -40,6 +38,8 @@ def bearer_token(value: str | None) -> str | None:
 
 
 class GraphQLView(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = TransportWSHandler
+
     def __init__(self, state: AppState) -> None:
         settings = state.settings
         super().__init__(
@@ -52,6 +52,8 @@ class GraphQLView(GraphQL[Context, None]):
             ),
             multipart_uploads_enabled=True,
             max_subscriptions_per_connection=settings.ws_max_operations,
+            # Browsers on these origins may open sockets (with the user's cookies); others get 403.
+            allowed_origins=settings.cors_origins,
         )
         self.state = state
 
@@ -114,22 +116,5 @@ class GraphQLView(GraphQL[Context, None]):
                 await context.viewer()
             except Unauthenticated:
                 raise ConnectionRejectionError() from None
-            self._close_on_expiry(context)
+            # TransportWSHandler closes the socket when the token expires.
         return cast("UnsetType", UNSET)
-
-    def _close_on_expiry(self, context: Context) -> None:
-        """A socket cannot outlive its access token: close it when the token expires."""
-        assert context.claims is not None
-        websocket = context.request
-        if not isinstance(websocket, WebSocket):
-            return
-        delay = (context.claims.expires_at - datetime.now(UTC)).total_seconds()
-
-        async def close_later() -> None:
-            await asyncio.sleep(max(delay, 0))
-            with contextlib.suppress(RuntimeError, OSError):
-                await websocket.close(code=TOKEN_EXPIRED_CLOSE_CODE, reason="Token expired")
-
-        task = asyncio.get_running_loop().create_task(close_later())
-        self.state.background.add(task)
-        task.add_done_callback(self.state.background.discard)

@@ -1,0 +1,93 @@
+"""graphql-transport-ws with ragstream's rules on top of Strawberry's handler.
+
+- A message that is not the protocol's shape (not an object, an id that is not a string, a
+  subscribe without a query string) closes the socket with 4400; Strawberry only catches missing
+  keys, so a JSON list or a string payload ended the connection with an internal error.
+- One operation too many gets a per-operation error with ``extensions.code`` (RATE_LIMITED) and
+  the socket stays up; Strawberry's own error had no code.
+- A socket cannot outlive its access token: it is closed (4403) when the token expires, and the
+  timer ends with the socket instead of lingering until the token's expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
+    Message,
+    SubscribeMessage,
+)
+
+from ragstream.schema.context import Context
+
+TOKEN_EXPIRED_CLOSE_CODE = 4403
+TOO_MANY_OPERATIONS = "too many operations in progress on this socket"
+
+
+def well_formed(message: object) -> bool:
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return False
+    kind = message["type"]
+    if kind in ("subscribe", "complete") and not isinstance(message.get("id"), str):
+        return False
+    if kind == "subscribe":
+        payload = message.get("payload")
+        return (
+            isinstance(payload, dict)
+            and isinstance(payload.get("query"), str)
+            and isinstance(payload.get("variables"), dict | None)
+            and isinstance(payload.get("operationName"), str | None)
+            and isinstance(payload.get("extensions"), dict | None)
+        )
+    return True
+
+
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    expiry_task: asyncio.Task[None] | None = None
+
+    async def handle_message(self, message: Message) -> None:
+        if not well_formed(cast("object", message)):
+            await self.handle_invalid_message("Failed to parse message")
+            return
+        await super().handle_message(message)
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        claims = self.context.claims
+        if self.connection_acknowledged and claims is not None and self.expiry_task is None:
+            self.expiry_task = asyncio.create_task(self._close_at(claims.expires_at))
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and message["id"] not in self.operations
+            and limit is not None
+            and len(self.operations) >= limit
+        ):
+            error: dict[str, Any] = {
+                "message": TOO_MANY_OPERATIONS,
+                "extensions": {"code": "RATE_LIMITED", "limit": limit},
+            }
+            await self.send_message(
+                cast("Message", {"id": message["id"], "type": "error", "payload": [error]})
+            )
+            return
+        await super().handle_subscribe(message)
+
+    async def shutdown(self) -> None:
+        if self.expiry_task is not None:
+            self.expiry_task.cancel()
+        await super().shutdown()
+
+    async def _close_at(self, expires_at: datetime) -> None:
+        await asyncio.sleep(max((expires_at - datetime.now(UTC)).total_seconds(), 0))
+        with contextlib.suppress(RuntimeError, OSError):
+            await self.websocket.close(code=TOKEN_EXPIRED_CLOSE_CODE, reason="Token expired")
