@@ -4,6 +4,8 @@ migrated template; a live server over it."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,8 +23,11 @@ TEST_JWT_SECRET = "test-secret-" + "x" * 40
 
 
 @pytest.fixture(scope="session")
-def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedDatabase]:
-    database = start_embedded(tmp_path_factory.mktemp("pg"))
+def embedded_pg() -> Iterator[EmbeddedDatabase]:
+    # Its own folder, outside pytest's basetemp: pytest prunes old basetemps, and a concurrent run
+    # pruning this one would delete a live server's files.
+    root = Path(tempfile.mkdtemp(prefix="ragstream-test-pg-"))
+    database = start_embedded(root)
 
     async def make_template() -> None:
         conn = await asyncpg.connect(database.libpq_uri("postgres"))
@@ -36,6 +41,7 @@ def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedDa
     upgrade_to_head(database.url(TEMPLATE))
     yield database
     database.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
