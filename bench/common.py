@@ -51,6 +51,8 @@ def bench_settings(url: str, data_dir: Path, **overrides: Any) -> Settings:
         "argon2_parallelism": 1,
         "login_attempts_per_minute": 10_000,
         "embedding_provider": "hashing",
+        # Seeding 100k chunks outlasts the default 15-minute access token.
+        "access_token_ttl_seconds": 24 * 3600,
     }
     values.update(overrides)
     return Settings(**values)
