@@ -155,6 +155,7 @@ def resolve_jwt_secret(settings: Settings) -> bytes:
     secret = os.urandom(48).hex().encode()
     # Written with owner-only permissions before any content lands in it.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above only applies to a file that did not exist yet
     with os.fdopen(fd, "wb") as handle:
         handle.write(secret)
     return secret
