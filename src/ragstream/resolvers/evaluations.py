@@ -5,7 +5,6 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import strawberry
 
-from ragstream.db.repositories.evaluations import OrderField
 from ragstream.domain.evaluations import service
 from ragstream.domain.evaluations.rules import Criterion
 from ragstream.resolvers.ids import parse_id
@@ -79,7 +78,7 @@ async def evaluations(
             search=conditions.search,
             owner_id=None if conditions.owner_id is None else str(conditions.owner_id),
             order=service.EvaluationOrder(
-                field=cast(OrderField, order.field.name),
+                field=cast(service.OrderField, order.field.name),
                 descending=order.direction is OrderDirection.DESC,
             ),
         )

@@ -21,6 +21,7 @@ from ragstream.db.repositories.evaluations import (
     EvaluationFilter,
     EvaluationOrder,
     EvaluationRepository,
+    OrderField,
     OwnerPageKey,
 )
 from ragstream.domain.errors import Forbidden, InvalidInput, not_found
@@ -77,6 +78,12 @@ def _required(value: str | None, field: str) -> str:
     if value is None:
         raise InvalidInput(f"{field} cannot be null", field=field)
     return value
+
+
+def _required_criteria(criteria: Sequence[Criterion] | None) -> Sequence[Criterion]:
+    if criteria is None:
+        raise InvalidInput("criteria cannot be null; pass [] to remove them all", field="criteria")
+    return criteria
 
 
 async def create_evaluation(session: AsyncSession, viewer: User, new: NewEvaluation) -> Evaluation:
@@ -158,12 +165,6 @@ async def update_evaluation(
     return await repository.save(evaluation)
 
 
-def _required_criteria(criteria: Sequence[Criterion] | None) -> Sequence[Criterion]:
-    if criteria is None:
-        raise InvalidInput("criteria cannot be null; pass [] to remove them all", field="criteria")
-    return criteria
-
-
 async def delete_evaluation(session: AsyncSession, viewer: User, evaluation_id: uuid.UUID) -> None:
     if not await EvaluationRepository(session, viewer).delete(evaluation_id):
         raise not_found(KIND)
@@ -229,6 +230,7 @@ __all__ = [
     "EvaluationChanges",
     "EvaluationOrder",
     "NewEvaluation",
+    "OrderField",
     "OwnerPageKey",
     "create_evaluation",
     "criteria_of",
