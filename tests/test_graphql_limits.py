@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +338,65 @@ async def test_service_recovers_when_the_database_comes_back(
     result = await raw.graphql(server, "{ me { id } }", token=account.access_token)
     assert result.ok()["me"]["id"] == account.id
     assert uuid.UUID(result.ok()["me"]["id"])
+
+
+@asynccontextmanager
+async def users_table_locked(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """Hold an exclusive lock on the users table from outside the server, in an open transaction."""
+    name, admin_uri = database_of(database_url)
+    conn = await asyncpg.connect(admin_uri.replace("/postgres?", f"/{name}?"))
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            yield conn
+    finally:
+        await conn.close()
+
+
+async def wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
+    """Until a server connection is blocked on the lock (bounded, so a bug cannot hang the run)."""
+    for _ in range(600):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no request ever waited on the lock")
+
+
+async def test_a_statement_timeout_is_a_masked_error(database_url: str, tmp_path: Path) -> None:
+    settings = make_settings(database_url, tmp_path, db_statement_timeout_ms=300)
+    async with running_server(settings) as server:
+        account = await server.register()
+        async with users_table_locked(database_url):
+            result = await raw.graphql(server, "{ me { id } }", token=account.access_token)
+        assert result.code == "INTERNAL_SERVER_ERROR"
+        assert result.errors[0]["message"] == "Internal server error"
+        assert "timeout" not in json.dumps(result.errors).lower()
+        # Nothing is stuck afterwards.
+        assert (await server.execute("{ me { id } }", token=account.access_token)).ok()
+
+
+async def test_pool_exhaustion_is_a_masked_error(database_url: str, tmp_path: Path) -> None:
+    settings = make_settings(
+        database_url, tmp_path, db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.3
+    )
+    async with running_server(settings) as server:
+        account = await server.register()
+        async with users_table_locked(database_url) as lock:
+            # The first request holds the only connection, waiting on the lock ...
+            blocked = asyncio.create_task(
+                raw.graphql(server, "{ me { id } }", token=account.access_token)
+            )
+            await wait_for_lock_waiter(lock)
+            # ... so the next one cannot get a connection and fails cleanly.
+            starved = await raw.graphql(server, "{ me { id } }", token=account.access_token)
+            assert starved.code == "INTERNAL_SERVER_ERROR"
+            assert starved.errors[0]["message"] == "Internal server error"
+            assert "pool" not in json.dumps(starved.errors).lower()
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(f"{server.http_url}/readyz")).status_code == 503
+        # Once the lock is gone the waiting request completes normally.
+        assert (await blocked).ok()["me"]["id"] == account.id
