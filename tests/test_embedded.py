@@ -1,5 +1,6 @@
 """`ragstream serve` end to end, as a user runs it: no database URL, the embedded PostgreSQL in the
-data dir, GraphiQL, a clean stop on SIGTERM, data kept across a restart, one server per data dir.
+data dir, GraphiQL, a clean stop on SIGTERM, data kept across a restart, one server per data dir,
+create-admin sharing the running database.
 
 Slow (it starts PostgreSQL twice), so it is one test.
 """
@@ -156,6 +157,25 @@ async def test_serve_end_to_end_on_the_embedded_database(tmp_path: Path) -> None
             )
             assert second.returncode != 0
             assert b"already serving data dir" in second.stderr
+
+            # Other commands join the running database instead of starting a second one ...
+            admin = await asyncio.to_thread(
+                subprocess.run,
+                [*command(), "create-admin", "--email", "root@example.com", "--password", PASSWORD],
+                env=environment(data_dir),
+                cwd=tmp_path,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+            assert admin.returncode == 0, admin.stderr.decode()
+            assert b"created admin root@example.com" in admin.stdout
+            # ... and leave it running for the server when they finish.
+            assert (await client.get(f"{base}/readyz")).status_code == 200
+            root = await graphql(
+                client, base, LOGIN, {"email": "root@example.com", "password": PASSWORD}
+            )
+            assert isinstance(root["login"], dict)
 
             await stop(first)
         assert postgres_pids(data_dir) == []

@@ -78,7 +78,10 @@ async def update_user(
         raise not_found("user")
     if user.id == viewer.id and (role == "USER" or is_active is False):
         # Otherwise the last admin could lock everyone out of administration.
-        raise InvalidInput("administrators cannot demote or deactivate themselves", field="role")
+        raise InvalidInput(
+            "administrators cannot demote or deactivate themselves",
+            field="role" if role == "USER" else "isActive",
+        )
     if role is not None:
         if role not in ROLES:
             raise InvalidInput("unknown role", field="role")
