@@ -16,6 +16,7 @@ import pytest
 from ragstream.db.embedded import EmbeddedDatabase, start_embedded
 from ragstream.db.migrate import upgrade_to_head
 from ragstream.settings import Settings
+from tests.chat_stub import ChatStub
 from tests.support import LiveServer, running_server
 
 TEMPLATE = "ragstream_template"
@@ -86,3 +87,11 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 async def server(settings: Settings) -> AsyncIterator[LiveServer]:
     async with running_server(settings) as live:
         yield live
+
+
+@pytest.fixture
+async def chat_stub() -> AsyncIterator[ChatStub]:
+    """A local OpenAI-compatible server (embeddings and streamed chat completions)."""
+    stub = ChatStub()
+    async with stub:
+        yield stub

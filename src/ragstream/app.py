@@ -26,7 +26,9 @@ from ragstream.domain.auth.passwords import PasswordHasher
 from ragstream.domain.auth.ratelimit import SlidingWindowLimiter
 from ragstream.domain.auth.service import AuthService
 from ragstream.domain.auth.tokens import TokenService
+from ragstream.domain.chat.generation import GenerationManager, knowledge_base_retriever
 from ragstream.domain.events import EventBroker, InMemoryBroker
+from ragstream.domain.llm.chat import build_chat_provider
 from ragstream.domain.llm.embeddings import Embedder, build_embedder
 from ragstream.knowledge import ingestion_worker
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
@@ -45,6 +47,7 @@ class AppState:
     schema: strawberry.Schema
     tokens: TokenService
     auth: AuthService
+    chat: GenerationManager
     engine: AsyncEngine | None = None
     sessionmaker_: async_sessionmaker[AsyncSession] | None = None
     embedded: EmbeddedDatabase | None = None
@@ -86,6 +89,7 @@ def build_state(settings: Settings) -> AppState:
         schema=build_schema(settings),
         tokens=tokens,
         auth=AuthService(hasher, tokens, limiter),
+        chat=GenerationManager(settings, build_chat_provider(settings)),
     )
 
 
@@ -154,7 +158,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with connect(state), ingestion_worker(state):
+        async with (
+            connect(state),
+            ingestion_worker(state),
+            state.chat.running(state.sessionmaker, knowledge_base_retriever(state.embedder)),
+        ):
             logger.info("ragstream ready")
             yield
 

@@ -98,6 +98,25 @@ class Settings(BaseSettings):
     daily_message_limit: int = 200
     redis_url: str | None = None
 
+    # Chat (see domain/chat): generation, streaming and persistence
+    chat_system_prompt: str | None = None  # None: the built-in prompt in domain/chat/prompt.py
+    chat_max_concurrent_generations: int = 3
+    chat_retrieval_limit: int = 5
+    chat_history_budget_tokens: int = 2_000
+    chat_sources_budget_tokens: int = 3_000
+    chat_max_message_chars: int = 8_000
+    chat_max_output_tokens: int = 1_024
+    chat_temperature: float = 0.2
+    chat_timeout_seconds: float = 300.0
+    chat_first_token_timeout_seconds: float = 60.0
+    chat_stall_timeout_seconds: float = 30.0
+    chat_max_retries: int = 2
+    chat_retry_backoff_seconds: float = 0.5
+    chat_coalesce_window_ms: int = 30
+    chat_flush_interval_ms: int = 500
+    chat_shutdown_grace_seconds: float = 5.0
+    extractive_word_delay_ms: int = 15
+
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:
         # Compose files pass unset variables as empty strings: treat them as absent.

@@ -24,6 +24,7 @@ from ragstream.domain.errors import NotFound, not_found
 from ragstream.domain.evaluations import service as evaluations
 from ragstream.domain.evaluations.service import OwnerPageKey
 from ragstream.domain.users.service import get_users
+from ragstream.schema.chat_loaders import ChatLoaders
 
 if TYPE_CHECKING:
     from ragstream.schema.context import Context
@@ -36,6 +37,7 @@ class Loaders:
         self.evaluations_by_owner: DataLoader[OwnerPageKey, Page[Evaluation]] = DataLoader(
             self._load_evaluations_by_owner, cache=cache
         )
+        self.chat = ChatLoaders(context, cache=cache)
 
     async def _load_users(self, ids: list[uuid.UUID]) -> Sequence[User | NotFound]:
         """Accounts by id: yourself, or anyone for an admin; others are NOT_FOUND."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
+from ragstream.schema.chat import ChatMutations, ChatQueries, ChatSubscriptions
 from ragstream.schema.documents import (
     DocumentMutations,
     DocumentQueries,
@@ -14,15 +15,15 @@ from ragstream.schema.users import UserMutations, UserQueries
 
 
 @strawberry.type(description="Read operations.")
-class Query(UserQueries, EvaluationQueries, DocumentQueries):
+class Query(UserQueries, EvaluationQueries, DocumentQueries, ChatQueries):
     pass
 
 
 @strawberry.type(description="Write operations.")
-class Mutation(UserMutations, EvaluationMutations, DocumentMutations):
+class Mutation(UserMutations, EvaluationMutations, DocumentMutations, ChatMutations):
     pass
 
 
 @strawberry.type(description="Live updates over the graphql-transport-ws websocket protocol.")
-class Subscription(DocumentSubscriptions):
+class Subscription(DocumentSubscriptions, ChatSubscriptions):
     pass

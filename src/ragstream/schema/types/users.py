@@ -11,10 +11,12 @@ from ragstream.schema.types.pagination import Connection
 
 if TYPE_CHECKING:
     from ragstream.schema.context import Context
+    from ragstream.schema.types.chat import Usage
     from ragstream.schema.types.evaluations import Evaluation
 
 # Evaluation.owner points back here, so the evaluation types are referenced lazily.
 LazyEvaluation = Annotated["Evaluation", strawberry.lazy("ragstream.schema.types.evaluations")]
+LazyUsage = Annotated["Usage", strawberry.lazy("ragstream.schema.types.chat")]
 
 
 @strawberry.enum(description="What an account may do.")
@@ -40,6 +42,12 @@ async def resolve_evaluations(
     return await owner_evaluations(root, info, first, after)
 
 
+async def resolve_usage(root: User, info: strawberry.Info[Context, None]) -> LazyUsage | None:
+    from ragstream.resolvers.chat import user_usage  # imports this module
+
+    return await user_usage(root, info)
+
+
 @strawberry.type(description="An account.")
 class User:
     id: strawberry.ID = strawberry.field(description="UUID of the account.")
@@ -51,6 +59,11 @@ class User:
     evaluations: Connection[LazyEvaluation] = strawberry.field(
         resolver=resolve_evaluations,
         description="The account's evaluations that you may read, newest first.",
+    )
+    usage: LazyUsage | None = strawberry.field(
+        resolver=resolve_usage,
+        description="Chat token usage and today's message count; null unless it is your own "
+        "account or you are an admin.",
     )
 
 

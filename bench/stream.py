@@ -1,0 +1,326 @@
+"""Streaming throughput: N concurrent `chat` subscriptions against a stub emitting T tokens/s.
+
+Usage: python -m bench.stream [--clients 10 100 300 1000] [--rate 20] [--tokens 200]
+
+Three processes on loopback: the OpenAI-compatible stub (tests/chat_stub.py, every token is its
+emission time), the ragstream server (real app, openai provider, embedded PostgreSQL), and this
+client, which opens one websocket per subscription (graphql-transport-ws). Printed per N:
+
+- delivered tok/s: provider tokens that reached the clients, per second of the run;
+- server CPU µs/token: CPU time of the server process (user + system, from /proc) over the run,
+  including sends, retrieval and persistence, divided by delivered tokens;
+- tokens/event: provider tokens per TokenDelta (the coalescing window at work);
+- p50/p99 delay: receive time minus the stub's emission time of each token.
+
+Everything is bounded: each round has a deadline and reports what it got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import bench_settings, embedded_database, graphql, percentile, register
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAT = """subscription($input: SendMessageInput!) { chat(input: $input) { __typename
+  ... on TokenDelta { offset delta }
+  ... on GenerationCompleted { message { status } }
+  ... on GenerationFailed { code } } }"""
+CREATE = 'mutation { createConversation(input: {title: "bench"}) { id } }'
+STAMP_WIDTH = 16
+STAMP_MODULO = 10**15
+
+
+@dataclass
+class Round:
+    clients: int
+    tokens: int = 0
+    events: int = 0
+    completed: int = 0
+    failed: int = 0
+    delays: list[float] = field(default_factory=list)
+    first_token: float = float("inf")
+    last_token: float = 0.0
+    server_cpu: float = 0.0
+    timed_out: bool = False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.asynccontextmanager
+async def process(
+    *args: str, env: dict[str, str] | None = None, output: bool = False
+) -> AsyncIterator[Any]:
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
+        stdout=asyncio.subprocess.PIPE if output else asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(30):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def wait_healthy(url: str) -> None:
+    async with asyncio.timeout(120), httpx.AsyncClient(timeout=2) as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+
+
+def delays_of(delta: str, received: float) -> list[float]:
+    now = int(received * 1_000_000) % STAMP_MODULO
+    out = []
+    for i in range(0, len(delta) - STAMP_WIDTH + 1, STAMP_WIDTH):
+        token = delta[i : i + STAMP_WIDTH - 1]
+        if token.isdigit():
+            out.append(((now - int(token)) % STAMP_MODULO) / 1_000_000)
+    return out
+
+
+async def subscriber(
+    ws_url: str, token: str, conversation_id: str, result: Round, gate: asyncio.Semaphore
+) -> None:
+    async with gate:
+        socket = await websockets.connect(
+            ws_url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")], max_size=None
+        )
+    async with socket:
+        await socket.send(
+            json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
+        )
+        await socket.recv()  # connection_ack
+        variables = {"input": {"conversationId": conversation_id, "content": "Stream please"}}
+        await socket.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {"query": CHAT, "variables": variables},
+                }
+            )
+        )
+        async for raw in socket:
+            received = time.time()
+            message = json.loads(raw)
+            if message["type"] != "next":
+                break
+            payload = message["payload"]
+            if payload.get("errors"):
+                result.failed += 1
+                break
+            event = payload["data"]["chat"]
+            kind = event["__typename"]
+            if kind == "TokenDelta":
+                delays = delays_of(event["delta"], received)
+                result.tokens += len(delays)
+                result.events += 1
+                result.delays.extend(delays)
+                result.first_token = min(result.first_token, received)
+                result.last_token = max(result.last_token, received)
+            elif kind == "GenerationCompleted":
+                result.completed += 1
+            elif kind == "GenerationFailed":
+                result.failed += 1
+
+
+async def run_round(
+    base: str, server_pid: int, clients: int, users: list[tuple[str, str]], deadline: float
+) -> Round:
+    result = Round(clients)
+    graphql_url = f"{base}/graphql"
+    ws_url = graphql_url.replace("http://", "ws://")
+    async with httpx.AsyncClient(timeout=120) as client:
+        conversations = []
+        for i in range(clients):
+            _, token = users[i % len(users)]
+            data = await graphql(client, graphql_url, CREATE, token=token)
+            conversations.append((token, data["createConversation"]["id"]))
+    gate = asyncio.Semaphore(50)  # how many sockets open at the same moment
+    cpu_before = cpu_seconds(server_pid)
+    tasks = [
+        asyncio.create_task(subscriber(ws_url, token, conversation_id, result, gate))
+        for token, conversation_id in conversations
+    ]
+    done, pending = await asyncio.wait(tasks, timeout=deadline)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        if task.exception() is not None:
+            result.failed += 1
+    result.timed_out = bool(pending)
+    result.server_cpu = cpu_seconds(server_pid) - cpu_before
+    return result
+
+
+async def bench(args: argparse.Namespace) -> list[Round]:
+    rounds: list[Round] = []
+    async with process(
+        sys.executable,
+        "-m",
+        "tests.chat_stub",
+        "--tokens",
+        str(args.tokens),
+        "--rate",
+        str(args.rate),
+        output=True,
+    ) as stub:
+        assert stub.stdout is not None
+        stub_port = int((await stub.stdout.readline()).decode())
+        async with embedded_database() as (database, name, data_dir):
+            port = args.port or free_port()
+            env = {
+                "BENCH_DATABASE_URL": database.url(name),
+                "BENCH_DATA_DIR": str(data_dir),
+                "BENCH_STUB_URL": f"http://127.0.0.1:{stub_port}/v1",
+                "BENCH_PORT": str(port),
+                "BENCH_WINDOW_MS": str(args.window_ms),
+                "BENCH_PROFILE": args.profile or "",
+            }
+            async with process(sys.executable, "-m", "bench.stream", "--serve", env=env) as server:
+                base = f"http://127.0.0.1:{port}"
+                await wait_healthy(f"{base}/healthz")
+                async with httpx.AsyncClient(timeout=120) as client:
+                    users = [
+                        await register(client, f"{base}/graphql")
+                        for _ in range(max(1, max(args.clients) // 50))
+                    ]
+                deadline = args.tokens / args.rate * 4 + 60
+                for clients in args.clients:
+                    rounds.append(await run_round(base, server.pid, clients, users, deadline))
+                    print_rounds(rounds, args)
+    return rounds
+
+
+def serve() -> None:
+    """The server process of the benchmark (configured through BENCH_* variables)."""
+    import logging
+
+    import uvicorn
+
+    from ragstream.app import create_app
+
+    settings = bench_settings(
+        os.environ["BENCH_DATABASE_URL"],
+        Path(os.environ["BENCH_DATA_DIR"]),
+        chat_provider="openai",
+        OPENAI_API_KEY="sk-bench",
+        OPENAI_BASE_URL=os.environ["BENCH_STUB_URL"],
+        chat_max_concurrent_generations=1_000_000,
+        daily_message_limit=1_000_000_000,
+        chat_coalesce_window_ms=int(os.environ["BENCH_WINDOW_MS"]),
+        db_pool_size=20,
+        db_max_overflow=20,
+    )
+    logging.basicConfig(level=logging.WARNING)
+    profile = os.environ.get("BENCH_PROFILE")
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host="127.0.0.1",
+            port=int(os.environ["BENCH_PORT"]),
+            log_level="warning",
+            lifespan="on",
+        )
+    finally:
+        if profiler is not None and profile:
+            profiler.disable()
+            profiler.dump_stats(profile)
+
+
+def print_rounds(rounds: list[Round], args: argparse.Namespace) -> None:
+    table = Table(
+        title=f"chat streaming: stub at {args.rate:g} tokens/s per answer, {args.tokens} tokens, "
+        f"coalescing window {args.window_ms} ms"
+    )
+    for column in (
+        "clients",
+        "completed",
+        "failed",
+        "tokens",
+        "delivered tok/s",
+        "server CPU µs/token",
+        "tokens/event",
+        "p50 delay ms",
+        "p99 delay ms",
+    ):
+        table.add_column(column, justify="right")
+    for r in rounds:
+        span = max(r.last_token - r.first_token, 1e-9)
+        table.add_row(
+            str(r.clients),
+            str(r.completed),
+            f"{r.failed}{' (deadline)' if r.timed_out else ''}",
+            str(r.tokens),
+            f"{r.tokens / span:,.0f}" if r.tokens else "-",
+            f"{r.server_cpu / r.tokens * 1e6:,.0f}" if r.tokens else "-",
+            f"{r.tokens / r.events:.1f}" if r.events else "-",
+            f"{percentile(r.delays, 50) * 1000:.1f}" if r.delays else "-",
+            f"{percentile(r.delays, 99) * 1000:.1f}" if r.delays else "-",
+        )
+    Console(width=160).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 300, 1000])
+    parser.add_argument("--rate", type=float, default=20.0, help="tokens/s of each answer")
+    parser.add_argument("--tokens", type=int, default=200, help="tokens per answer")
+    parser.add_argument("--window-ms", type=int, default=30, help="coalescing window")
+    parser.add_argument("--port", type=int, default=0, help="server port (0: any free one)")
+    parser.add_argument("--profile", help="write a cProfile of the server process to this file")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve()
+        return
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Conversations, their messages and the sources an answer cites."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ragstream.db.base import Base, Timestamps, UUIDPrimaryKey
+
+MESSAGE_ROLES = ("USER", "ASSISTANT")
+MESSAGE_STATUSES = ("STREAMING", "COMPLETE", "CANCELLED", "FAILED", "INTERRUPTED")
+
+
+class Conversation(UUIDPrimaryKey, Timestamps, Base):
+    __tablename__ = "conversations"
+    __table_args__ = (
+        Index("ix_conversations_owner_id_created_at_id", "owner_id", "created_at", "id"),
+        Index("ix_conversations_evaluation_id", "evaluation_id"),
+    )
+
+    owner_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    # Deleting the evaluation keeps the conversation; it just loses its context.
+    evaluation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("evaluations.id", ondelete="SET NULL")
+    )
+    title: Mapped[str] = mapped_column(String(200), nullable=False)
+
+
+class Message(UUIDPrimaryKey, Timestamps, Base):
+    """One turn. Assistant messages are written while they stream (status STREAMING)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        CheckConstraint("role IN ('USER', 'ASSISTANT')", name="role"),
+        CheckConstraint(
+            "status IN ('STREAMING', 'COMPLETE', 'CANCELLED', 'FAILED', 'INTERRUPTED')",
+            name="status",
+        ),
+        Index("ix_messages_conversation_id_created_at_id", "conversation_id", "created_at", "id"),
+        # The daily quota counts a user's questions per day; usage sums a user's answers.
+        Index("ix_messages_owner_id_role_created_at", "owner_id", "role", "created_at"),
+        # Start-up recovery and the concurrency cap look only at running generations.
+        Index(
+            "ix_messages_owner_id_streaming",
+            "owner_id",
+            postgresql_where=text("status = 'STREAMING'"),
+        ),
+    )
+
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False
+    )
+    # Denormalised from the conversation so quota and usage are one indexed scan.
+    owner_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    # clock_timestamp, not now(): a question and its answer are written in one transaction and
+    # must still sort in the order they were written.
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp(), nullable=False
+    )
+    content: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    model: Mapped[str | None] = mapped_column(String(200))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Set with FAILED / INTERRUPTED: a stable code, never provider text.
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class MessageSource(UUIDPrimaryKey, Base):
+    """A numbered source `[index]` of an assistant message.
+
+    Title and excerpt are kept with the message, so deleting a document (which nulls the
+    references) does not rewrite chat history.
+    """
+
+    __tablename__ = "message_sources"
+    __table_args__ = (
+        UniqueConstraint("message_id", "index", name="uq_message_sources_message_id"),
+        Index("ix_message_sources_document_id", "document_id"),
+        Index("ix_message_sources_chunk_id", "chunk_id"),
+    )
+
+    message_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    )
+    index: Mapped[int] = mapped_column(Integer, nullable=False)
+    document_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("documents.id", ondelete="SET NULL")
+    )
+    chunk_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("chunks.id", ondelete="SET NULL"))
+    title: Mapped[str] = mapped_column(String(500), nullable=False)
+    excerpt: Mapped[str] = mapped_column(Text, nullable=False)
+    page: Mapped[int | None] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )

@@ -1,0 +1,1 @@
+"""Chat: conversations, grounded answers streamed as they are generated, limits and usage."""

@@ -1,0 +1,56 @@
+"""Per-user limits on chat: questions per UTC day and answers generated at the same time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from ragstream.db.models.users import User
+from ragstream.db.repositories.messages import MessageRepository
+from ragstream.domain.errors import RateLimited
+from ragstream.domain.users.service import is_admin
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    daily_messages: int
+    concurrent_generations: int
+
+
+def utc_day(now: datetime | None = None) -> tuple[datetime, datetime]:
+    """Start of the current UTC day and start of the next one."""
+    now = now or datetime.now(UTC)
+    start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, start + timedelta(days=1)
+
+
+async def check_can_send(repo: MessageRepository, viewer: User, limits: ChatLimits) -> None:
+    """Raises RATE_LIMITED with ``limit`` and ``resetAt`` when the viewer may not ask now.
+
+    Holds a per-user lock until the transaction ends, so two sends racing for the last
+    allowed message cannot both pass.
+    """
+    await repo.lock_owner(viewer.id)
+    if not is_admin(viewer):
+        start, reset = utc_day()
+        used = await repo.count_questions_since(viewer.id, start)
+        if used >= limits.daily_messages:
+            raise RateLimited(
+                f"daily message limit of {limits.daily_messages} reached",
+                extensions={
+                    "reason": "DAILY_MESSAGE_LIMIT",
+                    "limit": limits.daily_messages,
+                    "resetAt": reset.isoformat(),
+                },
+            )
+    running = await repo.count_streaming(viewer.id)
+    if running >= limits.concurrent_generations:
+        raise RateLimited(
+            f"at most {limits.concurrent_generations} answers can be generated at once",
+            extensions={
+                "reason": "CONCURRENT_GENERATIONS",
+                "limit": limits.concurrent_generations,
+                # Frees up as soon as one of the running answers ends.
+                "resetAt": None,
+            },
+        )

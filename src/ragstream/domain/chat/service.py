@@ -1,0 +1,316 @@
+"""Conversations and messages: reads, writes and the checks before an answer is generated.
+
+Stateless functions; callers pass the session (the unit of work they own) and the viewer.
+Running generations live in `generation.GenerationManager`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ragstream.db.models.chat import Conversation, Message, MessageSource
+from ragstream.db.models.documents import Chunk, Document
+from ragstream.db.models.evaluations import Evaluation
+from ragstream.db.models.users import User
+from ragstream.db.pagination import Page
+from ragstream.db.repositories.conversations import ConversationRepository
+from ragstream.db.repositories.messages import MessageRepository, TokenTotals
+from ragstream.domain.chat.prompt import (
+    CriterionContext,
+    EvaluationContext,
+    HistoryTurn,
+    SourceText,
+)
+from ragstream.domain.chat.quota import ChatLimits, check_can_send, utc_day
+from ragstream.domain.chat.views import MessageView, SourceView, message_view, source_view
+from ragstream.domain.documents import service as documents
+from ragstream.domain.errors import InvalidInput, NotFound, not_found
+from ragstream.domain.evaluations import service as evaluations
+from ragstream.domain.pagination import cursor_errors, page_request
+
+MAX_TITLE = 200
+DEFAULT_TITLE = "New conversation"
+EXCERPT_CHARS = 2_000
+HISTORY_MESSAGES = 20
+# Answers that ended without text add nothing to the history.
+HISTORY_STATUSES = ("COMPLETE", "CANCELLED")
+
+
+def normalize_title(title: str | None) -> str:
+    value = " ".join((title or "").split())
+    if len(value) > MAX_TITLE:
+        raise InvalidInput(f"title must be at most {MAX_TITLE} characters", field="title")
+    return value or DEFAULT_TITLE
+
+
+def normalize_content(content: str, max_chars: int) -> str:
+    value = content.strip()
+    if not value:
+        raise InvalidInput("content must not be empty", field="content")
+    if len(value) > max_chars:
+        raise InvalidInput(f"content must be at most {max_chars} characters", field="content")
+    return value
+
+
+# --- Conversations ---------------------------------------------------------------------------
+
+
+async def create_conversation(
+    session: AsyncSession, viewer: User, *, title: str | None, evaluation_id: uuid.UUID | None
+) -> Conversation:
+    """A conversation of the viewer, optionally about an evaluation the viewer may read."""
+    if evaluation_id is not None:
+        await evaluations.get_evaluation(session, viewer, evaluation_id)  # NOT_FOUND otherwise
+    conversation = Conversation(
+        owner_id=viewer.id, title=normalize_title(title), evaluation_id=evaluation_id
+    )
+    return await ConversationRepository(session).add(conversation)
+
+
+async def get_conversation(
+    session: AsyncSession, viewer: User, conversation_id: uuid.UUID
+) -> Conversation:
+    conversation = await ConversationRepository(session).get_readable(viewer, conversation_id)
+    if conversation is None:
+        raise not_found("conversation")
+    return conversation
+
+
+async def list_conversations(
+    session: AsyncSession,
+    viewer: User,
+    *,
+    first: int | None,
+    after: str | None,
+    evaluation_id: uuid.UUID | None,
+) -> Page[Conversation]:
+    with cursor_errors():
+        return await ConversationRepository(session).list_owned(
+            viewer, page_request(first, after), evaluation_id=evaluation_id
+        )
+
+
+async def delete_conversation(
+    session: AsyncSession, viewer: User, conversation_id: uuid.UUID
+) -> list[uuid.UUID]:
+    """Deletes an own conversation; returns its answers that were still being generated."""
+    conversation = await ConversationRepository(session).get_owned(viewer, conversation_id)
+    if conversation is None:
+        raise not_found("conversation")
+    running = await MessageRepository(session).streaming_in_conversation(conversation_id)
+    await ConversationRepository(session).delete_owned(viewer, conversation_id)
+    return running
+
+
+# --- Messages --------------------------------------------------------------------------------
+
+
+async def _views(session: AsyncSession, rows: Sequence[Message]) -> list[MessageView]:
+    sources = await MessageRepository(session).sources_for([m.id for m in rows])
+    return [message_view(m, [source_view(s) for s in sources.get(m.id, ())]) for m in rows]
+
+
+async def list_messages(
+    session: AsyncSession,
+    viewer: User,
+    conversation_id: uuid.UUID,
+    *,
+    first: int | None,
+    after: str | None,
+) -> Page[MessageView]:
+    """A conversation's messages, oldest first, each with its sources (one query for all)."""
+    with cursor_errors():
+        page = await MessageRepository(session).list_readable(
+            viewer, conversation_id, page_request(first, after)
+        )
+    return Page(
+        items=await _views(session, page.items),
+        cursors=page.cursors,
+        has_next_page=page.has_next_page,
+        has_previous_page=page.has_previous_page,
+        total_count=page.total_count,
+    )
+
+
+async def get_message(session: AsyncSession, viewer: User, message_id: uuid.UUID) -> MessageView:
+    row = await MessageRepository(session).get_readable(viewer, message_id)
+    if row is None:
+        raise not_found("message")
+    return (await _views(session, [row]))[0]
+
+
+async def get_own_message(session: AsyncSession, viewer: User, message_id: uuid.UUID) -> Message:
+    """For changes (cancel): the owner's alone; anyone else gets NOT_FOUND."""
+    row = await MessageRepository(session).get_owned(viewer, message_id)
+    if row is None:
+        raise not_found("message")
+    return row
+
+
+async def load_message(session: AsyncSession, message_id: uuid.UUID) -> MessageView | None:
+    """Unfiltered, for the generation task acting for the owner who started it."""
+    row = await MessageRepository(session).get(message_id)
+    return None if row is None else (await _views(session, [row]))[0]
+
+
+@dataclass(frozen=True)
+class NewExchange:
+    """A stored question and the (empty, STREAMING) answer to generate for it."""
+
+    conversation_id: uuid.UUID
+    evaluation_id: uuid.UUID | None
+    question: MessageView
+    answer: MessageView
+
+
+async def start_exchange(
+    session: AsyncSession,
+    viewer: User,
+    *,
+    conversation_id: uuid.UUID,
+    content: str,
+    limits: ChatLimits,
+    max_chars: int,
+    model: str,
+) -> NewExchange:
+    """Stores the viewer's question and an empty answer, after the quota checks."""
+    text = normalize_content(content, max_chars)
+    conversation = await ConversationRepository(session).get_owned(viewer, conversation_id)
+    if conversation is None:
+        raise not_found("conversation")
+    messages = MessageRepository(session)
+    await check_can_send(messages, viewer, limits)
+    question = await messages.add(
+        Message(
+            conversation_id=conversation.id,
+            owner_id=viewer.id,
+            role="USER",
+            content=text,
+            status="COMPLETE",
+        )
+    )
+    answer = await messages.add(
+        Message(
+            conversation_id=conversation.id,
+            owner_id=viewer.id,
+            role="ASSISTANT",
+            content="",
+            status="STREAMING",
+            model=model,
+        )
+    )
+    await ConversationRepository(session).touch(conversation.id)
+    return NewExchange(
+        conversation_id=conversation.id,
+        evaluation_id=conversation.evaluation_id,
+        question=message_view(question),
+        answer=message_view(answer),
+    )
+
+
+# --- Generation context ----------------------------------------------------------------------
+
+
+async def evaluation_context(
+    session: AsyncSession, viewer: User, evaluation_id: uuid.UUID | None
+) -> EvaluationContext | None:
+    """The linked evaluation as prompt context, if the viewer may (still) read it."""
+    if evaluation_id is None:
+        return None
+    try:
+        evaluation = await evaluations.get_evaluation(session, viewer, evaluation_id)
+    except NotFound:
+        return None
+    criteria = [
+        CriterionContext(name=c.name, weight=c.weight, score=c.score, notes=c.notes)
+        for c in evaluations.criteria_of(evaluation)
+    ]
+    return EvaluationContext(
+        title=evaluation.title,
+        company_name=evaluation.company_name,
+        project_type=evaluation.project_type,
+        status=evaluation.status,
+        overall_score=evaluation.overall_score,
+        criteria=criteria,
+    )
+
+
+async def history(
+    session: AsyncSession, conversation_id: uuid.UUID, *, before: datetime
+) -> list[HistoryTurn]:
+    rows = await MessageRepository(session).recent(
+        conversation_id, before=before, limit=HISTORY_MESSAGES
+    )
+    return [
+        HistoryTurn("user" if m.role == "USER" else "assistant", m.content)
+        for m in rows
+        if m.content and (m.role == "USER" or m.status in HISTORY_STATUSES)
+    ]
+
+
+async def store_sources(
+    session: AsyncSession, message_id: uuid.UUID, sources: Sequence[SourceView]
+) -> None:
+    await MessageRepository(session).add_sources(
+        [
+            MessageSource(
+                message_id=message_id,
+                index=s.index,
+                document_id=s.document_id,
+                chunk_id=s.chunk_id,
+                title=s.title,
+                excerpt=s.excerpt,
+                page=s.page,
+                score=s.score,
+            )
+            for s in sources
+        ]
+    )
+
+
+def source_texts(sources: Sequence[SourceView], contents: Sequence[str]) -> list[SourceText]:
+    return [
+        SourceText(index=s.index, title=s.title, content=c)
+        for s, c in zip(sources, contents, strict=True)
+    ]
+
+
+# --- Nested reads (DataLoaders) ------------------------------------------------------------
+
+
+async def cited_documents(
+    session: AsyncSession, viewer: User, document_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, Document]:
+    return await documents.get_documents(session, viewer, document_ids)
+
+
+async def cited_chunks(
+    session: AsyncSession, viewer: User, chunk_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, Chunk]:
+    return await MessageRepository(session).cited_chunks(viewer, chunk_ids)
+
+
+async def linked_evaluations(
+    session: AsyncSession, viewer: User, evaluation_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, Evaluation]:
+    return await ConversationRepository(session).linked_evaluations(viewer, evaluation_ids)
+
+
+# --- Usage -----------------------------------------------------------------------------------
+
+
+async def token_totals(
+    session: AsyncSession, viewer: User, user_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, TokenTotals | None]:
+    """Token sums per account: your own, or anyone's for an admin (None for the others)."""
+    visible = [u for u in user_ids if u == viewer.id or viewer.role == "ADMIN"]
+    if not visible:
+        return dict.fromkeys(user_ids)
+    start, _ = utc_day()
+    totals = await MessageRepository(session).token_totals(visible, questions_since=start)
+    return {u: totals.get(u) for u in user_ids}

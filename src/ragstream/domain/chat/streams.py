@@ -1,0 +1,223 @@
+"""Per-generation stream buffers: what lets any client watch, or resume, a running answer.
+
+A running generation writes its text deltas to a `GenerationStream`; followers read from any
+character offset and are woken when more arrives. Nothing here touches the database.
+
+`StreamHub` is the interface the chat service uses. `MemoryStreamHub` serves one process. A Redis
+hub can implement the same calls with one Redis Stream per message: the writer XADDs one entry
+per coalesced delta (offset and text), the sources and a terminal entry, and sets an EXPIRE once
+finished; `follow` replays from the entry holding ``from_offset`` and then XREADs with BLOCK. A
+client can then resume on any replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import uuid
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ragstream.domain.chat.views import Ending, SourceView
+
+
+@dataclass(frozen=True)
+class SourcesItem:
+    sources: Sequence[SourceView]
+
+
+@dataclass(frozen=True)
+class TextItem:
+    offset: int  # index of text[0] in the whole answer
+    text: str
+
+
+@dataclass(frozen=True)
+class EndItem:
+    ending: Ending
+
+
+StreamItem = SourcesItem | TextItem | EndItem
+
+
+class GenerationStream:
+    """The text of one answer so far, its sources once known, and how it ended."""
+
+    __slots__ = (
+        "_end_waiter",
+        "_ends",
+        "_joined",
+        "_joined_parts",
+        "_parts",
+        "_waiters",
+        "ending",
+        "sources",
+    )
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._ends: list[int] = []  # cumulative length after each part
+        self._waiters: list[asyncio.Future[None]] = []
+        self._end_waiter: asyncio.Future[None] | None = None
+        self._joined = ""
+        self._joined_parts = 0
+        self.sources: Sequence[SourceView] | None = None
+        self.ending: Ending | None = None
+
+    @property
+    def length(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.ending is not None
+
+    def append(self, delta: str) -> None:
+        if not delta or self.ending is not None:
+            return
+        self._parts.append(delta)
+        self._ends.append(self.length + len(delta))
+        self._wake()
+
+    def set_sources(self, sources: Sequence[SourceView]) -> None:
+        self.sources = tuple(sources)
+        self._wake()
+
+    def finish(self, ending: Ending) -> None:
+        if self.ending is None:
+            self.ending = ending
+            self._wake()
+            if self._end_waiter is not None and not self._end_waiter.done():
+                self._end_waiter.set_result(None)
+
+    def text(self) -> str:
+        """The whole text so far (joined incrementally, so frequent flushes stay cheap)."""
+        if self._joined_parts < len(self._parts):
+            self._joined += "".join(self._parts[self._joined_parts :])
+            self._joined_parts = len(self._parts)
+        return self._joined
+
+    def read_from(self, offset: int) -> str:
+        """Text from character ``offset`` to now, in time proportional to its length."""
+        if offset >= self.length:
+            return ""
+        index = bisect.bisect_right(self._ends, offset)
+        start = self._ends[index - 1] if index else 0
+        return self._parts[index][offset - start :] + "".join(self._parts[index + 1 :])
+
+    async def changed(self) -> None:
+        """Returns after the next append, sources or finish."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+
+    async def finished_within(self, delay: float) -> None:
+        """Returns when the stream ends, or after ``delay`` seconds, whichever comes first."""
+        if self.ending is not None:
+            return
+        if self._end_waiter is None:
+            self._end_waiter = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await asyncio.shield(self._end_waiter)
+
+    def _wake(self) -> None:
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+async def follow(
+    stream: GenerationStream, from_offset: int, *, window: float
+) -> AsyncGenerator[StreamItem, None]:
+    """Sources (once known), then the text from ``from_offset``, then the ending.
+
+    The first text item carries everything already buffered. After that text is sent as it
+    arrives, but at most one item per ``window`` seconds: deltas arriving within the window are
+    merged, so a fast provider or a slow client costs fewer events instead of a growing backlog.
+    """
+    loop = asyncio.get_running_loop()
+    offset = max(from_offset, 0)
+    sources_sent = False
+    last_sent = -window
+    while True:
+        if not sources_sent and stream.sources is not None:
+            sources_sent = True
+            yield SourcesItem(stream.sources)
+            continue
+        if stream.length > offset:
+            wait = last_sent + window - loop.time()
+            if wait > 0:
+                await stream.finished_within(wait)
+            text = stream.read_from(offset)
+            yield TextItem(offset, text)
+            offset += len(text)
+            last_sent = loop.time()
+            continue
+        if stream.ending is not None:
+            yield EndItem(stream.ending)
+            return
+        await stream.changed()
+
+
+class StreamWriter(Protocol):
+    """The producer side, used by the generation task only."""
+
+    def append(self, delta: str) -> None: ...
+
+    def set_sources(self, sources: Sequence[SourceView]) -> None: ...
+
+    def finish(self, ending: Ending) -> None: ...
+
+    def text(self) -> str: ...
+
+
+class StreamHub(Protocol):
+    def open(self, message_id: uuid.UUID) -> StreamWriter:
+        """Start the stream of a new generation."""
+        ...
+
+    def follow(
+        self, message_id: uuid.UUID, from_offset: int, *, window: float
+    ) -> AsyncGenerator[StreamItem, None] | None:
+        """Follow a running (or just finished) generation; None when the hub does not know it."""
+        ...
+
+    def close(self, message_id: uuid.UUID) -> None:
+        """Called once the ending is stored; current followers still read to the end."""
+        ...
+
+
+class MemoryStreamHub:
+    """Streams of the generations running in this process."""
+
+    def __init__(self) -> None:
+        self._streams: dict[uuid.UUID, GenerationStream] = {}
+
+    def open(self, message_id: uuid.UUID) -> GenerationStream:
+        stream = GenerationStream()
+        self._streams[message_id] = stream
+        return stream
+
+    def get(self, message_id: uuid.UUID) -> GenerationStream | None:
+        return self._streams.get(message_id)
+
+    def follow(
+        self, message_id: uuid.UUID, from_offset: int, *, window: float
+    ) -> AsyncGenerator[StreamItem, None] | None:
+        stream = self._streams.get(message_id)
+        return None if stream is None else follow(stream, from_offset, window=window)
+
+    def close(self, message_id: uuid.UUID) -> None:
+        self._streams.pop(message_id, None)
+
+    def __len__(self) -> int:
+        return len(self._streams)

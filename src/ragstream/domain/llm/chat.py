@@ -1,0 +1,354 @@
+"""Chat providers: any OpenAI-compatible endpoint, and an offline extractive answerer.
+
+A provider turns a prompt into a stream of text deltas followed by the token usage. Failures are
+raised as `ChatProviderError` with a stable code; the provider's own message is for the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import re
+import unicodedata
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from ragstream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["system", "user", "assistant"]
+
+# Codes reported in GenerationFailed.code and stored on the failed message.
+PROVIDER_UNAVAILABLE = "PROVIDER_UNAVAILABLE"  # could not reach it, overloaded, 5xx, 429
+PROVIDER_ERROR = "PROVIDER_ERROR"  # refused the request, or broke off mid-answer
+PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"  # no first token or a stall longer than the limit
+
+
+@dataclass(frozen=True)
+class PromptMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A numbered source as the provider sees it."""
+
+    index: int
+    title: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: Sequence[PromptMessage]  # the rendered prompt, for language models
+    question: str  # the user's message, for answerers that work on passages directly
+    passages: Sequence[Passage] = ()
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    text: str = ""
+    usage: TokenUsage | None = None
+
+
+class ChatProviderError(Exception):
+    """A provider failure. ``detail`` is logged, never shown to a client."""
+
+    def __init__(self, code: str, detail: str, *, retryable: bool) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.retryable = retryable
+
+
+class ChatProvider(Protocol):
+    @property
+    def model(self) -> str:
+        """Stored with each answer."""
+        ...
+
+    def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        """Text deltas in order, then (when known) one chunk carrying the usage.
+
+        Raises ChatProviderError. Closing the iterator early stops the provider call.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters per token for English; used only when a provider reports none."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+# --- OpenAI-compatible -------------------------------------------------------------------------
+
+
+def _message_param(message: PromptMessage) -> ChatCompletionMessageParam:
+    if message.role == "system":
+        return {"role": "system", "content": message.content}
+    if message.role == "assistant":
+        return {"role": "assistant", "content": message.content}
+    return {"role": "user", "content": message.content}
+
+
+def _classify(exc: Exception) -> ChatProviderError:
+    if isinstance(exc, ChatProviderError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):
+        return ChatProviderError(PROVIDER_TIMEOUT, str(exc), retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return ChatProviderError(PROVIDER_UNAVAILABLE, str(exc), retryable=True)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status == 429 or status >= 500 or status == 408:
+            return ChatProviderError(PROVIDER_UNAVAILABLE, f"{status}: {exc}", retryable=True)
+        return ChatProviderError(PROVIDER_ERROR, f"{status}: {exc}", retryable=False)
+    if isinstance(exc, openai.APIError):  # an error event inside the stream
+        return ChatProviderError(PROVIDER_ERROR, str(exc), retryable=True)
+    return ChatProviderError(PROVIDER_ERROR, f"{type(exc).__name__}: {exc}", retryable=False)
+
+
+@dataclass
+class OpenAIChatProvider:
+    """Chat completions streamed with usage, from any OpenAI-compatible base URL.
+
+    Retries (with jittered exponential backoff) happen only while nothing has been emitted:
+    once a token reached the caller, a retry would repeat or contradict it.
+    """
+
+    client: openai.AsyncOpenAI
+    model: str
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    first_token_timeout: float = 60.0
+    stall_timeout: float = 30.0
+    max_retries: int = 2
+    backoff: float = 0.5
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAIChatProvider:
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        client = openai.AsyncOpenAI(
+            # Local OpenAI-compatible servers (Ollama, vLLM) accept any key.
+            api_key=key or "unused",
+            base_url=settings.openai_base_url,
+            max_retries=0,  # retried here, and only before the first token
+            timeout=openai.Timeout(
+                settings.chat_timeout_seconds,
+                connect=10.0,
+                # A backstop only: first-token and stall limits are enforced per read below.
+                read=max(
+                    settings.chat_first_token_timeout_seconds,
+                    settings.chat_stall_timeout_seconds,
+                )
+                + 5.0,
+            ),
+        )
+        return cls(
+            client=client,
+            model=settings.chat_model,
+            max_output_tokens=settings.chat_max_output_tokens,
+            temperature=settings.chat_temperature,
+            first_token_timeout=settings.chat_first_token_timeout_seconds,
+            stall_timeout=settings.chat_stall_timeout_seconds,
+            max_retries=settings.chat_max_retries,
+            backoff=settings.chat_retry_backoff_seconds,
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        attempt = 0
+        while True:
+            emitted = False
+            try:
+                async with contextlib.aclosing(self._attempt(request)) as chunks:
+                    async for chunk in chunks:
+                        emitted = emitted or bool(chunk.text)
+                        yield chunk
+                return
+            except ChatProviderError as exc:
+                if emitted or not exc.retryable or attempt >= self.max_retries:
+                    raise
+                delay = self.backoff * (2**attempt) * (0.5 + self._rng.random())
+                logger.info("chat provider attempt %d failed (%s); retrying", attempt + 1, exc)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.first_token_timeout
+        messages = [_message_param(m) for m in request.messages]
+        try:
+            async with asyncio.timeout_at(deadline):
+                stream = await self.client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    max_tokens=self.max_output_tokens or openai.omit,
+                    temperature=openai.omit if self.temperature is None else self.temperature,
+                )
+        except TimeoutError:
+            raise ChatProviderError(
+                PROVIDER_TIMEOUT, "no response before the first-token timeout", retryable=True
+            ) from None
+        except Exception as exc:
+            raise _classify(exc) from exc
+        try:
+            while True:
+                # A timeout around each read only: the caller's time between chunks is not ours.
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise ChatProviderError(
+                        PROVIDER_TIMEOUT, "the stream stalled", retryable=True
+                    ) from None
+                except Exception as exc:
+                    raise _classify(exc) from exc
+                text = ""
+                if chunk.choices:
+                    text = chunk.choices[0].delta.content or ""
+                usage = None
+                if chunk.usage is not None:
+                    usage = TokenUsage(
+                        prompt_tokens=chunk.usage.prompt_tokens,
+                        completion_tokens=chunk.usage.completion_tokens,
+                    )
+                if text:
+                    deadline = loop.time() + self.stall_timeout
+                if text or usage:
+                    yield ChatChunk(text=text, usage=usage)
+        finally:
+            # Stops the provider call when the caller cancels or stops early.
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+# --- Offline extractive answerer -----------------------------------------------------------------
+
+_WORD = re.compile(r"[^\W_]+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*[-*#\d])")
+_STOPWORDS = frozenset(
+    """a about above after again all also am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from had has
+    have having he her here hers him his how i if in into is it its just me more most my no nor
+    not now of off on once only or other our out over own same she should so some such than that
+    the their them then there these they this those through to too under until up very was we
+    were what when where which while who whom why will with would you your tell know please
+    give show explain describe""".split()  # noqa: SIM905  (a word list reads better as prose)
+)
+NOTHING_FOUND = (
+    "I could not find anything about this in the knowledge base, so I cannot answer it from "
+    "the available documents."
+)
+
+
+def _terms(text: str) -> list[str]:
+    words = _WORD.findall(unicodedata.normalize("NFKC", text).lower())
+    return [_stem(w) for w in words if w not in _STOPWORDS and (len(w) > 2 or w.isdigit())]
+
+
+def _stem(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 5 and word.endswith("ing"):
+        return word[:-3]
+    if len(word) > 4 and word.endswith("ed"):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    passage: Passage
+    sentence: str
+    score: float
+
+
+def compose_extractive_answer(
+    question: str, passages: Sequence[Passage], *, max_sentences: int = 3
+) -> str:
+    """The passages' sentences that share the most (rare) words with the question, cited.
+
+    Says plainly that nothing was found when no sentence shares enough of the question.
+    """
+    wanted = set(_terms(question))
+    if not wanted or not passages:
+        return NOTHING_FOUND
+    candidates: list[tuple[Passage, str, set[str]]] = []
+    for passage in passages:
+        for raw in _SENTENCE_END.split(passage.content):
+            sentence = " ".join(raw.split())
+            if 3 <= len(sentence) <= 1_000:
+                candidates.append((passage, sentence, set(_terms(sentence))))
+    # Rare words say more than common ones (inverse sentence frequency over the passages).
+    frequency = {t: sum(1 for _, _, terms in candidates if t in terms) for t in wanted}
+    weight = {t: math.log(1 + (len(candidates) + 1) / (1 + frequency[t])) for t in wanted}
+    total = sum(weight.values())
+    scored: list[_Candidate] = []
+    for passage, sentence, terms in candidates:
+        matched = wanted & terms
+        if not matched:
+            continue
+        coverage = sum(weight[t] for t in matched) / total
+        # Enough of the question must be covered: one shared common word is not an answer.
+        if coverage < 0.34 and len(matched) < 2:
+            continue
+        scored.append(_Candidate(passage, sentence, coverage - 0.01 * passage.index))
+    if not scored:
+        return NOTHING_FOUND
+    best = sorted(scored, key=lambda c: c.score, reverse=True)[:max_sentences]
+    parts = [f"{c.sentence} [{c.passage.index}]" for c in best]
+    return "From the knowledge base: " + " ".join(parts)
+
+
+@dataclass
+class ExtractiveChatProvider:
+    """Offline default: needs no model and no network; streams its answer word by word."""
+
+    word_delay: float = 0.0
+    model: str = "extractive"
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        answer = compose_extractive_answer(request.question, request.passages)
+        for word in re.findall(r"\S+\s*", answer):
+            if self.word_delay:
+                await asyncio.sleep(self.word_delay)
+            yield ChatChunk(text=word)
+        prompt = sum(estimate_tokens(m.content) for m in request.messages)
+        yield ChatChunk(usage=TokenUsage(prompt, estimate_tokens(answer)))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def build_chat_provider(settings: Settings) -> ChatProvider:
+    """The configured provider; builds clients but opens no connection."""
+    if settings.chat_provider == "openai":
+        return OpenAIChatProvider.from_settings(settings)
+    return ExtractiveChatProvider(word_delay=settings.extractive_word_delay_ms / 1000)

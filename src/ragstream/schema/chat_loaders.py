@@ -1,0 +1,62 @@
+"""DataLoaders for the nested fields of chat types (sources, evaluations, usage).
+
+Each load authorizes in its query: a cited document the viewer can no longer read resolves to
+null, exactly like a deleted one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from strawberry.dataloader import DataLoader
+
+from ragstream.db.models.documents import Chunk, Document
+from ragstream.db.models.evaluations import Evaluation
+from ragstream.db.repositories.messages import TokenTotals
+from ragstream.domain.chat import service
+
+if TYPE_CHECKING:
+    from ragstream.schema.context import Context
+
+
+class ChatLoaders:
+    def __init__(self, context: Context, *, cache: bool) -> None:
+        self._context = context
+        self.documents: DataLoader[uuid.UUID, Document | None] = DataLoader(
+            self._load_documents, cache=cache
+        )
+        self.chunks: DataLoader[uuid.UUID, Chunk | None] = DataLoader(
+            self._load_chunks, cache=cache
+        )
+        self.evaluations: DataLoader[uuid.UUID, Evaluation | None] = DataLoader(
+            self._load_evaluations, cache=cache
+        )
+        self.token_totals: DataLoader[uuid.UUID, TokenTotals | None] = DataLoader(
+            self._load_token_totals, cache=cache
+        )
+
+    async def _load_documents(self, ids: list[uuid.UUID]) -> Sequence[Document | None]:
+        viewer = await self._context.viewer()
+        async with self._context.state.sessionmaker() as session:
+            found = await service.cited_documents(session, viewer, list(set(ids)))
+        return [found.get(i) for i in ids]
+
+    async def _load_chunks(self, ids: list[uuid.UUID]) -> Sequence[Chunk | None]:
+        viewer = await self._context.viewer()
+        async with self._context.state.sessionmaker() as session:
+            found = await service.cited_chunks(session, viewer, list(set(ids)))
+        return [found.get(i) for i in ids]
+
+    async def _load_evaluations(self, ids: list[uuid.UUID]) -> Sequence[Evaluation | None]:
+        viewer = await self._context.viewer()
+        async with self._context.state.sessionmaker() as session:
+            found = await service.linked_evaluations(session, viewer, list(set(ids)))
+        return [found.get(i) for i in ids]
+
+    async def _load_token_totals(self, ids: list[uuid.UUID]) -> Sequence[TokenTotals | None]:
+        viewer = await self._context.viewer()
+        async with self._context.state.sessionmaker() as session:
+            found = await service.token_totals(session, viewer, list(set(ids)))
+        return [found.get(i) for i in ids]

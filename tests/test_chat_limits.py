@@ -1,0 +1,123 @@
+"""Daily message quota and the cap on answers generated at once: RATE_LIMITED, nothing stored."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from tests.chat_stub import ChatScript, ChatStub
+from tests.chat_support import (
+    CANCEL,
+    CHAT,
+    SEND,
+    USAGE,
+    chat_server,
+    count_rows,
+    eventually,
+    new_conversation,
+    send,
+    stored_message,
+    subscription_error,
+)
+from tests.support import LiveServer
+
+
+def next_utc_midnight() -> str:
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (today + timedelta(days=1)).isoformat()
+
+
+async def finish(server: LiveServer, message_id: str) -> None:
+    async def done() -> bool:
+        return bool((await stored_message(server, message_id))["status"] != "STREAMING")
+
+    await eventually(done)
+
+
+async def test_the_daily_limit_allows_exactly_the_limit(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    async with chat_server(database_url, tmp_path, chat_stub, daily_message_limit=2) as server:
+        account = await server.register()
+        conversation_id = await new_conversation(server, account.access_token)
+        for content in ("first", "second"):
+            answer = await send(server, account.access_token, conversation_id, content)
+            await finish(server, answer["id"])
+        before = await count_rows(server, "messages")
+
+        third = await server.execute(
+            SEND,
+            {"input": {"conversationId": conversation_id, "content": "third"}},
+            token=account.access_token,
+        )
+        chatted = await subscription_error(
+            server,
+            account.access_token,
+            CHAT,
+            {"input": {"conversationId": conversation_id, "content": "third"}},
+        )
+
+        assert third.code == "RATE_LIMITED"
+        extensions = third.errors[0]["extensions"]
+        assert extensions["limit"] == 2
+        assert extensions["resetAt"] == next_utc_midnight()
+        assert extensions["reason"] == "DAILY_MESSAGE_LIMIT"
+        assert chatted["extensions"]["code"] == "RATE_LIMITED"
+        assert await count_rows(server, "messages") == before
+        usage = (await server.execute(USAGE, token=account.access_token)).ok()["me"]["usage"]
+        assert usage["messagesToday"] == 2
+        assert usage["dailyMessageLimit"] == 2
+        assert usage["resetsAt"] == next_utc_midnight()
+
+
+async def test_admins_are_exempt_from_the_daily_limit(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    async with chat_server(database_url, tmp_path, chat_stub, daily_message_limit=1) as server:
+        admin = await server.register()
+        await server.make_admin(admin)
+        conversation_id = await new_conversation(server, admin.access_token)
+        for content in ("first", "second"):
+            answer = await send(server, admin.access_token, conversation_id, content)
+            await finish(server, answer["id"])
+
+        usage = (await server.execute(USAGE, token=admin.access_token)).ok()["me"]["usage"]
+
+        assert usage["messagesToday"] == 2
+        assert usage["dailyMessageLimit"] is None
+
+
+async def test_concurrent_answers_per_user_are_capped(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=[f"t{i} " for i in range(200)], delay=0.02)
+    async with chat_server(
+        database_url, tmp_path, chat_stub, chat_max_concurrent_generations=1
+    ) as server:
+        account = await server.register()
+        other = await server.register()
+        conversation_id = await new_conversation(server, account.access_token)
+        running = await send(server, account.access_token, conversation_id, "long one")
+
+        second = await server.execute(
+            SEND,
+            {"input": {"conversationId": conversation_id, "content": "another"}},
+            token=account.access_token,
+        )
+        # The cap is per user: someone else is not affected.
+        elsewhere = await new_conversation(server, other.access_token)
+        theirs = await send(server, other.access_token, elsewhere, "mine")
+
+        assert second.code == "RATE_LIMITED"
+        extensions = second.errors[0]["extensions"]
+        assert extensions["reason"] == "CONCURRENT_GENERATIONS"
+        assert extensions["limit"] == 1
+        assert theirs["status"] == "STREAMING"
+        assert await count_rows(server, "messages") == 4
+
+        await server.execute(CANCEL, {"id": running["id"]}, token=account.access_token)
+        again = await send(server, account.access_token, conversation_id, "another")
+        assert again["status"] == "STREAMING"
+        for message_id in (again["id"], theirs["id"]):
+            await server.execute(CANCEL, {"id": message_id}, token=account.access_token)
+        await server.execute(CANCEL, {"id": theirs["id"]}, token=other.access_token)

@@ -1,0 +1,160 @@
+"""Nothing stays STREAMING across a shutdown or a crash: INTERRUPTED, with the text kept."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import asyncpg
+import httpx
+from starlette.applications import Starlette
+
+from tests.chat_stub import ChatScript, ChatStub
+from tests.chat_support import (
+    WITHIN,
+    chat_server,
+    eventually,
+    joined,
+    kinds,
+    new_conversation,
+    send,
+    stored_message,
+    stream_all,
+)
+from tests.conftest import TEST_JWT_SECRET
+from tests.support import LiveServer
+
+TOKENS = [f"piece{i} " for i in range(400)]
+FULL = "".join(TOKENS)
+
+
+async def test_shutdown_interrupts_answers_still_running_after_the_grace_period(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.02)
+    async with chat_server(
+        database_url, tmp_path, chat_stub, chat_shutdown_grace_seconds=0
+    ) as server:
+        account = await server.register()
+        conversation_id = await new_conversation(server, account.access_token)
+        answer = await send(server, account.access_token, conversation_id, "Go on")
+        await chat_stub.wait_for_tokens(5)
+    # The server has stopped: the answer was stored with everything streamed until then.
+    async with chat_server(database_url, tmp_path, chat_stub) as server:
+        stored = await stored_message(server, answer["id"])
+        assert stored["status"] == "INTERRUPTED"
+        assert stored["error_code"] == "INTERRUPTED"
+        assert len(stored["content"]) >= len("".join(TOKENS[:5]))
+        assert FULL.startswith(stored["content"])
+
+        events = await stream_all(server, account.access_token, answer["id"])
+
+        assert kinds(events) == ["SourcesRetrieved", "TokenDelta", "GenerationFailed"]
+        assert joined(events) == stored["content"]
+        assert events[-1]["code"] == "INTERRUPTED"
+
+
+async def test_shutdown_lets_answers_finish_within_the_grace_period(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS[:20], delay=0.01)
+    async with chat_server(
+        database_url, tmp_path, chat_stub, chat_shutdown_grace_seconds=WITHIN
+    ) as server:
+        account = await server.register()
+        conversation_id = await new_conversation(server, account.access_token)
+        answer = await send(server, account.access_token, conversation_id, "Go on")
+        await chat_stub.wait_for_tokens(2)
+    async with chat_server(database_url, tmp_path, chat_stub) as server:
+        stored = await stored_message(server, answer["id"])
+        assert stored["status"] == "COMPLETE"
+        assert stored["content"] == "".join(TOKENS[:20])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_a_crash_mid_answer_leaves_it_interrupted_with_the_text_flushed_so_far(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.01)
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAGSTREAM_DATABASE_URL": database_url,
+        "RAGSTREAM_DATA_DIR": str(tmp_path / "crashing"),
+        "RAGSTREAM_JWT_SECRET": TEST_JWT_SECRET,
+        "RAGSTREAM_ARGON2_TIME_COST": "2",
+        "RAGSTREAM_ARGON2_MEMORY_KIB": "19456",
+        "RAGSTREAM_ARGON2_PARALLELISM": "1",
+        "RAGSTREAM_CHAT_PROVIDER": "openai",
+        "RAGSTREAM_EMBEDDING_PROVIDER": "hashing",
+        "RAGSTREAM_CHAT_FLUSH_INTERVAL_MS": "20",
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": chat_stub.base_url,
+    }
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "ragstream.cli", "serve", "--port", str(port)),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        crashing = LiveServer(Starlette())
+        crashing.port = port
+        await eventually(lambda: _healthy(port), within=120)
+        account = await crashing.register()
+        conversation_id = await new_conversation(crashing, account.access_token)
+        answer = await send(crashing, account.access_token, conversation_id, "Go on")
+        await eventually(lambda: _stored_some(database_url, answer["id"]))
+
+        process.send_signal(signal.SIGKILL)
+        async with asyncio.timeout(WITHIN):
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    left = await _row(database_url, answer["id"])
+    assert left["status"] == "STREAMING"  # nothing ran after the kill
+
+    async with chat_server(database_url, tmp_path, chat_stub) as server:
+        stored = await stored_message(server, answer["id"])
+        assert stored["status"] == "INTERRUPTED"
+        assert stored["content"] == left["content"]
+        assert stored["content"]
+        assert FULL.startswith(stored["content"])
+
+
+async def _healthy(port: int) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=1) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/healthz")
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+async def _row(database_url: str, message_id: str) -> dict[str, str]:
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT status, content FROM messages WHERE id = $1::uuid", message_id
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return {"status": row["status"], "content": row["content"]}
+
+
+async def _stored_some(database_url: str, message_id: str) -> bool:
+    return bool((await _row(database_url, message_id))["content"])

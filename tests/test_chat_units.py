@@ -1,0 +1,163 @@
+"""The pure parts of chat: stream buffers and coalescing, prompt building, the extractive answer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+from ragstream.domain.chat.prompt import (
+    EvaluationContext,
+    HistoryTurn,
+    SourceText,
+    build_prompt,
+    fit_history,
+    quote,
+)
+from ragstream.domain.chat.streams import (
+    EndItem,
+    GenerationStream,
+    SourcesItem,
+    StreamItem,
+    TextItem,
+    follow,
+)
+from ragstream.domain.chat.views import Ending, MessageView, SourceView
+from ragstream.domain.llm.chat import NOTHING_FOUND, Passage, compose_extractive_answer
+
+SOURCE = SourceView(1, uuid.uuid4(), uuid.uuid4(), "Doc", "excerpt", None, 0.5)
+
+
+def ending(text: str) -> Ending:
+    message = MessageView(
+        id=uuid.uuid4(),
+        conversation_id=uuid.uuid4(),
+        owner_id=uuid.uuid4(),
+        role="ASSISTANT",
+        content=text,
+        status="COMPLETE",
+        model="m",
+        prompt_tokens=1,
+        completion_tokens=1,
+        error_code=None,
+        created_at=datetime.now(UTC),
+        completed_at=datetime.now(UTC),
+        sources=(SOURCE,),
+    )
+    return Ending(message)
+
+
+async def collect(stream: GenerationStream, offset: int, window: float) -> list[StreamItem]:
+    return [item async for item in follow(stream, offset, window=window)]
+
+
+def test_read_from_any_offset_across_parts() -> None:
+    stream = GenerationStream()
+    for part in ("Hel", "lo, ", "wor", "ld"):
+        stream.append(part)
+
+    assert stream.length == 12
+    assert stream.text() == "Hello, world"
+    assert [stream.read_from(i) for i in (0, 2, 3, 7, 11, 12, 99)] == [
+        "Hello, world",
+        "llo, world",
+        "lo, world",
+        "world",
+        "d",
+        "",
+        "",
+    ]
+
+
+async def test_a_follower_first_gets_everything_buffered_in_one_delta() -> None:
+    stream = GenerationStream()
+    stream.set_sources([SOURCE])
+    for i in range(100):
+        stream.append(f"{i} ")
+    stream.finish(ending(stream.text()))
+
+    items = await collect(stream, 5, window=10.0)
+
+    assert items[0] == SourcesItem((SOURCE,))
+    assert items[1] == TextItem(5, stream.text()[5:])
+    assert isinstance(items[2], EndItem)
+    assert len(items) == 3
+
+
+async def test_live_deltas_within_the_window_are_merged() -> None:
+    stream = GenerationStream()
+    stream.set_sources([])
+    follower = asyncio.create_task(collect(stream, 0, window=3600.0))
+    await asyncio.sleep(0)
+    stream.append("a")
+    await asyncio.sleep(0)  # the follower sends "a" at once, then waits out the window
+    for part in ("b", "c", "d"):
+        stream.append(part)
+        await asyncio.sleep(0)
+    stream.finish(ending("abcd"))  # the end flushes what the window held back
+
+    items = await follower
+
+    texts = [item for item in items if isinstance(item, TextItem)]
+    assert texts == [TextItem(0, "a"), TextItem(1, "bcd")]
+    assert isinstance(items[-1], EndItem)
+
+
+async def test_without_a_window_every_delta_is_its_own_event() -> None:
+    stream = GenerationStream()
+    stream.set_sources([])
+    follower = asyncio.create_task(collect(stream, 0, window=0.0))
+    for part in ("a", "b", "c"):
+        await asyncio.sleep(0)
+        stream.append(part)
+        await asyncio.sleep(0)
+    stream.finish(ending("abc"))
+
+    items = await follower
+
+    assert [i for i in items if isinstance(i, TextItem)] == [
+        TextItem(0, "a"),
+        TextItem(1, "b"),
+        TextItem(2, "c"),
+    ]
+
+
+def test_quoted_text_cannot_close_the_delimiters() -> None:
+    assert quote("a </source> b </SOURCES> <sources> < / evaluation>") == (
+        "a &lt;/source> b &lt;/SOURCES> &lt;sources> &lt; / evaluation>"
+    )
+
+
+def test_history_keeps_the_most_recent_turns_within_the_budget() -> None:
+    turns = [HistoryTurn("user", "x" * 400), HistoryTurn("assistant", "y" * 40)]
+
+    assert fit_history(turns, budget_tokens=30) == [turns[1]]
+    assert fit_history(turns, budget_tokens=1_000) == turns
+
+
+def test_the_prompt_puts_sources_in_the_user_turn_after_the_rules() -> None:
+    evaluation = EvaluationContext("T", "ACME", "NEW_ERP", "DRAFT", None, ())
+    messages = build_prompt(
+        question="What?",
+        sources=[SourceText(1, 'A "title"', "Some text.")],
+        evaluation=evaluation,
+        system_prompt="Be brief.",
+    )
+
+    assert [m.role for m in messages] == ["system", "system", "user"]
+    assert messages[0].content.startswith("Be brief.")
+    assert "<evaluation>" in messages[1].content
+    assert '<source index="1" title="A title">\nSome text.\n</source>' in messages[2].content
+
+
+def test_the_extractive_answer_picks_the_sentences_that_match_and_cites_them() -> None:
+    passages = [
+        Passage(1, "Coffee", "Espresso is brewed under pressure. Beans are roasted."),
+        Passage(2, "Planets", "Mercury orbits the Sun in 88 days. It has no moons."),
+    ]
+
+    answer = compose_extractive_answer("How long is the orbit of Mercury?", passages)
+
+    assert answer == "From the knowledge base: Mercury orbits the Sun in 88 days. [2]"
+    assert compose_extractive_answer("Who painted the Mona Lisa?", passages) == NOTHING_FOUND
+    assert compose_extractive_answer("", passages) == NOTHING_FOUND
