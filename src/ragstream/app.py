@@ -72,6 +72,13 @@ class AppState:
 
 def build_state(settings: Settings) -> AppState:
     """Everything that can be checked without a database; raises ConfigurationError early."""
+    if settings.redis_url:
+        # Refused rather than ignored: replicas without shared fan-out would silently lose events.
+        raise ConfigurationError(
+            "RAGSTREAM_REDIS_URL is set, but this version fans out streams and events in-process "
+            "only; unset it and run a single server (add `ragstream worker` processes to scale "
+            "ingestion)"
+        )
     tokens = TokenService(
         resolve_jwt_secret(settings),
         access_ttl=settings.access_token_ttl_seconds,
