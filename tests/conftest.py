@@ -72,6 +72,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
         "argon2_memory_kib": 19_456,
         "argon2_parallelism": 1,
         "login_attempts_per_minute": 1_000,
+        "login_attempts_per_minute_per_client": 1_000,
         "introspection": True,
     }
     values.update(overrides)

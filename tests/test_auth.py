@@ -390,7 +390,22 @@ async def test_login_limit_ignores_email_case(database_url: str, tmp_path: Path)
 async def test_unknown_account_logins_are_rate_limited_too(
     database_url: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(database_url, tmp_path, login_attempts_per_minute=2)
+    settings = make_settings(
+        database_url, tmp_path, login_attempts_per_minute=2, login_attempts_per_minute_per_client=2
+    )
     async with running_server(settings) as server:
         codes = [(await login(server, f"{uuid.uuid4().hex}@example.com")).code for _ in range(3)]
         assert codes == ["UNAUTHENTICATED", "UNAUTHENTICATED", "RATE_LIMITED"]
+
+
+async def test_one_email_limit_does_not_lock_out_others_from_the_same_address(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        database_url, tmp_path, login_attempts_per_minute=1, login_attempts_per_minute_per_client=10
+    )
+    async with running_server(settings) as server:
+        target, other = await server.register(), await server.register()
+        assert (await login(server, target.email, "wrong password!")).code == "UNAUTHENTICATED"
+        assert (await login(server, target.email)).code == "RATE_LIMITED"
+        (await login(server, other.email)).ok()

@@ -91,11 +91,12 @@ def build_state(settings: Settings) -> AppState:
         concurrency=settings.password_hash_concurrency,
     )
     limiter = SlidingWindowLimiter(settings.login_attempts_per_minute)
+    client_limiter = SlidingWindowLimiter(settings.login_attempts_per_minute_per_client)
     return AppState(
         settings=settings,
         schema=build_schema(settings),
         tokens=tokens,
-        auth=AuthService(hasher, tokens, limiter),
+        auth=AuthService(hasher, tokens, limiter, client_limiter),
         chat=GenerationManager(settings, build_chat_provider(settings)),
     )
 

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     argon2_parallelism: int = 4
     password_hash_concurrency: int = 4
     login_attempts_per_minute: int = 10
+    login_attempts_per_minute_per_client: int = 60
 
     # HTTP / GraphQL surface
     cors_origins: list[str] = Field(default_factory=list)

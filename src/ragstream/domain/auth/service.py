@@ -40,11 +40,17 @@ class RefreshTokenReused(Unauthenticated):
 
 class AuthService:
     def __init__(
-        self, hasher: PasswordHasher, tokens: TokenService, login_limiter: SlidingWindowLimiter
+        self,
+        hasher: PasswordHasher,
+        tokens: TokenService,
+        login_limiter: SlidingWindowLimiter,
+        client_limiter: SlidingWindowLimiter | None = None,
     ) -> None:
         self.hasher = hasher
         self.tokens = tokens
         self.login_limiter = login_limiter
+        # Per client address: looser than per email, since many people may share one address.
+        self.client_limiter = client_limiter or login_limiter
 
     async def register(
         self, session: AsyncSession, *, email: str, password: str, display_name: str
@@ -72,7 +78,7 @@ class AuthService:
         """Same message and comparable time for an unknown email and a wrong password."""
         # Capped: the limiter keeps a key per email tried, and the key must stay small.
         self.login_limiter.hit(f"email:{email.strip().lower()[:320]}")
-        self.login_limiter.hit(f"client:{client}")
+        self.client_limiter.hit(f"client:{client}")
         try:
             # Normalised exactly as at sign-up; an invalid address names no account.
             key: str | None = normalize_email(email)
