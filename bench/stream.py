@@ -23,6 +23,7 @@ import contextlib
 import cProfile
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -60,6 +61,11 @@ class Round:
     last_token: float = 0.0
     server_cpu: float = 0.0
     timed_out: bool = False
+    problems: dict[str, int] = field(default_factory=dict)
+
+    def problem(self, what: str) -> None:
+        self.failed += 1
+        self.problems[what] = self.problems.get(what, 0) + 1
 
 
 def free_port() -> int:
@@ -148,7 +154,8 @@ async def subscriber(
                 break
             payload = message["payload"]
             if payload.get("errors"):
-                result.failed += 1
+                error = payload["errors"][0]
+                result.problem(error.get("extensions", {}).get("code") or error.get("message"))
                 break
             event = payload["data"]["chat"]
             kind = event["__typename"]
@@ -162,7 +169,7 @@ async def subscriber(
             elif kind == "GenerationCompleted":
                 result.completed += 1
             elif kind == "GenerationFailed":
-                result.failed += 1
+                result.problem(event["code"])
 
 
 async def run_round(
@@ -188,8 +195,9 @@ async def run_round(
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     for task in done:
-        if task.exception() is not None:
-            result.failed += 1
+        error = task.exception()
+        if error is not None:
+            result.problem(type(error).__name__)
     result.timed_out = bool(pending)
     result.server_cpu = cpu_seconds(server_pid) - cpu_before
     return result
@@ -222,11 +230,16 @@ async def bench(args: argparse.Namespace) -> list[Round]:
             async with process(sys.executable, "-m", "bench.stream", "--serve", env=env) as server:
                 base = f"http://127.0.0.1:{port}"
                 await wait_healthy(f"{base}/healthz")
+                # Three answers at once per user, the default cap: a user's sends are
+                # serialised (exact quotas), so fewer users would measure that queue instead.
+                accounts = -(-max(args.clients) // 3)
                 async with httpx.AsyncClient(timeout=120) as client:
-                    users = [
-                        await register(client, f"{base}/graphql")
-                        for _ in range(max(1, max(args.clients) // 50))
-                    ]
+                    users: list[tuple[str, str]] = []
+                    while len(users) < accounts:
+                        batch = min(20, accounts - len(users))
+                        users += await asyncio.gather(
+                            *(register(client, f"{base}/graphql") for _ in range(batch))
+                        )
                 deadline = args.tokens / args.rate * 4 + 60
                 for clients in args.clients:
                     rounds.append(await run_round(base, server.pid, clients, users, deadline))
@@ -258,6 +271,9 @@ def serve() -> None:
     profile = os.environ.get("BENCH_PROFILE")
     profiler = cProfile.Profile() if profile else None
     if profiler is not None:
+        # uvicorn re-raises SIGTERM after its graceful shutdown; a no-op handler lets the
+        # profile be written afterwards.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         profiler.enable()
     try:
         uvicorn.run(
@@ -303,7 +319,11 @@ def print_rounds(rounds: list[Round], args: argparse.Namespace) -> None:
             f"{percentile(r.delays, 50) * 1000:.1f}" if r.delays else "-",
             f"{percentile(r.delays, 99) * 1000:.1f}" if r.delays else "-",
         )
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    for r in rounds:
+        if r.problems:
+            console.print(f"{r.clients} clients, failures: {r.problems}")
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from ragstream.domain.chat.prompt import (
     EvaluationContext,
     HistoryTurn,
@@ -23,7 +25,16 @@ from ragstream.domain.chat.streams import (
     follow,
 )
 from ragstream.domain.chat.views import Ending, MessageView, SourceView
-from ragstream.domain.llm.chat import NOTHING_FOUND, Passage, compose_extractive_answer
+from ragstream.domain.llm.chat import (
+    NOTHING_FOUND,
+    ChatChunk,
+    ChatProviderError,
+    Passage,
+    SSEDecoder,
+    TokenUsage,
+    compose_extractive_answer,
+    parse_chunk,
+)
 
 SOURCE = SourceView(1, uuid.uuid4(), uuid.uuid4(), "Doc", "excerpt", None, 0.5)
 
@@ -161,3 +172,33 @@ def test_the_extractive_answer_picks_the_sentences_that_match_and_cites_them() -
     assert answer == "From the knowledge base: Mercury orbits the Sun in 88 days. [2]"
     assert compose_extractive_answer("Who painted the Mona Lisa?", passages) == NOTHING_FOUND
     assert compose_extractive_answer("", passages) == NOTHING_FOUND
+
+
+def test_server_sent_events_are_assembled_from_lines() -> None:
+    decoder = SSEDecoder()
+    lines = [": keep-alive", "", "event: message", 'data: {"a":', "data: 1}", "", "data:[DONE]", ""]
+
+    assert [decoder.feed(line) for line in lines] == [
+        None,
+        None,
+        None,
+        None,
+        None,
+        '{"a":\n1}',
+        None,
+        "[DONE]",
+    ]
+
+
+def test_stream_chunks_give_text_usage_or_a_provider_error() -> None:
+    text = '{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}'
+    usage = '{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}'
+
+    assert parse_chunk(text) == ChatChunk(text="Hi")
+    assert parse_chunk('{"choices":[{"delta":{"role":"assistant"}}]}') == ChatChunk()
+    assert parse_chunk(usage) == ChatChunk(usage=TokenUsage(7, 2))
+    with pytest.raises(ChatProviderError) as caught:
+        parse_chunk('{"error":{"message":"secret"}}')
+    assert caught.value.code == "PROVIDER_ERROR"
+    with pytest.raises(ChatProviderError):
+        parse_chunk("not json")
