@@ -151,6 +151,7 @@ async def subscriber(
             received = time.time()
             message = json.loads(raw)
             if message["type"] != "next":
+                result.problem(f"ended by {message['type']}")
                 break
             payload = message["payload"]
             if payload.get("errors"):
@@ -168,8 +169,12 @@ async def subscriber(
                 result.last_token = max(result.last_token, received)
             elif kind == "GenerationCompleted":
                 result.completed += 1
+                break
             elif kind == "GenerationFailed":
                 result.problem(event["code"])
+                break
+        else:
+            result.problem("closed early")
 
 
 async def run_round(
@@ -196,7 +201,10 @@ async def run_round(
     await asyncio.gather(*pending, return_exceptions=True)
     for task in done:
         error = task.exception()
-        if error is not None:
+        if isinstance(error, websockets.ConnectionClosed):
+            code = error.rcvd.code if error.rcvd else "no close frame"
+            result.problem(f"websocket closed ({code})")
+        elif error is not None:
             result.problem(type(error).__name__)
     result.timed_out = bool(pending)
     result.server_cpu = cpu_seconds(server_pid) - cpu_before

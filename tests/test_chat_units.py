@@ -190,6 +190,15 @@ def test_server_sent_events_are_assembled_from_lines() -> None:
     ]
 
 
+def test_server_sent_events_may_be_split_anywhere_across_reads() -> None:
+    decoder = SSEDecoder()
+    stream = 'data: {"x":"é"}\r\n\r\ndata: [DONE]\n\n'.encode()
+
+    found = [data for i in range(len(stream)) for data in decoder.feed_bytes(stream[i : i + 1])]
+
+    assert found == ['{"x":"é"}', "[DONE]"]
+
+
 def test_stream_chunks_give_text_usage_or_a_provider_error() -> None:
     text = '{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}'
     usage = '{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}'

@@ -126,7 +126,7 @@ def _classify(exc: Exception) -> ChatProviderError:
     return ChatProviderError(PROVIDER_ERROR, f"{type(exc).__name__}: {exc}", retryable=False)
 
 
-async def _close_iterator(iterator: AsyncIterator[str]) -> None:
+async def _close_iterator(iterator: AsyncIterator[bytes]) -> None:
     close = getattr(iterator, "aclose", None)
     if close is not None:
         await close()
@@ -137,6 +137,17 @@ class SSEDecoder:
 
     def __init__(self) -> None:
         self._data: list[str] = []
+        self._pending = b""
+
+    def feed_bytes(self, chunk: bytes) -> list[str]:
+        """The data of every event completed by ``chunk`` (lines may span reads)."""
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        found = []
+        for raw in lines:
+            data = self.feed(raw.rstrip(b"\r").decode("utf-8", errors="replace"))
+            if data is not None:
+                found.append(data)
+        return found
 
     def feed(self, line: str) -> str | None:
         if not line:
@@ -271,15 +282,17 @@ class OpenAIChatProvider:
                 ) from None
             except Exception as exc:
                 raise _classify(exc) from exc
-            # Closing the line iterator and the response (on exit) stops the provider call.
-            lines = response.iter_lines()
-            stack.push_async_callback(_close_iterator, lines)
+            # Closing the byte iterator and the response (on exit) stops the provider call.
+            # Bytes rather than lines: under load one read holds several events, and they
+            # are handled (and passed on) together.
+            reads = response.iter_bytes()
+            stack.push_async_callback(_close_iterator, reads)
             events = SSEDecoder()
             while True:
                 # A timeout around each read only: the caller's time between chunks is not ours.
                 try:
                     async with asyncio.timeout_at(deadline):
-                        line = await anext(lines)
+                        data = await anext(reads)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
@@ -290,16 +303,23 @@ class OpenAIChatProvider:
                     raise ChatProviderError(
                         PROVIDER_UNAVAILABLE, f"{type(exc).__name__}: {exc}", retryable=True
                     ) from exc
-                data = events.feed(line)
-                if data is None:
-                    continue
-                if data == "[DONE]":
-                    return
-                chunk = parse_chunk(data)
-                if chunk.text:
+                text: list[str] = []
+                usage: TokenUsage | None = None
+                done = False
+                for event in events.feed_bytes(data):
+                    if event == "[DONE]":
+                        done = True
+                        break
+                    chunk = parse_chunk(event)
+                    if chunk.text:
+                        text.append(chunk.text)
+                    usage = chunk.usage or usage
+                if text:
                     deadline = loop.time() + self.stall_timeout
-                if chunk.text or chunk.usage:
-                    yield chunk
+                if text or usage:
+                    yield ChatChunk(text="".join(text), usage=usage)
+                if done:
+                    return
 
     async def aclose(self) -> None:
         await self.client.close()
