@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from ragstream import cli
 from ragstream.app import create_app
@@ -128,7 +129,7 @@ def test_a_second_server_on_one_data_dir_is_refused(tmp_path: Path) -> None:
 
 def test_a_redis_url_is_refused_until_fan_out_exists(tmp_path: Path) -> None:
     settings = Settings(
-        data_dir=tmp_path, jwt_secret="s" * 40, redis_url="redis://localhost:6379/0"
+        data_dir=tmp_path, jwt_secret=SecretStr("s" * 40), redis_url="redis://localhost:6379/0"
     )
     with pytest.raises(ConfigurationError, match="RAGSTREAM_REDIS_URL"):
         create_app(settings)
