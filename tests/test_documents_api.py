@@ -78,6 +78,49 @@ async def test_shared_documents_are_readable_by_everyone_but_managed_by_admins(
     assert await _count(server, "SELECT count(*) FROM chunks") == 1
 
 
+OWNER = "query($id: ID!) { document(id: $id) { id owner { id email } } }"
+OWNERS = "{ documents { edges { node { id owner { email } } } } }"
+SEARCH_OWNERS = "query($q: String!) { search(query: $q) { document { id owner { email } } } }"
+
+
+async def _owners_seen(server: LiveServer, token: str, document_id: str) -> dict[str, str | None]:
+    """Owner email (or None) per document id, through `document`, `documents` and `search`;
+    a document met twice must show the same owner both times."""
+    one = (await server.execute(OWNER, {"id": document_id}, token=token)).ok()
+    listed = (await server.execute(OWNERS, token=token)).ok()
+    found = (await server.execute(SEARCH_OWNERS, {"q": "canteen"}, token=token)).ok()
+    nodes = [one["document"]]
+    nodes += [edge["node"] for edge in listed["documents"]["edges"]]
+    nodes += [hit["document"] for hit in found["search"]]
+    owners: dict[str, str | None] = {}
+    for node in nodes:
+        email = None if node["owner"] is None else node["owner"]["email"]
+        assert owners.setdefault(node["id"], email) == email
+    return owners
+
+
+async def test_owner_is_shown_only_to_the_owner_and_admins(server: LiveServer) -> None:
+    admin = await server.register()
+    await server.make_admin(admin)
+    other_admin = await server.register()
+    await server.make_admin(other_admin)
+    user = await server.register()
+    shared = await ingest_text(
+        server, admin.access_token, "Canteen menu changes weekly.", visibility="SHARED"
+    )
+    own = await ingest_text(server, user.access_token, "My canteen notes.")
+
+    as_user = await _owners_seen(server, user.access_token, shared["id"])
+    as_admin = await _owners_seen(server, admin.access_token, shared["id"])
+    as_other_admin = await _owners_seen(server, other_admin.access_token, shared["id"])
+    user_own = (await server.execute(OWNER, {"id": own["id"]}, token=user.access_token)).ok()
+
+    assert as_user == {shared["id"]: None, own["id"]: user.email}
+    # Admins see every document in lists; search stays on their own and shared ones.
+    assert as_admin == as_other_admin == {shared["id"]: admin.email, own["id"]: user.email}
+    assert user_own["document"]["owner"] == {"id": user.id, "email": user.email}
+
+
 async def test_admin_sees_but_does_not_retrieve_private_documents(server: LiveServer) -> None:
     admin = await server.register()
     await server.make_admin(admin)

@@ -11,6 +11,7 @@ from ragstream.db.models.documents import Chunk as ChunkRow
 from ragstream.db.models.documents import Document as DocumentRow
 from ragstream.domain.documents import service
 from ragstream.domain.retrieval.service import SearchResult
+from ragstream.domain.users.service import is_admin
 from ragstream.schema.context import Context
 from ragstream.schema.types.pagination import Connection, to_connection
 from ragstream.schema.types.users import User, to_user
@@ -59,10 +60,23 @@ def to_chunk(row: ChunkRow) -> Chunk:
     )
 
 
+async def resolve_owner(root: Document, info: strawberry.Info[Context, None]) -> User | None:
+    viewer = await info.context.viewer()
+    if viewer.id == root.owner_id or is_admin(viewer):
+        return root.owner_account
+    return None
+
+
 @strawberry.type(description="A document of the knowledge base.")
 class Document:
     id: strawberry.ID = strawberry.field(description="UUID of the document.")
-    owner: User = strawberry.field(description="Who uploaded it.")
+    owner: User | None = strawberry.field(
+        resolver=resolve_owner,
+        description="Who uploaded it; null unless you are that user or an admin (readers of a "
+        "shared document do not learn who shared it).",
+    )
+    owner_id: strawberry.Private[uuid.UUID]
+    owner_account: strawberry.Private[User]
     title: str = strawberry.field(description="Title shown in lists and citations.")
     filename: str = strawberry.field(description="File name as uploaded (no path).")
     mime_type: str = strawberry.field(
@@ -100,7 +114,8 @@ class Document:
 def to_document(row: DocumentRow) -> Document:
     return Document(
         id=strawberry.ID(str(row.id)),
-        owner=to_user(row.owner),
+        owner_id=row.owner_id,
+        owner_account=to_user(row.owner),
         title=row.title,
         filename=row.filename,
         mime_type=row.mime_type,
