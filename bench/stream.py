@@ -151,7 +151,10 @@ async def subscriber(
             received = time.time()
             message = json.loads(raw)
             if message["type"] != "next":
-                result.problem(f"ended by {message['type']}")
+                detail = ""
+                if message["type"] == "error" and message.get("payload"):
+                    detail = f": {message['payload'][0].get('message', '')}"
+                result.problem(f"ended by {message['type']}{detail}")
                 break
             payload = message["payload"]
             if payload.get("errors"):
