@@ -17,7 +17,6 @@ from ragstream.domain.documents.events import (
     publish_status,
 )
 from ragstream.domain.errors import InvalidInput, NotFound
-from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.domain.retrieval.service import search as retrieve
 from ragstream.resolvers.ids import parse_id
 from ragstream.schema.context import Context
@@ -87,7 +86,7 @@ async def search(
             query,
             limit,
             state.embedder,
-            tuning=SearchTuning.from_settings(state.settings),
+            candidates=state.settings.search_candidates,
         )
         rows = await service.get_documents(session, viewer, [r.document_id for r in results])
     return [to_search_hit(r, rows[r.document_id]) for r in results if r.document_id in rows]
