@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     chunk_target_tokens: int = 500
     chunk_overlap_tokens: int = 50
     search_candidates: int = 60
+    search_ef_search: int = 200  # HNSW candidate list per scan round: recall against time
+    search_max_scan_tuples: int = 20_000  # how far a filtered HNSW scan looks for readable rows
+    search_common_term_share: float = 0.05  # words in more chunks only rank, never select
     document_events_poll_seconds: float = 2.0
 
     # Limits

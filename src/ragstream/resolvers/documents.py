@@ -17,6 +17,7 @@ from ragstream.domain.documents.events import (
     publish_status,
 )
 from ragstream.domain.errors import InvalidInput, NotFound
+from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.domain.retrieval.service import search as retrieve
 from ragstream.resolvers.ids import parse_id
 from ragstream.schema.context import Context
@@ -86,7 +87,7 @@ async def search(
             query,
             limit,
             state.embedder,
-            candidates=state.settings.search_candidates,
+            tuning=SearchTuning.from_settings(state.settings),
         )
         rows = await service.get_documents(session, viewer, [r.document_id for r in results])
     return [to_search_hit(r, rows[r.document_id]) for r in results if r.document_id in rows]

@@ -7,22 +7,75 @@ queries returning ``k`` rows.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.models import User
+from ragstream.db.models.documents import TEXT_SEARCH_CONFIG
 
 # Own documents and shared ones: retrieval never reaches another user's private document,
 # not even for an administrator.
 _READABLE = "(d.owner_id = :viewer OR d.visibility = 'SHARED')"
 
+_NEAREST = text(
+    # relaxed_order may return slightly out of order: materialize, then sort.
+    "WITH nearest AS MATERIALIZED ("  # noqa: S608  (constant SQL)
+    " SELECT c.id, c.embedding <=> CAST(:vector AS vector) AS distance"
+    " FROM chunks c JOIN documents d ON d.id = c.document_id"
+    f" WHERE {_READABLE} AND c.embedding IS NOT NULL"
+    " ORDER BY distance LIMIT :k"
+    ") SELECT id FROM nearest ORDER BY distance, id"
+)
+
+# The lexemes of a query with the share of chunks holding each, from the statistics ANALYZE
+# keeps for the tsvector column (its most common lexemes). A lexeme missing from that list is
+# rarer than every listed one: its share is null. The shares are over all chunks; they only
+# decide which words select candidates, while the readable filter applies to every row.
+_QUERY_TERMS = text(
+    "SELECT t.lexeme, s.share"  # noqa: S608  (constant SQL)
+    f" FROM unnest(to_tsvector('{TEXT_SEARCH_CONFIG}', :query)) AS t"
+    " LEFT JOIN (SELECT e.lexeme, e.share FROM pg_stats p,"
+    "  unnest(CAST(CAST(p.most_common_elems AS text) AS text[]), p.most_common_elem_freqs)"
+    "   AS e(lexeme, share)"
+    "  WHERE p.schemaname = current_schema() AND p.tablename = 'chunks'"
+    "  AND p.attname = 'tsv' AND NOT p.inherited) AS s ON s.lexeme = t.lexeme"
+    " ORDER BY t.lexeme"
+)
+
+_BEST_BY_TEXT = text(
+    "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id"  # noqa: S608  (constant SQL)
+    f" WHERE c.tsv @@ CAST(:match AS tsquery) AND {_READABLE}"
+    " ORDER BY ts_rank(c.tsv, CAST(:rank AS tsquery), 1) DESC, c.id LIMIT :k"
+)
+
 
 def vector_literal(vector: Sequence[float]) -> str:
     return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+def tsquery_literal(lexemes: Sequence[str], operator: str) -> str:
+    """``lexemes`` joined by ``|`` or ``&`` in tsquery input syntax, each taken literally.
+
+    Every lexeme is quoted, with quotes and backslashes doubled, so no lexeme can read as an
+    operator, a weight or a prefix marker.
+    """
+    if operator not in ("|", "&"):
+        raise ValueError(f"not a tsquery operator: {operator!r}")
+    quoted = ("'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'" for lexeme in lexemes)
+    return f" {operator} ".join(quoted)
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    lexeme: str
+    # Estimated fraction of all chunks that contain the lexeme; None when it is rare enough
+    # not to be among the most common lexemes PostgreSQL keeps statistics for.
+    share: float | None
 
 
 @dataclass(frozen=True)
@@ -42,50 +95,81 @@ class SearchRepository:
         self.session = session
 
     async def nearest_by_vector(
-        self, viewer: User, vector: Sequence[float], k: int, *, exact: bool = False
+        self,
+        viewer: User,
+        vector: Sequence[float],
+        k: int,
+        *,
+        ef_search: int,
+        max_scan_tuples: int,
     ) -> list[uuid.UUID]:
-        """Chunk ids by cosine distance, closest first.
+        """Chunk ids by cosine distance, closest first, through the HNSW index.
 
-        ``exact`` bypasses the HNSW index (a full scan): the ground truth the index is
-        measured against.
+        ``ef_search`` is the candidate list of each scan round (recall against time);
+        ``max_scan_tuples`` bounds how far an iterative scan goes to find ``k`` readable
+        chunks.
         """
-        if exact:
-            await self.session.execute(text("SET LOCAL enable_indexscan = off"))
-        else:
-            await self.session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-            # ef_search bounds the candidate list of each scan round; it must cover k.
-            await self.session.execute(text(f"SET LOCAL hnsw.ef_search = {max(40, int(k))}"))
-        try:
+        settings = {
+            "hnsw.iterative_scan": "relaxed_order",
+            "hnsw.ef_search": str(max(int(ef_search), int(k))),
+            "hnsw.max_scan_tuples": str(int(max_scan_tuples)),
+            # On a small table the planner prices a large ef_search above a sequential scan
+            # and sorts every readable chunk instead; measured, the index is the faster path.
+            # Index plans (such as a viewer's own few documents, then their chunks) stay open.
+            "enable_seqscan": "off",
+            # A generic plan would not see how selective the viewer's filter is.
+            "plan_cache_mode": "force_custom_plan",
+        }
+        return await self._nearest(viewer, vector, k, settings)
+
+    async def exact_nearest_by_vector(
+        self, viewer: User, vector: Sequence[float], k: int
+    ) -> list[uuid.UUID]:
+        """The same statement without the index (every readable chunk compared): the ground
+        truth HNSW recall is measured against."""
+        return await self._nearest(viewer, vector, k, {"enable_indexscan": "off"})
+
+    async def _nearest(
+        self, viewer: User, vector: Sequence[float], k: int, settings: dict[str, str]
+    ) -> list[uuid.UUID]:
+        async with self._scoped(settings):
             rows = await self.session.execute(
-                text(
-                    # relaxed_order may return slightly out of order: materialize, then sort.
-                    "WITH nearest AS MATERIALIZED ("  # noqa: S608  (constant SQL)
-                    " SELECT c.id, c.embedding <=> CAST(:vector AS vector) AS distance"
-                    " FROM chunks c JOIN documents d ON d.id = c.document_id"
-                    f" WHERE {_READABLE} AND c.embedding IS NOT NULL"
-                    " ORDER BY distance LIMIT :k"
-                    ") SELECT id FROM nearest ORDER BY distance, id"
-                ),
-                {"viewer": viewer.id, "vector": vector_literal(vector), "k": k},
+                _NEAREST, {"viewer": viewer.id, "vector": vector_literal(vector), "k": k}
             )
             return [row[0] for row in rows]
-        finally:
-            if exact:
-                await self.session.execute(text("SET LOCAL enable_indexscan = on"))
 
-    async def best_by_text(self, viewer: User, query: str, k: int) -> list[uuid.UUID]:
-        """Chunk ids matching any word of ``query``, best ranked first."""
+    async def query_terms(self, query: str) -> list[QueryTerm]:
+        """The distinct lexemes of ``query`` (as the chunks' full text indexes words), with
+        the share of chunks holding each as far as PostgreSQL's statistics know it."""
+        rows = await self.session.execute(_QUERY_TERMS, {"query": query})
+        return [QueryTerm(lexeme=row[0], share=row[1]) for row in rows]
+
+    async def best_by_text(
+        self,
+        viewer: User,
+        match: Sequence[str],
+        rank: Sequence[str],
+        k: int,
+        *,
+        match_all: bool = False,
+    ) -> list[uuid.UUID]:
+        """Chunk ids holding any (or with ``match_all``, every) lexeme of ``match``, best
+        first by ``ts_rank`` against all of ``rank``.
+
+        Only the matching chunks are ranked, through the GIN index: the cost follows how
+        many chunks ``match`` selects, which is why the caller leaves very common words out
+        of it.
+        """
+        if not match:
+            return []
         rows = await self.session.execute(
-            text(
-                # plainto_tsquery ANDs the words; a question rarely contains all of a
-                # passage's words, so they are ORed (and ranked) instead.
-                "WITH q AS (SELECT CAST(replace(CAST(plainto_tsquery('english', :query) AS text),"  # noqa: S608  (constant SQL)
-                " ' & ', ' | ') AS tsquery) AS query)"
-                " SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id, q"
-                f" WHERE c.tsv @@ q.query AND {_READABLE}"
-                " ORDER BY ts_rank(c.tsv, q.query, 1) DESC, c.id LIMIT :k"
-            ),
-            {"viewer": viewer.id, "query": query, "k": k},
+            _BEST_BY_TEXT,
+            {
+                "viewer": viewer.id,
+                "match": tsquery_literal(match, "&" if match_all else "|"),
+                "rank": tsquery_literal(rank or match, "|"),
+                "k": k,
+            },
         )
         return [row[0] for row in rows]
 
@@ -114,3 +198,21 @@ class SearchRepository:
             )
             for row in rows
         }
+
+    @contextlib.asynccontextmanager
+    async def _scoped(self, settings: dict[str, str]) -> AsyncIterator[None]:
+        """``settings`` for the statements inside the block only.
+
+        They are SET LOCAL inside a savepoint that is rolled back afterwards, which undoes
+        them: the caller's transaction goes on with its own planner settings.
+        """
+        names = list(settings)
+        calls = ", ".join(f"set_config(:name{i}, :value{i}, true)" for i in range(len(names)))
+        params = {f"name{i}": name for i, name in enumerate(names)}
+        params.update({f"value{i}": settings[name] for i, name in enumerate(names)})
+        savepoint = await self.session.begin_nested()
+        try:
+            await self.session.execute(text(f"SELECT {calls}"), params)
+            yield
+        finally:
+            await savepoint.rollback()

@@ -8,15 +8,65 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.models import User
-from ragstream.db.repositories.search import SearchRepository
+from ragstream.db.repositories.search import QueryTerm, SearchRepository
 from ragstream.domain.errors import InvalidInput
 from ragstream.domain.llm.embeddings import Embedder
+from ragstream.settings import Settings
 
 MAX_LIMIT = 50
 MAX_QUERY_CHARS = 1_000
-DEFAULT_CANDIDATES = 60
 # The usual RRF constant: damps the weight of the very top ranks of either list.
 RRF_K = 60
+
+
+@dataclass(frozen=True)
+class SearchTuning:
+    """How hard retrieval works; the defaults are what the settings default to.
+
+    ``candidates``: how many chunks each ranking (vector, full text) contributes to the fusion.
+    ``ef_search``: HNSW candidate list per scan round; more is better recall, slower.
+    ``max_scan_tuples``: how far an iterative HNSW scan may go to find enough readable chunks.
+    ``common_term_share``: a query word held by more than this share of all chunks does not
+    select chunks for the full-text ranking (it still counts in their rank), so a question
+    made of everyday words does not rank most of the knowledge base.
+    """
+
+    candidates: int = 60
+    ef_search: int = 200
+    max_scan_tuples: int = 20_000
+    common_term_share: float = 0.05
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SearchTuning:
+        return cls(
+            candidates=settings.search_candidates,
+            ef_search=settings.search_ef_search,
+            max_scan_tuples=settings.search_max_scan_tuples,
+            common_term_share=settings.search_common_term_share,
+        )
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    """Which lexemes select chunks for the full-text ranking, and which rank them."""
+
+    match: tuple[str, ...]
+    match_all: bool
+    rank: tuple[str, ...]
+
+
+def text_query(terms: list[QueryTerm], common_share: float) -> TextQuery | None:
+    """Select by the distinctive lexemes (any of them); when every lexeme is common, by all
+    of them at once. Rank by every lexeme. None when the query has no searchable word."""
+    if not terms:
+        return None
+    every = tuple(term.lexeme for term in terms)
+    distinctive = tuple(
+        term.lexeme for term in terms if term.share is None or term.share <= common_share
+    )
+    if distinctive:
+        return TextQuery(match=distinctive, match_all=False, rank=every)
+    return TextQuery(match=every, match_all=True, rank=every)
 
 
 @dataclass(frozen=True)
@@ -50,11 +100,12 @@ async def search(
     limit: int,
     embedder: Embedder,
     *,
-    candidates: int = DEFAULT_CANDIDATES,
+    tuning: SearchTuning | None = None,
 ) -> list[SearchResult]:
     """The ``limit`` chunks most relevant to ``query`` among the documents the viewer may read
     (their own and shared ones), best first. ``score`` is the fused RRF score.
     """
+    tuning = tuning or SearchTuning()
     query = " ".join(query.split())
     if not query:
         raise InvalidInput("query must not be empty", field="query")
@@ -62,11 +113,22 @@ async def search(
         raise InvalidInput(f"query must be at most {MAX_QUERY_CHARS} characters", field="query")
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
-    pool = max(candidates, limit)
+    pool = max(tuning.candidates, limit)
     [vector] = await embedder.embed([query])
     repo = SearchRepository(session)
-    by_vector = await repo.nearest_by_vector(viewer, vector, pool)
-    by_text = await repo.best_by_text(viewer, query, pool)
+    by_vector = await repo.nearest_by_vector(
+        viewer,
+        vector,
+        pool,
+        ef_search=tuning.ef_search,
+        max_scan_tuples=tuning.max_scan_tuples,
+    )
+    words = text_query(await repo.query_terms(query), tuning.common_term_share)
+    by_text = (
+        await repo.best_by_text(viewer, words.match, words.rank, pool, match_all=words.match_all)
+        if words is not None
+        else []
+    )
     fused = fuse([by_vector, by_text])[:limit]
     hits = await repo.load(viewer, [chunk_id for chunk_id, _ in fused])
     vector_ranks = {chunk_id: rank for rank, chunk_id in enumerate(by_vector, start=1)}
