@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 
@@ -64,6 +65,7 @@ async def run(documents: int, sections: int, concurrency: int) -> None:
         settings = bench_settings(database.url(name), data_dir, ingestion_concurrency=concurrency)
         async with live_app(settings) as (url, state), httpx.AsyncClient(timeout=60) as client:
             _, token = await register(client, url)
+            load_before = os.getloadavg()[0]
             started = time.perf_counter()
             for i, body in enumerate(bodies):
                 await graphql(
@@ -86,6 +88,7 @@ async def run(documents: int, sections: int, concurrency: int) -> None:
                     break
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - started
+            load_after = os.getloadavg()[0]
             async with state.sessionmaker() as session:
                 chunks = int(await session.scalar(text("SELECT count(*) FROM chunks")) or 0)
                 failed = int(
@@ -95,7 +98,10 @@ async def run(documents: int, sections: int, concurrency: int) -> None:
                     or 0
                 )
     megabytes = sum(len(b.encode()) for b in bodies) / 1e6
-    table = Table(title="ragstream ingestion (hashing embedder, loopback, embedded PostgreSQL)")
+    table = Table(
+        title="ragstream ingestion (hashing embedder, loopback, embedded PostgreSQL, "
+        f"{concurrency} workers, {os.cpu_count()} CPUs)"
+    )
     for column in (
         "documents",
         "MB",
@@ -105,6 +111,7 @@ async def run(documents: int, sections: int, concurrency: int) -> None:
         "total s",
         "chunks/s",
         "docs/s",
+        "load avg",
     ):
         table.add_column(column, justify="right")
     table.add_row(
@@ -116,8 +123,9 @@ async def run(documents: int, sections: int, concurrency: int) -> None:
         f"{elapsed:.1f}",
         f"{chunks / elapsed:.0f}",
         f"{documents / elapsed:.1f}",
+        f"{load_before:.1f}-{load_after:.1f}",
     )
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)
 
 
 def main() -> None:
