@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     # Chat (see domain/chat): generation, streaming and persistence
     chat_system_prompt: str | None = None  # None: the built-in prompt in domain/chat/prompt.py
     chat_max_concurrent_generations: int = 3
+    # Answers under way in the whole process; past it a send is RATE_LIMITED (SERVER_BUSY).
+    # None: 4 per database connection (pool size + overflow; 80 with the defaults). An answer
+    # holds a connection only briefly (its question, retrieval, its end), so this keeps a
+    # burst of sends well inside the pool timeout instead of failing there.
+    chat_max_active_generations: int | None = None
     chat_retrieval_limit: int = 5
     chat_history_budget_tokens: int = 2_000
     chat_sources_budget_tokens: int = 3_000
@@ -146,6 +151,12 @@ class Settings(BaseSettings):
     @property
     def graphiql_enabled(self) -> bool:
         return bool(self.graphiql)
+
+    @property
+    def active_generation_cap(self) -> int:
+        if self.chat_max_active_generations is not None:
+            return self.chat_max_active_generations
+        return 4 * (self.db_pool_size + self.db_max_overflow)
 
 
 class ConfigurationError(RuntimeError):

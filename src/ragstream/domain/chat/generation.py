@@ -146,6 +146,8 @@ class GenerationManager:
     _dirty_event: asyncio.Event = field(default_factory=asyncio.Event)
     _persister: asyncio.Task[None] | None = None
     _accepting: bool = False
+    # Answers admitted and not yet ended: being stored by a submit, or being generated.
+    _slots: int = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -168,8 +170,12 @@ class GenerationManager:
 
     @property
     def active(self) -> int:
-        """Answers being generated in this process."""
-        return len(self._running)
+        """Answers admitted in this process: being stored or generated (what the cap counts)."""
+        return self._slots
+
+    @property
+    def max_active(self) -> int:
+        return self.settings.active_generation_cap
 
     async def start(
         self, sessionmaker: async_sessionmaker[AsyncSession], retriever: Retriever
@@ -227,13 +233,27 @@ class GenerationManager:
         """Stores the question and an empty answer, and starts generating it.
 
         Shielded: once called, a client that goes away cannot leave a stored answer that
-        nothing generates.
+        nothing generates. RATE_LIMITED (reason SERVER_BUSY) when this process already has
+        `Settings.active_generation_cap` answers under way.
         """
         if not self._accepting:
             raise RateLimited(
                 "the server is restarting; try again in a moment",
                 extensions={"reason": "SHUTTING_DOWN", "limit": 0, "resetAt": None},
             )
+        # Checked and taken before the first await, so concurrent sends cannot overshoot; and
+        # before anything is stored, so a refused send leaves no rows and uses no quota.
+        if self._slots >= self.max_active:
+            raise RateLimited(
+                "the server is generating as many answers as it can; try again in a moment",
+                extensions={
+                    "reason": "SERVER_BUSY",
+                    "limit": self.max_active,
+                    # Frees up as soon as any running answer ends.
+                    "resetAt": None,
+                },
+            )
+        self._slots += 1
         task = asyncio.create_task(self._submit(viewer, conversation_id, content))
         self._pending.add(task)
         task.add_done_callback(self._submitted)
@@ -241,12 +261,14 @@ class GenerationManager:
 
     def _submitted(self, task: asyncio.Task[service.NewExchange]) -> None:
         self._pending.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved here, so an abandoned failure is not logged as lost
+        # Retrieved here, so an abandoned failure is not logged as lost.
+        if task.cancelled() or task.exception() is not None:
+            self._slots -= 1  # nothing was stored, so no answer holds the slot
 
     async def _submit(
         self, viewer: User, conversation_id: uuid.UUID, content: str
     ) -> service.NewExchange:
+        """Runs with a slot taken by `submit`; the answer gives it back when it ends."""
         async with self.sessionmaker.begin() as session:
             exchange = await service.start_exchange(
                 session,
@@ -529,7 +551,8 @@ class GenerationManager:
             )
         generation.stream.finish(Ending(view, _ending_code(view)))
         self.hub.close(message_id)
-        self._running.pop(message_id, None)
+        if self._running.pop(message_id, None) is not None:
+            self._slots -= 1
         self._dirty.discard(message_id)
 
     # --- persistence while streaming ---------------------------------------------------------
