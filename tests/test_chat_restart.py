@@ -1,4 +1,7 @@
-"""Nothing stays STREAMING across a shutdown or a crash: INTERRUPTED, with the text kept."""
+"""Nothing stays STREAMING across a shutdown or a crash: INTERRUPTED, with the text kept.
+
+`ragstream serve` stopped by SIGTERM or SIGINT shuts down gracefully and exits with status 0.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 from starlette.applications import Starlette
 
 from tests.chat_stub import ChatScript, ChatStub
@@ -82,15 +86,14 @@ def free_port() -> int:
     return port
 
 
-async def test_a_crash_mid_answer_leaves_it_interrupted_with_the_text_flushed_so_far(
-    database_url: str, tmp_path: Path, chat_stub: ChatStub
-) -> None:
-    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.01)
-    port = free_port()
-    env = {
+def serve_environment(
+    database_url: str, data_dir: Path, stub: ChatStub, **extra: str
+) -> dict[str, str]:
+    """The environment of a `ragstream serve` subprocess on the test database and the stub."""
+    return {
         **os.environ,
         "RAGSTREAM_DATABASE_URL": database_url,
-        "RAGSTREAM_DATA_DIR": str(tmp_path / "crashing"),
+        "RAGSTREAM_DATA_DIR": str(data_dir),
         "RAGSTREAM_JWT_SECRET": TEST_JWT_SECRET,
         "RAGSTREAM_ARGON2_TIME_COST": "2",
         "RAGSTREAM_ARGON2_MEMORY_KIB": "19456",
@@ -99,11 +102,23 @@ async def test_a_crash_mid_answer_leaves_it_interrupted_with_the_text_flushed_so
         "RAGSTREAM_EMBEDDING_PROVIDER": "hashing",
         "RAGSTREAM_CHAT_FLUSH_INTERVAL_MS": "20",
         "OPENAI_API_KEY": "sk-test",
-        "OPENAI_BASE_URL": chat_stub.base_url,
+        "OPENAI_BASE_URL": stub.base_url,
+        **extra,
     }
+
+
+SERVE = (sys.executable, "-m", "ragstream.cli", "serve", "--port")
+
+
+async def test_a_crash_mid_answer_leaves_it_interrupted_with_the_text_flushed_so_far(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.01)
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "ragstream.cli", "serve", "--port", str(port)),
-        env=env,
+        *SERVE,
+        str(port),
+        env=serve_environment(database_url, tmp_path / "crashing", chat_stub),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -132,6 +147,89 @@ async def test_a_crash_mid_answer_leaves_it_interrupted_with_the_text_flushed_so
         assert stored["content"] == left["content"]
         assert stored["content"]
         assert FULL.startswith(stored["content"])
+
+
+@pytest.mark.parametrize(
+    ("stop_signal", "grace", "tokens", "ending"),
+    [
+        # Past the grace period the running answer is stored as INTERRUPTED by the shutdown.
+        (signal.SIGTERM, "0", TOKENS, "INTERRUPTED"),
+        # Within it the answer is allowed to finish.
+        (signal.SIGINT, str(WITHIN), TOKENS[:100], "COMPLETE"),
+    ],
+    ids=["SIGTERM", "SIGINT"],
+)
+async def test_serve_stopped_by_a_signal_shuts_down_gracefully_and_exits_0(
+    database_url: str,
+    tmp_path: Path,
+    chat_stub: ChatStub,
+    stop_signal: signal.Signals,
+    grace: str,
+    tokens: list[str],
+    ending: str,
+) -> None:
+    chat_stub.script = ChatScript(tokens=tokens, delay=0.02)
+    port = free_port()
+    env = serve_environment(
+        database_url, tmp_path / "stopping", chat_stub, RAGSTREAM_CHAT_SHUTDOWN_GRACE_SECONDS=grace
+    )
+    process = await asyncio.create_subprocess_exec(
+        *SERVE,
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    # Read all along, so a full pipe can never block the server.
+    output = asyncio.create_task(process.stdout.read())
+    try:
+        serving = LiveServer(Starlette())
+        serving.port = port
+        await eventually(lambda: _healthy(port), within=120)
+        account = await serving.register()
+        conversation_id = await new_conversation(serving, account.access_token)
+        answer = await send(serving, account.access_token, conversation_id, "Go on")
+        await eventually(lambda: _stored_some(database_url, answer["id"]))
+
+        process.send_signal(stop_signal)
+        async with asyncio.timeout(WITHIN * 2):
+            code = await process.wait()
+            log = (await output).decode(errors="replace")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        output.cancel()
+
+    assert code == 0, log
+    assert "Application shutdown complete" in log, log
+    assert "Traceback" not in log, log
+    # Stored by the shutdown itself: no later start-up has recovered anything.
+    stored = await _row(database_url, answer["id"])
+    assert stored["status"] == ending
+    assert stored["content"]
+    assert "".join(tokens).startswith(stored["content"])
+
+
+async def test_serve_that_cannot_start_exits_non_zero(tmp_path: Path, chat_stub: ChatStub) -> None:
+    unreachable = f"postgresql+asyncpg://ragstream:secret@127.0.0.1:{free_port()}/ragstream"
+    process = await asyncio.create_subprocess_exec(
+        *SERVE,
+        str(free_port()),
+        env=serve_environment(unreachable, tmp_path / "failing", chat_stub),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(120):
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert code == 3
 
 
 async def _healthy(port: int) -> bool:

@@ -7,13 +7,21 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from ragstream.domain.errors import DomainError
 from ragstream.knowledge_cli import add_commands as add_knowledge_commands
 from ragstream.settings import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    import uvicorn
+
+STARTUP_FAILURE = 3  # uvicorn's exit status for a server that could not start
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -35,16 +43,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if settings.database_url is None
         else contextlib.nullcontext()
     )
-    with lock:
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            proxy_headers=False,
-            lifespan="on",
-        )
-    return 0
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    with lock, _stopped_by_signals(server):
+        server.run()
+    # A failed start-up exits inside run() (SystemExit 3) and a crash raises; a server that
+    # started and got here has shut down cleanly, whether a signal asked it to or not.
+    return 0 if server.started else STARTUP_FAILURE
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(server: uvicorn.Server) -> Iterator[None]:
+    """SIGTERM / SIGINT stop the server gracefully, and the process then exits with status 0.
+
+    uvicorn handles both signals while it serves; after its graceful shutdown it restores the
+    handlers it found and raises the caught signal again, which with the default handlers ends
+    the process by SIGTERM (status -15) or KeyboardInterrupt. The handlers installed here are
+    the ones it finds: a signal raised again after a shutdown only asks for an exit that has
+    already happened, and one that arrives before uvicorn listens stops the server as soon as
+    it has started.
+    """
+
+    def request_exit(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, request_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
