@@ -2,6 +2,8 @@
 
 A cursor is the opaque, URL-safe encoding of the sort key of the row it points at. Pages are
 fetched with a row-value comparison on that key, so the cost of a page does not depend on its depth.
+`paginate_parents` reads the pages of many parents (e.g. the messages of every conversation in a
+list) at once, with the same pages and cursors as `paginate` gives for each parent alone.
 """
 
 from __future__ import annotations
@@ -10,13 +12,26 @@ import base64
 import binascii
 import json
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, func, literal, select, tuple_
+from sqlalchemy import (
+    ARRAY,
+    Integer,
+    Select,
+    bindparam,
+    column,
+    func,
+    literal,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute, aliased, defer
 
 T = TypeVar("T")
 
@@ -108,3 +123,143 @@ async def paginate(
         has_previous_page=request.after is not None,
         total_count=int(total or 0),
     )
+
+
+@dataclass(frozen=True)
+class ParentPageKey:
+    """One parent's page in a batch (see `paginate_parents`); ``after`` was checked already."""
+
+    parent_id: uuid.UUID
+    first: int
+    after: str | None = None
+
+
+def parent_page_key(
+    parent_id: uuid.UUID, request: PageRequest, keys: Sequence[Any]
+) -> ParentPageKey:
+    """Raises ``InvalidCursor`` for an ``after`` that is not a cursor of a list ordered by ``keys``,
+    so a bad argument fails its own field before it can join (and fail) a batch."""
+    if request.after is not None:
+        decode_cursor(request.after, keys)
+    return ParentPageKey(parent_id=parent_id, first=request.first, after=request.after)
+
+
+async def paginate_parents(
+    session: AsyncSession,
+    stmt: Select[Any],
+    *,
+    parent: InstrumentedAttribute[Any],
+    keys: Sequence[InstrumentedAttribute[Any]],
+    cursor_of: Callable[[T], Sequence[Any]],
+    requests: Sequence[ParentPageKey],
+    descending: bool = False,
+    deferred: Sequence[str] = (),
+) -> list[Page[T]]:
+    """For each request, the page `paginate` returns for ``stmt.where(parent == parent_id)``.
+
+    First pages (no ``after``) of any number of parents are read in ONE statement, see
+    `_first_pages`. A page after a cursor (a cursor belongs to one parent's list) is read alone by
+    `paginate`, whose row-value bound seeks straight to its position. ``stmt`` selects the child
+    entity that ``parent`` and ``keys`` belong to; ``deferred`` names columns of it that are not
+    loaded.
+    """
+    pages: dict[int, Page[T]] = {}
+    alone = stmt.options(*(defer(getattr(parent.class_, name)) for name in deferred))
+    for index, request in enumerate(requests):
+        if request.after is not None:
+            pages[index] = await paginate(
+                session,
+                alone.where(parent == request.parent_id),
+                keys=keys,
+                cursor_of=cursor_of,
+                request=PageRequest(first=request.first, after=request.after),
+                descending=descending,
+            )
+    firsts = [index for index, request in enumerate(requests) if request.after is None]
+    if firsts:
+        found: list[Page[T]] = await _first_pages(
+            session,
+            stmt,
+            parent=parent,
+            keys=keys,
+            cursor_of=cursor_of,
+            requests=[requests[index] for index in firsts],
+            descending=descending,
+            deferred=deferred,
+        )
+        pages.update(zip(firsts, found, strict=True))
+    return [pages[index] for index in range(len(requests))]
+
+
+async def _first_pages(
+    session: AsyncSession,
+    stmt: Select[Any],
+    *,
+    parent: InstrumentedAttribute[Any],
+    keys: Sequence[InstrumentedAttribute[Any]],
+    cursor_of: Callable[[T], Sequence[Any]],
+    requests: Sequence[ParentPageKey],
+    descending: bool,
+    deferred: Sequence[str],
+) -> list[Page[T]]:
+    """First pages with their total counts, one statement for all parents.
+
+    The parent ids and page sizes travel as arrays that ``unnest`` turns into rows; for each row
+    one LATERAL subquery reads ``first + 1`` children in key order (through the parent's index,
+    stopping there) and another counts all of them. The SQL text is the same for any number of
+    parents, and each parent costs what its own page and count would.
+    """
+    batch = (
+        func.unnest(
+            bindparam("parent_ids", [r.parent_id for r in requests], type_=ARRAY(parent.type)),
+            bindparam("limits", [r.first + 1 for r in requests], type_=ARRAY(Integer())),
+        )
+        .table_valued(
+            column("parent_id", parent.type),
+            column("lim", Integer()),
+            with_ordinality="ordinal",
+        )
+        .render_derived(name="requests", with_types=False)
+    )
+    children = stmt.where(parent == batch.c.parent_id)
+    page = (
+        children.order_by(*(k.desc() if descending else k.asc() for k in keys))
+        .limit(batch.c.lim)
+        .lateral("page")
+    )
+    counts = (
+        children.with_only_columns(func.count().label("total"), maintain_column_froms=True)
+        .order_by(None)
+        .lateral("counts")
+    )
+    row = aliased(parent.class_, page)
+    ordering = [getattr(row, k.key) for k in keys]
+    query = (
+        select(batch.c.ordinal, counts.c.total, row)
+        .select_from(batch)
+        .join(counts, true())
+        .outerjoin(page, true())
+        .order_by(batch.c.ordinal, *(k.desc() if descending else k.asc() for k in ordering))
+        .options(*(defer(getattr(row, name)) for name in deferred))
+    )
+    totals: dict[int, int] = {}
+    rows: dict[int, list[T]] = defaultdict(list)
+    for ordinal, total, child in await session.execute(query):
+        index = int(ordinal) - 1
+        totals[index] = int(total)
+        if child is not None:
+            rows[index].append(child)
+    pages: list[Page[T]] = []
+    for index, request in enumerate(requests):
+        found = rows[index]
+        items = found[: request.first]
+        pages.append(
+            Page(
+                items=items,
+                cursors=[encode_cursor(cursor_of(item)) for item in items],
+                has_next_page=len(found) > request.first,
+                has_previous_page=False,
+                total_count=totals.get(index, 0),
+            )
+        )
+    return pages

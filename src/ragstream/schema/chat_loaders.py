@@ -1,4 +1,4 @@
-"""DataLoaders for the nested fields of chat types (sources, evaluations, usage).
+"""DataLoaders for the nested fields of chat types (messages, sources, evaluations, usage).
 
 Each load authorizes in its query: a cited document the viewer can no longer read resolves to
 null, exactly like a deleted one.
@@ -14,8 +14,10 @@ from strawberry.dataloader import DataLoader
 
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.evaluations import Evaluation
+from ragstream.db.pagination import Page, ParentPageKey
 from ragstream.db.repositories.messages import TokenTotals
 from ragstream.domain.chat import service
+from ragstream.domain.chat.views import MessageView
 
 if TYPE_CHECKING:
     from ragstream.schema.context import Context
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 class ChatLoaders:
     def __init__(self, context: Context, *, cache: bool) -> None:
         self._context = context
+        # Conversation.messages of every conversation in a response: one read for their pages.
+        self.message_pages: DataLoader[ParentPageKey, Page[MessageView]] = DataLoader(
+            self._load_message_pages, cache=cache
+        )
         self.documents: DataLoader[uuid.UUID, Document | None] = DataLoader(
             self._load_documents, cache=cache
         )
@@ -36,6 +42,11 @@ class ChatLoaders:
         self.token_totals: DataLoader[uuid.UUID, TokenTotals | None] = DataLoader(
             self._load_token_totals, cache=cache
         )
+
+    async def _load_message_pages(self, keys: list[ParentPageKey]) -> list[Page[MessageView]]:
+        viewer = await self._context.viewer()
+        async with self._context.state.sessionmaker() as session:
+            return await service.message_pages(session, viewer, keys)
 
     async def _load_documents(self, ids: list[uuid.UUID]) -> Sequence[Document | None]:
         viewer = await self._context.viewer()

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 
 from strawberry.dataloader import DataLoader
 
+from ragstream.db.models.documents import Chunk
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
-from ragstream.db.pagination import Page
+from ragstream.db.pagination import Page, ParentPageKey
+from ragstream.domain.documents import service as documents
 from ragstream.domain.errors import NotFound, not_found
 from ragstream.domain.evaluations import service as evaluations
 from ragstream.domain.evaluations.service import OwnerPageKey
@@ -37,6 +39,9 @@ class Loaders:
         self.evaluations_by_owner: DataLoader[OwnerPageKey, Page[Evaluation]] = DataLoader(
             self._load_evaluations_by_owner, cache=cache
         )
+        self.chunk_pages: DataLoader[ParentPageKey, Page[Chunk]] = DataLoader(
+            self._load_chunk_pages, cache=cache
+        )
         self.chat = ChatLoaders(context, cache=cache)
 
     async def _load_users(self, ids: list[uuid.UUID]) -> Sequence[User | NotFound]:
@@ -50,3 +55,8 @@ class Loaders:
         viewer = await self._context.viewer()
         async with self._context.state.sessionmaker() as session:
             return await evaluations.pages_by_owner(session, viewer, keys)
+
+    async def _load_chunk_pages(self, keys: list[ParentPageKey]) -> list[Page[Chunk]]:
+        viewer = await self._context.viewer()
+        async with self._context.state.sessionmaker() as session:
+            return await documents.chunk_pages(session, viewer, keys)

@@ -13,7 +13,14 @@ from sqlalchemy.orm import selectinload
 
 from ragstream.db.models.documents import Chunk, Document, DocumentContent
 from ragstream.db.models.users import User
-from ragstream.db.pagination import Page, PageRequest, paginate
+from ragstream.db.pagination import (
+    Page,
+    PageRequest,
+    ParentPageKey,
+    paginate,
+    paginate_parents,
+    parent_page_key,
+)
 
 
 def _escape_like(text: str) -> str:
@@ -37,6 +44,10 @@ def visible_to(viewer: User) -> ColumnElement[bool]:
 def managed_by(viewer: User) -> ColumnElement[bool]:
     """Documents the viewer may change, delete or watch: own ones, or any for an admin."""
     return true() if _is_admin(viewer) else Document.owner_id == viewer.id
+
+
+# A document's chunks in reading order (the cursor of Document.chunks).
+_CHUNK_PAGE_KEYS = (Chunk.ordinal, Chunk.id)
 
 
 @dataclass(frozen=True)
@@ -178,22 +189,27 @@ class DocumentRepository:
             ],
         )
 
-    async def list_chunks(
-        self, viewer: User, document_id: uuid.UUID, request: PageRequest
-    ) -> Page[Chunk]:
+    @staticmethod
+    def chunk_page_key(document_id: uuid.UUID, request: PageRequest) -> ParentPageKey:
+        """Raises ``InvalidCursor`` for anything that is not a cursor of a chunk list."""
+        return parent_page_key(document_id, request, _CHUNK_PAGE_KEYS)
+
+    async def chunk_pages(self, viewer: User, keys: Sequence[ParentPageKey]) -> list[Page[Chunk]]:
+        """Documents' chunks in order, a page per key; none of a document the viewer may not
+        look at. The first pages of all the documents are one statement."""
         stmt = (
-            select(Chunk)
-            .join(Document, Document.id == Chunk.document_id)
-            .where(Chunk.document_id == document_id, visible_to(viewer))
+            select(Chunk).join(Document, Document.id == Chunk.document_id).where(visible_to(viewer))
         )
-        page: Page[Chunk] = await paginate(
+        return await paginate_parents(
             self.session,
             stmt,
-            keys=[Chunk.ordinal, Chunk.id],
+            parent=Chunk.document_id,
+            keys=_CHUNK_PAGE_KEYS,
             cursor_of=lambda c: (c.ordinal, c.id),
-            request=request,
+            requests=keys,
+            # Search columns: large, and no part of a chunk as the API shows it.
+            deferred=("embedding", "tsv"),
         )
-        return page
 
     async def unfinished_ids(self) -> list[uuid.UUID]:
         rows = await self.session.scalars(

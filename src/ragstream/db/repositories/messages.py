@@ -15,11 +15,20 @@ from sqlalchemy.orm import defer
 from ragstream.db.models.chat import Message, MessageSource
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.users import User
-from ragstream.db.pagination import Page, PageRequest, paginate
+from ragstream.db.pagination import (
+    Page,
+    PageRequest,
+    ParentPageKey,
+    paginate_parents,
+    parent_page_key,
+)
 from ragstream.db.repositories import documents
 
 # First key of the two-key advisory locks taken per user by chat ("ch").
 _CHAT_LOCK_SPACE = 0x6368
+
+# A conversation's messages in the order they were written (the cursor of Conversation.messages).
+_PAGE_KEYS = (Message.created_at, Message.id)
 
 
 def readable_by(viewer: User) -> Select[Message]:
@@ -54,17 +63,25 @@ class MessageRepository:
         """Unfiltered: for the generation task, which acts for the owner it was started by."""
         return await self.session.get(Message, message_id, populate_existing=True)
 
-    async def list_readable(
-        self, viewer: User, conversation_id: uuid.UUID, request: PageRequest
-    ) -> Page[Message]:
-        """A conversation's messages in the order they were written."""
-        stmt = readable_by(viewer).where(Message.conversation_id == conversation_id)
-        return await paginate(
+    @staticmethod
+    def page_key(conversation_id: uuid.UUID, request: PageRequest) -> ParentPageKey:
+        """Raises ``InvalidCursor`` for anything that is not a cursor of a message list."""
+        return parent_page_key(conversation_id, request, _PAGE_KEYS)
+
+    async def pages_readable(
+        self, viewer: User, keys: Sequence[ParentPageKey]
+    ) -> list[Page[Message]]:
+        """Conversations' messages in the order they were written, a page per key.
+
+        The first pages of all the conversations are one statement (see `paginate_parents`).
+        """
+        return await paginate_parents(
             self.session,
-            stmt,
-            keys=[Message.created_at, Message.id],
+            readable_by(viewer),
+            parent=Message.conversation_id,
+            keys=_PAGE_KEYS,
             cursor_of=lambda m: (m.created_at, m.id),
-            request=request,
+            requests=keys,
         )
 
     async def recent(

@@ -17,7 +17,7 @@ from ragstream.db.models.chat import Conversation, Message, MessageSource
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
-from ragstream.db.pagination import Page
+from ragstream.db.pagination import Page, ParentPageKey
 from ragstream.db.repositories.conversations import ConversationRepository
 from ragstream.db.repositories.messages import MessageRepository, TokenTotals
 from ragstream.domain.chat.prompt import (
@@ -115,26 +115,36 @@ async def _views(session: AsyncSession, rows: Sequence[Message]) -> list[Message
     return [message_view(m, [source_view(s) for s in sources.get(m.id, ())]) for m in rows]
 
 
-async def list_messages(
-    session: AsyncSession,
-    viewer: User,
-    conversation_id: uuid.UUID,
-    *,
-    first: int | None,
-    after: str | None,
-) -> Page[MessageView]:
-    """A conversation's messages, oldest first, each with its sources (one query for all)."""
+def message_page_key(
+    conversation_id: uuid.UUID, *, first: int | None, after: str | None
+) -> ParentPageKey:
+    """Validate ``Conversation.messages`` arguments up front, so a batch never fails on one bad
+    key (and a refused page size reads nothing)."""
+    request = page_request(first, after)
     with cursor_errors():
-        page = await MessageRepository(session).list_readable(
-            viewer, conversation_id, page_request(first, after)
+        return MessageRepository.page_key(conversation_id, request)
+
+
+async def message_pages(
+    session: AsyncSession, viewer: User, keys: Sequence[ParentPageKey]
+) -> list[Page[MessageView]]:
+    """Conversations' messages, oldest first, each with its sources, for many pages at once.
+
+    A conversation the viewer may not read has no messages. The first pages of all the
+    conversations are one query, and the sources of every message on every page another.
+    """
+    pages = await MessageRepository(session).pages_readable(viewer, keys)
+    views = iter(await _views(session, [m for page in pages for m in page.items]))
+    return [
+        Page(
+            items=[next(views) for _ in page.items],
+            cursors=page.cursors,
+            has_next_page=page.has_next_page,
+            has_previous_page=page.has_previous_page,
+            total_count=page.total_count,
         )
-    return Page(
-        items=await _views(session, page.items),
-        cursors=page.cursors,
-        has_next_page=page.has_next_page,
-        has_previous_page=page.has_previous_page,
-        total_count=page.total_count,
-    )
+        for page in pages
+    ]
 
 
 async def get_message(session: AsyncSession, viewer: User, message_id: uuid.UUID) -> MessageView:

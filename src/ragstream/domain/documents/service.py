@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.users import User
-from ragstream.db.pagination import Page
+from ragstream.db.pagination import Page, ParentPageKey
 from ragstream.db.repositories.documents import DocumentRepository
 from ragstream.db.repositories.jobs import JobRepository
 from ragstream.domain.documents.formats import (
@@ -192,18 +193,21 @@ async def list_documents(
         )
 
 
-async def list_chunks(
-    session: AsyncSession,
-    viewer: User,
-    document_id: uuid.UUID,
-    *,
-    first: int | None,
-    after: str | None,
-) -> Page[Chunk]:
+def chunk_page_key(
+    document_id: uuid.UUID, *, first: int | None, after: str | None
+) -> ParentPageKey:
+    """Validate ``Document.chunks`` arguments up front, so a batch never fails on one bad key
+    (and a refused page size reads nothing)."""
+    request = page_request(first, after)
     with cursor_errors():
-        return await DocumentRepository(session).list_chunks(
-            viewer, document_id, page_request(first, after)
-        )
+        return DocumentRepository.chunk_page_key(document_id, request)
+
+
+async def chunk_pages(
+    session: AsyncSession, viewer: User, keys: Sequence[ParentPageKey]
+) -> list[Page[Chunk]]:
+    """Documents' chunks in order, for many pages at once (the first pages in one query)."""
+    return await DocumentRepository(session).chunk_pages(viewer, keys)
 
 
 async def _get_managed_for_update(

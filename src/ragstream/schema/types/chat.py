@@ -179,11 +179,9 @@ class Conversation:
             str | None, strawberry.argument(description="Cursor to continue after.")
         ] = None,
     ) -> Connection[Message]:
-        viewer = await info.context.viewer()
-        async with info.context.transaction() as session:
-            page = await service.list_messages(
-                session, viewer, uuid.UUID(str(self.id)), first=first, after=after
-            )
+        # Batched with the other conversations of the response; see schema/chat_loaders.py.
+        key = service.message_page_key(uuid.UUID(str(self.id)), first=first, after=after)
+        page = await info.context.loaders.chat.message_pages.load(key)
         return to_connection(page, to_message)
 
 

@@ -103,11 +103,9 @@ class Document:
             str | None, strawberry.argument(description="Cursor to continue after.")
         ] = None,
     ) -> Connection[Chunk]:
-        viewer = await info.context.viewer()
-        async with info.context.transaction() as session:
-            page = await service.list_chunks(
-                session, viewer, uuid.UUID(str(self.id)), first=first, after=after
-            )
+        # Batched with the other documents of the response; see schema/loaders.py.
+        key = service.chunk_page_key(uuid.UUID(str(self.id)), first=first, after=after)
+        page = await info.context.loaders.chunk_pages.load(key)
         return to_connection(page, to_chunk)
 
 
