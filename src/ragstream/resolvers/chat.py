@@ -30,7 +30,7 @@ from ragstream.schema.types.chat import (
     to_source,
     to_usage,
 )
-from ragstream.schema.types.pagination import Connection, to_connection
+from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
 from ragstream.schema.types.users import Role, User
 
 Info = strawberry.Info[Context, None]
@@ -52,12 +52,8 @@ async def conversation(
 
 async def conversations(
     info: Info,
-    first: Annotated[
-        int | None, strawberry.argument(description="Page size, at most 100 (default 20).")
-    ] = None,
-    after: Annotated[
-        str | None, strawberry.argument(description="Cursor to continue after.")
-    ] = None,
+    first: FirstArg = None,
+    after: AfterArg = None,
     evaluation_id: Annotated[
         strawberry.ID | None,
         strawberry.argument(description="Only conversations about this evaluation."),

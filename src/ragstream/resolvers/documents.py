@@ -30,7 +30,7 @@ from ragstream.schema.types.documents import (
     to_document,
     to_search_hit,
 )
-from ragstream.schema.types.pagination import Connection, to_connection
+from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
 
 Info = strawberry.Info[Context, None]
 
@@ -47,12 +47,8 @@ async def document(
 
 async def documents(
     info: Info,
-    first: Annotated[
-        int | None, strawberry.argument(description="Page size, at most 100 (default 20).")
-    ] = None,
-    after: Annotated[
-        str | None, strawberry.argument(description="Cursor to continue after.")
-    ] = None,
+    first: FirstArg = None,
+    after: AfterArg = None,
     filter: Annotated[
         DocumentFilter | None, strawberry.argument(description="Optional narrowing.")
     ] = None,

@@ -19,19 +19,12 @@ from ragstream.schema.types.evaluations import (
     UpdateEvaluationInput,
     to_evaluation,
 )
-from ragstream.schema.types.pagination import Connection, to_connection
+from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
 
 if TYPE_CHECKING:
     from ragstream.schema.types.users import User
 
 Info = strawberry.Info[Context, None]
-
-FirstArgument = Annotated[
-    int | None, strawberry.argument(description="Page size, at most 100 (default 20).")
-]
-AfterArgument = Annotated[
-    str | None, strawberry.argument(description="Cursor to continue after (a page's endCursor).")
-]
 
 
 def _criteria(values: list[CriterionInput]) -> list[Criterion]:
@@ -54,8 +47,8 @@ async def evaluation(
 
 async def evaluations(
     info: Info,
-    first: FirstArgument = None,
-    after: AfterArgument = None,
+    first: FirstArg = None,
+    after: AfterArg = None,
     filter: Annotated[
         EvaluationFilter | None, strawberry.argument(description="Conditions to match.")
     ] = None,

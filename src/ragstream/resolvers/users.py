@@ -7,7 +7,7 @@ import strawberry
 from ragstream.domain.users import service
 from ragstream.resolvers.ids import parse_id
 from ragstream.schema.context import Context
-from ragstream.schema.types.pagination import Connection, to_connection
+from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
 from ragstream.schema.types.users import UpdateMeInput, UpdateUserInput, User, to_user
 
 Info = strawberry.Info[Context, None]
@@ -27,12 +27,8 @@ async def user(
 
 async def users(
     info: Info,
-    first: Annotated[
-        int | None, strawberry.argument(description="Page size, at most 100 (default 20).")
-    ] = None,
-    after: Annotated[
-        str | None, strawberry.argument(description="Cursor to continue after.")
-    ] = None,
+    first: FirstArg = None,
+    after: AfterArg = None,
     search: Annotated[
         str | None, strawberry.argument(description="Case-insensitive match on email or name.")
     ] = None,

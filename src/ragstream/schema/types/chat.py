@@ -18,7 +18,7 @@ from ragstream.domain.chat.views import MessageView, SourceView
 from ragstream.schema.context import Context
 from ragstream.schema.types.documents import Chunk, Document, to_chunk, to_document
 from ragstream.schema.types.evaluations import Evaluation, to_evaluation
-from ragstream.schema.types.pagination import Connection, to_connection
+from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
 
 Info = strawberry.Info[Context, None]
 
@@ -172,12 +172,8 @@ class Conversation:
     async def messages(
         self,
         info: Info,
-        first: Annotated[
-            int | None, strawberry.argument(description="Page size, at most 100 (default 20).")
-        ] = None,
-        after: Annotated[
-            str | None, strawberry.argument(description="Cursor to continue after.")
-        ] = None,
+        first: FirstArg = None,
+        after: AfterArg = None,
     ) -> Connection[Message]:
         # Batched with the other conversations of the response; see schema/chat_loaders.py.
         key = service.message_page_key(uuid.UUID(str(self.id)), first=first, after=after)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import Enum
-from typing import Annotated
 
 import strawberry
 
@@ -13,7 +12,7 @@ from ragstream.domain.documents import service
 from ragstream.domain.retrieval.service import SearchResult
 from ragstream.domain.users.service import is_admin
 from ragstream.schema.context import Context
-from ragstream.schema.types.pagination import Connection, to_connection
+from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
 from ragstream.schema.types.users import User, to_user
 
 
@@ -96,12 +95,8 @@ class Document:
     async def chunks(
         self,
         info: strawberry.Info[Context, None],
-        first: Annotated[
-            int | None, strawberry.argument(description="Page size, at most 100 (default 20).")
-        ] = None,
-        after: Annotated[
-            str | None, strawberry.argument(description="Cursor to continue after.")
-        ] = None,
+        first: FirstArg = None,
+        after: AfterArg = None,
     ) -> Connection[Chunk]:
         # Batched with the other documents of the response; see schema/loaders.py.
         key = service.chunk_page_key(uuid.UUID(str(self.id)), first=first, after=after)

@@ -1,14 +1,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 import strawberry
 
 from ragstream.db.pagination import Page
+from ragstream.domain.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 NodeT = TypeVar("NodeT")
 RowT = TypeVar("RowT")
+
+# The arguments of every connection field: `first: FirstArg = None, after: AfterArg = None`.
+FirstArg = Annotated[
+    int | None,
+    strawberry.argument(
+        description=f"Page size, at most {MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})."
+    ),
+]
+AfterArg = Annotated[
+    str | None,
+    strawberry.argument(description="Cursor to continue after (a page's endCursor)."),
+]
 
 
 @strawberry.type(description="Where a page sits in its list (Relay cursor connections).")

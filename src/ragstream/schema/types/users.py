@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import strawberry
 
 from ragstream.db import models
-from ragstream.schema.types.pagination import Connection
+from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg
 
 if TYPE_CHECKING:
     from ragstream.schema.context import Context
@@ -30,12 +30,8 @@ class Role(Enum):
 async def resolve_evaluations(
     root: User,
     info: strawberry.Info[Context, None],
-    first: Annotated[
-        int | None, strawberry.argument(description="Page size, at most 100 (default 20).")
-    ] = None,
-    after: Annotated[
-        str | None, strawberry.argument(description="Cursor to continue after.")
-    ] = None,
+    first: FirstArg = None,
+    after: AfterArg = None,
 ) -> Connection[LazyEvaluation]:
     from ragstream.resolvers.evaluations import owner_evaluations  # imports this module
 
