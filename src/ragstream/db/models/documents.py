@@ -46,6 +46,22 @@ class Document(UUIDPrimaryKey, Timestamps, Base):
             "status",
             postgresql_where=text("status IN ('PENDING', 'PROCESSING')"),
         ),
+        # The list's `search` filter (ILIKE '%term%'), without a pending list:
+        # see migration 0005.
+        Index(
+            "ix_documents_title_trgm",
+            "title",
+            postgresql_using="gin",
+            postgresql_ops={"title": "gin_trgm_ops"},
+            postgresql_with={"fastupdate": "off"},
+        ),
+        Index(
+            "ix_documents_filename_trgm",
+            "filename",
+            postgresql_using="gin",
+            postgresql_ops={"filename": "gin_trgm_ops"},
+            postgresql_with={"fastupdate": "off"},
+        ),
     )
 
     owner_id: Mapped[uuid.UUID] = mapped_column(

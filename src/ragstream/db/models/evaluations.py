@@ -33,6 +33,22 @@ class Evaluation(UUIDPrimaryKey, Timestamps, Base):
         Index("ix_evaluations_created_at_id", "created_at", "id"),
         # TITLE and OVERALL_SCORE orders sort one owner's rows in memory: a person's evaluations
         # number in the hundreds at most, so more indexes would cost every write for little.
+        # The list's `search` filter (ILIKE '%term%'), without a pending list:
+        # see migration 0005.
+        Index(
+            "ix_evaluations_title_trgm",
+            "title",
+            postgresql_using="gin",
+            postgresql_ops={"title": "gin_trgm_ops"},
+            postgresql_with={"fastupdate": "off"},
+        ),
+        Index(
+            "ix_evaluations_company_name_trgm",
+            "company_name",
+            postgresql_using="gin",
+            postgresql_ops={"company_name": "gin_trgm_ops"},
+            postgresql_with={"fastupdate": "off"},
+        ),
     )
     # Server-generated values (created_at on insert, updated_at on update) come back through
     # RETURNING in the same statement, so no attribute is left expired for a lazy load.

@@ -16,6 +16,22 @@ class User(UUIDPrimaryKey, Timestamps, Base):
     __table_args__ = (
         CheckConstraint("role IN ('USER', 'ADMIN')", name="role"),
         Index("ix_users_created_at_id", "created_at", "id"),
+        # The admin list's `search` (ILIKE '%term%'), without a pending list:
+        # see migration 0005.
+        Index(
+            "ix_users_email_trgm",
+            "email",
+            postgresql_using="gin",
+            postgresql_ops={"email": "gin_trgm_ops"},
+            postgresql_with={"fastupdate": "off"},
+        ),
+        Index(
+            "ix_users_display_name_trgm",
+            "display_name",
+            postgresql_using="gin",
+            postgresql_ops={"display_name": "gin_trgm_ops"},
+            postgresql_with={"fastupdate": "off"},
+        ),
     )
 
     # Stored already normalised (lower-cased), so a plain unique index is case-insensitive.

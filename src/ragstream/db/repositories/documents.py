@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, delete, func, insert, or_, select, text, t
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from ragstream.db.list_search import contains, plan_for_the_term
 from ragstream.db.models.documents import Chunk, Document, DocumentContent
 from ragstream.db.models.users import User
 from ragstream.db.pagination import (
@@ -21,10 +22,6 @@ from ragstream.db.pagination import (
     paginate_parents,
     parent_page_key,
 )
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _is_admin(viewer: User) -> bool:
@@ -133,8 +130,8 @@ class DocumentRepository:
         if visibility is not None:
             stmt = stmt.where(Document.visibility == visibility)
         if search:
-            pattern = f"%{_escape_like(search)}%"
-            stmt = stmt.where(or_(Document.title.ilike(pattern), Document.filename.ilike(pattern)))
+            await plan_for_the_term(self.session)
+            stmt = stmt.where(contains((Document.title, Document.filename), search))
         page: Page[Document] = await paginate(
             self.session,
             stmt,

@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, with_expression
 
+from ragstream.db.list_search import contains, plan_for_the_term
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
 from ragstream.db.pagination import (
@@ -79,10 +80,6 @@ def readable_by(viewer: User) -> ColumnElement[bool]:
     if viewer.role == "ADMIN":
         return true()
     return Evaluation.owner_id == viewer.id
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _sort_key(order: EvaluationOrder) -> SQLColumnExpression[Any]:
@@ -146,10 +143,8 @@ class EvaluationRepository:
         if filter.owner_id is not None:
             stmt = stmt.where(Evaluation.owner_id == filter.owner_id)
         if filter.search:
-            pattern = f"%{_escape_like(filter.search)}%"
-            stmt = stmt.where(
-                or_(Evaluation.title.ilike(pattern), Evaluation.company_name.ilike(pattern))
-            )
+            await plan_for_the_term(self.session)
+            stmt = stmt.where(contains((Evaluation.title, Evaluation.company_name), filter.search))
         key = _sort_key(order)
         return await paginate(
             self.session,

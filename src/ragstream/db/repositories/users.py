@@ -3,9 +3,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, or_, select, true
+from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ragstream.db.list_search import contains, plan_for_the_term
 from ragstream.db.models import User
 from ragstream.db.pagination import Page, PageRequest, paginate
 
@@ -15,10 +16,6 @@ def readable_by(viewer: User) -> ColumnElement[bool]:
     if viewer.role == "ADMIN":
         return true()
     return User.id == viewer.id
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class UserRepository:
@@ -59,8 +56,8 @@ class UserRepository:
     async def list(self, request: PageRequest, search: str | None = None) -> Page[User]:
         stmt = select(User)
         if search:
-            pattern = f"%{_escape_like(search)}%"
-            stmt = stmt.where(or_(User.email.ilike(pattern), User.display_name.ilike(pattern)))
+            await plan_for_the_term(self.session)
+            stmt = stmt.where(contains((User.email, User.display_name), search))
         return await paginate(
             self.session,
             stmt,
