@@ -1,6 +1,7 @@
 """Search latency through the API and HNSW recall, at growing knowledge-base sizes.
 
 Usage: python -m bench.search [--sizes 10000 100000] [--queries 100] [--ef-search 40 100 160]
+                              [--m 16] [--ef-construction 64]
 Chunks are synthetic passages embedded with the offline hashing embedder and loaded with
 COPY; half belong to the searching user, half to another user (so the visibility filter
 works for its living). Loopback only, throwaway embedded PostgreSQL.
@@ -27,7 +28,9 @@ from rich.table import Table
 from bench.common import bench_settings, embedded_database, graphql, live_app, percentile, register
 from ragstream.app import AppState
 from ragstream.db.models.users import User
+from ragstream.db.repositories.documents import HnswOptions
 from ragstream.db.repositories.search import SearchRepository
+from ragstream.domain.documents.reindex import BUILD_MEMORY
 from ragstream.domain.llm.embeddings import HashingEmbedder
 
 SEARCH = "query($q: String!) { search(query: $q, limit: 10) { score chunk { id } } }"
@@ -120,6 +123,7 @@ async def seed(
     owners: list[uuid.UUID],
     count: int,
     corpus: Corpus,
+    index: HnswOptions,
 ) -> tuple[float, float]:
     """Add ``count`` chunks; returns (embed seconds, copy + index seconds)."""
     texts = [
@@ -197,12 +201,12 @@ async def seed(
             "embedding",
         ],
     )
-    # The index as the migration defines it (pgvector's default m and ef_construction). With
-    # the default 64 MB the graph outgrows memory past ~50k chunks and the build slows down
-    # severalfold; give this session's build room instead.
-    await conn.execute("SET maintenance_work_mem = '1GB'")
+    # Built as `ragstream reindex --index-only` builds it (the migration's index has
+    # pgvector's defaults, m 16 and ef_construction 64), with the same build memory.
+    await conn.execute(f"SET maintenance_work_mem = '{BUILD_MEMORY}'")
     await conn.execute(
         "CREATE INDEX ix_chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)"
+        f" WITH (m = {index.m}, ef_construction = {index.ef_construction})"
     )
     await conn.execute("ANALYZE chunks; ANALYZE documents")
     return embedded, time.perf_counter() - started
@@ -292,7 +296,9 @@ async def recall_at(
     return results
 
 
-async def run(sizes: list[int], queries: int, ef_values: list[int], corpus_name: str) -> None:
+async def run(
+    sizes: list[int], queries: int, ef_values: list[int], corpus_name: str, index: HnswOptions
+) -> None:
     corpus = CORPORA[corpus_name](random.Random(11))
     embedder = HashingEmbedder(384)
     rows: list[Row] = []
@@ -308,7 +314,9 @@ async def run(sizes: list[int], queries: int, ef_values: list[int], corpus_name:
             total = 0
             try:
                 for size in sizes:
-                    embed_s, load_s = await seed(conn, embedder, owners, size - total, corpus)
+                    embed_s, load_s = await seed(
+                        conn, embedder, owners, size - total, corpus, index
+                    )
                     total = size
                     questions = [corpus.question() for _ in range(queries)]
                     for q in questions[:5]:  # warm-up
@@ -337,7 +345,8 @@ async def run(sizes: list[int], queries: int, ef_values: list[int], corpus_name:
             finally:
                 await conn.close()
     table = Table(
-        title=f"ragstream search ({corpus.name} corpus; API, limit 10, hybrid; viewer owns half "
+        title=f"ragstream search ({corpus.name} corpus; HNSW m={index.m}, "
+        f"ef_construction={index.ef_construction}; API, limit 10, hybrid; viewer owns half "
         f"the chunks; {os.cpu_count()} CPUs)"
     )
     for column in (
@@ -396,8 +405,16 @@ def main() -> None:
         default="topical",
         help="synthetic passages: documents with topics, or topic-free bags of words",
     )
+    parser.add_argument("--m", type=int, default=HnswOptions.m, help="HNSW links per node")
+    parser.add_argument(
+        "--ef-construction",
+        type=int,
+        default=HnswOptions.ef_construction,
+        help="HNSW candidate list while building",
+    )
     args = parser.parse_args()
-    asyncio.run(run(sorted(args.sizes), args.queries, args.ef_search, args.corpus))
+    index = HnswOptions(m=args.m, ef_construction=args.ef_construction)
+    asyncio.run(run(sorted(args.sizes), args.queries, args.ef_search, args.corpus, index))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ragstream.db.repositories.documents import HnswOptions
 from ragstream.settings import ConfigurationError, Settings
 
 SUPPORTED_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"}
@@ -155,15 +157,38 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0 if all(o.status in ("READY", "SKIPPED") for o in outcomes) else 1
 
 
+def hnsw_options(args: argparse.Namespace) -> HnswOptions | None:
+    """The index build parameters asked for; None keeps those of the existing index."""
+    if args.m is None and args.ef_construction is None:
+        return None
+    defaults = HnswOptions()
+    try:
+        return HnswOptions(
+            m=defaults.m if args.m is None else args.m,
+            ef_construction=(
+                max(defaults.ef_construction, 2 * (args.m or defaults.m))
+                if args.ef_construction is None
+                else args.ef_construction
+            ),
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"reindex: {exc}") from exc
+
+
 def cmd_reindex(args: argparse.Namespace) -> int:
     from ragstream.app import build_state, connect
-    from ragstream.domain.documents.reindex import reindex
+    from ragstream.domain.documents.reindex import rebuild_index, reindex
 
     console = Console()
+    options = hnsw_options(args)
     state = build_state(Settings())
 
     async def run() -> tuple[int | None, int]:
         async with connect(state):
+            if args.index_only:
+                with console.status("building the vector index"):
+                    await rebuild_index(state.sessionmaker, options)
+                return None, 0
             with Progress(
                 TextColumn("[bold]re-embedding"),
                 BarColumn(),
@@ -176,15 +201,26 @@ def cmd_reindex(args: argparse.Namespace) -> int:
                     state.sessionmaker,
                     state.embedder,
                     batch_size=state.settings.embedding_batch_size,
+                    options=options,
                     on_start=lambda total: progress.update(bar, total=total),
                     on_progress=lambda done: progress.update(bar, completed=done),
                 )
 
+    started = time.perf_counter()
     previous, count = asyncio.run(run())
+    elapsed = time.perf_counter() - started
+    if args.index_only:
+        built = "with its previous parameters" if options is None else describe(options)
+        console.print(f"rebuilt the vector index {built} in {elapsed:.0f} s")
+        return 0
     dimensions = state.settings.embedding_dimensions
     change = f"{previous} -> {dimensions}" if previous != dimensions else f"{dimensions}"
-    console.print(f"re-embedded {count} chunks ({change} dimensions)")
+    console.print(f"re-embedded {count} chunks ({change} dimensions) in {elapsed:.0f} s")
     return 0
+
+
+def describe(options: HnswOptions) -> str:
+    return f"(m={options.m}, ef_construction={options.ef_construction})"
 
 
 def add_commands(sub: Any) -> None:
@@ -198,7 +234,24 @@ def add_commands(sub: Any) -> None:
         "--shared", action="store_true", help="share with every user (owner must be an admin)"
     )
     ingest.set_defaults(func=cmd_ingest)
-    sub.add_parser(
+    reindex = sub.add_parser(
         "reindex",
-        help="re-embed every chunk (after changing the embedding model or its dimensions)",
-    ).set_defaults(func=cmd_reindex)
+        help="re-embed every chunk (after changing the embedding model or its dimensions) "
+        "and rebuild the vector index",
+    )
+    reindex.add_argument(
+        "--index-only",
+        action="store_true",
+        help="only rebuild the HNSW index, e.g. with other --m / --ef-construction",
+    )
+    reindex.add_argument(
+        "--m",
+        type=int,
+        help="HNSW links per node (pgvector default 16); more: better recall, slower build",
+    )
+    reindex.add_argument(
+        "--ef-construction",
+        type=int,
+        help="HNSW candidate list while building (default 64, at least 2 x m)",
+    )
+    reindex.set_defaults(func=cmd_reindex)

@@ -241,10 +241,32 @@ class ChunkForEmbedding:
     content: str
 
 
+@dataclass(frozen=True)
+class HnswOptions:
+    """Build parameters of the HNSW index (pgvector's defaults).
+
+    ``m``: links per node; ``ef_construction``: candidate list while inserting. Higher values
+    give better recall at the same ``ef_search``, for a slower build and slower inserts.
+    """
+
+    m: int = 16
+    ef_construction: int = 64
+
+    def __post_init__(self) -> None:
+        # pgvector's own bounds, checked here so the message names the options.
+        if not 2 <= self.m <= 100:
+            raise ValueError("m must be between 2 and 100")
+        if not 4 <= self.ef_construction <= 1000:
+            raise ValueError("ef_construction must be between 4 and 1000")
+        if self.ef_construction < 2 * self.m:
+            raise ValueError("ef_construction must be at least twice m")
+
+
 class VectorIndexRepository:
     """Schema-level operations on the embedding column, for `ragstream reindex`."""
 
     INDEX = "ix_chunks_embedding_hnsw"
+    _NEW_INDEX = "ix_chunks_embedding_hnsw_new"
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -254,7 +276,7 @@ class VectorIndexRepository:
 
     async def resize(self, dimensions: int) -> None:
         """Drop the index and every vector, and give the column its new size."""
-        await self.session.execute(text(f"DROP INDEX IF EXISTS {self.INDEX}"))
+        await self.drop_index()
         await self.session.execute(
             text(
                 "ALTER TABLE chunks ALTER COLUMN embedding "
@@ -262,13 +284,50 @@ class VectorIndexRepository:
             )
         )
 
-    async def ensure_index(self) -> None:
+    async def drop_index(self) -> None:
+        await self.session.execute(text(f"DROP INDEX IF EXISTS {self.INDEX}"))
+
+    async def index_options(self) -> HnswOptions | None:
+        """The build parameters of the index; None if there is no index."""
+        row = (
+            await self.session.execute(
+                text(
+                    "SELECT coalesce(c.reloptions, '{}') FROM pg_class c"
+                    " WHERE c.relname = :name AND c.relkind = 'i'"
+                    " AND c.relnamespace = current_schema()::regnamespace"
+                ),
+                {"name": self.INDEX},
+            )
+        ).first()
+        if row is None:
+            return None
+        given = dict(option.split("=", 1) for option in row[0])
+        defaults = HnswOptions()
+        return HnswOptions(
+            m=int(given.get("m", defaults.m)),
+            ef_construction=int(given.get("ef_construction", defaults.ef_construction)),
+        )
+
+    async def replace_index(self, options: HnswOptions, *, build_memory: str) -> None:
+        """Build the index with ``options`` under a temporary name, then drop the old one and
+        rename: readers keep the old index until the transaction commits.
+
+        ``build_memory`` is ``maintenance_work_mem`` for this transaction only.
+        """
+        await self.session.execute(
+            text("SELECT set_config('maintenance_work_mem', :memory, true)"),
+            {"memory": build_memory},
+        )
+        await self.session.execute(text(f"DROP INDEX IF EXISTS {self._NEW_INDEX}"))
         await self.session.execute(
             text(
-                f"CREATE INDEX IF NOT EXISTS {self.INDEX} ON chunks "
-                "USING hnsw (embedding vector_cosine_ops)"
+                f"CREATE INDEX {self._NEW_INDEX} ON chunks"
+                " USING hnsw (embedding vector_cosine_ops)"
+                f" WITH (m = {int(options.m)}, ef_construction = {int(options.ef_construction)})"
             )
         )
+        await self.drop_index()
+        await self.session.execute(text(f"ALTER INDEX {self._NEW_INDEX} RENAME TO {self.INDEX}"))
 
     async def batch_after(self, after: uuid.UUID | None, limit: int) -> list[ChunkForEmbedding]:
         stmt = (

@@ -1,4 +1,5 @@
-"""Re-embed every chunk, after changing the embedding model or its dimension."""
+"""Re-embed every chunk, after changing the embedding model or its dimension, and rebuild the
+HNSW index, optionally with other build parameters."""
 
 from __future__ import annotations
 
@@ -7,9 +8,37 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ragstream.db.repositories.documents import VectorIndexRepository, embedding_column_dimensions
+from ragstream.db.repositories.documents import (
+    HnswOptions,
+    VectorIndexRepository,
+    embedding_column_dimensions,
+)
 from ragstream.domain.documents.pipeline import embedding_text
 from ragstream.domain.llm.embeddings import Embedder
+
+# Room for the graph while the index is built: a build that outgrows it spills to disk and
+# slows down severalfold (measured: 100k chunks, 64 MB -> ~500 s, 1 GB -> ~150 s). It is an
+# upper bound for this one statement, not memory held by the server.
+BUILD_MEMORY = "1GB"
+
+
+async def rebuild_index(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    options: HnswOptions | None = None,
+    *,
+    build_memory: str = BUILD_MEMORY,
+) -> HnswOptions:
+    """Build the HNSW index anew and swap it in for the existing one.
+
+    Searches go on using the old index while the new one is built (writes to chunks wait);
+    the swap at the end is a short exclusive lock. ``options`` None keeps the build
+    parameters of the existing index. Returns the parameters used.
+    """
+    async with sessionmaker.begin() as session:
+        repo = VectorIndexRepository(session)
+        options = options or await repo.index_options() or HnswOptions()
+        await repo.replace_index(options, build_memory=build_memory)
+    return options
 
 
 async def reindex(
@@ -17,19 +46,26 @@ async def reindex(
     embedder: Embedder,
     *,
     batch_size: int = 64,
+    options: HnswOptions | None = None,
     on_start: Callable[[int], None] = lambda total: None,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> tuple[int | None, int]:
     """Resize the vector column if needed, re-embed all chunks, rebuild the HNSW index.
 
     Returns the previous dimension and the number of chunks embedded. Each batch commits on
-    its own, so an interrupted run can simply be started again.
+    its own, so an interrupted run can simply be started again. ``options`` None keeps the
+    existing index's build parameters.
     """
     async with sessionmaker.begin() as session:
         repo = VectorIndexRepository(session)
         previous = await embedding_column_dimensions(session)
+        options = options or await repo.index_options() or HnswOptions()
         if previous != embedder.dimensions:
             await repo.resize(embedder.dimensions)
+        else:
+            # Updating every vector through a live index costs an index insert per chunk;
+            # building it once at the end is faster.
+            await repo.drop_index()
         total = await repo.count_chunks()
     on_start(total)
     done = 0
@@ -49,6 +85,5 @@ async def reindex(
         done += len(batch)
         after = batch[-1].id
         on_progress(done)
-    async with sessionmaker.begin() as session:
-        await VectorIndexRepository(session).ensure_index()
+    await rebuild_index(sessionmaker, options)
     return previous, done

@@ -1,0 +1,146 @@
+"""`ragstream ingest` and `ragstream reindex`, run as the CLI entry point against the test
+database while a server serves the same database."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ragstream import cli
+from tests.conftest import TEST_JWT_SECRET
+from tests.documents_support import SEARCH
+from tests.support import LiveServer
+
+pytestmark = pytest.mark.usefixtures("cli_environment")
+
+INDEX_OPTIONS = (
+    "SELECT reloptions FROM pg_class WHERE relname = 'ix_chunks_embedding_hnsw' AND relkind = 'i'"
+)
+DOCUMENTS = "SELECT filename, status, chunk_count FROM documents ORDER BY filename"
+
+
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path) -> None:
+    """What an operator's shell would hold: the server's database and an offline embedder."""
+    monkeypatch.setenv("RAGSTREAM_DATABASE_URL", database_url)
+    monkeypatch.setenv("RAGSTREAM_DATA_DIR", str(tmp_path / "cli"))
+    monkeypatch.setenv("RAGSTREAM_JWT_SECRET", TEST_JWT_SECRET)
+    monkeypatch.setenv("RAGSTREAM_EMBEDDING_PROVIDER", "hashing")
+    monkeypatch.setenv("RAGSTREAM_CHAT_PROVIDER", "extractive")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``ragstream ARGV`` (its own event loop, in a thread)."""
+    capsys.readouterr()
+    status = await asyncio.to_thread(cli.main, list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+async def fetch(database_url: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+async def test_ingest_imports_a_folder_recursively_and_skips_duplicates(
+    server: LiveServer, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    account = await server.register()
+    folder = tmp_path / "handbook"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".drafts").mkdir()
+    (folder / "a.md").write_text("# Forklifts\n\nForklift drivers renew their licence yearly.\n")
+    (folder / "sub" / "b.txt").write_text("The canteen serves soup on Thursdays.\n")
+    (folder / "sub" / "a-copy.md").write_bytes((folder / "a.md").read_bytes())
+    (folder / ".drafts" / "hidden.md").write_text("Not part of the handbook.\n")
+    (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    status, out, _ = await run_cli(capsys, "ingest", str(folder), "--owner", account.email)
+
+    assert status == 0
+    assert "2 of 3 files ready" in out
+    assert "SKIPPED" in out  # the copy of a.md, with the id of the existing document
+    rows = await fetch(database_url, DOCUMENTS)
+    assert [(r["filename"], r["status"]) for r in rows] == [("a.md", "READY"), ("b.txt", "READY")]
+    found = await server.execute(SEARCH, {"q": "canteen soup"}, token=account.access_token)
+    hits = found.ok()["search"]
+    assert hits[0]["document"]["title"] == "b"
+
+
+async def test_ingest_with_an_unknown_owner_stores_nothing(
+    server: LiveServer, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.md").write_text("Anything.\n")
+
+    status, _, err = await run_cli(
+        capsys, "ingest", str(tmp_path / "a.md"), "--owner", "nobody@example.com"
+    )
+
+    assert status == 2
+    assert "no such owner" in err
+    assert "Traceback" not in err
+    assert await fetch(database_url, DOCUMENTS) == []
+
+
+async def test_reindex_rebuilds_the_index_with_new_parameters_and_keeps_them(
+    server: LiveServer, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    account = await server.register()
+    (tmp := Path(server.state.settings.data_dir) / "in").mkdir(parents=True)
+    (tmp / "pumps.md").write_text("Centrifugal pumps need their seals checked monthly.\n")
+    assert (await run_cli(capsys, "ingest", str(tmp), "--owner", account.email))[0] == 0
+    assert (await fetch(database_url, INDEX_OPTIONS))[0]["reloptions"] is None  # migration's
+
+    status, out, _ = await run_cli(
+        capsys, "reindex", "--index-only", "--m", "24", "--ef-construction", "100"
+    )
+    assert status == 0
+    assert "m=24, ef_construction=100" in out
+    assert (await fetch(database_url, INDEX_OPTIONS))[0]["reloptions"] == [
+        "m=24",
+        "ef_construction=100",
+    ]
+
+    # A full re-embedding keeps the parameters the index was last built with.
+    status, out, _ = await run_cli(capsys, "reindex")
+    assert status == 0
+    assert "re-embedded 1 chunks" in out
+    assert (await fetch(database_url, INDEX_OPTIONS))[0]["reloptions"] == [
+        "m=24",
+        "ef_construction=100",
+    ]
+    found = await server.execute(SEARCH, {"q": "pump seals"}, token=account.access_token)
+    hits = found.ok()["search"]
+    assert [hit["document"]["title"] for hit in hits] == ["pumps"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--m", "101"], "m must be between 2 and 100"),
+        (["--m", "32", "--ef-construction", "40"], "ef_construction must be at least twice m"),
+        (["--ef-construction", "1001"], "ef_construction must be between 4 and 1000"),
+    ],
+)
+async def test_reindex_refuses_invalid_index_parameters_and_changes_nothing(
+    server: LiveServer,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    before = await fetch(database_url, INDEX_OPTIONS)
+
+    status, _, err = await run_cli(capsys, "reindex", "--index-only", *argv)
+
+    assert status == 2
+    assert message in err
+    assert await fetch(database_url, INDEX_OPTIONS) == before
+    assert len(before) == 1
