@@ -30,7 +30,8 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
     while isinstance(original, GraphQLError) and original.original_error is not None:
         original = original.original_error
     if isinstance(original, DomainError):
-        extensions: dict[str, Any] = {"code": original.code, **original.extensions}
+        # The code comes last: a domain error's own extensions never replace it.
+        extensions: dict[str, Any] = {**original.extensions, "code": original.code}
         if original.field is not None:
             extensions["field"] = original.field
         return _rebuild(error, original.message, extensions)
