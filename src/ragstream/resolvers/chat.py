@@ -167,16 +167,16 @@ async def message_stream(
         strawberry.ID, strawberry.argument(description="UUID of an answer you may read.")
     ],
     from_offset: Annotated[
-        int,
+        int | None,
         strawberry.argument(
             description="Character offset to resume from: the length of the text you already "
-            "have (0 for all of it)."
+            "have (0 or null for all of it)."
         ),
     ] = 0,
 ) -> AsyncGenerator[ChatEvent, None]:
     viewer = await info.context.viewer()
     answer_id = parse_id(message_id, "message")
-    items = _chat(info).watch(viewer, answer_id, from_offset)
+    items = _chat(info).watch(viewer, answer_id, from_offset or 0)
     async with contextlib.aclosing(_events(strawberry.ID(str(answer_id)), items)) as events:
         async for event in events:
             yield event

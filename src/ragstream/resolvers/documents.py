@@ -34,6 +34,8 @@ from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to
 
 Info = strawberry.Info[Context, None]
 
+DEFAULT_SEARCH_LIMIT = 5
+
 
 async def document(
     info: Info,
@@ -71,10 +73,12 @@ async def search(
     info: Info,
     query: Annotated[str, strawberry.argument(description="What to look for, in plain words.")],
     limit: Annotated[
-        int, strawberry.argument(description="How many passages, 1 to 50 (default 5).")
-    ] = 5,
+        int | None, strawberry.argument(description="How many passages, 1 to 50 (default 5).")
+    ] = DEFAULT_SEARCH_LIMIT,
 ) -> list[SearchHit]:
     viewer = await info.context.viewer()
+    if limit is None:  # an explicit null asks for the default
+        limit = DEFAULT_SEARCH_LIMIT
     state = info.context.state
     async with info.context.transaction() as session:
         results = await retrieve(
@@ -98,7 +102,8 @@ async def upload_document(
         str | None, strawberry.argument(description="Title; defaults to the file name.")
     ] = None,
     visibility: Annotated[
-        Visibility, strawberry.argument(description="SHARED is for admins only.")
+        Visibility | None,
+        strawberry.argument(description="SHARED is for admins only (default PRIVATE)."),
     ] = Visibility.PRIVATE,
 ) -> Document:
     viewer = await info.context.viewer()
@@ -118,7 +123,7 @@ async def upload_document(
             filename=upload.filename,
             data=data,
             title=title,
-            visibility=visibility.name,
+            visibility=(visibility or Visibility.PRIVATE).name,
             max_bytes=max_bytes,
         )
     return to_document(row)
@@ -136,7 +141,7 @@ async def create_document(
             title=input.title,
             content=input.content,
             mime_type=input.mime_type,
-            visibility=input.visibility.name,
+            visibility=(input.visibility or Visibility.PRIVATE).name,
             max_bytes=info.context.state.settings.max_upload_bytes,
         )
     return to_document(row)

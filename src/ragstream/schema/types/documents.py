@@ -154,8 +154,8 @@ class CreateDocumentInput:
     mime_type: str = strawberry.field(
         description="How to read the text: text/plain, text/markdown or text/html."
     )
-    visibility: Visibility = strawberry.field(
-        default=Visibility.PRIVATE, description="SHARED is for admins only."
+    visibility: Visibility | None = strawberry.field(
+        default=Visibility.PRIVATE, description="SHARED is for admins only (default PRIVATE)."
     )
 
 
