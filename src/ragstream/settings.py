@@ -62,7 +62,6 @@ class Settings(BaseSettings):
     max_fields: int = 300  # field selections per operation, fragments expanded
     max_tokens: int = 2_000
     max_body_bytes: int = 1_000_000
-    max_page_size: int = 100
     # List items one operation may ask for, nested lists multiplied (see schema/list_size.py).
     max_list_items: int = 10_000
     max_upload_bytes: int = 20 * 1024 * 1024
