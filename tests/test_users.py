@@ -414,3 +414,39 @@ async def test_create_admin_prompts_for_the_password(
     code = await asyncio.to_thread(cli.main, ["create-admin", "--email", "q@example.com"])
     assert code == 1
     assert "do not match" in capsys.readouterr().err
+
+
+async def test_create_admin_without_a_password_only_promotes_an_existing_account(
+    cli_env: Path,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # given an account an admin has deactivated
+    async with running_server(make_settings(database_url, tmp_path)) as server:
+        member = await server.register("keep@example.com")
+        boss = await server.register("boss@example.com")
+        await server.make_admin(boss)
+        deactivate = {"id": member.id, "input": {"isActive": False}}
+        (await server.execute(UPDATE_USER, deactivate, token=boss.access_token)).ok()
+
+    # when create-admin names it without --password
+    def no_prompt(prompt: str = "") -> str:
+        raise AssertionError("an existing account must not be asked for a password")
+
+    monkeypatch.setattr("getpass.getpass", no_prompt)
+    code = await asyncio.to_thread(cli.main, ["create-admin", "--email", "KEEP@example.com"])
+
+    # then it is an admin, keeps its password, and stays deactivated
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "promoted keep@example.com to admin, password unchanged" in out
+    assert "stays deactivated" in out
+    async with running_server(make_settings(database_url, tmp_path)) as server:
+        inactive = await server.execute(LOGIN, {"email": member.email, "password": PASSWORD})
+        assert inactive.code == "UNAUTHENTICATED"
+        reactivate = {"id": member.id, "input": {"isActive": True}}
+        (await server.execute(UPDATE_USER, reactivate, token=boss.access_token)).ok()
+        login = await server.execute(LOGIN, {"email": member.email, "password": PASSWORD})
+        assert login.ok()["login"]["user"]["role"] == "ADMIN"

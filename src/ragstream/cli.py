@@ -97,27 +97,43 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_create_admin(args: argparse.Namespace) -> int:
     from ragstream.app import build_state, connect
     from ragstream.domain.auth.passwords import check_password_policy
-    from ragstream.domain.users.admin import ensure_admin
+    from ragstream.domain.users.admin import account_exists, ensure_admin
     from ragstream.domain.users.validation import normalize_email
 
-    normalize_email(args.email)  # refuse a bad address before asking for a password
-    password = args.password
-    if password is None:
-        password = getpass.getpass("Password: ")
-        if password != getpass.getpass("Repeat password: "):
-            print("passwords do not match", file=sys.stderr)
-            return 1
-    check_password_policy(password)  # before the database is started for nothing
+    normalize_email(args.email)  # refuse a bad address before starting the database
+    if args.password is not None:
+        check_password_policy(args.password)
     state = build_state(Settings())
 
-    async def run() -> str:
-        async with connect(state), state.sessionmaker.begin() as session:
-            return await ensure_admin(
-                session, state.auth.hasher, email=args.email, password=password
-            )
+    async def run() -> str | None:
+        async with connect(state):
+            password = args.password
+            if password is None:
+                # An existing account is only promoted; a new one needs a password.
+                async with state.sessionmaker() as session:
+                    exists = await account_exists(session, args.email)
+                if not exists:
+                    password = await asyncio.to_thread(_ask_password)
+                    if password is None:
+                        return None
+                    check_password_policy(password)
+            async with state.sessionmaker.begin() as session:
+                return await ensure_admin(
+                    session, state.auth.hasher, email=args.email, password=password
+                )
 
-    print(asyncio.run(run()))
+    outcome = asyncio.run(run())
+    if outcome is None:
+        print("passwords do not match", file=sys.stderr)
+        return 1
+    print(outcome)
     return 0
+
+
+def _ask_password() -> str | None:
+    """The new account's password, typed twice; None when the two differ."""
+    password = getpass.getpass("Password: ")
+    return password if password == getpass.getpass("Repeat password: ") else None
 
 
 def cmd_export_schema(args: argparse.Namespace) -> int:
@@ -144,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin = sub.add_parser("create-admin", help="create an admin account or promote one")
     admin.add_argument("--email", required=True)
-    admin.add_argument("--password", help="prompted for when omitted")
+    admin.add_argument(
+        "--password",
+        help="for a new account prompted for when omitted; an existing account keeps its own "
+        "unless given",
+    )
     admin.set_defaults(func=cmd_create_admin)
 
     export = sub.add_parser("export-schema", help="print the GraphQL SDL")
