@@ -258,6 +258,40 @@ async def test_change_password_revokes_other_sessions_but_keeps_this_one(
     (await login(server, account.email, new_password)).ok()
 
 
+async def test_logout_stops_that_sessions_access_token_at_once(server: LiveServer) -> None:
+    account = await server.register()
+    other = (await login(server, account.email)).ok()["login"]
+    assert (await server.execute(ME, token=account.access_token)).ok()["me"]["id"] == account.id
+
+    (await server.execute(LOGOUT, {"t": account.refresh_token})).ok()
+
+    refused = await server.execute(ME, token=account.access_token)
+    assert refused.code == "UNAUTHENTICATED"
+    assert refused.data is None
+    assert (await server.execute(ME, token=other["accessToken"])).ok()["me"]["id"] == account.id
+
+
+async def test_change_password_stops_other_sessions_access_tokens_at_once(
+    server: LiveServer,
+) -> None:
+    account = await server.register()
+    other_session = (await login(server, account.email)).ok()["login"]
+    assert (await server.execute(ME, token=other_session["accessToken"])).ok()["me"]
+
+    changed = await server.execute(
+        CHANGE_PASSWORD,
+        {"current": PASSWORD, "new": "a brand new passphrase"},
+        token=account.access_token,
+    )
+    assert changed.ok()["changePassword"] is True
+
+    refused = await server.execute("{ me { id } }", token=other_session["accessToken"])
+    assert refused.code == "UNAUTHENTICATED"
+    assert refused.data is None
+    me = await server.execute("{ me { id } }", token=account.access_token)
+    assert me.ok()["me"]["id"] == account.id
+
+
 async def test_change_password_errors_change_nothing(server: LiveServer) -> None:
     account = await server.register()
     other_session = (await login(server, account.email)).ok()["login"]

@@ -33,11 +33,16 @@ def b64(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
 
+def session_of(token: str) -> str:
+    """The sign-in session (refresh-token family) an access token belongs to."""
+    return str(jwt.decode(token, options={"verify_signature": False})["sid"])
+
+
 def claims_of(account: Account, **changes: Any) -> dict[str, Any]:
     now = datetime.now(UTC)
     claims: dict[str, Any] = {
         "sub": account.id,
-        "sid": str(uuid.uuid4()),
+        "sid": session_of(account.access_token),
         "typ": "access",
         "iat": now,
         "exp": now + timedelta(minutes=5),
@@ -79,6 +84,9 @@ def forged_tokens(account: Account) -> dict[str, str]:
         "missing sub": jwt.encode(claims_of(account, sub=None), SECRET),
         "sub not a uuid": jwt.encode(claims_of(account, sub="admin"), SECRET),
         "sub of nobody": jwt.encode(claims_of(account, sub=str(uuid.uuid4())), SECRET),
+        "missing sid": jwt.encode(claims_of(account, sid=None), SECRET),
+        "sid not a uuid": jwt.encode(claims_of(account, sid="session"), SECRET),
+        "sid of no session": jwt.encode(claims_of(account, sid=str(uuid.uuid4())), SECRET),
         "missing type": jwt.encode(claims_of(account, typ=None), SECRET),
         "refresh type": jwt.encode(claims_of(account, typ="refresh"), SECRET),
         "non-numeric exp": jwt.encode(claims_of(account, exp="tomorrow"), SECRET),
@@ -155,6 +163,7 @@ async def test_reusing_a_spent_refresh_token_revokes_the_whole_family(server: Li
     ).ok()["login"]
     rotated = (await server.execute(REFRESH, {"t": account.refresh_token})).ok()["refreshToken"]
     newest = (await server.execute(REFRESH, {"t": rotated["refreshToken"]})).ok()["refreshToken"]
+    assert (await server.execute(ME, token=newest["accessToken"])).ok()["me"]["id"] == account.id
 
     reused = await server.execute(REFRESH, {"t": account.refresh_token})
     assert reused.code == "UNAUTHENTICATED"
@@ -164,8 +173,15 @@ async def test_reusing_a_spent_refresh_token_revokes_the_whole_family(server: Li
     assert (await server.execute(REFRESH, {"t": newest["refreshToken"]})).code == (
         "UNAUTHENTICATED"
     )
+    # ... and so is every access token of the family, at once rather than when it expires ...
+    for token in (account.access_token, rotated["accessToken"], newest["accessToken"]):
+        refused = await server.execute(ME, token=token)
+        assert refused.code == "UNAUTHENTICATED"
+        assert refused.data is None
     # ... while another sign-in of the same account is untouched.
     (await server.execute(REFRESH, {"t": other_session["refreshToken"]})).ok()
+    me = await server.execute(ME, token=other_session["accessToken"])
+    assert me.ok()["me"]["id"] == account.id
 
 
 async def test_concurrent_use_of_one_refresh_token_succeeds_once(server: LiveServer) -> None:

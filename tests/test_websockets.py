@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from tests.conftest import make_settings
-from tests.support import LiveServer, running_server
+from tests.support import Account, LiveServer, running_server
 
 ME = "{ me { id email } }"
 TRANSPORT_WS = Subprotocol("graphql-transport-ws")
@@ -66,6 +66,14 @@ async def init(ws: ClientConnection, payload: dict[str, Any] | None = None) -> N
 
 def subscribe(op_id: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"id": op_id, "type": "subscribe", "payload": {"query": query, "variables": variables}}
+
+
+async def sign_in(ws: ClientConnection, account: Account) -> None:
+    """Initialise the socket with the account's token and check that `me` answers once."""
+    await init(ws, {"authorization": f"Bearer {account.access_token}"})
+    await send(ws, subscribe("1", ME))
+    assert (await receive(ws))["payload"]["data"]["me"]["id"] == account.id
+    assert (await receive(ws))["type"] == "complete"
 
 
 # --- authentication --------------------------------------------------------------------------
@@ -156,10 +164,7 @@ async def test_a_deactivated_users_token_closes_4403(server: LiveServer) -> None
 async def test_deactivation_applies_to_an_open_socket_at_once(server: LiveServer) -> None:
     account = await server.register()
     async with raw_socket(server) as ws:
-        await init(ws, {"authorization": f"Bearer {account.access_token}"})
-        await send(ws, subscribe("1", ME))
-        assert (await receive(ws))["payload"]["data"]["me"]["id"] == account.id
-        assert (await receive(ws))["type"] == "complete"
+        await sign_in(ws, account)
         async with server.state.sessionmaker.begin() as session:
             await session.execute(
                 text("UPDATE users SET is_active = false WHERE id = :id"), {"id": account.id}
@@ -167,6 +172,21 @@ async def test_deactivation_applies_to_an_open_socket_at_once(server: LiveServer
         await send(ws, subscribe("2", ME))
         result = await receive(ws)
     assert result["payload"]["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_a_revoked_session_is_refused_on_an_open_socket(server: LiveServer) -> None:
+    account = await server.register()
+    async with raw_socket(server) as ws:
+        await sign_in(ws, account)
+        signed_out = await server.execute(
+            "mutation($t: String!) { logout(refreshToken: $t) }", {"t": account.refresh_token}
+        )
+        assert signed_out.ok()["logout"] is True
+        await send(ws, subscribe("2", ME))
+        result = await receive(ws)
+    assert result["type"] == "next"
+    assert result["payload"]["data"] is None
+    assert [e["extensions"]["code"] for e in result["payload"]["errors"]] == ["UNAUTHENTICATED"]
 
 
 async def test_an_expiring_access_token_closes_the_socket(

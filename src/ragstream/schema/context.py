@@ -77,7 +77,7 @@ class Context:
         return self.claims
 
     async def viewer(self) -> User:
-        """The signed-in user, reloaded so a deactivated account stops working at once.
+        """The signed-in user, reloaded so a deactivated account or a revoked session stops at once.
 
         Cached per HTTP request; a websocket reloads it for every operation.
         """
@@ -85,7 +85,7 @@ class Context:
         if self._viewer is not None and not self.is_websocket:
             return self._viewer
         async with self.state.sessionmaker() as session:
-            user = await resolve_viewer(session, claims.user_id)
+            user = await resolve_viewer(session, claims.user_id, claims.session_id)
         if user is None:
             raise Unauthenticated("authentication required")
         self._viewer = user

@@ -3,11 +3,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, select, true
+from sqlalchemy import ColumnElement, exists, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.list_search import contains, plan_for_the_term
-from ragstream.db.models import User
+from ragstream.db.models import RefreshToken, User
 from ragstream.db.pagination import Page, PageRequest, paginate
 
 
@@ -24,6 +24,21 @@ class UserRepository:
 
     async def get(self, user_id: uuid.UUID) -> User | None:
         return await self.session.get(User, user_id)
+
+    async def get_signed_in(self, user_id: uuid.UUID, session_id: uuid.UUID) -> User | None:
+        """The active account, only while its sign-in session (refresh-token family) is live.
+
+        One statement: revoking the family (sign-out, reuse detection, password change,
+        deactivation) stops the session's access tokens on their next request.
+        """
+        live_session = exists().where(
+            RefreshToken.family_id == session_id,
+            RefreshToken.user_id == User.id,
+            RefreshToken.revoked_at.is_(None),
+        )
+        return await self.session.scalar(
+            select(User).where(User.id == user_id, User.is_active.is_(True), live_session)
+        )
 
     async def get_many(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, User]:
         rows = await self.session.scalars(select(User).where(User.id.in_(ids)))

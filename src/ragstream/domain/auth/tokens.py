@@ -20,7 +20,8 @@ MAX_TOKEN_LENGTH = 4096
 @dataclass(frozen=True)
 class AccessClaims:
     user_id: uuid.UUID
-    session_id: uuid.UUID | None
+    # The refresh-token family of the sign-in; the token is valid only while it is not revoked.
+    session_id: uuid.UUID
     expires_at: datetime
 
 
@@ -64,14 +65,13 @@ class TokenService:
                 token,
                 self._secret,
                 algorithms=[ALGORITHM],
-                options={"require": ["exp", "iat", "sub"]},
+                options={"require": ["exp", "iat", "sub", "sid"]},
             )
             if claims.get("typ") != ACCESS_TYPE:
                 raise invalid
-            sid = claims.get("sid")
             return AccessClaims(
                 user_id=uuid.UUID(str(claims["sub"])),
-                session_id=uuid.UUID(str(sid)) if sid else None,
+                session_id=uuid.UUID(str(claims["sid"])),
                 expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
             )
         except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:

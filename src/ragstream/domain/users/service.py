@@ -96,9 +96,12 @@ async def update_user(
     return user
 
 
-async def resolve_viewer(session: AsyncSession, user_id: uuid.UUID) -> User | None:
-    """The signed-in user, fresh from the database: deactivation and demotion apply at once."""
-    user = await UserRepository(session).get(user_id)
-    if user is None or not user.is_active:
-        return None
-    return user
+async def resolve_viewer(
+    session: AsyncSession, user_id: uuid.UUID, session_id: uuid.UUID
+) -> User | None:
+    """The signed-in user, fresh from the database, or None.
+
+    Deactivation, demotion and a revoked sign-in session (sign-out, refresh-token reuse, a
+    password change elsewhere) apply at once, not when the access token expires.
+    """
+    return await UserRepository(session).get_signed_in(user_id, session_id)
