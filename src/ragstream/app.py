@@ -56,6 +56,8 @@ class AppState:
     embedder_: Embedder | None = None
     # In-process pub/sub (document events, chat streams); a Redis broker can take its place.
     broker: EventBroker = field(default_factory=InMemoryBroker)
+    # A configuration error that stopped the lifespan from starting (serve reports it, exit 2).
+    startup_error: ConfigurationError | None = None
 
     @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
@@ -166,13 +168,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with (
-            connect(state),
-            ingestion_worker(state),
-            state.chat.running(state.sessionmaker, knowledge_base_retriever(state.embedder)),
-        ):
-            logger.info("ragstream ready")
-            yield
+        started = False
+        try:
+            async with (
+                connect(state),
+                ingestion_worker(state),
+                state.chat.running(state.sessionmaker, knowledge_base_retriever(state.embedder)),
+            ):
+                started = True
+                logger.info("ragstream ready")
+                yield
+        except ConfigurationError as exc:
+            if not started:
+                state.startup_error = exc
+            raise
 
     app = Starlette(
         routes=[

@@ -20,6 +20,9 @@ from ragstream.settings import ConfigurationError, Settings
 
 if TYPE_CHECKING:
     import uvicorn
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from ragstream.app import AppState
 
 STARTUP_FAILURE = 3  # uvicorn's exit status for a server that could not start
 
@@ -43,8 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if settings.database_url is None
         else contextlib.nullcontext()
     )
+    state: AppState = app.state.ragstream
     config = uvicorn.Config(
-        app,
+        _config_errors_without_traceback(app, state),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -52,11 +56,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    with lock, _stopped_by_signals(server):
-        server.run()
+    try:
+        with lock, _stopped_by_signals(server):
+            server.run()
+    except SystemExit:
+        # uvicorn exits 3 after any failed start-up; a configuration error is reported as one,
+        # by main(), with status 2.
+        if state.startup_error is None:
+            raise
+        raise state.startup_error from None
     # A failed start-up exits inside run() (SystemExit 3) and a crash raises; a server that
     # started and got here has shut down cleanly, whether a signal asked it to or not.
     return 0 if server.started else STARTUP_FAILURE
+
+
+def _config_errors_without_traceback(app: ASGIApp, state: AppState) -> ASGIApp:
+    """The app, except that a start-up stopped by a ConfigurationError reports no traceback.
+
+    Starlette sends the lifespan failure with the formatted traceback, which uvicorn logs; a
+    configuration error is the operator's to fix, and serve prints its message on its own.
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and state.startup_error is not None:
+                message = {"type": "lifespan.startup.failed", "message": ""}
+            await send(message)
+
+        await app(scope, receive, lifespan_send)
+
+    return wrapped
 
 
 @contextlib.contextmanager
