@@ -9,6 +9,7 @@ from tests.chat_stub import ChatScript, ChatStub
 from tests.chat_support import (
     CANCEL,
     CHAT,
+    CONVERSATION,
     SEND,
     USAGE,
     chat_server,
@@ -20,6 +21,8 @@ from tests.chat_support import (
     subscription_error,
 )
 from tests.support import LiveServer
+
+DELETE = "mutation($id: ID!) { deleteConversation(id: $id) }"
 
 
 def next_utc_midnight() -> str:
@@ -34,15 +37,20 @@ async def finish(server: LiveServer, message_id: str) -> None:
     await eventually(done)
 
 
+async def ask_twice(server: LiveServer, token: str, conversation_id: str) -> None:
+    """Two questions, each answered to the end."""
+    for content in ("first", "second"):
+        answer = await send(server, token, conversation_id, content)
+        await finish(server, answer["id"])
+
+
 async def test_the_daily_limit_allows_exactly_the_limit(
     database_url: str, tmp_path: Path, chat_stub: ChatStub
 ) -> None:
     async with chat_server(database_url, tmp_path, chat_stub, daily_message_limit=2) as server:
         account = await server.register()
         conversation_id = await new_conversation(server, account.access_token)
-        for content in ("first", "second"):
-            answer = await send(server, account.access_token, conversation_id, content)
-            await finish(server, answer["id"])
+        await ask_twice(server, account.access_token, conversation_id)
         before = await count_rows(server, "messages")
 
         third = await server.execute(
@@ -70,6 +78,74 @@ async def test_the_daily_limit_allows_exactly_the_limit(
         assert usage["resetsAt"] == next_utc_midnight()
 
 
+async def test_deleting_conversations_does_not_reset_the_daily_limit(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    async with chat_server(database_url, tmp_path, chat_stub, daily_message_limit=2) as server:
+        account = await server.register()
+        first = await new_conversation(server, account.access_token)
+        await ask_twice(server, account.access_token, first)
+        (await server.execute(DELETE, {"id": first}, token=account.access_token)).ok()
+        fresh = await new_conversation(server, account.access_token)
+
+        third = await server.execute(
+            SEND,
+            {"input": {"conversationId": fresh, "content": "third"}},
+            token=account.access_token,
+        )
+
+        assert third.code == "RATE_LIMITED"
+        extensions = third.errors[0]["extensions"]
+        assert extensions["reason"] == "DAILY_MESSAGE_LIMIT"
+        assert extensions["limit"] == 2
+        assert extensions["resetAt"] == next_utc_midnight()
+        assert await count_rows(server, "messages") == 0
+        messages = await server.execute(CONVERSATION, {"id": fresh}, token=account.access_token)
+        assert messages.ok()["conversation"]["messages"]["totalCount"] == 0
+        usage = (await server.execute(USAGE, token=account.access_token)).ok()["me"]["usage"]
+        assert usage["messagesToday"] == 2
+
+
+async def test_usage_totals_survive_deleting_conversations(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    async with chat_server(database_url, tmp_path, chat_stub) as server:
+        account = await server.register()
+        conversation_id = await new_conversation(server, account.access_token)
+        await ask_twice(server, account.access_token, conversation_id)
+        before = (await server.execute(USAGE, token=account.access_token)).ok()["me"]["usage"]
+
+        (await server.execute(DELETE, {"id": conversation_id}, token=account.access_token)).ok()
+
+        after = (await server.execute(USAGE, token=account.access_token)).ok()["me"]["usage"]
+        assert before["promptTokens"] > 0
+        assert before["completionTokens"] > 0
+        assert before["answers"] == 2
+        assert before["messagesToday"] == 2
+        assert after == before
+
+
+async def test_an_answer_deleted_while_it_runs_still_counts_its_tokens(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=[f"t{i} " for i in range(200)], delay=0.02)
+    async with chat_server(database_url, tmp_path, chat_stub) as server:
+        account = await server.register()
+        conversation_id = await new_conversation(server, account.access_token)
+        await send(server, account.access_token, conversation_id, "long one")
+        await chat_stub.wait_for_tokens(2)
+
+        # Returns once the answer is stopped and its end handled.
+        (await server.execute(DELETE, {"id": conversation_id}, token=account.access_token)).ok()
+
+        usage = (await server.execute(USAGE, token=account.access_token)).ok()["me"]["usage"]
+        assert await count_rows(server, "messages") == 0
+        assert usage["answers"] == 1
+        assert usage["messagesToday"] == 1
+        # The text streamed before the stop (a stopped answer's prompt is not counted yet).
+        assert usage["completionTokens"] > 0
+
+
 async def test_admins_are_exempt_from_the_daily_limit(
     database_url: str, tmp_path: Path, chat_stub: ChatStub
 ) -> None:
@@ -77,9 +153,7 @@ async def test_admins_are_exempt_from_the_daily_limit(
         admin = await server.register()
         await server.make_admin(admin)
         conversation_id = await new_conversation(server, admin.access_token)
-        for content in ("first", "second"):
-            answer = await send(server, admin.access_token, conversation_id, content)
-            await finish(server, answer["id"])
+        await ask_twice(server, admin.access_token, conversation_id)
 
         usage = (await server.execute(USAGE, token=admin.access_token)).ok()["me"]["usage"]
 

@@ -15,7 +15,7 @@ from strawberry.dataloader import DataLoader
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.pagination import Page, ParentPageKey
-from ragstream.db.repositories.messages import TokenTotals
+from ragstream.db.repositories.usage import TokenTotals
 from ragstream.domain.chat import service
 from ragstream.domain.chat.views import MessageView
 

@@ -54,7 +54,8 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
             name="status",
         ),
         Index("ix_messages_conversation_id_created_at_id", "conversation_id", "created_at", "id"),
-        # The daily quota counts a user's questions per day; usage sums a user's answers.
+        # A user's messages by role and time. The quota and usage figures no longer read them
+        # (they read `usage_daily`, which deleting a conversation leaves alone).
         Index("ix_messages_owner_id_role_created_at", "owner_id", "role", "created_at"),
         # Start-up recovery and the concurrency cap look only at running generations.
         Index(
@@ -67,7 +68,7 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
     conversation_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False
     )
-    # Denormalised from the conversation so quota and usage are one indexed scan.
+    # Denormalised from the conversation so per-user reads need no join.
     owner_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False
     )

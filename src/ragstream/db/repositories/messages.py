@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Select, func, select, text, update
@@ -37,14 +36,6 @@ def readable_by(viewer: User) -> Select[Message]:
     if viewer.role != "ADMIN":
         stmt = stmt.where(Message.owner_id == viewer.id)
     return stmt
-
-
-@dataclass(frozen=True)
-class TokenTotals:
-    prompt_tokens: int
-    completion_tokens: int
-    answers: int
-    questions_today: int
 
 
 class MessageRepository:
@@ -188,18 +179,6 @@ class MessageRepository:
             {"space": _CHAT_LOCK_SPACE, "owner": str(owner_id)},
         )
 
-    async def count_questions_since(self, owner_id: uuid.UUID, since: datetime) -> int:
-        count = await self.session.scalar(
-            select(func.count())
-            .select_from(Message)
-            .where(
-                Message.owner_id == owner_id,
-                Message.role == "USER",
-                Message.created_at >= since,
-            )
-        )
-        return int(count or 0)
-
     async def count_streaming(self, owner_id: uuid.UUID) -> int:
         count = await self.session.scalar(
             select(func.count())
@@ -207,28 +186,6 @@ class MessageRepository:
             .where(Message.owner_id == owner_id, Message.status == "STREAMING")
         )
         return int(count or 0)
-
-    async def token_totals(
-        self, owner_ids: Sequence[uuid.UUID], *, questions_since: datetime
-    ) -> dict[uuid.UUID, TokenTotals]:
-        """Token sums of each owner's answers, and their questions since a time, in one scan."""
-        answer = Message.role == "ASSISTANT"
-        rows = await self.session.execute(
-            select(
-                Message.owner_id,
-                func.coalesce(func.sum(Message.prompt_tokens).filter(answer), 0),
-                func.coalesce(func.sum(Message.completion_tokens).filter(answer), 0),
-                func.count().filter(answer),
-                func.count().filter(Message.role == "USER", Message.created_at >= questions_since),
-            )
-            .where(Message.owner_id.in_(owner_ids))
-            .group_by(Message.owner_id)
-        )
-        totals = {
-            owner: TokenTotals(int(prompt or 0), int(completion or 0), int(answers), int(today))
-            for owner, prompt, completion, answers, today in rows
-        }
-        return {i: totals.get(i, TokenTotals(0, 0, 0, 0)) for i in owner_ids}
 
     async def cited_chunks(
         self, viewer: User, chunk_ids: Sequence[uuid.UUID]

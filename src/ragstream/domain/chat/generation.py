@@ -304,8 +304,11 @@ class GenerationManager:
             else:
                 # Left by a process that is gone: nothing to stop, only the state to fix.
                 async with self.sessionmaker.begin() as session:
-                    await MessageRepository(session).finish(
+                    await service.finish_answer(
+                        session,
                         message_id,
+                        owner_id=row.owner_id,
+                        started_at=row.created_at,
                         status=CANCELLED,
                         content=content,
                         model=None,
@@ -503,8 +506,11 @@ class GenerationManager:
         view: MessageView | None = None
         try:
             async with self.sessionmaker.begin() as session:
-                row = await MessageRepository(session).finish(
+                row = await service.finish_answer(
+                    session,
                     message_id,
+                    owner_id=answer.owner_id,
+                    started_at=answer.created_at,
                     status=status,
                     content=text,
                     model=self.provider.model,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from ragstream.db.models.users import User
 from ragstream.db.repositories.messages import MessageRepository
+from ragstream.db.repositories.usage import UsageRepository
 from ragstream.domain.errors import RateLimited
 from ragstream.domain.users.service import is_admin
 
@@ -24,16 +25,24 @@ def utc_day(now: datetime | None = None) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-async def check_can_send(repo: MessageRepository, viewer: User, limits: ChatLimits) -> None:
-    """Raises RATE_LIMITED with ``limit`` and ``resetAt`` when the viewer may not ask now.
+async def check_can_send(
+    repo: MessageRepository,
+    usage: UsageRepository,
+    viewer: User,
+    limits: ChatLimits,
+    *,
+    day: date,
+) -> None:
+    """Raises RATE_LIMITED with ``limit`` and ``resetAt`` when the viewer may not ask on ``day``.
 
     Holds a per-user lock until the transaction ends, so two sends racing for the last
-    allowed message cannot both pass.
+    allowed message cannot both pass. Questions are counted in the usage ledger, which
+    deleting conversations does not touch.
     """
     await repo.lock_owner(viewer.id)
     if not is_admin(viewer):
-        start, reset = utc_day()
-        used = await repo.count_questions_since(viewer.id, start)
+        reset = datetime.combine(day, datetime.min.time(), UTC) + timedelta(days=1)
+        used = await usage.questions_on(viewer.id, day)
         if used >= limits.daily_messages:
             raise RateLimited(
                 f"daily message limit of {limits.daily_messages} reached",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +19,8 @@ from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
 from ragstream.db.pagination import Page, ParentPageKey
 from ragstream.db.repositories.conversations import ConversationRepository
-from ragstream.db.repositories.messages import MessageRepository, TokenTotals
+from ragstream.db.repositories.messages import MessageRepository
+from ragstream.db.repositories.usage import TokenTotals, UsageRepository
 from ragstream.domain.chat.prompt import (
     CriterionContext,
     EvaluationContext,
@@ -188,13 +189,19 @@ async def start_exchange(
     max_chars: int,
     model: str,
 ) -> NewExchange:
-    """Stores the viewer's question and an empty answer, after the quota checks."""
+    """Stores the viewer's question and an empty answer, after the quota checks.
+
+    The question and the answer are counted in the usage ledger in the same transaction,
+    under the per-user lock the checks take, so the count is exact.
+    """
     text = normalize_content(content, max_chars)
     conversation = await ConversationRepository(session).get_owned(viewer, conversation_id)
     if conversation is None:
         raise not_found("conversation")
     messages = MessageRepository(session)
-    await check_can_send(messages, viewer, limits)
+    usage = UsageRepository(session)
+    today = utc_day()[0].date()
+    await check_can_send(messages, usage, viewer, limits, day=today)
     question = await messages.add(
         Message(
             conversation_id=conversation.id,
@@ -214,6 +221,7 @@ async def start_exchange(
             model=model,
         )
     )
+    await usage.add_exchange(viewer.id, today)
     await ConversationRepository(session).touch(conversation.id)
     return NewExchange(
         conversation_id=conversation.id,
@@ -322,5 +330,48 @@ async def token_totals(
     if not visible:
         return dict.fromkeys(user_ids)
     start, _ = utc_day()
-    totals = await MessageRepository(session).token_totals(visible, questions_since=start)
+    totals = await UsageRepository(session).totals(visible, today=start.date())
     return {u: totals.get(u) for u in user_ids}
+
+
+def usage_day(started_at: datetime) -> date:
+    """The ledger day an answer's tokens count on: the UTC day it was asked."""
+    return started_at.astimezone(UTC).date()
+
+
+async def finish_answer(
+    session: AsyncSession,
+    message_id: uuid.UUID,
+    *,
+    owner_id: uuid.UUID,
+    started_at: datetime,
+    status: str,
+    content: str,
+    model: str | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    error_code: str | None,
+) -> Message | None:
+    """Stores an answer's end once and adds its final tokens to the owner's usage.
+
+    Returns None when the answer had already ended or is gone. An answer deleted with its
+    conversation while it ran still counts: its tokens were spent.
+    """
+    messages = MessageRepository(session)
+    row = await messages.finish(
+        message_id,
+        status=status,
+        content=content,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        error_code=error_code,
+    )
+    if row is not None or await messages.get(message_id) is None:
+        await UsageRepository(session).add_tokens(
+            owner_id,
+            usage_day(started_at),
+            prompt_tokens=prompt_tokens or 0,
+            completion_tokens=completion_tokens or 0,
+        )
+    return row

@@ -10,7 +10,7 @@ from typing import Annotated
 import strawberry
 
 from ragstream.db.models.chat import Conversation as ConversationRow
-from ragstream.db.repositories.messages import TokenTotals
+from ragstream.db.repositories.usage import TokenTotals
 from ragstream.domain.chat import service
 from ragstream.domain.chat.generation import failure_message
 from ragstream.domain.chat.quota import utc_day
