@@ -11,10 +11,17 @@ from tests.support import LiveServer, Result
 
 
 async def post(
-    server: LiveServer, content: str | bytes, headers: dict[str, str] | None = None
+    server: LiveServer,
+    content: str | bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    client_address: str | None = None,
 ) -> httpx.Response:
+    """POST to the endpoint; ``client_address`` (a loopback address such as 127.0.0.2) is the
+    address the server sees the request come from."""
     all_headers = {"content-type": "application/json", **(headers or {})}
-    async with httpx.AsyncClient(timeout=30) as client:
+    transport = httpx.AsyncHTTPTransport(local_address=client_address) if client_address else None
+    async with httpx.AsyncClient(timeout=30, transport=transport) as client:
         return await client.post(server.graphql_url, content=content, headers=all_headers)
 
 
@@ -25,13 +32,14 @@ async def graphql(
     *,
     token: str | None = None,
     headers: dict[str, str] | None = None,
+    client_address: str | None = None,
 ) -> Result:
     """One operation as JSON with ASCII escapes (so lone surrogates survive the trip)."""
     all_headers = dict(headers or {})
     if token is not None:
         all_headers["authorization"] = f"Bearer {token}"
     body = json.dumps({"query": query, "variables": variables or {}})
-    response = await post(server, body, all_headers)
+    response = await post(server, body, all_headers, client_address=client_address)
     assert response.status_code == 200, (response.status_code, response.text)
     payload = response.json()
     return Result(data=payload.get("data"), errors=list(payload.get("errors") or []))

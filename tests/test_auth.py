@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -38,8 +39,12 @@ async def register(server: LiveServer, email: str, password: str, name: str = "N
     )
 
 
-async def login(server: LiveServer, email: str, password: str = PASSWORD) -> Result:
-    return await raw.graphql(server, LOGIN, {"email": email, "password": password})
+async def login(
+    server: LiveServer, email: str, password: str = PASSWORD, *, client_address: str | None = None
+) -> Result:
+    return await raw.graphql(
+        server, LOGIN, {"email": email, "password": password}, client_address=client_address
+    )
 
 
 async def user_count(server: LiveServer) -> int:
@@ -364,6 +369,19 @@ async def test_corrupt_stored_hash_is_an_ordinary_login_failure(server: LiveServ
 # --- rate limits -----------------------------------------------------------------------------
 
 
+def limited_server(
+    database_url: str, tmp_path: Path, *, per_email: int, per_client: int
+) -> AbstractAsyncContextManager[LiveServer]:
+    """A server with its own sign-in limits per email and per client address."""
+    settings = make_settings(
+        database_url,
+        tmp_path,
+        login_attempts_per_minute=per_email,
+        login_attempts_per_minute_per_client=per_client,
+    )
+    return running_server(settings)
+
+
 async def test_login_flood_is_rate_limited(database_url: str, tmp_path: Path) -> None:
     settings = make_settings(database_url, tmp_path, login_attempts_per_minute=3)
     async with running_server(settings) as server:
@@ -424,10 +442,7 @@ async def test_login_limit_ignores_email_case(database_url: str, tmp_path: Path)
 async def test_unknown_account_logins_are_rate_limited_too(
     database_url: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(
-        database_url, tmp_path, login_attempts_per_minute=2, login_attempts_per_minute_per_client=2
-    )
-    async with running_server(settings) as server:
+    async with limited_server(database_url, tmp_path, per_email=2, per_client=2) as server:
         codes = [(await login(server, f"{uuid.uuid4().hex}@example.com")).code for _ in range(3)]
         assert codes == ["UNAUTHENTICATED", "UNAUTHENTICATED", "RATE_LIMITED"]
 
@@ -435,11 +450,25 @@ async def test_unknown_account_logins_are_rate_limited_too(
 async def test_one_email_limit_does_not_lock_out_others_from_the_same_address(
     database_url: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(
-        database_url, tmp_path, login_attempts_per_minute=1, login_attempts_per_minute_per_client=10
-    )
-    async with running_server(settings) as server:
+    async with limited_server(database_url, tmp_path, per_email=1, per_client=10) as server:
         target, other = await server.register(), await server.register()
         assert (await login(server, target.email, "wrong password!")).code == "UNAUTHENTICATED"
         assert (await login(server, target.email)).code == "RATE_LIMITED"
         (await login(server, other.email)).ok()
+
+
+async def test_a_blocked_client_does_not_spend_the_emails_budget(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with limited_server(database_url, tmp_path, per_email=3, per_client=2) as server:
+        victim = await server.register()
+        # An attacker on one address guesses until that address is blocked, and keeps going.
+        guesses = [(await login(server, victim.email, "wrong password!")).code for _ in range(6)]
+        assert guesses == ["UNAUTHENTICATED"] * 2 + ["RATE_LIMITED"] * 4
+        # Only the two guesses that got through counted against the email: its owner, from
+        # another address, still signs in.
+        me = (await login(server, victim.email, client_address="127.0.0.2")).ok()["login"]
+        assert me["user"]["id"] == victim.id
+        # The email limit itself still holds: that was its third and last attempt.
+        third = await login(server, victim.email, client_address="127.0.0.3")
+        assert third.code == "RATE_LIMITED"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from ragstream.domain.errors import RateLimited
 
@@ -12,14 +12,17 @@ from ragstream.domain.errors import RateLimited
 class SlidingWindowLimiter:
     """Allows ``limit`` hits per ``window`` seconds per key.
 
-    State is per process; a multi-replica deployment also limits at its proxy.
+    State is per process; a multi-replica deployment also limits at its proxy. At most
+    ``max_keys`` keys are kept: when the table is full, the keys attempted least recently make
+    room (idle ones first), so a flood of new keys never lifts the limits of active ones.
     """
 
     def __init__(self, limit: int, window: float = 60.0, max_keys: int = 100_000) -> None:
         self.limit = limit
         self.window = window
         self._max_keys = max_keys
-        self._hits: dict[str, deque[float]] = {}
+        # Ordered by last attempt, least recent first.
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
 
     def hit(self, key: str) -> None:
         now = time.monotonic()
@@ -28,6 +31,8 @@ class SlidingWindowLimiter:
             if len(self._hits) >= self._max_keys:
                 self._evict(now)
             hits = self._hits[key] = deque()
+        else:
+            self._hits.move_to_end(key)
         while hits and hits[0] <= now - self.window:
             hits.popleft()
         if len(hits) >= self.limit:
@@ -39,8 +44,9 @@ class SlidingWindowLimiter:
         hits.append(now)
 
     def _evict(self, now: float) -> None:
-        stale = [k for k, v in self._hits.items() if not v or v[-1] <= now - self.window]
-        for key in stale:
-            del self._hits[key]
-        if len(self._hits) >= self._max_keys:
-            self._hits.clear()
+        # Idle keys sit at the front; drop them, then the least recent key if still full.
+        while self._hits:
+            oldest = next(iter(self._hits.values()))
+            if oldest and oldest[-1] > now - self.window and len(self._hits) < self._max_keys:
+                return
+            self._hits.popitem(last=False)

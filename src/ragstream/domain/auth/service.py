@@ -76,9 +76,11 @@ class AuthService:
         self, session: AsyncSession, *, email: str, password: str, client: str
     ) -> AuthResult:
         """Same message and comparable time for an unknown email and a wrong password."""
+        # The client first: attempts from a client already blocked must not spend the email's
+        # budget, or one address could lock the owner out from everywhere else.
+        self.client_limiter.hit(f"client:{client}")
         # Capped: the limiter keeps a key per email tried, and the key must stay small.
         self.login_limiter.hit(f"email:{email.strip().lower()[:320]}")
-        self.client_limiter.hit(f"client:{client}")
         try:
             # Normalised exactly as at sign-up; an invalid address names no account.
             key: str | None = normalize_email(email)
