@@ -15,12 +15,13 @@ import asyncpg
 import httpx
 import pytest
 from graphql import get_introspection_query
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from strawberry.extensions.parser_cache import _get_parse_cache
 from strawberry.extensions.validation_cache import _get_validate_cache
 
 from tests import raw
 from tests.conftest import make_settings
+from tests.database_faults import database_of, database_unreachable
 from tests.support import PASSWORD, LiveServer, Result, running_server
 
 
@@ -39,14 +40,6 @@ def messages(result: Result) -> str:
 async def user_count(server: LiveServer) -> int:
     async with server.state.sessionmaker() as session:
         return int(await session.scalar(text("SELECT count(*) FROM users")) or 0)
-
-
-def database_of(database_url: str) -> tuple[str, str]:
-    """The test database's name and a libpq URI of the maintenance database beside it."""
-    url = make_url(database_url)
-    assert url.database
-    admin = url.set(drivername="postgresql", database="postgres")
-    return url.database, admin.render_as_string(hide_password=False)
 
 
 def register_with(selection: str, email: str = "deep@example.com") -> str:
@@ -276,26 +269,15 @@ async def test_unexpected_errors_are_masked_with_a_request_id(
     server: LiveServer, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     account = await server.register()
-    name, admin_uri = database_of(database_url)
-    conn = await asyncpg.connect(admin_uri)
-    try:
-        # Make the database unreachable: refuse new connections and end the open ones.
-        await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-        )
-        async with httpx.AsyncClient() as client:
-            with caplog.at_level(logging.ERROR, logger="ragstream.errors"):
-                response = await client.post(
-                    server.graphql_url,
-                    json={"query": "{ me { id email } }"},
-                    headers={"authorization": f"Bearer {account.access_token}"},
-                )
-            health = await client.get(f"{server.http_url}/healthz")
-            ready = await client.get(f"{server.http_url}/readyz")
-    finally:
-        await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await conn.close()
+    async with database_unreachable(database_url) as name, httpx.AsyncClient() as client:
+        with caplog.at_level(logging.ERROR, logger="ragstream.errors"):
+            response = await client.post(
+                server.graphql_url,
+                json={"query": "{ me { id email } }"},
+                headers={"authorization": f"Bearer {account.access_token}"},
+            )
+        health = await client.get(f"{server.http_url}/healthz")
+        ready = await client.get(f"{server.http_url}/readyz")
 
     assert response.status_code == 200
     body = response.json()

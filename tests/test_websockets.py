@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from tests.conftest import make_settings
+from tests.database_faults import database_unreachable
 from tests.support import Account, LiveServer, running_server
 
 ME = "{ me { id email } }"
@@ -200,6 +203,45 @@ async def test_an_expiring_access_token_closes_the_socket(
             await send(ws, subscribe("1", ME))
             assert (await receive(ws))["payload"]["data"]["me"]["id"] == account.id
             assert await close_code(ws) == 4403
+
+
+# --- unexpected errors ---------------------------------------------------------------------
+
+DOCUMENT_EVENTS = "subscription($id: ID!) { documentEvents(id: $id) { id status } }"
+
+
+async def test_unexpected_errors_over_a_socket_are_masked_with_a_request_id(
+    server: LiveServer, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    account = await server.register()
+    request_id = "ws-masking-0001"  # a socket keeps a sane incoming X-Request-ID
+    async with raw_socket(server, headers={"X-Request-ID": request_id}) as ws:
+        await sign_in(ws, account)
+        async with database_unreachable(database_url) as name:
+            with caplog.at_level(logging.ERROR, logger="ragstream.errors"):
+                await send(ws, subscribe("2", ME))
+                query = await receive(ws)
+                assert (await receive(ws)) == {"id": "2", "type": "complete"}
+                await send(ws, subscribe("3", DOCUMENT_EVENTS, {"id": str(uuid.uuid4())}))
+                subscription = await receive(ws)
+        # The socket survives the outage and answers again once the database is back.
+        await send(ws, subscribe("4", ME))
+        assert (await receive(ws))["payload"]["data"]["me"]["id"] == account.id
+
+    # A query fails inside its result; a subscription that cannot start ends with an error.
+    assert (query["type"], query["payload"]["data"]) == ("next", None)
+    assert subscription["type"] == "error"
+    for errors in (query["payload"]["errors"], subscription["payload"]):
+        [error] = errors
+        assert error["message"] == "Internal server error"
+        assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id}
+    sent = json.dumps([query, subscription]).lower()
+    for leak in ("asyncpg", "sqlalchemy", "traceback", "connection", "postgres", name):
+        assert leak.lower() not in sent, leak
+    # The full story is in the log, under the same request id, for each operation.
+    records = [r for r in caplog.records if r.name == "ragstream.errors"]
+    assert all(request_id in r.getMessage() and r.exc_info for r in records)
+    assert {r.getMessage().rsplit(" at ", 1)[-1] for r in records} == {"me", "documentEvents"}
 
 
 # --- protocol ------------------------------------------------------------------------------
