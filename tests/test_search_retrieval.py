@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import random
 import uuid
+from pathlib import Path
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from ragstream.app import build_state, connect
 from ragstream.db.models import User
+from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.repositories.search import SearchRepository, tsquery_literal
-from ragstream.domain.retrieval.service import search
+from ragstream.domain.retrieval.service import SearchTuning, search
+from tests.conftest import make_settings
 from tests.documents_support import create, wait_until_idle
 from tests.support import LiveServer
 
@@ -87,3 +94,100 @@ async def test_search_leaves_the_transactions_planner_settings_alone(server: Liv
     assert len(hits) == 1
     assert tuple(after) == tuple(before)
     assert before[:3] == ("on", "on", "auto")
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector]
+
+
+def _around(centre: list[float], spread: float, rng: random.Random) -> list[float]:
+    """A unit vector ``spread`` (as a tangent length) away from ``centre`` in a random direction."""
+    direction = _unit([rng.gauss(0.0, 1.0) for _ in centre])
+    return _unit([c + spread * d for c, d in zip(centre, direction, strict=True)])
+
+
+async def _owned_chunks(
+    session: AsyncSession, owner: User, embeddings: list[list[float]]
+) -> list[uuid.UUID]:
+    """One private, ready document holding one chunk per embedding."""
+    document = Document(
+        owner_id=owner.id,
+        title="Vectors",
+        filename="vectors.txt",
+        mime_type="text/plain",
+        size_bytes=1,
+        content_sha256=uuid.uuid4().hex,
+        status="READY",
+        chunk_count=len(embeddings),
+    )
+    session.add(document)
+    await session.flush()
+    chunks = [
+        Chunk(
+            document_id=document.id,
+            ordinal=n,
+            content=f"chunk {n}",
+            token_count=2,
+            embedding=embedding,
+        )
+        for n, embedding in enumerate(embeddings)
+    ]
+    session.add_all(chunks)
+    await session.flush()
+    return [chunk.id for chunk in chunks]
+
+
+async def test_filtered_vector_search_fills_k_past_closer_unreadable_chunks(
+    database_url: str, tmp_path: Path
+) -> None:
+    # given a small ef_search, and more of another user's chunks closer to the query than the
+    # viewer's nearest k than one scan round holds
+    settings = make_settings(database_url, tmp_path, search_ef_search=10)
+    tuning = SearchTuning.from_settings(settings)
+    dimensions = settings.embedding_dimensions
+    k = 5
+    state = build_state(settings)
+    async with connect(state), state.sessionmaker() as session:
+        viewer, other = (
+            User(email=f"{name}@example.com", display_name=name, password_hash="-")
+            for name in ("viewer", "other")
+        )
+        session.add_all([viewer, other])
+        await session.flush()
+        rng = random.Random(7)
+        query = _unit([rng.gauss(0.0, 1.0) for _ in range(dimensions)])
+        # Cosine distance about 0.005 for the other user's chunks, 0.3 for the viewer's nearest.
+        await _owned_chunks(session, other, [_around(query, 0.1, rng) for _ in range(80)])
+        nearest = await _owned_chunks(session, viewer, [_around(query, 1.0, rng) for _ in range(k)])
+        # Many far readable chunks: with only a few, the planner reads the viewer's own
+        # chunks and sorts them, and the HNSW index is not used at all.
+        far = [_unit([rng.gauss(0.0, 1.0) for _ in range(dimensions)]) for _ in range(1000)]
+        await _owned_chunks(session, viewer, far)
+        await session.commit()
+        await session.execute(text("ANALYZE documents, chunks"))
+        repository = SearchRepository(session)
+
+        # when the viewer's k nearest are asked for through the index
+        found = await repository.nearest_by_vector(
+            viewer, query, k, ef_search=tuning.ef_search, max_scan_tuples=tuning.max_scan_tuples
+        )
+        exact = await repository.exact_nearest_by_vector(viewer, query, k)
+        # and, as a control, the same statement with a single scan round: that it finds fewer
+        # also shows the statement goes through the index (a plan without it finds all k)
+        single_round = await repository._nearest(
+            viewer,
+            query,
+            k,
+            {
+                "hnsw.iterative_scan": "off",
+                "hnsw.ef_search": str(tuning.ef_search),
+                "enable_seqscan": "off",
+                "plan_cache_mode": "force_custom_plan",
+            },
+        )
+
+    # then the viewer's k nearest chunks are all returned; one scan round finds fewer
+    assert sorted(exact) == sorted(nearest)
+    assert sorted(found) == sorted(nearest)
+    assert len(single_round) < k
