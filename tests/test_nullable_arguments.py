@@ -6,7 +6,11 @@ import json
 from typing import Any
 
 import httpx
+from graphql import parse
 
+from ragstream.schema import build_schema
+from ragstream.schema.list_size import estimate_list_items
+from ragstream.settings import Settings
 from tests.chat_support import MESSAGE_STREAM, chat_all, joined, new_conversation, subscribe_all
 from tests.documents_support import CREATE, DOCUMENT_FIELDS, SEARCH, ingest_text
 from tests.support import LiveServer
@@ -111,3 +115,14 @@ async def test_message_stream_from_offset_null_replays_the_whole_answer(
     # then all of its text comes again, from offset 0
     assert replay[-1]["__typename"] == "GenerationCompleted"
     assert joined(replay) == answer["content"] != ""
+
+
+def test_a_null_limit_counts_as_the_default_in_the_list_size_estimate(settings: Settings) -> None:
+    schema = build_schema(settings)._schema
+    literal = parse('{ search(query: "x", limit: null) { score } }')
+    variable = parse('query($n: Int) { search(query: "x", limit: $n) { score } }')
+
+    assert estimate_list_items(schema, literal, {}) == 5
+    assert estimate_list_items(schema, variable, {"n": None}) == 5
+    assert estimate_list_items(schema, variable, {}) == 5
+    assert estimate_list_items(schema, variable, {"n": 9}) == 9

@@ -117,6 +117,9 @@ class _Estimate:
                     value = self.variables.get(given.value.name.value)
                 else:
                     value = None
+            if value is None:
+                # A null (written, or a null or missing variable) stands for the default.
+                value = argument.default_value
             if not isinstance(value, int) or isinstance(value, bool):
                 value = DEFAULT_PAGE_SIZE if name == "first" else 1
             size: int = min(value, MAX_PAGE_SIZE) if name == "first" else value
