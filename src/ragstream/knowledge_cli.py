@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,6 +16,10 @@ from rich.table import Table
 
 from ragstream.db.repositories.documents import HnswOptions
 from ragstream.settings import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    from ragstream.app import AppState
+    from ragstream.db.models.users import User
 
 SUPPORTED_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"}
 
@@ -72,15 +76,13 @@ class Outcome:
 async def _ingest(args: argparse.Namespace, console: Console) -> list[Outcome]:
     from ragstream.app import build_state, connect
     from ragstream.db.repositories.users import UserRepository
-    from ragstream.domain.documents import service
-    from ragstream.domain.errors import Conflict, DomainError
     from ragstream.domain.users.validation import normalize_email
     from ragstream.knowledge import ingestion_worker
 
     files = collect_files(args.paths)
     state = build_state(Settings())
     outcomes = [Outcome(path) for path in files]
-    async with connect(state), ingestion_worker(state, enabled=True):
+    async with connect(state):
         async with state.sessionmaker() as session:
             users = UserRepository(session)
             owner = (
@@ -93,50 +95,61 @@ async def _ingest(args: argparse.Namespace, console: Console) -> list[Outcome]:
                 "no such owner: pass --owner EMAIL of an existing account "
                 "(or create an admin with `ragstream create-admin`)"
             )
-        visibility = "SHARED" if args.shared else "PRIVATE"
-        for outcome in outcomes:
-            try:
-                data = outcome.path.read_bytes()
-                async with state.sessionmaker.begin() as session:
-                    document = await service.upload_document(
-                        session,
-                        owner,
-                        filename=outcome.path.name,
-                        data=data,
-                        title=None,
-                        visibility=visibility,
-                        max_bytes=state.settings.max_upload_bytes,
-                    )
-                outcome.document_id = document.id
-            except Conflict as exc:
-                outcome.status, outcome.note = "SKIPPED", exc.message
-            except DomainError as exc:
-                outcome.status, outcome.note = "REFUSED", exc.message
-            except OSError as exc:
-                outcome.status, outcome.note = "REFUSED", f"cannot read: {exc.strerror}"
-        pending = {o.document_id: o for o in outcomes if o.document_id is not None}
-        columns: list[Any] = [
-            TextColumn("[bold]ingesting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        ]
-        with Progress(*columns, console=console) as progress:
-            bar = progress.add_task("ingest", total=len(pending))
-            while pending:
-                async with state.sessionmaker() as session:
-                    rows = await service.get_documents(session, owner, list(pending))
-                for document_id, row in rows.items():
-                    if row.status in ("READY", "FAILED"):
-                        outcome = pending.pop(document_id)
-                        outcome.status, outcome.chunks = row.status, row.chunk_count
-                        outcome.note = row.error or str(document_id)
-                        progress.advance(bar)
-                for document_id in set(pending) - set(rows):  # deleted meanwhile
-                    pending.pop(document_id).status = "DELETED"
+        async with ingestion_worker(state, enabled=True):
+            return await _import(state, owner, outcomes, args.shared, console)
+
+
+async def _import(
+    state: AppState, owner: User, outcomes: list[Outcome], shared: bool, console: Console
+) -> list[Outcome]:
+    """Store each file as a document, then wait until the worker has processed them all."""
+    from ragstream.domain.documents import service
+    from ragstream.domain.errors import Conflict, DomainError
+
+    visibility = "SHARED" if shared else "PRIVATE"
+    for outcome in outcomes:
+        try:
+            data = outcome.path.read_bytes()
+            async with state.sessionmaker.begin() as session:
+                document = await service.upload_document(
+                    session,
+                    owner,
+                    filename=outcome.path.name,
+                    data=data,
+                    title=None,
+                    visibility=visibility,
+                    max_bytes=state.settings.max_upload_bytes,
+                )
+            outcome.document_id = document.id
+        except Conflict as exc:
+            outcome.status, outcome.note = "SKIPPED", exc.message
+        except DomainError as exc:
+            outcome.status, outcome.note = "REFUSED", exc.message
+        except OSError as exc:
+            outcome.status, outcome.note = "REFUSED", f"cannot read: {exc.strerror}"
+    pending = {o.document_id: o for o in outcomes if o.document_id is not None}
+    columns: list[Any] = [
+        TextColumn("[bold]ingesting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("ingest", total=len(pending))
+        while pending:
+            async with state.sessionmaker() as session:
+                rows = await service.get_documents(session, owner, list(pending))
+            for document_id, row in rows.items():
+                if row.status in ("READY", "FAILED"):
+                    outcome = pending.pop(document_id)
+                    outcome.status, outcome.chunks = row.status, row.chunk_count
+                    outcome.note = row.error or str(document_id)
                     progress.advance(bar)
-                if pending:
-                    await asyncio.sleep(0.2)
+            for document_id in set(pending) - set(rows):  # deleted meanwhile
+                pending.pop(document_id).status = "DELETED"
+                progress.advance(bar)
+            if pending:
+                await asyncio.sleep(0.2)
     return outcomes
 
 
