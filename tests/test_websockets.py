@@ -241,7 +241,8 @@ async def test_unexpected_errors_over_a_socket_are_masked_with_a_request_id(
     # The full story is in the log, under the same request id, for each operation.
     records = [r for r in caplog.records if r.name == "ragstream.errors"]
     assert all(request_id in r.getMessage() and r.exc_info for r in records)
-    assert {r.getMessage().rsplit(" at ", 1)[-1] for r in records} == {"me", "documentEvents"}
+    # Each failure is logged once, though a websocket result passes the contract twice.
+    assert sorted(r.getMessage().rsplit(" at ", 1)[-1] for r in records) == ["documentEvents", "me"]
 
 
 # --- protocol ------------------------------------------------------------------------------

@@ -66,30 +66,62 @@ def _request_id(context: Any) -> str | None:
     return getattr(context, "request_id", None)
 
 
-def shape_result(result: Any, context: Any) -> None:
-    """Shape every error of ``result`` in place (idempotent)."""
+def shape_result(
+    result: Any, context: Any, shaped: dict[int, tuple[GraphQLError, GraphQLError]] | None = None
+) -> None:
+    """Shape every error of ``result`` in place (idempotent).
+
+    ``shaped`` remembers errors already shaped, by identity: the same error can reach the
+    contract in two results (a websocket operation's streamed result and its final one) and is
+    then logged once and shaped the same way both times.
+    """
     errors = getattr(result, "errors", None)
     if errors:
         request_id = _request_id(context)
-        result.errors = [shape_error(e, request_id) for e in errors]
+        result.errors = [_shape_once(e, request_id, shaped) for e in errors]
+
+
+def _shape_once(
+    error: GraphQLError,
+    request_id: str | None,
+    shaped: dict[int, tuple[GraphQLError, GraphQLError]] | None,
+) -> GraphQLError:
+    if shaped is None:
+        return shape_error(error, request_id)
+    known = shaped.get(id(error))
+    if known is not None and known[0] is error:
+        return known[1]
+    result = shape_error(error, request_id)
+    shaped[id(error)] = (error, result)  # the original is kept alive, so its id stays its own
+    return result
 
 
 class ErrorContract(SchemaExtension):
     """Rewrites every error of a result: after an HTTP operation, and for each result a websocket
     operation streams (those are sent before the operation hook resumes)."""
 
+    # One instance per operation (the schema lists the class), so this lives as long as it.
+    _shaped_errors: dict[int, tuple[GraphQLError, GraphQLError]] | None = None
+
+    def _shaped(self) -> dict[int, tuple[GraphQLError, GraphQLError]]:
+        if self._shaped_errors is None:
+            self._shaped_errors = {}
+        return self._shaped_errors
+
     def _apply(self) -> None:
         context = self.execution_context.context
-        shape_result(self.execution_context.result, context)
+        shape_result(self.execution_context.result, context, self._shaped())
         pre = self.execution_context.pre_execution_errors
         if pre:
             request_id = _request_id(context)
-            self.execution_context.pre_execution_errors = [shape_error(e, request_id) for e in pre]
+            self.execution_context.pre_execution_errors = [
+                _shape_once(e, request_id, self._shaped()) for e in pre
+            ]
 
     def on_operation(self) -> Iterator[None]:
         yield
         self._apply()
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
-        shape_result(result, self.execution_context.context)
+        shape_result(result, self.execution_context.context, self._shaped())
         yield
