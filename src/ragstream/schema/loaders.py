@@ -24,7 +24,6 @@ from ragstream.db.pagination import Page, ParentPageKey
 from ragstream.domain.documents import service as documents
 from ragstream.domain.errors import NotFound, not_found
 from ragstream.domain.evaluations import service as evaluations
-from ragstream.domain.evaluations.service import OwnerPageKey
 from ragstream.domain.users.service import get_users
 from ragstream.schema.chat_loaders import ChatLoaders
 
@@ -36,7 +35,7 @@ class Loaders:
     def __init__(self, context: Context, *, cache: bool) -> None:
         self._context = context
         self.users: DataLoader[uuid.UUID, User] = DataLoader(self._load_users, cache=cache)
-        self.evaluations_by_owner: DataLoader[OwnerPageKey, Page[Evaluation]] = DataLoader(
+        self.evaluations_by_owner: DataLoader[ParentPageKey, Page[Evaluation]] = DataLoader(
             self._load_evaluations_by_owner, cache=cache
         )
         self.chunk_pages: DataLoader[ParentPageKey, Page[Chunk]] = DataLoader(
@@ -51,7 +50,7 @@ class Loaders:
             found = await get_users(session, viewer, list(set(ids)))
         return [found.get(user_id) or not_found("user") for user_id in ids]
 
-    async def _load_evaluations_by_owner(self, keys: list[OwnerPageKey]) -> list[Page[Evaluation]]:
+    async def _load_evaluations_by_owner(self, keys: list[ParentPageKey]) -> list[Page[Evaluation]]:
         viewer = await self._context.viewer()
         async with self._context.state.sessionmaker() as session:
             return await evaluations.pages_by_owner(session, viewer, keys)

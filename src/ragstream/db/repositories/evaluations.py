@@ -3,45 +3,35 @@
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import (
-    ARRAY,
     ColumnElement,
-    DateTime,
     Double,
-    Integer,
     Select,
     SQLColumnExpression,
     String,
-    Uuid,
-    bindparam,
-    column,
     delete,
     func,
     literal,
-    or_,
     select,
     true,
-    tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased, with_expression
+from sqlalchemy.orm import with_expression
 
 from ragstream.db.list_search import contains, plan_for_the_term
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
 from ragstream.db.pagination import (
-    InvalidCursor,
     Page,
     PageRequest,
-    decode_cursor,
-    encode_cursor,
+    ParentPageKey,
     paginate,
+    paginate_parents,
+    parent_page_key,
 )
 
 OrderField = Literal["CREATED_AT", "UPDATED_AT", "TITLE", "OVERALL_SCORE"]
@@ -64,15 +54,6 @@ class EvaluationFilter:
 class EvaluationOrder:
     field: OrderField = "CREATED_AT"
     descending: bool = True
-
-
-@dataclass(frozen=True)
-class OwnerPageKey:
-    """One owner's page in a batch: newest first, ``after`` already decoded."""
-
-    owner_id: uuid.UUID
-    first: int
-    after: tuple[datetime, uuid.UUID] | None = None
 
 
 def readable_by(viewer: User) -> ColumnElement[bool]:
@@ -156,94 +137,19 @@ class EvaluationRepository:
         )
 
     @staticmethod
-    def decode_owner_cursor(after: str) -> tuple[datetime, uuid.UUID]:
-        """Raises ``InvalidCursor`` for anything that is not a cursor of this list."""
-        created_at, evaluation_id = decode_cursor(after, _OWNER_PAGE_KEYS)
-        if created_at is None or evaluation_id is None:
-            raise InvalidCursor(after)
-        return created_at, evaluation_id
+    def page_key(owner_id: uuid.UUID, request: PageRequest) -> ParentPageKey:
+        """Raises ``InvalidCursor`` for anything that is not a cursor of an owner's list."""
+        return parent_page_key(owner_id, request, _OWNER_PAGE_KEYS)
 
-    async def pages_by_owner(self, keys: Sequence[OwnerPageKey]) -> list[Page[Evaluation]]:
-        """Many owners' pages (newest first) with their total counts, in ONE statement.
-
-        The keys travel as arrays that ``unnest`` turns into rows; for each, one LATERAL
-        subquery reads that owner's page through the owner index and another counts the owner's
-        evaluations. The SQL text is the same for any number of keys.
-        """
-        if not keys:
-            return []
-        requests = (
-            func.unnest(
-                bindparam("owner_ids", [k.owner_id for k in keys], type_=ARRAY(Uuid())),
-                bindparam(
-                    "after_created",
-                    [k.after[0] if k.after else None for k in keys],
-                    type_=ARRAY(DateTime(timezone=True)),
-                ),
-                bindparam(
-                    "after_ids",
-                    [k.after[1] if k.after else None for k in keys],
-                    type_=ARRAY(Uuid()),
-                ),
-                bindparam("limits", [k.first + 1 for k in keys], type_=ARRAY(Integer())),
-            )
-            .table_valued(
-                column("owner_id", Uuid()),
-                column("after_created", DateTime(timezone=True)),
-                column("after_id", Uuid()),
-                column("lim", Integer()),
-                with_ordinality="ordinal",
-            )
-            .render_derived(name="requests", with_types=False)
+    async def pages_by_owner(self, keys: Sequence[ParentPageKey]) -> list[Page[Evaluation]]:
+        """Owners' evaluations the viewer may read, newest first, a page per key; the first
+        pages of all the owners are one statement (see `paginate_parents`)."""
+        return await paginate_parents(
+            self.session,
+            select(Evaluation).where(readable_by(self.viewer)),
+            parent=Evaluation.owner_id,
+            keys=_OWNER_PAGE_KEYS,
+            cursor_of=lambda e: (e.created_at, e.id),
+            requests=keys,
+            descending=True,
         )
-        readable = readable_by(self.viewer)
-        page = (
-            select(Evaluation)
-            .where(
-                Evaluation.owner_id == requests.c.owner_id,
-                readable,
-                or_(
-                    requests.c.after_created.is_(None),
-                    tuple_(*_OWNER_PAGE_KEYS)
-                    < tuple_(requests.c.after_created, requests.c.after_id),
-                ),
-            )
-            .order_by(Evaluation.created_at.desc(), Evaluation.id.desc())
-            .limit(requests.c.lim)
-            .lateral("page")
-        )
-        counts = (
-            select(func.count().label("total"))
-            .select_from(Evaluation)
-            .where(Evaluation.owner_id == requests.c.owner_id, readable)
-            .lateral("counts")
-        )
-        row = aliased(Evaluation, page)
-        stmt = (
-            select(requests.c.ordinal, counts.c.total, row)
-            .select_from(requests)
-            .join(counts, true())
-            .outerjoin(page, true())
-            .order_by(requests.c.ordinal, page.c.created_at.desc(), page.c.id.desc())
-        )
-        totals: dict[int, int] = {}
-        rows: dict[int, list[Evaluation]] = defaultdict(list)
-        for ordinal, total, evaluation in await self.session.execute(stmt):
-            index = int(ordinal) - 1
-            totals[index] = int(total)
-            if evaluation is not None:
-                rows[index].append(evaluation)
-        pages: list[Page[Evaluation]] = []
-        for index, key in enumerate(keys):
-            found = rows[index]
-            items = found[: key.first]
-            pages.append(
-                Page(
-                    items=items,
-                    cursors=[encode_cursor((e.created_at, e.id)) for e in items],
-                    has_next_page=len(found) > key.first,
-                    has_previous_page=key.after is not None,
-                    total_count=totals.get(index, 0),
-                )
-            )
-        return pages

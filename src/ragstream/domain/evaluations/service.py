@@ -16,13 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
-from ragstream.db.pagination import Page
+from ragstream.db.pagination import Page, ParentPageKey
 from ragstream.db.repositories.evaluations import (
     EvaluationFilter,
     EvaluationOrder,
     EvaluationRepository,
     OrderField,
-    OwnerPageKey,
 )
 from ragstream.domain.errors import Forbidden, InvalidInput, not_found
 from ragstream.domain.evaluations import rules
@@ -208,18 +207,15 @@ async def list_evaluations(
         )
 
 
-def owner_page_key(owner_id: uuid.UUID, *, first: int | None, after: str | None) -> OwnerPageKey:
+def owner_page_key(owner_id: uuid.UUID, *, first: int | None, after: str | None) -> ParentPageKey:
     """Validate ``User.evaluations`` arguments up front, so a batch never fails on one bad key."""
     request = page_request(first, after)
-    if request.after is None:
-        return OwnerPageKey(owner_id=owner_id, first=request.first)
     with cursor_errors():
-        decoded = EvaluationRepository.decode_owner_cursor(request.after)
-    return OwnerPageKey(owner_id=owner_id, first=request.first, after=decoded)
+        return EvaluationRepository.page_key(owner_id, request)
 
 
 async def pages_by_owner(
-    session: AsyncSession, viewer: User, keys: Sequence[OwnerPageKey]
+    session: AsyncSession, viewer: User, keys: Sequence[ParentPageKey]
 ) -> list[Page[Evaluation]]:
     """Each owner's newest evaluations that the viewer may read, for many owners at once."""
     return await EvaluationRepository(session, viewer).pages_by_owner(keys)
@@ -231,7 +227,6 @@ __all__ = [
     "EvaluationOrder",
     "NewEvaluation",
     "OrderField",
-    "OwnerPageKey",
     "create_evaluation",
     "criteria_of",
     "delete_evaluation",
