@@ -30,9 +30,11 @@ from ragstream.domain.chat.generation import GenerationManager, knowledge_base_r
 from ragstream.domain.events import EventBroker, InMemoryBroker
 from ragstream.domain.llm.chat import build_chat_provider
 from ragstream.domain.llm.embeddings import Embedder, build_embedder
+from ragstream.graphiql import GraphiQLAssets
 from ragstream.knowledge import ingestion_worker
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstream.schema import build_schema
+from ragstream.security_headers import SecurityHeadersMiddleware
 from ragstream.settings import ConfigurationError, Settings, resolve_jwt_secret
 from ragstream.view import GraphQLView
 
@@ -164,7 +166,8 @@ async def readyz(request: Request) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     state = build_state(settings)
-    view = GraphQLView(state)
+    assets = GraphiQLAssets.load() if settings.graphiql_enabled else None
+    view = GraphQLView(state, assets)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -183,15 +186,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 state.startup_error = exc
             raise
 
+    routes = [
+        Route("/graphql", view, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", view),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+    ]
+    if assets is not None:
+        routes.append(Route("/static/{path:path}", assets.endpoint, methods=["GET", "HEAD"]))
     app = Starlette(
-        routes=[
-            Route("/graphql", view, methods=["GET", "POST"]),
-            WebSocketRoute("/graphql", view),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-        ],
+        routes=routes,
         middleware=[
             Middleware(RequestIdMiddleware),
+            Middleware(SecurityHeadersMiddleware),
             Middleware(
                 BodyLimitMiddleware,
                 max_bytes=settings.max_body_bytes,

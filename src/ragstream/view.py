@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, cast
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -18,6 +18,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
 from ragstream.domain.errors import Unauthenticated
+from ragstream.graphiql import GraphiQLAssets
 from ragstream.schema.context import Context
 from ragstream.websocket import TransportWSHandler
 
@@ -40,11 +41,12 @@ def bearer_token(value: str | None) -> str | None:
 class GraphQLView(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppState, assets: GraphiQLAssets | None = None) -> None:
         settings = state.settings
         super().__init__(
             state.schema,
-            graphql_ide="graphiql" if settings.graphiql_enabled else None,
+            # The page itself is ragstream's (render_graphql_ide), built from bundled assets.
+            graphql_ide="graphiql" if assets is not None else None,
             allow_queries_via_get=True,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             connection_init_wait_timeout=timedelta(
@@ -56,6 +58,10 @@ class GraphQLView(GraphQL[Context, None]):
             allowed_origins=settings.cors_origins,
         )
         self.state = state
+        self.graphiql_page = assets.page() if assets is not None else ""
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return HTMLResponse(self.graphiql_page)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
