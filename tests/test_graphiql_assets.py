@@ -122,7 +122,7 @@ async def test_the_page_carries_the_security_headers(client: httpx.AsyncClient) 
     assert directives == {
         "default-src": "'none'",
         "script-src": "'self'",
-        "style-src": "'self'",
+        "style-src": "'self' 'sha256-Y/huXlwoYkVyQlxwSVcCi1RCDGDCSVBzDt0hYP9qlTc='",
         "img-src": "'self' data:",
         "font-src": "'self' data:",
         "connect-src": "'self' ws://127.0.0.1:8000 wss://127.0.0.1:8000",

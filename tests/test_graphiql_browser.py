@@ -109,6 +109,19 @@ async def test_graphiql_runs_a_query_and_a_chat_subscription_offline(server: Liv
             ".some(s => s.textContent === 'evaluations')"
         )
 
+        # and a dialog locks the page's scrolling with its inline style, allowed by its hash
+        await page.evaluate(
+            "document.querySelector('button[aria-label=\"Open settings dialog\"]').click()"
+        )
+        await page.wait_for_element("[role=dialog]")
+        body_overflow = await page.evaluate("getComputedStyle(document.body).overflow")
+        for kind in ("keyDown", "keyUp"):
+            await page.send(
+                "Input.dispatchKeyEvent",
+                {"type": kind, "key": "Escape", "code": "Escape", "windowsVirtualKeyCode": 27},
+            )
+        await page.wait_for("document.querySelector('[role=dialog]') === null")
+
         # and a query runs with the token typed into the Headers tab
         await set_tool(page, "Headers", json.dumps({"Authorization": bearer}))
         await set_query(page, "query Me { me { id email } }")
@@ -125,7 +138,10 @@ async def test_graphiql_runs_a_query_and_a_chat_subscription_offline(server: Liv
             page, "r.data && r.data.chat.__typename === 'GenerationCompleted'"
         )
 
-    # Then the query answered as the token's user
+    # Then the dialog's style applied
+    assert body_overflow == "hidden"
+
+    # and the query answered as the token's user
     assert me == {"data": {"me": {"id": account.id, "email": account.email}}}
     posts = [
         p["request"]

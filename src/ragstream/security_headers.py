@@ -6,6 +6,8 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragstream.graphiql import DIALOG_STYLE_HASH
+
 # A host[:port] as a browser sends it (name, IPv4 or bracketed IPv6); anything else is left out
 # of the policy rather than copied into a header.
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
@@ -13,8 +15,8 @@ _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 
 def content_security_policy(host: str | None) -> str:
     """Only this server's own files and endpoints. `data:` covers the fonts and icons embedded
-    in GraphiQL's stylesheet; sockets are named explicitly because browsers differ on whether
-    'self' covers ws: and wss:."""
+    in GraphiQL's stylesheet; the one inline style allowed is named by its hash; sockets are
+    named explicitly because browsers differ on whether 'self' covers ws: and wss:."""
     connect = "'self'"
     if host and _HOST.match(host):
         connect += f" ws://{host} wss://{host}"
@@ -22,7 +24,7 @@ def content_security_policy(host: str | None) -> str:
         (
             "default-src 'none'",
             "script-src 'self'",
-            "style-src 'self'",
+            f"style-src 'self' {DIALOG_STYLE_HASH}",
             "img-src 'self' data:",
             "font-src 'self' data:",
             f"connect-src {connect}",
