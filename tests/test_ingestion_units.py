@@ -9,13 +9,14 @@ import uuid
 
 import pytest
 
-from ragstream.domain.documents.chunking import chunk_blocks, estimate_tokens
+from ragstream.domain.documents.chunking import chunk_blocks
 from ragstream.domain.documents.formats import clean_filename, detect_type
 from ragstream.domain.documents.parsing import Block, parse_html, parse_markdown
 from ragstream.domain.errors import InvalidInput
 from ragstream.domain.events import InMemoryBroker
 from ragstream.domain.llm.embeddings import HashingEmbedder
 from ragstream.domain.retrieval.service import fuse
+from ragstream.domain.text import estimate_tokens
 
 
 def test_long_sections_are_split_with_overlap_and_keep_their_heading() -> None:

@@ -46,10 +46,10 @@ from ragstream.domain.llm.chat import (
     ChatProviderError,
     ChatRequest,
     TokenUsage,
-    estimate_tokens,
 )
 from ragstream.domain.llm.embeddings import Embedder
 from ragstream.domain.retrieval.service import MAX_QUERY_CHARS, search
+from ragstream.domain.text import estimate_tokens
 from ragstream.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ragstream.domain.llm.chat import Passage, PromptMessage, estimate_tokens
+from ragstream.domain.llm.chat import Passage, PromptMessage
+from ragstream.domain.text import estimate_tokens, truncate_to_tokens
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are the ragstream assistant. Answer the user's question from the numbered sources "
@@ -96,20 +97,25 @@ def render_evaluation(evaluation: EvaluationContext) -> str:
     return "\n".join(lines)
 
 
+# What the source tags around each text cost, and the least text worth quoting when cut.
+SOURCE_OVERHEAD_TOKENS = 20
+MIN_CUT_SOURCE_TOKENS = 40
+
+
 def fit_sources(sources: Sequence[SourceText], budget_tokens: int) -> list[SourceText]:
     """The sources that fit the budget, in rank order; the last one may be shortened."""
     kept: list[SourceText] = []
     remaining = budget_tokens
     for source in sources:
-        cost = estimate_tokens(source.content) + 20
+        cost = estimate_tokens(source.content) + SOURCE_OVERHEAD_TOKENS
         if cost <= remaining:
             kept.append(source)
             remaining -= cost
             continue
-        if remaining > 60:
-            kept.append(
-                SourceText(source.index, source.title, source.content[: (remaining - 20) * 4])
-            )
+        room = remaining - SOURCE_OVERHEAD_TOKENS
+        if room > MIN_CUT_SOURCE_TOKENS:
+            content = truncate_to_tokens(source.content, room)
+            kept.append(SourceText(source.index, source.title, content))
         break
     return kept
 

@@ -1,24 +1,19 @@
 """Structure-aware chunking: sections first, then paragraphs, then sentences, then words.
 
-Sizes are estimated tokens (no tokenizer files are downloaded): roughly four characters or one
-word-or-punctuation piece per token, whichever is larger.
+Sizes are estimated tokens (`ragstream.domain.text.estimate_tokens`, no tokenizer files), the
+same estimate the chat's prompt budgets use.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
 from ragstream.domain.documents.parsing import Block
+from ragstream.domain.text import estimate_tokens
 
-_PIECES = re.compile(r"\w+|[^\w\s]")
 _SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])\s+")
 HEADING_SEPARATOR = " / "
-
-
-def estimate_tokens(text: str) -> int:
-    return max(1, math.ceil(len(text) / 4), len(_PIECES.findall(text)))
 
 
 @dataclass(frozen=True)

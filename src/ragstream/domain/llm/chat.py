@@ -13,7 +13,6 @@ import logging
 import math
 import random
 import re
-import unicodedata
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -21,6 +20,7 @@ from typing import Literal, Protocol
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from ragstream.domain.text import STOPWORDS, estimate_tokens, stem, words
 from ragstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -91,11 +91,6 @@ class ChatProvider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters per token for English; used only when a provider reports none."""
-    return math.ceil(len(text) / 4) if text else 0
 
 
 # --- OpenAI-compatible -------------------------------------------------------------------------
@@ -327,17 +322,9 @@ class OpenAIChatProvider:
 
 # --- Offline extractive answerer -----------------------------------------------------------------
 
-_WORD = re.compile(r"[^\W_]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*[-*#\d])")
-_STOPWORDS = frozenset(
-    """a about above after again all also am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from had has
-    have having he her here hers him his how i if in into is it its just me more most my no nor
-    not now of off on once only or other our out over own same she should so some such than that
-    the their them then there these they this those through to too under until up very was we
-    were what when where which while who whom why will with would you your tell know please
-    give show explain describe""".split()  # noqa: SIM905  (a word list reads better as prose)
-)
+# Words that make a request rather than say what it is about ("please explain ...").
+_REQUEST_WORDS = frozenset({"tell", "know", "please", "give", "show", "explain", "describe"})
 NOTHING_FOUND = (
     "I could not find anything about this in the knowledge base, so I cannot answer it from "
     "the available documents."
@@ -345,20 +332,11 @@ NOTHING_FOUND = (
 
 
 def _terms(text: str) -> list[str]:
-    words = _WORD.findall(unicodedata.normalize("NFKC", text).lower())
-    return [_stem(w) for w in words if w not in _STOPWORDS and (len(w) > 2 or w.isdigit())]
-
-
-def _stem(word: str) -> str:
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 5 and word.endswith("ing"):
-        return word[:-3]
-    if len(word) > 4 and word.endswith("ed"):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
-    return word
+    return [
+        stem(w)
+        for w in words(text)
+        if w not in STOPWORDS and w not in _REQUEST_WORDS and (len(w) > 2 or w.isdigit())
+    ]
 
 
 @dataclass(frozen=True)

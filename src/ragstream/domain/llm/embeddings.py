@@ -6,8 +6,6 @@ import asyncio
 import functools
 import itertools
 import math
-import re
-import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -17,6 +15,9 @@ import numpy as np
 import openai
 from openai import AsyncOpenAI
 
+from ragstream.domain.text import STOPWORDS
+from ragstream.domain.text import stem as text_stem
+from ragstream.domain.text import words as text_words
 from ragstream.settings import ConfigurationError, Settings
 
 
@@ -44,40 +45,11 @@ class Embedder(Protocol):
     async def aclose(self) -> None: ...
 
 
-# Frequent English words carry little meaning; they keep only a small weight.
-STOPWORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers herself him himself his how i if in into is it
-    its itself just me more most my myself no nor not now of off on once only or other our ours
-    ourselves out over own same she should so some such than that the their theirs them
-    themselves then there these they this those through to too under until up very was we were
-    what when where which while who whom why will with would you your yours yourself
-    yourselves""".split()  # noqa: SIM905  (a word list reads better as prose)
-)
-_WORD = re.compile(r"[^\W_]+")
 WORD_WEIGHT = 1.0
-STOPWORD_WEIGHT = 0.05
+STOPWORD_WEIGHT = 0.05  # stopwords keep only a small weight
 BIGRAM_WEIGHT = 0.6
 CHAR_NGRAM_WEIGHT = 0.5  # shared by all n-grams of one word
 CHAR_NGRAM_SIZES = (3, 4)
-
-
-def _stem(word: str) -> str:
-    """A deliberately tiny suffix stripper: plural and verb forms meet their base word."""
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 5 and word.endswith("ing"):
-        return word[:-3]
-    if len(word) > 4 and word.endswith("ed"):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
-    return word
-
-
-def tokenize(text: str) -> list[str]:
-    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
 
 
 class HashingEmbedder:
@@ -111,7 +83,7 @@ class HashingEmbedder:
     def _word_uncached(self, word: str) -> tuple[np.ndarray, np.ndarray]:
         """Bucket indices and signed weights of one word's own feature and its n-grams."""
         stop = word in STOPWORDS
-        stem = _stem(word)
+        stem = text_stem(word)
         features = [(f"w:{stem}", STOPWORD_WEIGHT if stop else WORD_WEIGHT)]
         if not stop:
             padded = f"<{stem}>"
@@ -131,7 +103,7 @@ class HashingEmbedder:
         return indices, weights
 
     def embed_one(self, text: str) -> list[float]:
-        words = tokenize(text)
+        words = text_words(text)
         vector = np.zeros(self._dimensions, dtype=np.float64)
         if not words:
             vector[0] = 1.0
@@ -139,7 +111,7 @@ class HashingEmbedder:
         for word, count in Counter(words).items():
             indices, weights = self._word(word)
             np.add.at(vector, indices, weights * (1.0 + math.log(count)))
-        content = [_stem(w) for w in words if w not in STOPWORDS]
+        content = [text_stem(w) for w in words if w not in STOPWORDS]
         for bigram, count in Counter(itertools.pairwise(content)).items():
             index, sign = self._feature(f"b:{bigram[0]} {bigram[1]}")
             vector[index] += sign * BIGRAM_WEIGHT * (1.0 + math.log(count))
