@@ -8,7 +8,8 @@ from sqlalchemy import text
 
 from ragstream.app import build_state, connect
 from ragstream.domain.documents.reindex import reindex
-from ragstream.domain.llm.embeddings import EmbeddingError, OpenAIEmbedder, openai_client
+from ragstream.domain.llm.embeddings import EmbeddingError, OpenAIEmbedder
+from ragstream.domain.llm.openai_client import openai_client
 from ragstream.knowledge import check_embedding_dimensions
 from ragstream.settings import ConfigurationError, Settings
 from tests.documents_support import SEARCH, ingest_text

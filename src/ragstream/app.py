@@ -30,6 +30,7 @@ from ragstream.domain.chat.generation import GenerationManager, knowledge_base_r
 from ragstream.domain.events import EventBroker, InMemoryBroker
 from ragstream.domain.llm.chat import build_chat_provider
 from ragstream.domain.llm.embeddings import Embedder, build_embedder
+from ragstream.domain.llm.openai_client import check_openai_key
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.knowledge import ingestion_worker
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
@@ -83,6 +84,7 @@ def build_state(settings: Settings) -> AppState:
             "only; unset it and run a single server (add `ragstream worker` processes to scale "
             "ingestion)"
         )
+    check_openai_key(settings)
     tokens = TokenService(
         resolve_jwt_secret(settings),
         access_ttl=settings.access_token_ttl_seconds,

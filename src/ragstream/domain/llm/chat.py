@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from ragstream.domain.llm.openai_client import openai_client
 from ragstream.domain.text import STOPWORDS, estimate_tokens, stem, words
 from ragstream.settings import Settings
 
@@ -204,11 +205,8 @@ class OpenAIChatProvider:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIChatProvider:
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        client = openai.AsyncOpenAI(
-            # Local OpenAI-compatible servers (Ollama, vLLM) accept any key.
-            api_key=key or "unused",
-            base_url=settings.openai_base_url,
+        client = openai_client(
+            settings,
             max_retries=0,  # retried here, and only before the first token
             timeout=openai.Timeout(
                 settings.chat_timeout_seconds,

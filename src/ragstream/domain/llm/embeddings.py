@@ -15,6 +15,7 @@ import numpy as np
 import openai
 from openai import AsyncOpenAI
 
+from ragstream.domain.llm.openai_client import openai_client
 from ragstream.domain.text import STOPWORDS
 from ragstream.domain.text import stem as text_stem
 from ragstream.domain.text import words as text_words
@@ -214,22 +215,6 @@ class OpenAIEmbedder:
 
     async def aclose(self) -> None:
         await self._client.close()
-
-
-def openai_client(settings: Settings) -> AsyncOpenAI:
-    """The official async client for the configured OpenAI-compatible endpoint."""
-    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-    if key is None and settings.openai_base_url is None:
-        raise ConfigurationError(
-            "the openai provider needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local endpoint)"
-        )
-    return AsyncOpenAI(
-        # Local OpenAI-compatible servers usually accept any key.
-        api_key=key or "unused",
-        base_url=settings.openai_base_url,
-        max_retries=settings.openai_max_retries,
-        timeout=settings.openai_timeout_seconds,
-    )
 
 
 def build_embedder(settings: Settings) -> Embedder:
