@@ -162,3 +162,17 @@ async def wait_until_idle(server: LiveServer, within: float = 120.0) -> None:
             if not left:
                 return
             await asyncio.sleep(0.05)
+
+
+async def ingest_common_word_corpus(server: LiveServer, token: str) -> None:
+    """24 chunks holding "widget" and "pallets", one holding "widget" and "zebra", with the
+    statistics autovacuum would gather after so many writes (so "widget" counts as common)."""
+    from sqlalchemy import text
+
+    for i in range(24):
+        await create(server, token, f"Widget inventory report {i} about pallets.")
+    await create(server, token, "Widget spotted at the zebra crossing.")
+    await wait_until_idle(server)
+    async with server.state.sessionmaker() as session:
+        await session.execute(text("ANALYZE chunks"))
+        await session.commit()

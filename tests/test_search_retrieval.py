@@ -16,7 +16,7 @@ from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.repositories.search import SearchRepository, tsquery_literal
 from ragstream.domain.retrieval.service import SearchTuning, search
 from tests.conftest import make_settings
-from tests.documents_support import create, wait_until_idle
+from tests.documents_support import create, ingest_common_word_corpus, wait_until_idle
 from tests.support import LiveServer
 
 
@@ -36,14 +36,7 @@ async def test_lexemes_match_literally(server: LiveServer) -> None:
 
 async def test_words_in_most_chunks_rank_but_do_not_select(server: LiveServer) -> None:
     account = await server.register()
-    for i in range(24):
-        await create(server, account.access_token, f"Widget inventory report {i} about pallets.")
-    await create(server, account.access_token, "Widget spotted at the zebra crossing.")
-    await wait_until_idle(server)
-    async with server.state.sessionmaker() as session:
-        # What autovacuum does after enough writes: statistics on the chunks' lexemes.
-        await session.execute(text("ANALYZE chunks"))
-        await session.commit()
+    await ingest_common_word_corpus(server, account.access_token)
 
     async with server.state.sessionmaker() as session:
         viewer = await session.get(User, uuid.UUID(account.id))

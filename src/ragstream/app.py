@@ -31,6 +31,7 @@ from ragstream.domain.events import EventBroker, InMemoryBroker
 from ragstream.domain.llm.chat import build_chat_provider
 from ragstream.domain.llm.embeddings import Embedder, build_embedder
 from ragstream.domain.llm.openai_client import check_openai_key
+from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.knowledge import ingestion_worker
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
@@ -178,7 +179,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             async with (
                 connect(state),
                 ingestion_worker(state),
-                state.chat.running(state.sessionmaker, knowledge_base_retriever(state.embedder)),
+                state.chat.running(
+                    state.sessionmaker,
+                    knowledge_base_retriever(state.embedder, SearchTuning.from_settings(settings)),
+                ),
             ):
                 started = True
                 logger.info("ragstream ready")

@@ -48,7 +48,7 @@ from ragstream.domain.llm.chat import (
     TokenUsage,
 )
 from ragstream.domain.llm.embeddings import Embedder
-from ragstream.domain.retrieval.service import MAX_QUERY_CHARS, search
+from ragstream.domain.retrieval.service import MAX_QUERY_CHARS, SearchTuning, search
 from ragstream.domain.text import estimate_tokens
 from ragstream.settings import Settings
 
@@ -105,14 +105,17 @@ class _RetrievalError(Exception):
     pass
 
 
-def knowledge_base_retriever(embedder: Embedder) -> Retriever:
-    """Hybrid search of the knowledge base over what the asking user may read."""
+def knowledge_base_retriever(embedder: Embedder, tuning: SearchTuning) -> Retriever:
+    """Hybrid search of the knowledge base over what the asking user may read, tuned by the
+    same settings as the `search` query (`SearchTuning.from_settings`)."""
 
     async def retrieve(
         session: AsyncSession, viewer: User, query: str, limit: int
     ) -> Sequence[SearchHit]:
         # Long questions are cut for retrieval only; the model still sees all of it.
-        return await search(session, viewer, query[:MAX_QUERY_CHARS], limit, embedder)
+        return await search(
+            session, viewer, query[:MAX_QUERY_CHARS], limit, embedder, tuning=tuning
+        )
 
     return retrieve
 
