@@ -26,7 +26,8 @@ from ragstream.domain.auth.passwords import PasswordHasher
 from ragstream.domain.auth.ratelimit import SlidingWindowLimiter
 from ragstream.domain.auth.service import AuthService
 from ragstream.domain.auth.tokens import TokenService
-from ragstream.domain.chat.generation import GenerationManager, knowledge_base_retriever
+from ragstream.domain.chat.generation import GenerationManager
+from ragstream.domain.chat.preparation import knowledge_base_retriever
 from ragstream.domain.events import EventBroker, InMemoryBroker
 from ragstream.domain.llm.chat import build_chat_provider
 from ragstream.domain.llm.embeddings import Embedder, build_embedder

@@ -183,13 +183,14 @@ async def start_exchange(
     session: AsyncSession,
     viewer: User,
     *,
+    answer_id: uuid.UUID,
     conversation_id: uuid.UUID,
     content: str,
     limits: ChatLimits,
     max_chars: int,
     model: str,
 ) -> NewExchange:
-    """Stores the viewer's question and an empty answer, after the quota checks.
+    """Stores the viewer's question and an empty answer ``answer_id``, after the quota checks.
 
     The question and the answer are counted in the usage ledger in the same transaction,
     under the per-user lock the checks take, so the count is exact.
@@ -213,6 +214,7 @@ async def start_exchange(
     )
     answer = await messages.add(
         Message(
+            id=answer_id,
             conversation_id=conversation.id,
             owner_id=viewer.id,
             role="ASSISTANT",

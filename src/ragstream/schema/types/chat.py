@@ -12,7 +12,7 @@ import strawberry
 from ragstream.db.models.chat import Conversation as ConversationRow
 from ragstream.db.repositories.usage import TokenTotals
 from ragstream.domain.chat import service
-from ragstream.domain.chat.generation import failure_message
+from ragstream.domain.chat.endings import failure_message
 from ragstream.domain.chat.quota import utc_day
 from ragstream.domain.chat.views import MessageView, SourceView
 from ragstream.schema.context import Context

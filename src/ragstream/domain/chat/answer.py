@@ -1,0 +1,210 @@
+"""The running stream: one answer's provider call, its deltas, and how it ends.
+
+`Answer.generate` runs in the answer's own task once its question is stored. The *work* —
+preparing the prompt and streaming the provider's deltas, under `chat_timeout_seconds` — runs
+as a child task. Stopping an answer (cancel, conversation deleted, shutdown) cancels the
+work only, never the answer's task, so the end is always stored by code that nothing
+interrupts:
+
+  work returned ----------------------> COMPLETE
+  work cancelled by stop(CANCELLED) ---> CANCELLED   (partial text kept)
+  work cancelled by stop(other) -------> INTERRUPTED (partial text kept, the reason as code)
+  work raised --------------------------> FAILED      (partial text kept, a code)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ragstream.db.models.users import User
+from ragstream.domain.chat import service
+from ragstream.domain.chat.endings import (
+    CANCELLED,
+    COMPLETE,
+    CONVERSATION_DELETED,
+    FAILED,
+    INTERNAL_ERROR,
+    INTERRUPTED,
+    RETRIEVAL_FAILED,
+    ending_code,
+)
+from ragstream.domain.chat.flusher import Flusher
+from ragstream.domain.chat.preparation import RetrievalFailed, Retriever, prepare_answer
+from ragstream.domain.chat.streams import GenerationStream
+from ragstream.domain.chat.views import Ending, MessageView, SourceView, message_view
+from ragstream.domain.llm.chat import (
+    PROVIDER_TIMEOUT,
+    ChatProvider,
+    ChatProviderError,
+    ChatRequest,
+    TokenUsage,
+)
+from ragstream.domain.text import estimate_tokens
+from ragstream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Collaborators:
+    """What every answer works with; built once at start-up."""
+
+    sessionmaker: async_sessionmaker[AsyncSession]
+    settings: Settings
+    provider: ChatProvider
+    retriever: Retriever
+    flusher: Flusher
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    code: str | None = None
+    usage: TokenUsage | None = None
+
+
+class Answer:
+    """One answer being generated, from its admission to its stored end."""
+
+    def __init__(
+        self, answer_id: uuid.UUID, viewer: User, stream: GenerationStream, tools: Collaborators
+    ) -> None:
+        self.id = answer_id
+        self.viewer = viewer
+        self.stream = stream
+        self._tools = tools
+        self.task: asyncio.Task[None] | None = None  # the answer's own task
+        self.stop_reason: str | None = None
+        self._work: asyncio.Task[TokenUsage | None] | None = None
+        self._ending = False  # storing its end: stopping it now would change nothing
+        self._sources: tuple[SourceView, ...] = ()
+        self._prompt_tokens = 0
+
+    def stop(self, reason: str) -> None:
+        """Stops the answer: CANCELLED, INTERRUPTED or CONVERSATION_DELETED.
+
+        The first reason counts; one given while the end is being stored changes nothing.
+        Stopped before its work started, the answer ends without calling the provider.
+        """
+        if self._ending or self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        if self._work is not None:
+            self._work.cancel()
+
+    async def generate(self, exchange: service.NewExchange) -> MessageView:
+        """Prepares and streams the answer to the stored ``exchange``, then stores its end.
+
+        Returns the stored answer; followers of the stream get it as the ending.
+        """
+        tools = self._tools
+        tools.flusher.track(self.id, self.stream)
+        work = None
+        if self.stop_reason is None:
+            work = self._work = asyncio.create_task(self._produce(exchange), name=f"work-{self.id}")
+            try:
+                await asyncio.wait([work])  # returns when the work ends, however it ends
+            finally:
+                # Reached with the work still running only when this task itself is cancelled
+                # (the event loop is closing): the answer stays STREAMING in the database and
+                # becomes INTERRUPTED at the next start-up.
+                work.cancel()
+        self._ending = True
+        tools.flusher.forget(self.id)
+        view = await self._store_end(exchange, self._outcome(work))
+        self.stream.finish(Ending(view, ending_code(view)))
+        return view
+
+    async def _produce(self, exchange: service.NewExchange) -> TokenUsage | None:
+        tools = self._tools
+        async with asyncio.timeout(tools.settings.chat_timeout_seconds):
+            prepared = await prepare_answer(
+                tools.sessionmaker, tools.retriever, tools.settings, self.viewer, exchange
+            )
+            self._sources = prepared.sources
+            self._prompt_tokens = prepared.prompt_tokens
+            self.stream.set_sources(prepared.sources)
+            return await self._stream(prepared.request)
+
+    async def _stream(self, request: ChatRequest) -> TokenUsage | None:
+        """Passes the provider's deltas to the stream; returns the usage it reported."""
+        usage: TokenUsage | None = None
+        flusher = self._tools.flusher
+        # Closing the provider's stream (also when the work is cancelled) stops its call.
+        async with contextlib.aclosing(self._tools.provider.stream(request)) as chunks:
+            async for chunk in chunks:
+                if chunk.text:
+                    self.stream.append(chunk.text)
+                    flusher.grew(self.id)
+                if chunk.usage is not None:
+                    usage = chunk.usage
+        return usage
+
+    def _outcome(self, work: asyncio.Task[TokenUsage | None] | None) -> Outcome:
+        if work is None or work.cancelled():
+            reason = self.stop_reason or INTERRUPTED
+            return Outcome(CANCELLED) if reason == CANCELLED else Outcome(INTERRUPTED, reason)
+        error = work.exception()
+        if error is None:
+            return Outcome(COMPLETE, usage=work.result())
+        if isinstance(error, TimeoutError):  # the whole answer took too long
+            return Outcome(FAILED, PROVIDER_TIMEOUT)
+        if isinstance(error, ChatProviderError):
+            logger.warning("answer %s failed: %s", self.id, error.detail)
+            return Outcome(FAILED, error.code)
+        if isinstance(error, RetrievalFailed):
+            logger.error("retrieval failed for answer %s", self.id, exc_info=error)
+            return Outcome(FAILED, RETRIEVAL_FAILED)
+        logger.error("answer %s failed", self.id, exc_info=error)
+        return Outcome(FAILED, INTERNAL_ERROR)
+
+    async def _store_end(self, exchange: service.NewExchange, outcome: Outcome) -> MessageView:
+        text = self.stream.text()
+        usage = outcome.usage
+        prompt_tokens = usage.prompt_tokens if usage else self._prompt_tokens
+        completion_tokens = usage.completion_tokens if usage else estimate_tokens(text)
+        model = self._tools.provider.model
+        answer = exchange.answer
+        try:
+            async with self._tools.sessionmaker.begin() as session:
+                row = await service.finish_answer(
+                    session,
+                    self.id,
+                    owner_id=answer.owner_id,
+                    started_at=answer.created_at,
+                    status=outcome.status,
+                    content=text,
+                    model=model,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    error_code=outcome.code,
+                )
+        except Exception:
+            # It stays STREAMING in the database and becomes INTERRUPTED at the next start-up.
+            logger.exception("could not store the end of answer %s", self.id)
+            row = None
+        if row is not None:
+            return message_view(row, self._sources)
+        # Not stored: the database failed, or the conversation is gone with the answer.
+        status, code = outcome.status, outcome.code
+        if self.stop_reason == CONVERSATION_DELETED:
+            status, code = FAILED, CONVERSATION_DELETED
+        return dataclasses.replace(
+            answer,
+            content=text,
+            status=status,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            error_code=code,
+            completed_at=datetime.now(answer.created_at.tzinfo),
+            sources=self._sources,
+        )

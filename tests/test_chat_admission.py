@@ -1,0 +1,113 @@
+"""Admission: the server-wide slots, and the per-user limits checked when an exchange is stored."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ragstream.domain.chat.admission import ServerSlots
+from ragstream.domain.errors import NotFound, RateLimited
+from tests.generation_support import chat_database
+
+
+def test_no_slot_before_start_up_or_during_shutdown() -> None:
+    slots = ServerSlots(cap=2)
+
+    with pytest.raises(RateLimited) as refused:
+        slots.take()
+
+    assert refused.value.code == "RATE_LIMITED"
+    assert refused.value.extensions == {"reason": "SHUTTING_DOWN", "limit": 0, "resetAt": None}
+    assert slots.active == 0
+
+
+def test_slots_run_out_at_the_cap_and_come_back() -> None:
+    slots = ServerSlots(cap=2)
+    slots.accepting = True
+    slots.take()
+    slots.take()
+
+    with pytest.raises(RateLimited) as refused:
+        slots.take()
+    assert refused.value.extensions == {"reason": "SERVER_BUSY", "limit": 2, "resetAt": None}
+    assert slots.active == 2
+
+    slots.give_back()
+    slots.take()
+    assert slots.active == 2
+
+
+async def test_an_exchange_is_stored_with_the_answer_id_it_was_given(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        viewer = await db.user()
+        conversation_id = await db.conversation(viewer)
+
+        exchange = await db.exchange(viewer, conversation_id, "  Where is the report?  ")
+
+        answer = await db.message(exchange.answer.id)
+        assert answer is not None
+        assert (answer.role, answer.status, answer.content) == ("ASSISTANT", "STREAMING", "")
+        assert exchange.question.content == "Where is the report?"
+        assert exchange.question.created_at < exchange.answer.created_at
+
+
+async def test_a_user_at_the_concurrent_cap_is_refused_and_nothing_is_stored(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path, chat_max_concurrent_generations=1) as db:
+        viewer, other = await db.user("viewer"), await db.user("other")
+        conversation_id = await db.conversation(viewer)
+        await db.exchange(viewer, conversation_id)  # still STREAMING
+        before = await db.count("messages")
+
+        with pytest.raises(RateLimited) as refused:
+            await db.exchange(viewer, conversation_id)
+
+        assert refused.value.code == "RATE_LIMITED"
+        assert refused.value.extensions == {
+            "reason": "CONCURRENT_GENERATIONS",
+            "limit": 1,
+            "resetAt": None,
+        }
+        assert await db.count("messages") == before
+        # The cap is per user: someone else still gets an answer.
+        await db.exchange(other, await db.conversation(other))
+        assert await db.count("messages") == before + 2
+
+
+async def test_a_user_past_the_daily_limit_is_refused_and_nothing_is_stored(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path, daily_message_limit=1) as db:
+        viewer = await db.user()
+        conversation_id = await db.conversation(viewer)
+        await db.exchange(viewer, conversation_id)
+        before = await db.count("messages")
+
+        with pytest.raises(RateLimited) as refused:
+            await db.exchange(viewer, conversation_id)
+
+        assert refused.value.code == "RATE_LIMITED"
+        assert refused.value.extensions["reason"] == "DAILY_MESSAGE_LIMIT"
+        assert refused.value.extensions["limit"] == 1
+        assert await db.count("messages") == before
+
+
+async def test_only_the_owner_of_the_conversation_may_send(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        owner, stranger = await db.user("owner"), await db.user("stranger")
+        conversation_id = await db.conversation(owner)
+
+        with pytest.raises(NotFound) as refused:
+            await db.exchange(stranger, conversation_id)
+        with pytest.raises(NotFound) as missing:
+            await db.exchange(owner, uuid.uuid4())
+
+        assert refused.value.code == missing.value.code == "NOT_FOUND"
+        assert await db.count("messages") == 0
