@@ -110,7 +110,7 @@ class Api:
         return token
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -145,7 +145,7 @@ def _server_env(data_dir: str, port: int) -> dict[str, str]:
 def started_server() -> Iterator[tuple[str, dict[str, str]]]:
     """`ragstream serve` on a temporary data dir; yields the GraphQL URL and its environment."""
     with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as data_dir:
-        port = _free_port()
+        port = free_port()
         env = _server_env(data_dir, port)
         process = subprocess.Popen([sys.executable, "-m", "ragstream.cli", "serve"], env=env)
         try:
