@@ -129,9 +129,6 @@ class Postgres:
         if (self.pgdata / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
 
-    def server_pid(self) -> int:
-        return int((self.pgdata / "postmaster.pid").read_text().split()[0])
-
 
 @contextlib.contextmanager
 def postgres(port: int) -> Iterator[Postgres]:
