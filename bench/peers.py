@@ -384,7 +384,7 @@ async def count_statements(
     return [(int(row["calls"]), str(row["query"])) for row in rows]
 
 
-async def wrk(server: Server, query: str, connections: int, seconds: float) -> dict[str, int]:
+async def wrk(server: Server, query: str, connections: int, seconds: int) -> dict[str, int]:
     with tempfile.NamedTemporaryFile("wb", suffix=".json") as body:
         body.write(orjson.dumps({"query": server.documents[query]}))
         body.flush()
@@ -400,7 +400,7 @@ async def wrk(server: Server, query: str, connections: int, seconds: float) -> d
             "-c",
             str(connections),
             "-d",
-            f"{seconds:g}s",
+            f"{seconds}s",
             "--timeout",
             "30s",
             "-s",
@@ -420,9 +420,7 @@ async def wrk(server: Server, query: str, connections: int, seconds: float) -> d
     return result
 
 
-async def measure(
-    monitor: Any, server: Server, query: str, connections: int, seconds: float
-) -> Run:
+async def measure(monitor: Any, server: Server, query: str, connections: int, seconds: int) -> Run:
     assert server.process is not None
     cpu, pg_cpu = tree_cpu_seconds(server.process.pid), await backend_cpu(monitor, server.role)
     result = await wrk(server, query, connections, seconds)
@@ -597,7 +595,7 @@ async def benchmark(
                     results.statements[(server.name, query)] = total / STATEMENT_SAMPLE
         print(describe(args, servers, graphile), flush=True)
         for server in servers:  # warm-up: JIT, pools, caches
-            for query in args.queries:
+            for query in args.queries if args.warmup else ():
                 await wrk(server, query, 32, args.warmup)
         for round_index in range(args.rounds):
             results.loads.append(load_average())
@@ -632,7 +630,7 @@ def describe(args: argparse.Namespace, servers: list[Server], graphile: PostGrap
         )
     return (
         f"servers: {', '.join(s.name for s in servers)}{versions}; {args.rounds} rounds x "
-        f"{args.duration:g} s per (query, connections, server), wrk 1 thread; "
+        f"{args.duration} s per (query, connections, server), wrk 1 thread; "
         f"{os.cpu_count()} CPUs shared by client, servers and PostgreSQL"
     )
 
@@ -647,8 +645,8 @@ def parse_args() -> argparse.Namespace:
         help="ragstream always runs (the ratios are against it)",
     )
     parser.add_argument("--queries", nargs="+", choices=QUERIES, default=list(QUERIES))
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds per server and query")
+    parser.add_argument("--duration", type=int, default=5, help="whole seconds per measurement")
+    parser.add_argument("--warmup", type=int, default=2, help="whole seconds per server and query")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--owners", type=int, default=8)
     parser.add_argument("--per-owner", type=int, default=25)
@@ -671,8 +669,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if any("=" not in item for item in args.ragstream_env):
         parser.error("--ragstream-env takes KEY=VALUE")
-    if not 0 < args.duration <= 120 or not 1 <= args.rounds <= 20:
-        parser.error("duration must be 0..120 s and rounds 1..20")
+    if not 1 <= args.duration <= 120 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 20:
+        parser.error("duration must be 1..120 s, warm-up 0..60 s and rounds 1..20")
     return args
 
 
