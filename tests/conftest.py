@@ -19,6 +19,8 @@ from ragstream.settings import Settings
 from tests.chat_stub import ChatStub
 from tests.support import LiveServer, running_server
 
+pytest_plugins = ("tests.hermetic", "pytester")
+
 TEMPLATE = "ragstream_template"
 TEST_JWT_SECRET = "test-secret-" + "x" * 40
 

@@ -15,15 +15,6 @@ from ragstream.db.embedded import exclusive_server_lock
 from ragstream.settings import ConfigurationError, Settings, resolve_jwt_secret
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Settings read the environment and `.env`: make sure neither leaks into these tests."""
-    for name in list(os.environ):
-        if name.startswith("RAGSTREAM_") or name.startswith("OPENAI_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-
-
 def settings(tmp_path: Path, **values: object) -> Settings:
     return Settings(data_dir=tmp_path / "data", **values)  # type: ignore[arg-type]
 
