@@ -1,5 +1,5 @@
-"""Fixtures: one embedded PostgreSQL per test session; a fresh database per test, cloned from a
-migrated template; a live server over it."""
+"""Fixtures: one embedded PostgreSQL per test run, shared by the xdist workers; a migrated template
+database per worker; a fresh database per test cloned from it; the app running over it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -21,39 +22,84 @@ from tests.support import LiveServer, running_server
 
 pytest_plugins = ("tests.hermetic", "pytester")
 
-TEMPLATE = "ragstream_template"
 TEST_JWT_SECRET = "test-secret-" + "x" * 40
+# The cheapest argon2id parameters (still the real hasher): a hash takes well under a millisecond
+# instead of tens, and the suite hashes thousands of passwords. Production defaults are in
+# settings.py. Not the lowest memory allowed: a test rehashes from those.
+TEST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 64, "argon2_parallelism": 1}
+
+
+def argon2_environment() -> dict[str, str]:
+    """TEST_ARGON2 as the environment of a `ragstream` command or subprocess."""
+    return {f"RAGSTREAM_{name.upper()}": str(value) for name, value in TEST_ARGON2.items()}
+
+
+PG_ROOT_KEY = "ragstream_pg_root"
+PG_ROOT = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The controller (or a run without workers) owns the server's folder: outside pytest's
+    # basetemp, which a concurrent run may prune under a live server. Workers get its path.
+    if not hasattr(config, "workerinput"):
+        config.stash[PG_ROOT] = Path(tempfile.mkdtemp(prefix="ragstream-test-pg-"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    node.workerinput[PG_ROOT_KEY] = str(node.config.stash[PG_ROOT])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Runs after every worker has exited, and the last one stopped the server.
+    if PG_ROOT in config.stash:
+        shutil.rmtree(config.stash[PG_ROOT], ignore_errors=True)
+
+
+def worker_name(config: pytest.Config) -> str:
+    workerinput: dict[str, str] | None = getattr(config, "workerinput", None)
+    return workerinput["workerid"] if workerinput else "main"
 
 
 @pytest.fixture(scope="session")
-def embedded_pg() -> Iterator[EmbeddedDatabase]:
-    # Its own folder, outside pytest's basetemp: pytest prunes old basetemps, and a concurrent run
-    # pruning this one would delete a live server's files.
-    root = Path(tempfile.mkdtemp(prefix="ragstream-test-pg-"))
+def template(request: pytest.FixtureRequest) -> str:
+    """This worker's migrated template: workers clone and never touch each other's."""
+    return f"ragstream_template_{worker_name(request.config)}"
+
+
+@pytest.fixture(scope="session")
+def embedded_pg(request: pytest.FixtureRequest, template: str) -> Iterator[EmbeddedDatabase]:
+    workerinput: dict[str, str] | None = getattr(request.config, "workerinput", None)
+    root = Path(workerinput[PG_ROOT_KEY]) if workerinput else request.config.stash[PG_ROOT]
+    # The first worker starts the server, the others join it; the last one out stops it.
     database = start_embedded(root)
 
     async def make_template() -> None:
         conn = await asyncpg.connect(database.libpq_uri("postgres"))
         try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
-            await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+            # A throwaway cluster: nothing needs to survive a crash, so no test waits for a
+            # disk flush (commits, database clones). Queries behave exactly the same.
+            for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                await conn.execute(f"ALTER SYSTEM SET {setting} = off")
+            await conn.execute("SELECT pg_reload_conf()")
+            await conn.execute(f"DROP DATABASE IF EXISTS {template}")
+            await conn.execute(f"CREATE DATABASE {template}")
         finally:
             await conn.close()
 
     asyncio.run(make_template())
-    upgrade_to_head(database.url(TEMPLATE))
+    upgrade_to_head(database.url(template))
     yield database
     database.stop()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
-async def database_url(embedded_pg: EmbeddedDatabase) -> AsyncIterator[str]:
+async def database_url(embedded_pg: EmbeddedDatabase, template: str) -> AsyncIterator[str]:
     """A private database for one test, cloned from the migrated template (fast, isolated)."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(embedded_pg.libpq_uri("postgres"))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {template}')
     finally:
         await conn.close()
     yield embedded_pg.url(name)
@@ -69,10 +115,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
         "database_url": database_url,
         "data_dir": data_dir,
         "jwt_secret": TEST_JWT_SECRET,
-        # The OWASP minimum for argon2id keeps the suite fast while exercising the real hasher.
-        "argon2_time_cost": 2,
-        "argon2_memory_kib": 19_456,
-        "argon2_parallelism": 1,
+        **TEST_ARGON2,
         "login_attempts_per_minute": 1_000,
         "login_attempts_per_minute_per_client": 1_000,
         "introspection": True,
@@ -88,7 +131,15 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The app in-process: HTTP through httpx's ASGI transport, websockets through uvicorn."""
     async with running_server(settings) as live:
+        yield live
+
+
+@pytest.fixture
+async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The app behind uvicorn on a loopback port: every request crosses a real socket."""
+    async with running_server(settings, listen=True) as live:
         yield live
 
 

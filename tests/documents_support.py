@@ -6,8 +6,6 @@ import asyncio
 import json
 from typing import Any
 
-import httpx
-
 from tests.support import LiveServer, Result
 
 DOCUMENT_FIELDS = "id title filename mimeType sizeBytes visibility status error chunkCount"
@@ -42,9 +40,9 @@ async def upload(
     headers = {"Apollo-Require-Preflight": "true"} if preflight else {}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with server.http_client() as client:
         response = await client.post(
-            server.graphql_url,
+            "/graphql",
             data={
                 "operations": json.dumps({"query": UPLOAD, "variables": variables}),
                 "map": json.dumps({"0": ["variables.file"]}),

@@ -20,9 +20,8 @@ async def post(
     """POST to the endpoint; ``client_address`` (a loopback address such as 127.0.0.2) is the
     address the server sees the request come from."""
     all_headers = {"content-type": "application/json", **(headers or {})}
-    transport = httpx.AsyncHTTPTransport(local_address=client_address) if client_address else None
-    async with httpx.AsyncClient(timeout=30, transport=transport) as client:
-        return await client.post(server.graphql_url, content=content, headers=all_headers)
+    async with server.http_client(client_address=client_address) as client:
+        return await client.post("/graphql", content=content, headers=all_headers)
 
 
 async def graphql(

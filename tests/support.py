@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import httpx
 import uvicorn
 from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
@@ -17,9 +19,18 @@ from gql.transport.websockets import WebsocketsTransport
 from starlette.applications import Starlette
 
 from ragstream.app import AppState, create_app
+
+try:  # gql's HTTP transport runs on httpx2 where it is installed (openai brings it), else on httpx
+    import httpx2 as gql_httpx
+except ModuleNotFoundError:  # pragma: no cover
+    import httpx as gql_httpx  # type: ignore[no-redef]
 from ragstream.settings import Settings
 
 PASSWORD = "correct horse battery"
+# Built once and shared: each client's default TLS context loads the CA bundle (tens of
+# milliseconds of CPU), and the tests make thousands of clients for plain-HTTP loopback requests.
+LOOPBACK_TLS = ssl.create_default_context()
+STOP_WITHIN = 60.0
 
 
 @dataclass
@@ -51,13 +62,23 @@ class Account:
 
 
 class LiveServer:
-    """A real uvicorn server on a free loopback port, running on the test's event loop."""
+    """The app with its lifespan running on the test's event loop.
 
-    def __init__(self, app: Starlette) -> None:
+    Requests go in-process through httpx's ASGI transport: real HTTP requests and responses
+    through the whole middleware stack, without a socket. Websockets need one, so the first
+    websocket starts uvicorn on a free loopback port beside it. ``listen=True`` sends everything
+    through uvicorn: the end-to-end tests. A server that was never started here (a `ragstream
+    serve` subprocess) is reached over the network at ``port``.
+    """
+
+    def __init__(self, app: Starlette, *, listen: bool = False) -> None:
         self.app = app
+        self.listen_only = listen
         self.server: uvicorn.Server | None = None
         self.task: asyncio.Task[None] | None = None
         self.port = 0
+        self._lifespan: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def state(self) -> AppState:
@@ -66,7 +87,7 @@ class LiveServer:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}" if self.port else "http://127.0.0.1"
 
     @property
     def graphql_url(self) -> str:
@@ -74,11 +95,37 @@ class LiveServer:
 
     @property
     def ws_url(self) -> str:
+        if not self.port:
+            raise RuntimeError("not listening: use the live_server fixture or websocket()")
         return f"ws://127.0.0.1:{self.port}/graphql"
 
     async def start(self) -> None:
+        if self.listen_only:
+            await self._serve(lifespan="on")
+            return
+        # The lifespan runs in a task of its own from start-up to shutdown, as under uvicorn.
+        started = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._lifespan = asyncio.create_task(self._run_lifespan(started, self._stopping))
+        waiting = asyncio.create_task(started.wait())
+        await asyncio.wait({self._lifespan, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if self._lifespan.done():
+            self._lifespan.result()  # start-up failed: raise its error
+
+    async def _run_lifespan(self, started: asyncio.Event, stopping: asyncio.Event) -> None:
+        async with self.app.router.lifespan_context(self.app):
+            started.set()
+            await stopping.wait()
+
+    async def listen(self) -> None:
+        """Serve the running app on a loopback port too (for websockets)."""
+        if self.server is None:
+            await self._serve(lifespan="off")
+
+    async def _serve(self, *, lifespan: Literal["on", "off"]) -> None:
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan
         )
         self.server = uvicorn.Server(config)
         self.task = asyncio.create_task(self.server.serve())
@@ -89,10 +136,31 @@ class LiveServer:
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        assert self.server is not None
-        assert self.task is not None
-        self.server.should_exit = True
-        await self.task
+        # A generous guard: a shutdown that hangs fails its test instead of stalling the run.
+        async with asyncio.timeout(STOP_WITHIN):
+            if self.server is not None:
+                assert self.task is not None
+                self.server.should_exit = True
+                await self.task
+            if self._lifespan is not None:
+                self._stopping.set()
+                await self._lifespan
+
+    def _transport(self, http: Any, client_address: str | None) -> Any:
+        """A transport of ``http`` (httpx, or gql's httpx2) that reaches this app; the app sees the
+        request come from ``client_address``."""
+        if self._lifespan is not None:
+            # An unexpected exception becomes a 500 response, as uvicorn would answer.
+            return http.ASGITransport(
+                self.app, raise_app_exceptions=False, client=(client_address or "127.0.0.1", 40000)
+            )
+        return http.AsyncHTTPTransport(local_address=client_address, verify=LOOPBACK_TLS)
+
+    def http_client(
+        self, *, client_address: str | None = None, timeout: float = 30
+    ) -> httpx.AsyncClient:
+        transport: httpx.AsyncBaseTransport = self._transport(httpx, client_address)
+        return httpx.AsyncClient(base_url=self.http_url, transport=transport, timeout=timeout)
 
     async def execute(
         self,
@@ -106,7 +174,12 @@ class LiveServer:
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
-        transport = HTTPXAsyncTransport(url=self.graphql_url, headers=all_headers, timeout=30)
+        transport = HTTPXAsyncTransport(
+            url=self.graphql_url,
+            headers=all_headers,
+            timeout=30,
+            transport=self._transport(gql_httpx, None),
+        )
         async with Client(transport=transport, fetch_schema_from_transport=False) as session:
             try:
                 data = await session.execute(GraphQLRequest(query, variable_values=variables))
@@ -118,6 +191,7 @@ class LiveServer:
     async def websocket(
         self, token: str | None = None, *, init_payload: dict[str, Any] | None = None
     ) -> AsyncIterator[Any]:
+        await self.listen()
         payload = init_payload if init_payload is not None else {}
         if token is not None:
             payload = {**payload, "authorization": f"Bearer {token}"}
@@ -158,8 +232,8 @@ class LiveServer:
 
 
 @contextlib.asynccontextmanager
-async def running_server(settings: Settings) -> AsyncIterator[LiveServer]:
-    server = LiveServer(create_app(settings))
+async def running_server(settings: Settings, *, listen: bool = False) -> AsyncIterator[LiveServer]:
+    server = LiveServer(create_app(settings), listen=listen)
     await server.start()
     try:
         yield server

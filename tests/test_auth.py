@@ -7,7 +7,6 @@ import uuid
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import httpx
 from argon2 import PasswordHasher as Argon2Hasher
 from argon2 import Type
 from sqlalchemy import text
@@ -392,7 +391,7 @@ async def test_login_flood_is_rate_limited(database_url: str, tmp_path: Path) ->
         assert limited.code == "RATE_LIMITED"
         assert limited.errors[0]["extensions"]["retryAfterSeconds"] > 0
         # The process stays responsive while limiting.
-        async with httpx.AsyncClient() as client:
+        async with server.http_client() as client:
             assert (await client.get(f"{server.http_url}/healthz")).status_code == 200
 
 

@@ -29,7 +29,7 @@ from tests.chat_support import (
     stored_message,
     stream_all,
 )
-from tests.conftest import TEST_JWT_SECRET
+from tests.conftest import TEST_JWT_SECRET, argon2_environment
 from tests.support import LiveServer
 
 TOKENS = [f"piece{i} " for i in range(400)]
@@ -95,9 +95,7 @@ def serve_environment(
         "RAGSTREAM_DATABASE_URL": database_url,
         "RAGSTREAM_DATA_DIR": str(data_dir),
         "RAGSTREAM_JWT_SECRET": TEST_JWT_SECRET,
-        "RAGSTREAM_ARGON2_TIME_COST": "2",
-        "RAGSTREAM_ARGON2_MEMORY_KIB": "19456",
-        "RAGSTREAM_ARGON2_PARALLELISM": "1",
+        **argon2_environment(),
         "RAGSTREAM_CHAT_PROVIDER": "openai",
         "RAGSTREAM_EMBEDDING_PROVIDER": "hashing",
         "RAGSTREAM_CHAT_FLUSH_INTERVAL_MS": "20",

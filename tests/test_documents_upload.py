@@ -307,9 +307,9 @@ async def test_html_bomb_is_flattened_not_expanded(server: LiveServer) -> None:
     assert str(chunks[0]["content"]).startswith("deep text")
 
 
-async def test_embedded_connection_used_by_template(embedded_pg: object) -> None:
+async def test_embedded_connection_used_by_template(embedded_pg: object, template: str) -> None:
     """The migrated template already carries the job queue's schema."""
-    conn = await asyncpg.connect(embedded_pg.libpq_uri("ragstream_template"))  # type: ignore[attr-defined]
+    conn = await asyncpg.connect(embedded_pg.libpq_uri(template))  # type: ignore[attr-defined]
     try:
         assert await conn.fetchval("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
     finally:

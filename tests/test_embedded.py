@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import argon2_environment
 from tests.support import PASSWORD
 
 REGISTER = """mutation($input: RegisterInput!) {
@@ -43,13 +44,8 @@ def command() -> list[str]:
 
 def environment(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAGSTREAM_", "OPENAI_"))}
-    # The lowest cost argon2 allows keeps the test quick; nothing else is configured.
-    env.update(
-        RAGSTREAM_DATA_DIR=str(data_dir),
-        RAGSTREAM_ARGON2_TIME_COST="2",
-        RAGSTREAM_ARGON2_MEMORY_KIB="19456",
-        RAGSTREAM_ARGON2_PARALLELISM="1",
-    )
+    # Cheap password hashing keeps the test quick; nothing else is configured.
+    env.update(RAGSTREAM_DATA_DIR=str(data_dir), **argon2_environment())
     return env
 
 

@@ -324,7 +324,7 @@ def _b64(value: Any) -> str:
         "Zm9v",  # base64 of "foo"
         _b64({"not": "a list"}),
         _b64(["2026-01-01T00:00:00+00:00"]),  # one value short
-        _b64(["yesterday", str(uuid.uuid4())]),
+        _b64(["yesterday", "5f0c6f1e-4e8a-4c52-9d7e-3b8a2f1c9d40"]),
         _b64(["2026-01-01T00:00:00+00:00", "not-a-uuid"]),
         _b64([1, 2, 3]),
     ],

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 from graphql import get_introspection_query
 from sqlalchemy import text
@@ -248,7 +247,7 @@ async def test_introspection_off_by_setting(database_url: str, tmp_path: Path) -
             assert "introspection has been disabled" in messages(result)
             assert result.data is None
         assert (await server.execute("{ __typename }")).ok() == {"__typename": "Query"}
-        async with httpx.AsyncClient() as client:
+        async with server.http_client() as client:
             page = await client.get(server.graphql_url, headers={"accept": "text/html"})
         assert page.status_code == 404
 
@@ -256,7 +255,7 @@ async def test_introspection_off_by_setting(database_url: str, tmp_path: Path) -
 async def test_introspection_and_graphiql_on_in_development(server: LiveServer) -> None:
     data = (await server.execute("{ __schema { queryType { name } } }")).ok()
     assert data["__schema"]["queryType"]["name"] == "Query"
-    async with httpx.AsyncClient() as client:
+    async with server.http_client() as client:
         page = await client.get(server.graphql_url, headers={"accept": "text/html"})
     assert page.status_code == 200
     assert "graphiql" in page.text.lower()
@@ -269,7 +268,7 @@ async def test_unexpected_errors_are_masked_with_a_request_id(
     server: LiveServer, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     account = await server.register()
-    async with database_unreachable(database_url) as name, httpx.AsyncClient() as client:
+    async with database_unreachable(database_url) as name, server.http_client() as client:
         with caplog.at_level(logging.ERROR, logger="ragstream.errors"):
             response = await client.post(
                 server.graphql_url,
@@ -297,7 +296,7 @@ async def test_unexpected_errors_are_masked_with_a_request_id(
 
 
 async def test_health_and_readiness(server: LiveServer) -> None:
-    async with httpx.AsyncClient() as client:
+    async with server.http_client() as client:
         health = await client.get(f"{server.http_url}/healthz")
         ready = await client.get(f"{server.http_url}/readyz")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
@@ -378,7 +377,7 @@ async def test_pool_exhaustion_is_a_masked_error(database_url: str, tmp_path: Pa
             assert starved.code == "INTERNAL_SERVER_ERROR"
             assert starved.errors[0]["message"] == "Internal server error"
             assert "pool" not in json.dumps(starved.errors).lower()
-            async with httpx.AsyncClient() as client:
+            async with server.http_client() as client:
                 assert (await client.get(f"{server.http_url}/readyz")).status_code == 503
         # Once the lock is gone the waiting request completes normally.
         assert (await blocked).ok()["me"]["id"] == account.id

@@ -6,7 +6,6 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests import raw
@@ -21,8 +20,14 @@ async def small_server(database_url: str, tmp_path: Path) -> AsyncIterator[LiveS
     settings = make_settings(
         database_url, tmp_path, max_body_bytes=2_000, cors_origins=[ALLOWED_ORIGIN]
     )
-    async with running_server(settings) as server:
+    async with running_server(settings, listen=True) as server:
         yield server
+
+
+@pytest.fixture
+def server(live_server: LiveServer) -> LiveServer:
+    """Everything here is about HTTP itself, so every request crosses a real socket."""
+    return live_server
 
 
 def padded_query(size: int) -> bytes:
@@ -46,7 +51,7 @@ async def test_streamed_body_over_the_limit_is_413(small_server: LiveServer) -> 
         for start in range(0, len(body), 500):
             yield body[start : start + 500]
 
-    async with httpx.AsyncClient() as client:
+    async with small_server.http_client() as client:
         response = await client.post(
             small_server.graphql_url,
             content=chunks(),
@@ -63,7 +68,7 @@ async def test_json_array_batches_are_refused(server: LiveServer) -> None:
 
 
 async def test_queries_over_get_work_but_mutations_do_not(server: LiveServer) -> None:
-    async with httpx.AsyncClient() as client:
+    async with server.http_client() as client:
         query = await client.get(server.graphql_url, params={"query": "{ __typename }"})
         mutation = await client.get(
             server.graphql_url,
@@ -116,7 +121,7 @@ async def test_multipart_without_a_preflight_header_is_refused(server: LiveServe
 
 
 async def test_other_methods_are_refused(server: LiveServer) -> None:
-    async with httpx.AsyncClient() as client:
+    async with server.http_client() as client:
         response = await client.put(server.graphql_url, json={"query": "{ __typename }"})
     assert response.status_code == 405
 
@@ -129,7 +134,7 @@ async def test_malformed_json_is_a_clean_400(server: LiveServer) -> None:
 
 
 async def test_request_ids_are_echoed_or_assigned(server: LiveServer) -> None:
-    async with httpx.AsyncClient() as client:
+    async with server.http_client() as client:
         assigned = await client.get(f"{server.http_url}/healthz")
         kept = await client.get(
             f"{server.http_url}/healthz", headers={"x-request-id": "client-chosen-id-123"}
@@ -148,7 +153,7 @@ async def test_cors_allows_only_the_configured_origins(small_server: LiveServer)
         "access-control-request-method": "POST",
         "access-control-request-headers": "authorization, content-type",
     }
-    async with httpx.AsyncClient() as client:
+    async with small_server.http_client() as client:
         allowed = await client.options(
             small_server.graphql_url, headers={"origin": ALLOWED_ORIGIN, **preflight}
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 from graphql import parse
 
 from ragstream.schema import build_schema
@@ -77,7 +76,7 @@ async def test_create_document_visibility_null_means_private(server: LiveServer)
 async def test_upload_document_visibility_null_means_private(server: LiveServer) -> None:
     account = await server.register()
 
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with server.http_client() as client:
         response = await client.post(
             server.graphql_url,
             data={

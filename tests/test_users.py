@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from ragstream import cli
 from tests import raw
-from tests.conftest import make_settings
+from tests.conftest import argon2_environment, make_settings
 from tests.support import PASSWORD, Account, LiveServer, running_server
 
 USERS = """query($first: Int, $after: String, $search: String) {
@@ -137,7 +137,7 @@ def _cursor(value: Any) -> str:
         "bm90IGpzb24",  # "not json"
         _cursor({"a": 1}),
         _cursor([1]),
-        _cursor(["not a date", str(uuid.uuid4())]),
+        _cursor(["not a date", "5f0c6f1e-4e8a-4c52-9d7e-3b8a2f1c9d40"]),
         _cursor(["2026-01-01T00:00:00+00:00", "not-a-uuid"]),
         _cursor([None, None]),
         _cursor([1, 2]),
@@ -344,10 +344,8 @@ def cli_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("RAGSTREAM_DATABASE_URL", database_url)
     monkeypatch.setenv("RAGSTREAM_DATA_DIR", str(data_dir))
     monkeypatch.setenv("RAGSTREAM_JWT_SECRET", "cli-secret-" + "y" * 40)
-    # The OWASP minimum keeps the test fast; a later login must rehash to the server's cost.
-    monkeypatch.setenv("RAGSTREAM_ARGON2_TIME_COST", "2")
-    monkeypatch.setenv("RAGSTREAM_ARGON2_MEMORY_KIB", "19456")
-    monkeypatch.setenv("RAGSTREAM_ARGON2_PARALLELISM", "1")
+    for name, value in argon2_environment().items():
+        monkeypatch.setenv(name, value)
     return data_dir
 
 

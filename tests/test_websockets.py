@@ -79,6 +79,12 @@ async def sign_in(ws: ClientConnection, account: Account) -> None:
     assert (await receive(ws))["type"] == "complete"
 
 
+@pytest.fixture
+def server(live_server: LiveServer) -> LiveServer:
+    """Sockets end to end: the handshake, HTTP and every frame cross uvicorn."""
+    return live_server
+
+
 # --- authentication --------------------------------------------------------------------------
 
 
@@ -196,7 +202,7 @@ async def test_an_expiring_access_token_closes_the_socket(
     database_url: str, tmp_path: Path
 ) -> None:
     settings = make_settings(database_url, tmp_path, access_token_ttl_seconds=2)
-    async with running_server(settings) as server:
+    async with running_server(settings, listen=True) as server:
         account = await server.register()
         async with raw_socket(server) as ws:
             await init(ws, {"authorization": f"Bearer {account.access_token}"})
@@ -255,7 +261,7 @@ async def test_the_legacy_graphql_ws_protocol_is_refused_with_4406(server: LiveS
 
 async def test_no_connection_init_in_time_closes_4408(database_url: str, tmp_path: Path) -> None:
     settings = make_settings(database_url, tmp_path, ws_connection_init_timeout_seconds=0.2)
-    async with running_server(settings) as server, raw_socket(server) as ws:
+    async with running_server(settings, listen=True) as server, raw_socket(server) as ws:
         assert await close_code(ws) == 4408
 
 
@@ -312,7 +318,7 @@ async def test_too_many_operations_get_a_coded_error_and_the_socket_stays(
     database_url: str, tmp_path: Path
 ) -> None:
     settings = make_settings(database_url, tmp_path, ws_max_operations=1)
-    async with running_server(settings) as server:
+    async with running_server(settings, listen=True) as server:
         account = await server.register()
         async with raw_socket(server) as ws:
             await init(ws, {"authorization": f"Bearer {account.access_token}"})
@@ -331,7 +337,7 @@ async def test_too_many_operations_get_a_coded_error_and_the_socket_stays(
 
 async def test_cross_site_sockets_need_an_allowed_origin(database_url: str, tmp_path: Path) -> None:
     settings = make_settings(database_url, tmp_path, cors_origins=["https://app.example"])
-    async with running_server(settings) as server:
+    async with running_server(settings, listen=True) as server:
         with pytest.raises(InvalidStatus) as refused:
             async with raw_socket(server, headers={"Origin": "https://evil.example"}):
                 pass
