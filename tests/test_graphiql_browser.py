@@ -36,7 +36,8 @@ async def server(database_url: str, tmp_path: Path) -> AsyncIterator[LiveServer]
     settings = make_settings(
         database_url, tmp_path, chat_provider="extractive", embedding_provider="hashing"
     )
-    async with running_server(settings) as live:
+    # The browser needs a real socket for the page, its files, requests and the websocket.
+    async with running_server(settings, listen=True) as live:
         yield live
 
 
