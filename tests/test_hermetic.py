@@ -41,7 +41,9 @@ def run_with_a_leaky_shell(
         "RAGSTREAM_DATABASE_URL=postgresql+asyncpg://someone@db.invalid/production\n"
     )
     pytester.makepyfile(test_leaks=LEAKS)
-    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:asyncio", *args)
+    # Only the plugins named here: installed ones have their own views on the session.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", *args)
 
 
 def test_the_suite_runs_without_the_shells_keys_settings_and_env_file(
