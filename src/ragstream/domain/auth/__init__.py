@@ -1,1 +1,0 @@
-"""Identity: password hashing, tokens, sign-in flows and their rate limits."""
