@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ragstream.db.models.chat import Message
+from ragstream.domain.chat.enums import MessageStatus
 from ragstream.domain.chat.flusher import Flusher
 from ragstream.domain.chat.streams import GenerationStream
 from ragstream.domain.chat.views import Ending, message_view
@@ -73,7 +74,7 @@ async def test_an_answer_that_ended_is_not_overwritten(database_url: str, tmp_pa
         async with db.sessionmaker.begin() as session:
             row = await session.get(Message, message_id)
             assert row is not None
-            row.status, row.content = "COMPLETE", "the stored end"
+            row.status, row.content = MessageStatus.COMPLETE, "the stored end"
 
         await flusher.flush()
 

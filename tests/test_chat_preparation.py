@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from ragstream.db.models.chat import Message, MessageSource
+from ragstream.domain.chat.enums import MessageStatus
 from ragstream.domain.chat.preparation import RetrievalFailed, prepare_answer
 from ragstream.domain.chat.prompt import SOURCE_OVERHEAD_TOKENS
 from ragstream.domain.llm.embeddings import OpenAIEmbedder
@@ -92,7 +93,7 @@ async def test_earlier_turns_of_the_conversation_are_in_the_prompt(
         async with db.sessionmaker.begin() as session:
             row = await session.get(Message, first.answer.id)
             assert row is not None
-            row.status, row.content = "COMPLETE", "Noted: 42."
+            row.status, row.content = MessageStatus.COMPLETE, "Noted: 42."
         second = await db.exchange(viewer, conversation_id, "Which number?")
         retriever = db.retriever()
 

@@ -9,8 +9,8 @@ import pytest
 from gql import GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 
+from ragstream.documents_worker import ingestion_deps
 from ragstream.domain.documents.jobs import running_worker
-from ragstream.knowledge import ingestion_deps
 from ragstream.settings import Settings
 from tests.documents_support import create, ingest_text, upload
 from tests.support import LiveServer, running_server

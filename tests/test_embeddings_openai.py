@@ -7,10 +7,10 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from ragstream.app import build_state, connect
+from ragstream.documents_worker import check_embedding_dimensions
 from ragstream.domain.documents.reindex import reindex
 from ragstream.domain.llm.embeddings import EmbeddingError, OpenAIEmbedder
 from ragstream.domain.llm.openai_client import openai_client
-from ragstream.knowledge import check_embedding_dimensions
 from ragstream.settings import ConfigurationError, Settings
 from tests.documents_support import SEARCH, ingest_text
 from tests.openai_stub import EMBEDDINGS, OpenAIStub

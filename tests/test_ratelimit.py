@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ragstream.domain.auth.ratelimit import SlidingWindowLimiter
 from ragstream.domain.errors import RateLimited
+from ragstream.domain.users.ratelimit import SlidingWindowLimiter
 
 
 def test_each_key_has_its_own_limit() -> None:

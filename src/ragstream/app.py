@@ -6,12 +6,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
-import strawberry
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -19,62 +16,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from ragstream.db.embedded import EmbeddedDatabase, start_embedded
+from ragstream.db.embedded import start_embedded
 from ragstream.db.engine import make_engine, make_sessionmaker
 from ragstream.db.migrate import upgrade_to_head
-from ragstream.domain.auth.passwords import PasswordHasher
-from ragstream.domain.auth.ratelimit import SlidingWindowLimiter
-from ragstream.domain.auth.service import AuthService
-from ragstream.domain.auth.tokens import TokenService
+from ragstream.documents_worker import ingestion_worker
 from ragstream.domain.chat.generation import GenerationManager
 from ragstream.domain.chat.preparation import knowledge_base_retriever
-from ragstream.domain.events import EventBroker, InMemoryBroker
 from ragstream.domain.llm.chat import build_chat_provider
-from ragstream.domain.llm.embeddings import Embedder, build_embedder
+from ragstream.domain.llm.embeddings import build_embedder
 from ragstream.domain.llm.openai_client import check_openai_key
 from ragstream.domain.retrieval.service import SearchTuning
+from ragstream.domain.users.auth import AuthService
+from ragstream.domain.users.passwords import PasswordHasher
+from ragstream.domain.users.ratelimit import SlidingWindowLimiter
+from ragstream.domain.users.tokens import TokenService
 from ragstream.graphiql import GraphiQLAssets
-from ragstream.knowledge import ingestion_worker
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstream.schema import build_schema
 from ragstream.security_headers import SecurityHeadersMiddleware
 from ragstream.settings import ConfigurationError, Settings, resolve_jwt_secret
+from ragstream.state import AppState
 from ragstream.view import GraphQLView
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class AppState:
-    """Long-lived collaborators shared by all requests. Set up in the lifespan."""
-
-    settings: Settings
-    schema: strawberry.Schema
-    tokens: TokenService
-    auth: AuthService
-    chat: GenerationManager
-    engine: AsyncEngine | None = None
-    sessionmaker_: async_sessionmaker[AsyncSession] | None = None
-    embedded: EmbeddedDatabase | None = None
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
-    database_url: str | None = None
-    embedder_: Embedder | None = None
-    # In-process pub/sub (document events, chat streams); a Redis broker can take its place.
-    broker: EventBroker = field(default_factory=InMemoryBroker)
-    # A configuration error that stopped the lifespan from starting (serve reports it, exit 2).
-    startup_error: ConfigurationError | None = None
-
-    @property
-    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
-        if self.sessionmaker_ is None:
-            raise RuntimeError("the database is not connected yet")
-        return self.sessionmaker_
-
-    @property
-    def embedder(self) -> Embedder:
-        if self.embedder_ is None:
-            raise RuntimeError("the embedding provider is not set up yet")
-        return self.embedder_
+__all__ = ["AppState", "build_state", "connect", "create_app"]
 
 
 def build_state(settings: Settings) -> AppState:

@@ -14,15 +14,15 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from ragstream.documents_cli import add_commands as add_knowledge_commands
 from ragstream.domain.errors import DomainError
-from ragstream.knowledge_cli import add_commands as add_knowledge_commands
 from ragstream.settings import ConfigurationError, Settings
 
 if TYPE_CHECKING:
     import uvicorn
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from ragstream.app import AppState
+    from ragstream.state import AppState
 
 STARTUP_FAILURE = 3  # uvicorn's exit status for a server that could not start
 
@@ -129,8 +129,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
     from ragstream.app import build_state, connect
-    from ragstream.domain.auth.passwords import check_password_policy
     from ragstream.domain.users.admin import account_exists, ensure_admin
+    from ragstream.domain.users.passwords import check_password_policy
     from ragstream.domain.users.validation import normalize_email
 
     normalize_email(args.email)  # refuse a bad address before starting the database

@@ -18,15 +18,15 @@ from ragstream.db.repositories.documents import HnswOptions
 from ragstream.settings import ConfigurationError, Settings
 
 if TYPE_CHECKING:
-    from ragstream.app import AppState
     from ragstream.db.models.users import User
+    from ragstream.state import AppState
 
 SUPPORTED_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"}
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from ragstream.app import build_state, connect
-    from ragstream.knowledge import ingestion_worker
+    from ragstream.documents_worker import ingestion_worker
 
     state = build_state(Settings())
 
@@ -76,8 +76,8 @@ class Outcome:
 async def _ingest(args: argparse.Namespace, console: Console) -> list[Outcome]:
     from ragstream.app import build_state, connect
     from ragstream.db.repositories.users import UserRepository
+    from ragstream.documents_worker import ingestion_worker
     from ragstream.domain.users.validation import normalize_email
-    from ragstream.knowledge import ingestion_worker
 
     files = collect_files(args.paths)
     state = build_state(Settings())
@@ -104,9 +104,10 @@ async def _import(
 ) -> list[Outcome]:
     """Store each file as a document, then wait until the worker has processed them all."""
     from ragstream.domain.documents import service
+    from ragstream.domain.documents.enums import TERMINAL_STATUSES, Visibility
     from ragstream.domain.errors import Conflict, DomainError
 
-    visibility = "SHARED" if shared else "PRIVATE"
+    visibility = Visibility.SHARED if shared else Visibility.PRIVATE
     for outcome in outcomes:
         try:
             data = outcome.path.read_bytes()
@@ -140,7 +141,7 @@ async def _import(
             async with state.sessionmaker() as session:
                 rows = await service.get_documents(session, owner, list(pending))
             for document_id, row in rows.items():
-                if row.status in ("READY", "FAILED"):
+                if row.status in TERMINAL_STATUSES:
                     outcome = pending.pop(document_id)
                     outcome.status, outcome.chunks = row.status, row.chunk_count
                     outcome.note = row.error or str(document_id)

@@ -14,7 +14,7 @@ from ragstream.domain.documents.pipeline import IngestionDeps
 from ragstream.settings import ConfigurationError
 
 if TYPE_CHECKING:
-    from ragstream.app import AppState
+    from ragstream.state import AppState
 
 logger = logging.getLogger(__name__)
 

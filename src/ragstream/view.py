@@ -23,7 +23,7 @@ from ragstream.schema.context import Context
 from ragstream.websocket import TransportWSHandler
 
 if TYPE_CHECKING:
-    from ragstream.app import AppState
+    from ragstream.state import AppState
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
+from typing import TypeVar
 
-from sqlalchemy import DateTime, MetaData, func, text
+from sqlalchemy import DateTime, Dialect, MetaData, String, TypeDecorator, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Deterministic constraint names keep migrations reviewable and reversible.
@@ -33,3 +35,32 @@ class Timestamps:
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
     )
+
+
+EnumT = TypeVar("EnumT", bound=StrEnum)
+
+
+class StrEnumType(TypeDecorator[EnumT]):
+    """A domain ``StrEnum`` stored as its value in a VARCHAR column (no database enum type).
+
+    Rows carry enum members; the allowed values are held by a check constraint built with
+    ``one_of`` from the same enum.
+    """
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[EnumT], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: EnumT | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else str(self.enum(value))
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> EnumT | None:
+        return None if value is None else self.enum(value)
+
+
+def one_of(column: str, values: type[StrEnum]) -> str:
+    """The check-constraint text allowing exactly an enum's values."""
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"

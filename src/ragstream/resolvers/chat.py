@@ -9,11 +9,11 @@ from typing import Annotated
 import strawberry
 
 from ragstream.domain.chat import service
+from ragstream.domain.chat.enums import FailureCode
 from ragstream.domain.chat.generation import GenerationManager
 from ragstream.domain.chat.streams import EndItem, SourcesItem, StreamItem, TextItem
 from ragstream.resolvers.ids import parse_id
-from ragstream.schema.context import Context
-from ragstream.schema.types.chat import (
+from ragstream.schema.chat.types import (
     ChatEvent,
     Conversation,
     CreateConversationInput,
@@ -23,17 +23,13 @@ from ragstream.schema.types.chat import (
     SendMessageInput,
     SourcesRetrieved,
     TokenDelta,
-    Usage,
     generation_failed,
     to_conversation,
     to_message,
     to_source,
-    to_usage,
 )
-from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
-from ragstream.schema.types.users import Role, User
-
-Info = strawberry.Info[Context, None]
+from ragstream.schema.context import Info
+from ragstream.schema.pagination import AfterArg, Connection, FirstArg, to_connection
 
 
 def _chat(info: Info) -> GenerationManager:
@@ -90,7 +86,7 @@ async def delete_conversation(
     viewer = await info.context.viewer()
     async with info.context.transaction() as session:
         running = await service.delete_conversation(session, viewer, parse_id(id, "conversation"))
-    await _chat(info).stop(running, reason="CONVERSATION_DELETED")
+    await _chat(info).stop(running, reason=FailureCode.CONVERSATION_DELETED)
     return id
 
 
@@ -180,11 +176,3 @@ async def message_stream(
     async with contextlib.aclosing(_events(strawberry.ID(str(answer_id)), items)) as events:
         async for event in events:
             yield event
-
-
-async def user_usage(root: User, info: Info) -> Usage | None:
-    totals = await info.context.loaders.chat.token_totals.load(parse_id(root.id, "user"))
-    if totals is None:
-        return None
-    limit = None if root.role == Role.ADMIN else info.context.state.settings.daily_message_limit
-    return to_usage(totals, daily_limit=limit)

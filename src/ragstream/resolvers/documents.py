@@ -10,8 +10,8 @@ from strawberry.file_uploads import Upload
 
 from ragstream.db.models.documents import Document as DocumentRow
 from ragstream.domain.documents import service
+from ragstream.domain.documents.enums import TERMINAL_STATUSES, Visibility
 from ragstream.domain.documents.events import (
-    TERMINAL_STATUSES,
     apply_snapshot,
     document_topic,
     publish_status,
@@ -20,19 +20,16 @@ from ragstream.domain.errors import InvalidInput, NotFound
 from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.domain.retrieval.service import search as retrieve
 from ragstream.resolvers.ids import parse_id
-from ragstream.schema.context import Context
-from ragstream.schema.types.documents import (
+from ragstream.schema.context import Info
+from ragstream.schema.documents.types import (
     CreateDocumentInput,
     Document,
     DocumentFilter,
     SearchHit,
-    Visibility,
     to_document,
     to_search_hit,
 )
-from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
-
-Info = strawberry.Info[Context, None]
+from ragstream.schema.pagination import AfterArg, Connection, FirstArg, to_connection
 
 DEFAULT_SEARCH_LIMIT = 5
 
@@ -62,8 +59,8 @@ async def documents(
             viewer,
             first=first,
             after=after,
-            status=filter.status.name if filter and filter.status else None,
-            visibility=filter.visibility.name if filter and filter.visibility else None,
+            status=filter.status if filter else None,
+            visibility=filter.visibility if filter else None,
             search=filter.search if filter else None,
         )
     return to_connection(page, to_document)
@@ -123,7 +120,7 @@ async def upload_document(
             filename=upload.filename,
             data=data,
             title=title,
-            visibility=(visibility or Visibility.PRIVATE).name,
+            visibility=visibility or Visibility.PRIVATE,
             max_bytes=max_bytes,
         )
     return to_document(row)
@@ -141,7 +138,7 @@ async def create_document(
             title=input.title,
             content=input.content,
             mime_type=input.mime_type,
-            visibility=(input.visibility or Visibility.PRIVATE).name,
+            visibility=input.visibility or Visibility.PRIVATE,
             max_bytes=info.context.state.settings.max_upload_bytes,
         )
     return to_document(row)

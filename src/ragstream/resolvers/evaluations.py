@@ -1,15 +1,15 @@
 from __future__ import annotations
 
-import uuid
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import strawberry
 
 from ragstream.domain.evaluations import service
 from ragstream.domain.evaluations.rules import Criterion
 from ragstream.resolvers.ids import parse_id
-from ragstream.schema.context import Context
-from ragstream.schema.types.evaluations import (
+from ragstream.resolvers.inputs import keep_unset
+from ragstream.schema.context import Info
+from ragstream.schema.evaluations.types import (
     CreateEvaluationInput,
     CriterionInput,
     Evaluation,
@@ -19,20 +19,14 @@ from ragstream.schema.types.evaluations import (
     UpdateEvaluationInput,
     to_evaluation,
 )
-from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
+from ragstream.schema.pagination import AfterArg, Connection, FirstArg, to_connection
 
 if TYPE_CHECKING:
-    from ragstream.schema.types.users import User
-
-Info = strawberry.Info[Context, None]
+    pass
 
 
 def _criteria(values: list[CriterionInput]) -> list[Criterion]:
     return [Criterion(name=c.name, weight=c.weight, score=c.score, notes=c.notes) for c in values]
-
-
-def _given(value: Any) -> bool:
-    return value is not strawberry.UNSET
 
 
 async def evaluation(
@@ -66,8 +60,8 @@ async def evaluations(
             viewer,
             first=first,
             after=after,
-            status=conditions.status.name if conditions.status else None,
-            project_type=conditions.project_type.name if conditions.project_type else None,
+            status=conditions.status,
+            project_type=conditions.project_type,
             search=conditions.search,
             owner_id=None if conditions.owner_id is None else str(conditions.owner_id),
             order=service.EvaluationOrder(
@@ -75,15 +69,6 @@ async def evaluations(
                 descending=order.direction is OrderDirection.DESC,
             ),
         )
-    return to_connection(page, to_evaluation)
-
-
-async def owner_evaluations(
-    user: User, info: Info, first: int | None, after: str | None
-) -> Connection[Evaluation]:
-    """``User.evaluations``: batched across every user of the response by a DataLoader."""
-    key = service.owner_page_key(uuid.UUID(str(user.id)), first=first, after=after)
-    page = await info.context.loaders.evaluations_by_owner.load(key)
     return to_connection(page, to_evaluation)
 
 
@@ -95,8 +80,8 @@ async def create_evaluation(
     new = service.NewEvaluation(
         title=input.title,
         company_name=input.company_name,
-        project_type=input.project_type.name,
-        status=input.status.name,
+        project_type=input.project_type,
+        status=input.status,
         notes=input.notes,
         criteria=_criteria(input.criteria),
     )
@@ -111,26 +96,13 @@ async def update_evaluation(
     input: Annotated[UpdateEvaluationInput, strawberry.argument(description="Changes.")],
 ) -> Evaluation:
     viewer = await info.context.viewer()
-    keep = service.KEEP
     changes = service.EvaluationChanges(
-        title=input.title if _given(input.title) else keep,
-        company_name=input.company_name if _given(input.company_name) else keep,
-        project_type=(
-            (input.project_type.name if input.project_type is not None else None)
-            if _given(input.project_type)
-            else keep
-        ),
-        status=(
-            (input.status.name if input.status is not None else None)
-            if _given(input.status)
-            else keep
-        ),
-        notes=input.notes if _given(input.notes) else keep,
-        criteria=(
-            (_criteria(input.criteria) if input.criteria is not None else None)
-            if _given(input.criteria)
-            else keep
-        ),
+        title=keep_unset(input.title),
+        company_name=keep_unset(input.company_name),
+        project_type=keep_unset(input.project_type),
+        status=keep_unset(input.status),
+        notes=keep_unset(input.notes),
+        criteria=keep_unset(input.criteria, _criteria),
     )
     async with info.context.transaction() as session:
         row = await service.update_evaluation(session, viewer, parse_id(id, "evaluation"), changes)

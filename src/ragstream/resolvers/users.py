@@ -1,3 +1,5 @@
+"""Root fields of the users area: accounts, sign-in, sessions and passwords."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -5,12 +7,31 @@ from typing import Annotated
 import strawberry
 
 from ragstream.domain.users import service
+from ragstream.domain.users.auth import AuthResult, RefreshRefused
 from ragstream.resolvers.ids import parse_id
-from ragstream.schema.context import Context
-from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
-from ragstream.schema.types.users import UpdateMeInput, UpdateUserInput, User, to_user
+from ragstream.schema.context import Info
+from ragstream.schema.pagination import AfterArg, Connection, FirstArg, to_connection
+from ragstream.schema.users.types import (
+    AuthPayload,
+    RegisterInput,
+    UpdateMeInput,
+    UpdateUserInput,
+    User,
+    to_user,
+)
 
-Info = strawberry.Info[Context, None]
+
+def _payload(result: AuthResult) -> AuthPayload:
+    return AuthPayload(
+        access_token=result.access_token,
+        refresh_token=result.refresh_token,
+        token_type="Bearer",  # noqa: S106  (the OAuth token type, not a secret)
+        expires_in=result.expires_in,
+        user=to_user(result.user),
+    )
+
+
+# --- Accounts --------------------------------------------------------------------------------
 
 
 async def me(info: Info) -> User:
@@ -59,8 +80,73 @@ async def update_user(
             session,
             viewer,
             parse_id(id, "user"),
-            role=input.role.name if input.role is not None else None,
+            role=input.role,
             is_active=input.is_active,
             display_name=input.display_name,
         )
         return to_user(updated)
+
+
+# --- Sign-in and sessions --------------------------------------------------------------------
+
+
+async def register(
+    info: Info, input: Annotated[RegisterInput, strawberry.argument(description="The account.")]
+) -> AuthPayload:
+    async with info.context.transaction() as session:
+        result = await info.context.state.auth.register(
+            session, email=input.email, password=input.password, display_name=input.display_name
+        )
+    return _payload(result)
+
+
+async def login(
+    info: Info,
+    email: Annotated[str, strawberry.argument(description="Sign-in email (any case).")],
+    password: Annotated[str, strawberry.argument(description="The account's password.")],
+) -> AuthPayload:
+    async with info.context.transaction() as session:
+        result = await info.context.state.auth.login(
+            session, email=email, password=password, client=info.context.client_address
+        )
+    return _payload(result)
+
+
+async def refresh_token(
+    info: Info,
+    refresh_token: Annotated[
+        str, strawberry.argument(description="The refresh token from the last AuthPayload.")
+    ],
+) -> AuthPayload:
+    async with info.context.transaction() as session:
+        result = await info.context.state.auth.refresh(session, refresh_token)
+    # Raised only now: the revocation that comes with a refusal is committed.
+    if isinstance(result, RefreshRefused):
+        raise result.error
+    return _payload(result)
+
+
+async def logout(
+    info: Info,
+    refresh_token: Annotated[
+        str, strawberry.argument(description="The refresh token of the session to end.")
+    ],
+) -> bool:
+    async with info.context.transaction() as session:
+        await info.context.state.auth.logout(session, refresh_token)
+    return True
+
+
+async def change_password(
+    info: Info,
+    current_password: Annotated[str, strawberry.argument(description="The password in use now.")],
+    new_password: Annotated[str, strawberry.argument(description="10 to 256 characters.")],
+) -> bool:
+    viewer = await info.context.viewer()
+    claims = info.context.require_claims()
+    async with info.context.transaction() as session:
+        me = await service.get_user(session, viewer, viewer.id)
+        await info.context.state.auth.change_password(
+            session, me, claims, current_password=current_password, new_password=new_password
+        )
+    return True

@@ -6,20 +6,19 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 
 from ragstream.db.models import User
-from ragstream.domain.auth.tokens import AccessClaims
-from ragstream.domain.errors import DomainError, Unauthenticated
+from ragstream.domain.errors import Unauthenticated
 from ragstream.domain.users.service import resolve_viewer
+from ragstream.domain.users.tokens import AccessClaims
 from ragstream.schema.loaders import Loaders
-
-if TYPE_CHECKING:
-    from ragstream.app import AppState
+from ragstream.state import AppState
 
 
 @dataclass
@@ -50,18 +49,13 @@ class Context:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: committed when the block succeeds, rolled back when it raises.
 
-        A domain error marked ``keep_changes`` (e.g. revoking a reused refresh token family) is
-        committed before it propagates, because the change is the point of the error.
+        A change that must stay although the operation is refused (a reused refresh token
+        revokes its family) is returned by the domain, not raised: the block ends normally and
+        the caller raises after the commit.
         """
         async with self.state.sessionmaker() as session:
             try:
                 yield session
-            except DomainError as exc:
-                if getattr(exc, "keep_changes", False):
-                    await session.commit()
-                else:
-                    await session.rollback()
-                raise
             except BaseException:
                 await session.rollback()
                 raise
@@ -90,3 +84,7 @@ class Context:
             raise Unauthenticated("authentication required")
         self._viewer = user
         return user
+
+
+# The resolver `info` of every field: declared once, here.
+Info = strawberry.Info[Context, None]

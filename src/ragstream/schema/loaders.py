@@ -21,11 +21,13 @@ from ragstream.db.models.documents import Chunk
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
 from ragstream.db.pagination import Page, ParentPageKey
+from ragstream.db.repositories.chat import TokenTotals
+from ragstream.domain.chat import service as chat
 from ragstream.domain.documents import service as documents
 from ragstream.domain.errors import NotFound, not_found
 from ragstream.domain.evaluations import service as evaluations
 from ragstream.domain.users.service import get_users
-from ragstream.schema.chat_loaders import ChatLoaders
+from ragstream.schema.chat.loaders import ChatLoaders
 
 if TYPE_CHECKING:
     from ragstream.schema.context import Context
@@ -41,6 +43,9 @@ class Loaders:
         self.chunk_pages: DataLoader[ParentPageKey, Page[Chunk]] = DataLoader(
             self._load_chunk_pages, cache=cache
         )
+        self.token_totals: DataLoader[uuid.UUID, TokenTotals | None] = DataLoader(
+            self._load_token_totals, cache=cache
+        )
         self.chat = ChatLoaders(context, cache=cache)
 
     async def _load_users(self, ids: list[uuid.UUID]) -> Sequence[User | NotFound]:
@@ -49,6 +54,13 @@ class Loaders:
         async with self._context.state.sessionmaker() as session:
             found = await get_users(session, viewer, list(set(ids)))
         return [found.get(user_id) or not_found("user") for user_id in ids]
+
+    async def _load_token_totals(self, ids: list[uuid.UUID]) -> Sequence[TokenTotals | None]:
+        """Usage of accounts: your own, or anyone's for an admin; None for the others."""
+        viewer = await self._context.viewer()
+        async with self._context.state.sessionmaker() as session:
+            found = await chat.token_totals(session, viewer, list(set(ids)))
+        return [found.get(i) for i in ids]
 
     async def _load_evaluations_by_owner(self, keys: list[ParentPageKey]) -> list[Page[Evaluation]]:
         viewer = await self._context.viewer()

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import strawberry
 from strawberry.permission import BasePermission
 
 from ragstream.domain.users.service import require_admin
-from ragstream.schema.context import Context
+from ragstream.schema.context import Info
 
 
 class IsAuthenticated(BasePermission):
     message = "authentication required"
 
-    async def has_permission(
-        self, source: Any, info: strawberry.Info[Context, None], **kwargs: Any
-    ) -> bool:
+    async def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
         await info.context.viewer()  # raises Unauthenticated with its code
         return True
 
@@ -24,8 +21,11 @@ class IsAuthenticated(BasePermission):
 class IsAdmin(BasePermission):
     message = "administrator role required"
 
-    async def has_permission(
-        self, source: Any, info: strawberry.Info[Context, None], **kwargs: Any
-    ) -> bool:
+    async def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
         require_admin(await info.context.viewer())  # raises Forbidden with its code
         return True
+
+
+# The permission lists of root fields, declared once.
+signed_in: list[type[BasePermission]] = [IsAuthenticated]
+admin_only: list[type[BasePermission]] = [IsAdmin]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import strawberry
 
-from ragstream.schema.chat import ChatMutations, ChatQueries, ChatSubscriptions
-from ragstream.schema.documents import (
+from ragstream.schema.chat.fields import ChatMutations, ChatQueries, ChatSubscriptions
+from ragstream.schema.documents.fields import (
     DocumentMutations,
     DocumentQueries,
     DocumentSubscriptions,
 )
-from ragstream.schema.evaluations import EvaluationMutations, EvaluationQueries
-from ragstream.schema.users import UserMutations, UserQueries
+from ragstream.schema.evaluations.fields import EvaluationMutations, EvaluationQueries
+from ragstream.schema.users.fields import UserMutations, UserQueries
 
 
 @strawberry.type(description="Read operations.")

@@ -1,12 +1,14 @@
-"""Conversations, their messages and the sources an answer cites."""
+"""Conversations, their messages, the sources an answer cites, and the usage ledger."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -20,10 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ragstream.db.base import Base, Timestamps, UUIDPrimaryKey
-
-MESSAGE_ROLES = ("USER", "ASSISTANT")
-MESSAGE_STATUSES = ("STREAMING", "COMPLETE", "CANCELLED", "FAILED", "INTERRUPTED")
+from ragstream.db.base import Base, StrEnumType, Timestamps, UUIDPrimaryKey, one_of
+from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
 
 
 class Conversation(UUIDPrimaryKey, Timestamps, Base):
@@ -48,11 +48,8 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
 
     __tablename__ = "messages"
     __table_args__ = (
-        CheckConstraint("role IN ('USER', 'ASSISTANT')", name="role"),
-        CheckConstraint(
-            "status IN ('STREAMING', 'COMPLETE', 'CANCELLED', 'FAILED', 'INTERRUPTED')",
-            name="status",
-        ),
+        CheckConstraint(one_of("role", MessageRole), name="role"),
+        CheckConstraint(one_of("status", MessageStatus), name="status"),
         Index("ix_messages_conversation_id_created_at_id", "conversation_id", "created_at", "id"),
         # A user's messages by role and time. The quota and usage figures no longer read them
         # (they read `usage_daily`, which deleting a conversation leaves alone).
@@ -72,19 +69,19 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
     owner_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False
     )
-    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    role: Mapped[MessageRole] = mapped_column(StrEnumType(MessageRole, 16), nullable=False)
     # clock_timestamp, not now(): a question and its answer are written in one transaction and
     # must still sort in the order they were written.
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.clock_timestamp(), nullable=False
     )
     content: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[MessageStatus] = mapped_column(StrEnumType(MessageStatus, 16), nullable=False)
     model: Mapped[str | None] = mapped_column(String(200))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     # Set with FAILED / INTERRUPTED: a stable code, never provider text.
-    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[FailureCode | None] = mapped_column(StrEnumType(FailureCode, 64))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -117,3 +114,17 @@ class MessageSource(UUIDPrimaryKey, Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
+
+
+class UsageDaily(Base):
+    __tablename__ = "usage_daily"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    questions: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # Answers started (as the questions are); their tokens are added once each answer ends.
+    answers: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")

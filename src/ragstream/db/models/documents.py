@@ -22,22 +22,21 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ragstream.db.base import Base, Timestamps, UUIDPrimaryKey
+from ragstream.db.base import Base, StrEnumType, Timestamps, UUIDPrimaryKey, one_of
+from ragstream.domain.documents.enums import DocumentStatus, Visibility
 
 if TYPE_CHECKING:
     from ragstream.db.models.users import User
 
 # The full-text configuration is part of the generated column; changing it needs a migration.
 TEXT_SEARCH_CONFIG = "english"
-STATUSES = ("PENDING", "PROCESSING", "READY", "FAILED")
-VISIBILITIES = ("PRIVATE", "SHARED")
 
 
 class Document(UUIDPrimaryKey, Timestamps, Base):
     __tablename__ = "documents"
     __table_args__ = (
-        CheckConstraint("status IN ('PENDING', 'PROCESSING', 'READY', 'FAILED')", name="status"),
-        CheckConstraint("visibility IN ('PRIVATE', 'SHARED')", name="visibility"),
+        CheckConstraint(one_of("status", DocumentStatus), name="status"),
+        CheckConstraint(one_of("visibility", Visibility), name="visibility"),
         UniqueConstraint("owner_id", "content_sha256", name="uq_documents_owner_id_content_sha256"),
         Index("ix_documents_owner_id_created_at_id", "owner_id", "created_at", "id"),
         Index("ix_documents_created_at_id", "created_at", "id"),
@@ -72,8 +71,12 @@ class Document(UUIDPrimaryKey, Timestamps, Base):
     mime_type: Mapped[str] = mapped_column(String(64), nullable=False)
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     content_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
-    visibility: Mapped[str] = mapped_column(String(16), nullable=False, server_default="PRIVATE")
-    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="PENDING")
+    visibility: Mapped[Visibility] = mapped_column(
+        StrEnumType(Visibility, 16), nullable=False, server_default=Visibility.PRIVATE.value
+    )
+    status: Mapped[DocumentStatus] = mapped_column(
+        StrEnumType(DocumentStatus, 16), nullable=False, server_default=DocumentStatus.PENDING.value
+    )
     error: Mapped[str | None] = mapped_column(Text)
     chunk_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 

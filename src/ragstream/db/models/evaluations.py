@@ -9,21 +9,15 @@ from sqlalchemy import CheckConstraint, Double, ForeignKey, Index, String, Text,
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, query_expression
 
-from ragstream.db.base import Base, Timestamps, UUIDPrimaryKey
-
-PROJECT_TYPES = ("NEW_ERP", "ERP_MIGRATION", "ERP_UPGRADE", "OTHER")
-STATUSES = ("DRAFT", "IN_PROGRESS", "COMPLETED", "ARCHIVED")
-
-
-def _one_of(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+from ragstream.db.base import Base, StrEnumType, Timestamps, UUIDPrimaryKey, one_of
+from ragstream.domain.evaluations.enums import EvaluationStatus, ProjectType
 
 
 class Evaluation(UUIDPrimaryKey, Timestamps, Base):
     __tablename__ = "evaluations"
     __table_args__ = (
-        CheckConstraint(_one_of("project_type", PROJECT_TYPES), name="project_type"),
-        CheckConstraint(_one_of("status", STATUSES), name="status"),
+        CheckConstraint(one_of("project_type", ProjectType), name="project_type"),
+        CheckConstraint(one_of("status", EvaluationStatus), name="status"),
         CheckConstraint("overall_score BETWEEN 0 AND 5", name="overall_score"),
         CheckConstraint("jsonb_typeof(criteria) = 'array'", name="criteria_is_array"),
         # An owner's list in its default order, User.evaluations, and per-owner counts.
@@ -59,8 +53,12 @@ class Evaluation(UUIDPrimaryKey, Timestamps, Base):
     )
     title: Mapped[str] = mapped_column(String(200), nullable=False)
     company_name: Mapped[str] = mapped_column(String(200), nullable=False)
-    project_type: Mapped[str] = mapped_column(String(32), nullable=False)
-    status: Mapped[str] = mapped_column(String(32), nullable=False, server_default="DRAFT")
+    project_type: Mapped[ProjectType] = mapped_column(StrEnumType(ProjectType, 32), nullable=False)
+    status: Mapped[EvaluationStatus] = mapped_column(
+        StrEnumType(EvaluationStatus, 32),
+        nullable=False,
+        server_default=EvaluationStatus.DRAFT.value,
+    )
     notes: Mapped[str | None] = mapped_column(Text)
     # Criteria live in the evaluation row as a JSONB array of {name, weight, score, notes}
     # rather than in a child table: they are always read with their evaluation, always replaced

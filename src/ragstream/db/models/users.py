@@ -8,13 +8,14 @@ from datetime import datetime
 from sqlalchemy import Boolean, CheckConstraint, DateTime, ForeignKey, Index, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ragstream.db.base import Base, Timestamps, UUIDPrimaryKey
+from ragstream.db.base import Base, StrEnumType, Timestamps, UUIDPrimaryKey, one_of
+from ragstream.domain.users.enums import Role
 
 
 class User(UUIDPrimaryKey, Timestamps, Base):
     __tablename__ = "users"
     __table_args__ = (
-        CheckConstraint("role IN ('USER', 'ADMIN')", name="role"),
+        CheckConstraint(one_of("role", Role), name="role"),
         Index("ix_users_created_at_id", "created_at", "id"),
         # The admin list's `search` (ILIKE '%term%'), without a pending list:
         # see migration 0005.
@@ -38,8 +39,14 @@ class User(UUIDPrimaryKey, Timestamps, Base):
     email: Mapped[str] = mapped_column(String(320), unique=True, nullable=False)
     display_name: Mapped[str] = mapped_column(String(100), nullable=False)
     password_hash: Mapped[str] = mapped_column(Text, nullable=False)
-    role: Mapped[str] = mapped_column(String(16), nullable=False, server_default="USER")
+    role: Mapped[Role] = mapped_column(
+        StrEnumType(Role, 16), nullable=False, server_default=Role.USER.value
+    )
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
 
 
 class RefreshToken(UUIDPrimaryKey, Base):

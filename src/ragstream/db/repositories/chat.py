@@ -1,50 +1,59 @@
-"""Conversations. Reads go through `readable_by`, writes through `owned_by`."""
+"""All SQL about chat: conversations, their messages and sources, and the usage ledger."""
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
 
-from sqlalchemy import Select, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, Select, delete, func, select, text, true, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import defer
 
-from ragstream.db.models.chat import Conversation
+from ragstream.db.models.chat import Conversation, Message, MessageSource, UsageDaily
+from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
-from ragstream.db.pagination import Page, PageRequest, paginate
-from ragstream.db.repositories import evaluations
+from ragstream.db.pagination import (
+    Page,
+    PageRequest,
+    ParentPageKey,
+    paginate,
+    paginate_parents,
+    parent_page_key,
+)
+from ragstream.db.repositories.base import ReadableRepository, Repository
+from ragstream.db.repositories.documents import DocumentRepository
+from ragstream.db.repositories.evaluations import EvaluationRepository
+from ragstream.db.repositories.users import UserRepository
+from ragstream.domain.chat.enums import FailureCode, MessageStatus
 
 
-def readable_by(viewer: User) -> Select[Conversation]:
-    """The owner reads their conversations; an admin reads everyone's."""
-    stmt = select(Conversation)
-    if viewer.role != "ADMIN":
-        stmt = stmt.where(Conversation.owner_id == viewer.id)
-    return stmt
+class ConversationRepository(ReadableRepository[Conversation]):
+    """Reads go through `readable` (the owner; an admin reads everyone's), changes through
+    `owned` (the owner alone, admins included)."""
 
+    model = Conversation
 
-def owned_by(viewer: User) -> Select[Conversation]:
-    """Changes are the owner's alone, admins included."""
-    return select(Conversation).where(Conversation.owner_id == viewer.id)
+    @classmethod
+    def readable_by(cls, viewer: User) -> ColumnElement[bool]:
+        return true() if viewer.is_admin else Conversation.owner_id == viewer.id
 
-
-class ConversationRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    @staticmethod
+    def owned(viewer: User) -> Select[Conversation]:
+        return select(Conversation).where(Conversation.owner_id == viewer.id)
 
     async def get_readable(self, viewer: User, conversation_id: uuid.UUID) -> Conversation | None:
         return await self.session.scalar(
-            readable_by(viewer).where(Conversation.id == conversation_id)
+            self.readable(viewer).where(Conversation.id == conversation_id)
         )
 
     async def get_owned(self, viewer: User, conversation_id: uuid.UUID) -> Conversation | None:
-        return await self.session.scalar(owned_by(viewer).where(Conversation.id == conversation_id))
-
-    async def get_many_readable(
-        self, viewer: User, ids: list[uuid.UUID]
-    ) -> dict[uuid.UUID, Conversation]:
-        rows = await self.session.scalars(readable_by(viewer).where(Conversation.id.in_(ids)))
-        return {row.id: row for row in rows}
+        return await self.session.scalar(
+            self.owned(viewer).where(Conversation.id == conversation_id)
+        )
 
     async def add(self, conversation: Conversation) -> Conversation:
         self.session.add(conversation)
@@ -56,7 +65,7 @@ class ConversationRepository:
         self, viewer: User, request: PageRequest, *, evaluation_id: uuid.UUID | None = None
     ) -> Page[Conversation]:
         """The viewer's own conversations, newest first."""
-        stmt = owned_by(viewer)
+        stmt = self.owned(viewer)
         if evaluation_id is not None:
             stmt = stmt.where(Conversation.evaluation_id == evaluation_id)
         return await paginate(
@@ -83,7 +92,7 @@ class ConversationRepository:
         """Evaluations linked to conversations, as far as the viewer may read them."""
         rows = await self.session.scalars(
             select(Evaluation).where(
-                Evaluation.id.in_(evaluation_ids), evaluations.readable_by(viewer)
+                Evaluation.id.in_(evaluation_ids), EvaluationRepository.readable_by(viewer)
             )
         )
         return {row.id: row for row in rows}
@@ -95,3 +104,269 @@ class ConversationRepository:
             .where(Conversation.id == conversation_id)
             .values(updated_at=func.now())
         )
+
+
+# First key of the two-key advisory locks taken per user by chat ("ch").
+_CHAT_LOCK_SPACE = 0x6368
+
+# A conversation's messages in the order they were written (the cursor of Conversation.messages).
+_PAGE_KEYS = (Message.created_at, Message.id)
+
+
+class MessageRepository(ReadableRepository[Message]):
+    """Readability follows the conversation a message belongs to (its owner is denormalised)."""
+
+    model = Message
+
+    @classmethod
+    def readable_by(cls, viewer: User) -> ColumnElement[bool]:
+        """Messages of conversations the viewer may read (own; everyone's for an admin)."""
+        return true() if viewer.is_admin else Message.owner_id == viewer.id
+
+    async def get_readable(self, viewer: User, message_id: uuid.UUID) -> Message | None:
+        return await self.session.scalar(self.readable(viewer).where(Message.id == message_id))
+
+    async def get_owned(self, viewer: User, message_id: uuid.UUID) -> Message | None:
+        return await self.session.scalar(
+            select(Message).where(Message.id == message_id, Message.owner_id == viewer.id)
+        )
+
+    async def get(self, message_id: uuid.UUID) -> Message | None:
+        """Unfiltered: for the generation task, which acts for the owner it was started by."""
+        return await self.session.get(Message, message_id, populate_existing=True)
+
+    @staticmethod
+    def page_key(conversation_id: uuid.UUID, request: PageRequest) -> ParentPageKey:
+        """Raises ``InvalidCursor`` for anything that is not a cursor of a message list."""
+        return parent_page_key(conversation_id, request, _PAGE_KEYS)
+
+    async def pages_readable(
+        self, viewer: User, keys: Sequence[ParentPageKey]
+    ) -> list[Page[Message]]:
+        """Conversations' messages in the order they were written, a page per key.
+
+        The first pages of all the conversations are one statement (see `paginate_parents`).
+        """
+        return await paginate_parents(
+            self.session,
+            self.readable(viewer),
+            parent=Message.conversation_id,
+            keys=_PAGE_KEYS,
+            cursor_of=lambda m: (m.created_at, m.id),
+            requests=keys,
+        )
+
+    async def recent(
+        self, conversation_id: uuid.UUID, *, before: datetime, limit: int
+    ) -> list[Message]:
+        """The latest ``limit`` messages written before ``before``, oldest first."""
+        rows = await self.session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation_id, Message.created_at < before)
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(limit)
+        )
+        return list(reversed(rows.all()))
+
+    async def add(self, message: Message) -> Message:
+        self.session.add(message)
+        await self.session.flush()
+        await self.session.refresh(message)
+        return message
+
+    async def sources_for(
+        self, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, list[MessageSource]]:
+        result: dict[uuid.UUID, list[MessageSource]] = defaultdict(list)
+        if not message_ids:
+            return result
+        rows = await self.session.scalars(
+            select(MessageSource)
+            .where(MessageSource.message_id.in_(message_ids))
+            .order_by(MessageSource.message_id, MessageSource.index)
+        )
+        for row in rows:
+            result[row.message_id].append(row)
+        return result
+
+    async def add_sources(self, sources: Sequence[MessageSource]) -> None:
+        self.session.add_all(sources)
+        await self.session.flush()
+
+    async def save_partial(self, contents: Sequence[tuple[uuid.UUID, str]]) -> None:
+        """Write the text streamed so far for many running answers in one statement."""
+        if not contents:
+            return
+        await self.session.execute(
+            text(
+                "UPDATE messages AS m SET content = u.content, updated_at = now() "
+                "FROM unnest(CAST(:ids AS uuid[]), CAST(:contents AS text[])) AS u(id, content) "
+                "WHERE m.id = u.id AND m.status = 'STREAMING'"
+            ),
+            {"ids": [i for i, _ in contents], "contents": [c for _, c in contents]},
+        )
+
+    async def finish(
+        self,
+        message_id: uuid.UUID,
+        *,
+        status: MessageStatus,
+        content: str,
+        model: str | None,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        error_code: FailureCode | None,
+    ) -> Message | None:
+        """Store the final state once; a message that already left STREAMING is not touched."""
+        result = await self.session.scalars(
+            update(Message)
+            .where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
+            .values(
+                status=status,
+                content=content,
+                model=model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                error_code=error_code,
+                completed_at=func.now(),
+                updated_at=func.now(),
+            )
+            .returning(Message),
+            execution_options={"populate_existing": True},
+        )
+        return result.one_or_none()
+
+    async def interrupt_streaming(self) -> int:
+        """Mark every running answer INTERRUPTED, text kept (at start-up)."""
+        stmt = (
+            update(Message)
+            .where(Message.status == MessageStatus.STREAMING)
+            .values(
+                status=MessageStatus.INTERRUPTED,
+                error_code=FailureCode.INTERRUPTED,
+                completed_at=func.now(),
+                updated_at=func.now(),
+            )
+        )
+        result = await self.session.execute(stmt.returning(Message.id))
+        return len(result.all())
+
+    async def lock_owner(self, owner_id: uuid.UUID) -> None:
+        """Serialise one user's sends until the transaction ends, so limits are exact."""
+        await self.session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, hashtext(:owner))"),
+            {"space": _CHAT_LOCK_SPACE, "owner": str(owner_id)},
+        )
+
+    async def count_streaming(self, owner_id: uuid.UUID) -> int:
+        count = await self.session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(Message.owner_id == owner_id, Message.status == MessageStatus.STREAMING)
+        )
+        return int(count or 0)
+
+    async def cited_chunks(
+        self, viewer: User, chunk_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, Chunk]:
+        """Cited chunks the viewer may still look at (their document is visible to them)."""
+        rows = await self.session.scalars(
+            select(Chunk)
+            .join(Document, Document.id == Chunk.document_id)
+            .where(Chunk.id.in_(chunk_ids), DocumentRepository.readable_by(viewer))
+            .options(defer(Chunk.embedding), defer(Chunk.tsv))
+        )
+        return {row.id: row for row in rows}
+
+    async def streaming_in_conversation(self, conversation_id: uuid.UUID) -> list[uuid.UUID]:
+        rows = await self.session.scalars(
+            select(Message.id).where(
+                Message.conversation_id == conversation_id,
+                Message.status == MessageStatus.STREAMING,
+            )
+        )
+        return list(rows)
+
+
+@dataclass(frozen=True)
+class TokenTotals:
+    prompt_tokens: int
+    completion_tokens: int
+    answers: int
+    questions_today: int
+
+
+class UsageRepository(Repository):
+    async def _add(
+        self,
+        user_id: uuid.UUID,
+        day: date,
+        *,
+        questions: int = 0,
+        answers: int = 0,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
+        stmt = insert(UsageDaily).values(
+            user_id=user_id,
+            day=day,
+            questions=questions,
+            answers=answers,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        # Atomic per row: concurrent additions for the same user and day all count.
+        await self.session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[UsageDaily.user_id, UsageDaily.day],
+                set_={
+                    "questions": UsageDaily.questions + stmt.excluded.questions,
+                    "answers": UsageDaily.answers + stmt.excluded.answers,
+                    "prompt_tokens": UsageDaily.prompt_tokens + stmt.excluded.prompt_tokens,
+                    "completion_tokens": (
+                        UsageDaily.completion_tokens + stmt.excluded.completion_tokens
+                    ),
+                },
+            )
+        )
+
+    async def add_exchange(self, user_id: uuid.UUID, day: date) -> None:
+        """A question and the answer started for it."""
+        await self._add(user_id, day, questions=1, answers=1)
+
+    async def add_tokens(
+        self, user_id: uuid.UUID, day: date, *, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        """The final token counts of one answer."""
+        await self._add(
+            user_id, day, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+
+    async def questions_on(self, user_id: uuid.UUID, day: date) -> int:
+        count = await self.session.scalar(
+            select(UsageDaily.questions).where(UsageDaily.user_id == user_id, UsageDaily.day == day)
+        )
+        return int(count or 0)
+
+    async def totals(
+        self, viewer: User, user_ids: Sequence[uuid.UUID], *, today: date
+    ) -> dict[uuid.UUID, TokenTotals]:
+        """All-time token and answer sums, and questions today, of each account among
+        ``user_ids`` the viewer may read (itself; anyone for an admin), in one statement."""
+        rows = await self.session.execute(
+            select(
+                User.id,
+                func.coalesce(func.sum(UsageDaily.prompt_tokens), 0),
+                func.coalesce(func.sum(UsageDaily.completion_tokens), 0),
+                func.coalesce(func.sum(UsageDaily.answers), 0),
+                func.coalesce(func.sum(UsageDaily.questions).filter(UsageDaily.day == today), 0),
+            )
+            .select_from(User)
+            .outerjoin(UsageDaily, UsageDaily.user_id == User.id)
+            .where(User.id.in_(user_ids), UserRepository.readable_by(viewer))
+            .group_by(User.id)
+        )
+        return {
+            user: TokenTotals(int(prompt), int(completion), int(answers), int(questions))
+            for user, prompt, completion, answers, questions in rows
+        }

@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, or_, select, text, true, update
+from sqlalchemy import ColumnElement, Select, delete, func, insert, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -22,26 +21,8 @@ from ragstream.db.pagination import (
     paginate_parents,
     parent_page_key,
 )
-
-
-def _is_admin(viewer: User) -> bool:
-    return viewer.role == "ADMIN"
-
-
-def readable_by(viewer: User) -> ColumnElement[bool]:
-    """Documents whose content the viewer may read and retrieve from: own and shared ones."""
-    return or_(Document.owner_id == viewer.id, Document.visibility == "SHARED")
-
-
-def visible_to(viewer: User) -> ColumnElement[bool]:
-    """Documents the viewer may look at: readable ones, and every document for an admin."""
-    return true() if _is_admin(viewer) else readable_by(viewer)
-
-
-def managed_by(viewer: User) -> ColumnElement[bool]:
-    """Documents the viewer may change, delete or watch: own ones, or any for an admin."""
-    return true() if _is_admin(viewer) else Document.owner_id == viewer.id
-
+from ragstream.db.repositories.base import ReadableRepository
+from ragstream.domain.documents.enums import UNFINISHED_STATUSES, DocumentStatus, Visibility
 
 # A document's chunks in reading order (the cursor of Document.chunks).
 _CHUNK_PAGE_KEYS = (Chunk.ordinal, Chunk.id)
@@ -58,32 +39,48 @@ class NewChunk:
     embedding: Sequence[float]
 
 
-class DocumentRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+def retrievable_by(viewer: User) -> ColumnElement[bool]:
+    """Documents whose passages retrieval may return to the viewer: own and shared ones.
 
-    def _select(self, condition: ColumnElement[bool]) -> Any:
+    Narrower than ``DocumentRepository.readable_by`` on purpose: search and chat never reach
+    another user's private document, not even for an administrator.
+    """
+    return or_(Document.owner_id == viewer.id, Document.visibility == Visibility.SHARED)
+
+
+class DocumentRepository(ReadableRepository[Document]):
+    model = Document
+
+    @classmethod
+    def readable_by(cls, viewer: User) -> ColumnElement[bool]:
+        """Documents the viewer may look at: own and shared ones, and every one for an admin."""
+        return true() if viewer.is_admin else retrievable_by(viewer)
+
+    @staticmethod
+    def managed_by(viewer: User) -> ColumnElement[bool]:
+        """Documents the viewer may change, delete or watch: own ones, or any for an admin."""
+        return true() if viewer.is_admin else Document.owner_id == viewer.id
+
+    def _select(self, condition: ColumnElement[bool]) -> Select[Document]:
         return select(Document).options(selectinload(Document.owner)).where(condition)
 
     async def get_visible(self, viewer: User, document_id: uuid.UUID) -> Document | None:
-        stmt = self._select(visible_to(viewer)).where(Document.id == document_id)
-        result: Document | None = await self.session.scalar(stmt)
-        return result
+        stmt = self._select(self.readable_by(viewer)).where(Document.id == document_id)
+        return await self.session.scalar(stmt)
 
     async def get_managed(
         self, viewer: User, document_id: uuid.UUID, *, for_update: bool = False
     ) -> Document | None:
-        stmt = self._select(managed_by(viewer)).where(Document.id == document_id)
+        stmt = self._select(self.managed_by(viewer)).where(Document.id == document_id)
         if for_update:
             stmt = stmt.with_for_update(of=Document)
-        result: Document | None = await self.session.scalar(stmt)
-        return result
+        return await self.session.scalar(stmt)
 
     async def get_many_visible(
         self, viewer: User, ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, Document]:
         rows = await self.session.scalars(
-            self._select(visible_to(viewer)).where(Document.id.in_(ids))
+            self._select(self.readable_by(viewer)).where(Document.id.in_(ids))
         )
         return {row.id: row for row in rows}
 
@@ -120,11 +117,11 @@ class DocumentRepository:
         viewer: User,
         request: PageRequest,
         *,
-        status: str | None = None,
-        visibility: str | None = None,
+        status: DocumentStatus | None = None,
+        visibility: Visibility | None = None,
         search: str | None = None,
     ) -> Page[Document]:
-        stmt = self._select(visible_to(viewer))
+        stmt = self._select(self.readable_by(viewer))
         if status is not None:
             stmt = stmt.where(Document.status == status)
         if visibility is not None:
@@ -132,7 +129,7 @@ class DocumentRepository:
         if search:
             await plan_for_the_term(self.session)
             stmt = stmt.where(contains((Document.title, Document.filename), search))
-        page: Page[Document] = await paginate(
+        return await paginate(
             self.session,
             stmt,
             keys=[Document.created_at, Document.id],
@@ -140,7 +137,6 @@ class DocumentRepository:
             request=request,
             descending=True,
         )
-        return page
 
     async def delete(self, document: Document) -> None:
         # Chunks and the stored bytes go with it (ON DELETE CASCADE).
@@ -149,7 +145,7 @@ class DocumentRepository:
     async def set_status(
         self,
         document: Document,
-        status: str,
+        status: DocumentStatus,
         *,
         error: str | None = None,
         chunk_count: int | None = None,
@@ -195,7 +191,9 @@ class DocumentRepository:
         """Documents' chunks in order, a page per key; none of a document the viewer may not
         look at. The first pages of all the documents are one statement."""
         stmt = (
-            select(Chunk).join(Document, Document.id == Chunk.document_id).where(visible_to(viewer))
+            select(Chunk)
+            .join(Document, Document.id == Chunk.document_id)
+            .where(self.readable_by(viewer))
         )
         return await paginate_parents(
             self.session,
@@ -210,16 +208,9 @@ class DocumentRepository:
 
     async def unfinished_ids(self) -> list[uuid.UUID]:
         rows = await self.session.scalars(
-            select(Document.id).where(Document.status.in_(("PENDING", "PROCESSING")))
+            select(Document.id).where(Document.status.in_(UNFINISHED_STATUSES))
         )
         return list(rows)
-
-    async def mark_pending(self, document_ids: Sequence[uuid.UUID]) -> None:
-        await self.session.execute(
-            update(Document)
-            .where(Document.id.in_(document_ids), Document.status == "PROCESSING")
-            .values(status="PENDING", updated_at=func.now())
-        )
 
 
 async def embedding_column_dimensions(session: AsyncSession) -> int | None:

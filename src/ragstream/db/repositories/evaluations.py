@@ -16,7 +16,6 @@ from sqlalchemy import (
     delete,
     func,
     literal,
-    select,
     true,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +32,8 @@ from ragstream.db.pagination import (
     paginate_parents,
     parent_page_key,
 )
+from ragstream.db.repositories.base import ReadableRepository
+from ragstream.domain.evaluations.enums import EvaluationStatus, ProjectType
 
 OrderField = Literal["CREATED_AT", "UPDATED_AT", "TITLE", "OVERALL_SCORE"]
 
@@ -44,8 +45,8 @@ _UNSCORED_LAST_DESC = -1.0
 
 @dataclass(frozen=True)
 class EvaluationFilter:
-    status: str | None = None
-    project_type: str | None = None
+    status: EvaluationStatus | None = None
+    project_type: ProjectType | None = None
     search: str | None = None
     owner_id: uuid.UUID | None = None
 
@@ -54,13 +55,6 @@ class EvaluationFilter:
 class EvaluationOrder:
     field: OrderField = "CREATED_AT"
     descending: bool = True
-
-
-def readable_by(viewer: User) -> ColumnElement[bool]:
-    """Owners read their own evaluations; administrators read everyone's."""
-    if viewer.role == "ADMIN":
-        return true()
-    return Evaluation.owner_id == viewer.id
 
 
 def _sort_key(order: EvaluationOrder) -> SQLColumnExpression[Any]:
@@ -79,13 +73,22 @@ def _sort_key(order: EvaluationOrder) -> SQLColumnExpression[Any]:
 _OWNER_PAGE_KEYS = (Evaluation.created_at, Evaluation.id)
 
 
-class EvaluationRepository:
+class EvaluationRepository(ReadableRepository[Evaluation]):
+    """Reads and writes for one viewer, given at construction: every statement is scoped."""
+
+    model = Evaluation
+
     def __init__(self, session: AsyncSession, viewer: User) -> None:
-        self.session = session
+        super().__init__(session)
         self.viewer = viewer
 
+    @classmethod
+    def readable_by(cls, viewer: User) -> ColumnElement[bool]:
+        """Owners read their own evaluations; administrators read everyone's."""
+        return true() if viewer.is_admin else Evaluation.owner_id == viewer.id
+
     def _readable(self) -> Select[Evaluation]:
-        return select(Evaluation).where(readable_by(self.viewer))
+        return self.readable(self.viewer)
 
     async def get(self, evaluation_id: uuid.UUID, *, for_update: bool = False) -> Evaluation | None:
         stmt = self._readable().where(Evaluation.id == evaluation_id)
@@ -108,7 +111,7 @@ class EvaluationRepository:
     async def delete(self, evaluation_id: uuid.UUID) -> bool:
         deleted = await self.session.scalar(
             delete(Evaluation)
-            .where(Evaluation.id == evaluation_id, readable_by(self.viewer))
+            .where(Evaluation.id == evaluation_id, self.readable_by(self.viewer))
             .returning(Evaluation.id)
         )
         return deleted is not None
@@ -146,7 +149,7 @@ class EvaluationRepository:
         pages of all the owners are one statement (see `paginate_parents`)."""
         return await paginate_parents(
             self.session,
-            select(Evaluation).where(readable_by(self.viewer)),
+            self._readable(),
             parent=Evaluation.owner_id,
             keys=_OWNER_PAGE_KEYS,
             cursor_of=lambda e: (e.created_at, e.id),

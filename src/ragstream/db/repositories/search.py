@@ -1,7 +1,8 @@
 """Retrieval queries: nearest chunks by embedding (HNSW) and by full text (GIN).
 
-Both only ever consider chunks of documents the viewer may read; the filter is part of the
-statement that ranks, not applied afterwards, and HNSW's iterative scan keeps filtered
+Both only ever consider chunks of documents retrieval may return to the viewer (the documents
+repository's `retrievable_by`); the filter is part of the statement that ranks, not applied
+afterwards, and HNSW's iterative scan keeps filtered
 queries returning ``k`` rows.
 """
 
@@ -11,26 +12,36 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import ColumnElement, Float, Select, Text, cast, func, literal, select, text
+from sqlalchemy.dialects.postgresql import TSQUERY
 
 from ragstream.db.models import User
-from ragstream.db.models.documents import TEXT_SEARCH_CONFIG
+from ragstream.db.models.documents import TEXT_SEARCH_CONFIG, Chunk, Document
+from ragstream.db.repositories.base import Repository
+from ragstream.db.repositories.documents import retrievable_by
 
-# Own documents and shared ones: retrieval never reaches another user's private document,
-# not even for an administrator.
-_READABLE = "(d.owner_id = :viewer OR d.visibility = 'SHARED')"
 
-_NEAREST = text(
-    # relaxed_order may return slightly out of order: materialize, then sort.
-    "WITH nearest AS MATERIALIZED ("  # noqa: S608  (constant SQL)
-    " SELECT c.id, c.embedding <=> CAST(:vector AS vector) AS distance"
-    " FROM chunks c JOIN documents d ON d.id = c.document_id"
-    f" WHERE {_READABLE} AND c.embedding IS NOT NULL"
-    " ORDER BY distance LIMIT :k"
-    ") SELECT id FROM nearest ORDER BY distance, id"
-)
+# Query vectors and tsqueries are sent as text and cast in the statement, as pgvector and
+# PostgreSQL parse them; the planner still sees constants (custom plans, see below).
+def _vector(vector: Sequence[float]) -> ColumnElement[Any]:
+    return cast(literal(vector_literal(vector), Text), Vector())
+
+
+def _tsquery(query: str) -> ColumnElement[Any]:
+    return cast(literal(query, Text), TSQUERY)
+
+
+def _retrievable_chunks(viewer: User) -> Select[uuid.UUID]:
+    """Chunk ids of the documents retrieval may return to ``viewer`` (the documents rule)."""
+    return (
+        select(Chunk.id)
+        .join(Document, Document.id == Chunk.document_id)
+        .where(retrievable_by(viewer))
+    )
+
 
 # The lexemes of a query with the share of chunks holding each, from the statistics ANALYZE
 # keeps for the tsvector column (its most common lexemes). A lexeme missing from that list is
@@ -45,12 +56,6 @@ _QUERY_TERMS = text(
     "  WHERE p.schemaname = current_schema() AND p.tablename = 'chunks'"
     "  AND p.attname = 'tsv' AND NOT p.inherited) AS s ON s.lexeme = t.lexeme"
     " ORDER BY t.lexeme"
-)
-
-_BEST_BY_TEXT = text(
-    "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id"  # noqa: S608  (constant SQL)
-    f" WHERE c.tsv @@ CAST(:match AS tsquery) AND {_READABLE}"
-    " ORDER BY ts_rank(c.tsv, CAST(:rank AS tsquery), 1) DESC, c.id LIMIT :k"
 )
 
 
@@ -79,7 +84,10 @@ class QueryTerm:
 
 
 @dataclass(frozen=True)
-class ChunkHit:
+class SearchResult:
+    """A retrieved chunk with its document's title; the ranking fields are filled by the
+    retrieval service once the rankings are fused."""
+
     chunk_id: uuid.UUID
     document_id: uuid.UUID
     document_title: str
@@ -88,12 +96,12 @@ class ChunkHit:
     page: int | None
     heading_path: list[str]
     token_count: int
+    score: float = 0.0
+    vector_rank: int | None = None
+    text_rank: int | None = None
 
 
-class SearchRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class SearchRepository(Repository):
     async def nearest_by_vector(
         self,
         viewer: User,
@@ -132,11 +140,20 @@ class SearchRepository:
     async def _nearest(
         self, viewer: User, vector: Sequence[float], k: int, settings: dict[str, str]
     ) -> list[uuid.UUID]:
+        distance = Chunk.embedding.op("<=>", return_type=Float)(_vector(vector)).label("distance")
+        # relaxed_order may return slightly out of order: materialize, then sort.
+        nearest = (
+            _retrievable_chunks(viewer)
+            .add_columns(distance)
+            .where(Chunk.embedding.is_not(None))
+            .order_by(distance)
+            .limit(k)
+            .cte("nearest")
+            .prefix_with("MATERIALIZED")
+        )
+        stmt = select(nearest.c.id).order_by(nearest.c.distance, nearest.c.id)
         async with self._scoped(settings):
-            rows = await self.session.execute(
-                _NEAREST, {"viewer": viewer.id, "vector": vector_literal(vector), "k": k}
-            )
-            return [row[0] for row in rows]
+            return list(await self.session.scalars(stmt))
 
     async def query_terms(self, query: str) -> list[QueryTerm]:
         """The distinct lexemes of ``query`` (as the chunks' full text indexes words), with
@@ -162,31 +179,37 @@ class SearchRepository:
         """
         if not match:
             return []
-        rows = await self.session.execute(
-            _BEST_BY_TEXT,
-            {
-                "viewer": viewer.id,
-                "match": tsquery_literal(match, "&" if match_all else "|"),
-                "rank": tsquery_literal(rank or match, "|"),
-                "k": k,
-            },
+        matching = _tsquery(tsquery_literal(match, "&" if match_all else "|"))
+        ranking = _tsquery(tsquery_literal(rank or match, "|"))
+        stmt = (
+            _retrievable_chunks(viewer)
+            .where(Chunk.tsv.op("@@")(matching))
+            .order_by(func.ts_rank(Chunk.tsv, ranking, 1).desc(), Chunk.id)
+            .limit(k)
         )
-        return [row[0] for row in rows]
+        return list(await self.session.scalars(stmt))
 
-    async def load(self, viewer: User, chunk_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, ChunkHit]:
+    async def load(
+        self, viewer: User, chunk_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, SearchResult]:
         if not chunk_ids:
             return {}
         rows = await self.session.execute(
-            text(
-                "SELECT c.id, c.document_id, d.title, c.ordinal, c.content, c.page,"  # noqa: S608  (constant SQL)
-                " c.heading_path, c.token_count"
-                " FROM chunks c JOIN documents d ON d.id = c.document_id"
-                f" WHERE c.id = ANY(:ids) AND {_READABLE}"
-            ),
-            {"viewer": viewer.id, "ids": list(chunk_ids)},
+            select(
+                Chunk.id,
+                Chunk.document_id,
+                Document.title,
+                Chunk.ordinal,
+                Chunk.content,
+                Chunk.page,
+                Chunk.heading_path,
+                Chunk.token_count,
+            )
+            .join(Document, Document.id == Chunk.document_id)
+            .where(Chunk.id.in_(chunk_ids), retrievable_by(viewer))
         )
         return {
-            row[0]: ChunkHit(
+            row[0]: SearchResult(
                 chunk_id=row[0],
                 document_id=row[1],
                 document_title=row[2],

@@ -36,6 +36,7 @@ from ragstream.domain.chat.endings import (
     RETRIEVAL_FAILED,
     ending_code,
 )
+from ragstream.domain.chat.enums import FailureCode, MessageStatus, failure_code
 from ragstream.domain.chat.flusher import Flusher
 from ragstream.domain.chat.preparation import RetrievalFailed, Retriever, prepare_answer
 from ragstream.domain.chat.streams import GenerationStream
@@ -66,8 +67,8 @@ class Collaborators:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str
-    code: str | None = None
+    status: MessageStatus
+    code: FailureCode | None = None
     usage: TokenUsage | None = None
 
 
@@ -151,7 +152,11 @@ class Answer:
     def _outcome(self, work: asyncio.Task[TokenUsage | None] | None) -> Outcome:
         if work is None or work.cancelled():
             reason = self.stop_reason or INTERRUPTED
-            return Outcome(CANCELLED) if reason == CANCELLED else Outcome(INTERRUPTED, reason)
+            return (
+                Outcome(CANCELLED)
+                if reason == CANCELLED
+                else Outcome(INTERRUPTED, failure_code(reason))
+            )
         error = work.exception()
         if error is None:
             return Outcome(COMPLETE, usage=work.result())

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ragstream.db.repositories.messages import MessageRepository
+from ragstream.db.repositories.chat import MessageRepository
 from ragstream.domain.chat.streams import GenerationStream
 
 logger = logging.getLogger(__name__)

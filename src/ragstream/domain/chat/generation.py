@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ragstream.db.models.users import User
-from ragstream.db.repositories.messages import MessageRepository
+from ragstream.db.repositories.chat import MessageRepository
 from ragstream.domain.chat import service
 from ragstream.domain.chat.admission import ServerSlots, store_exchange
 from ragstream.domain.chat.answer import Answer, Collaborators

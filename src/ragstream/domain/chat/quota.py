@@ -6,10 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from ragstream.db.models.users import User
-from ragstream.db.repositories.messages import MessageRepository
-from ragstream.db.repositories.usage import UsageRepository
+from ragstream.db.repositories.chat import MessageRepository, UsageRepository
 from ragstream.domain.errors import RateLimited
-from ragstream.domain.users.service import is_admin
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ async def check_can_send(
     deleting conversations does not touch.
     """
     await repo.lock_owner(viewer.id)
-    if not is_admin(viewer):
+    if not viewer.is_admin:
         reset = datetime.combine(day, datetime.min.time(), UTC) + timedelta(days=1)
         used = await usage.questions_on(viewer.id, day)
         if used >= limits.daily_messages:

@@ -18,9 +18,13 @@ from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
 from ragstream.db.pagination import Page, ParentPageKey
-from ragstream.db.repositories.conversations import ConversationRepository
-from ragstream.db.repositories.messages import MessageRepository
-from ragstream.db.repositories.usage import TokenTotals, UsageRepository
+from ragstream.db.repositories.chat import (
+    ConversationRepository,
+    MessageRepository,
+    TokenTotals,
+    UsageRepository,
+)
+from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
 from ragstream.domain.chat.prompt import (
     CriterionContext,
     EvaluationContext,
@@ -39,7 +43,7 @@ DEFAULT_TITLE = "New conversation"
 EXCERPT_CHARS = 2_000
 HISTORY_MESSAGES = 20
 # Answers that ended without text add nothing to the history.
-HISTORY_STATUSES = ("COMPLETE", "CANCELLED")
+HISTORY_STATUSES = (MessageStatus.COMPLETE, MessageStatus.CANCELLED)
 
 
 def normalize_title(title: str | None) -> str:
@@ -207,9 +211,9 @@ async def start_exchange(
         Message(
             conversation_id=conversation.id,
             owner_id=viewer.id,
-            role="USER",
+            role=MessageRole.USER,
             content=text,
-            status="COMPLETE",
+            status=MessageStatus.COMPLETE,
         )
     )
     answer = await messages.add(
@@ -217,9 +221,9 @@ async def start_exchange(
             id=answer_id,
             conversation_id=conversation.id,
             owner_id=viewer.id,
-            role="ASSISTANT",
+            role=MessageRole.ASSISTANT,
             content="",
-            status="STREAMING",
+            status=MessageStatus.STREAMING,
             model=model,
         )
     )
@@ -267,9 +271,9 @@ async def history(
         conversation_id, before=before, limit=HISTORY_MESSAGES
     )
     return [
-        HistoryTurn("user" if m.role == "USER" else "assistant", m.content)
+        HistoryTurn("user" if m.role == MessageRole.USER else "assistant", m.content)
         for m in rows
-        if m.content and (m.role == "USER" or m.status in HISTORY_STATUSES)
+        if m.content and (m.role == MessageRole.USER or m.status in HISTORY_STATUSES)
     ]
 
 
@@ -328,11 +332,8 @@ async def token_totals(
     session: AsyncSession, viewer: User, user_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, TokenTotals | None]:
     """Token sums per account: your own, or anyone's for an admin (None for the others)."""
-    visible = [u for u in user_ids if u == viewer.id or viewer.role == "ADMIN"]
-    if not visible:
-        return dict.fromkeys(user_ids)
     start, _ = utc_day()
-    totals = await UsageRepository(session).totals(visible, today=start.date())
+    totals = await UsageRepository(session).totals(viewer, user_ids, today=start.date())
     return {u: totals.get(u) for u in user_ids}
 
 
@@ -347,12 +348,12 @@ async def finish_answer(
     *,
     owner_id: uuid.UUID,
     started_at: datetime,
-    status: str,
+    status: MessageStatus,
     content: str,
     model: str | None,
     prompt_tokens: int | None,
     completion_tokens: int | None,
-    error_code: str | None,
+    error_code: FailureCode | None,
 ) -> Message | None:
     """Stores an answer's end once and adds its final tokens to the owner's usage.
 

@@ -7,9 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from ragstream.db.models.documents import Document
+from ragstream.domain.documents.enums import DocumentStatus
 from ragstream.domain.events import EventBroker
-
-TERMINAL_STATUSES = frozenset({"READY", "FAILED"})
 
 
 def document_topic(document_id: uuid.UUID) -> str:
@@ -32,7 +31,7 @@ async def publish_status(broker: EventBroker, document: Document) -> None:
 
 def apply_snapshot(document: Document, payload: dict[str, Any]) -> None:
     """Bring a detached row up to date with an event (no database round trip)."""
-    document.status = str(payload["status"])
+    document.status = DocumentStatus(payload["status"])
     document.error = payload.get("error")
     document.chunk_count = int(payload.get("chunkCount") or 0)
     document.updated_at = datetime.fromisoformat(str(payload["updatedAt"]))

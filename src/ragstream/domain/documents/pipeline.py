@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ragstream.db.repositories.documents import DocumentRepository, NewChunk
 from ragstream.domain.documents.chunking import chunk_blocks
+from ragstream.domain.documents.enums import DocumentStatus
 from ragstream.domain.documents.events import publish_status
 from ragstream.domain.documents.parsing import ParseError, parse
 from ragstream.domain.events import EventBroker
@@ -47,10 +48,10 @@ def embedding_text(title: str, heading_path: Sequence[str], content: str) -> str
 async def _set_status(
     deps: IngestionDeps,
     document_id: uuid.UUID,
-    status: str,
+    status: DocumentStatus,
     *,
     error: str | None = None,
-    only_from: tuple[str, ...] | None = None,
+    only_from: tuple[DocumentStatus, ...] | None = None,
 ) -> bool:
     async with deps.sessionmaker.begin() as session:
         repo = DocumentRepository(session)
@@ -63,14 +64,16 @@ async def _set_status(
 
 
 async def mark_failed(deps: IngestionDeps, document_id: uuid.UUID, error: str) -> None:
-    await _set_status(deps, document_id, "FAILED", error=error)
+    await _set_status(deps, document_id, DocumentStatus.FAILED, error=error)
 
 
 async def mark_retrying(deps: IngestionDeps, document_id: uuid.UUID) -> None:
-    await _set_status(deps, document_id, "PENDING", only_from=("PROCESSING",))
+    await _set_status(
+        deps, document_id, DocumentStatus.PENDING, only_from=(DocumentStatus.PROCESSING,)
+    )
 
 
-async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> str | None:
+async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> DocumentStatus | None:
     """Run the pipeline; returns the final status, or None when the document no longer exists.
 
     Unreadable content ends FAILED at once (retrying cannot help). Provider and database
@@ -81,16 +84,16 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> str | 
         document = await repo.get_for_ingestion(document_id, for_update=True)
         if document is None:
             return None
-        if document.status == "READY":
-            return "READY"  # a duplicate job for work already done
-        await repo.set_status(document, "PROCESSING")
+        if document.status == DocumentStatus.READY:
+            return DocumentStatus.READY  # a duplicate job for work already done
+        await repo.set_status(document, DocumentStatus.PROCESSING)
         data = await repo.content(document_id)
         title, mime_type = document.title, document.mime_type
     await publish_status(deps.broker, document)
 
     if data is None:
         await mark_failed(deps, document_id, "the uploaded file is missing")
-        return "FAILED"
+        return DocumentStatus.FAILED
     try:
         blocks = await asyncio.to_thread(parse, mime_type, data)
         drafts = chunk_blocks(
@@ -100,7 +103,7 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> str | 
             raise ParseError("the document contains no text")
     except ParseError as exc:
         await mark_failed(deps, document_id, str(exc))
-        return "FAILED"
+        return DocumentStatus.FAILED
 
     vectors: list[list[float]] = []
     texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
@@ -113,7 +116,7 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> str | 
         if exc.transient:
             raise RetryableIngestionError(str(exc)) from exc
         await mark_failed(deps, document_id, f"embedding failed: {exc}")
-        return "FAILED"
+        return DocumentStatus.FAILED
 
     chunks = [
         NewChunk(
@@ -134,7 +137,7 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> str | 
         if document is None:
             return None
         await repo.replace_chunks(document_id, chunks)
-        await repo.set_status(document, "READY", chunk_count=len(chunks))
+        await repo.set_status(document, DocumentStatus.READY, chunk_count=len(chunks))
     await publish_status(deps.broker, document)
     logger.info("document %s ready: %d chunks", document_id, len(chunks))
-    return "READY"
+    return DocumentStatus.READY

@@ -13,6 +13,7 @@ from ragstream.db.models.users import User
 from ragstream.db.pagination import Page, ParentPageKey
 from ragstream.db.repositories.documents import DocumentRepository
 from ragstream.db.repositories.jobs import JobRepository
+from ragstream.domain.documents.enums import UNFINISHED_STATUSES, DocumentStatus, Visibility
 from ragstream.domain.documents.formats import (
     TEXT_TYPES,
     check_text,
@@ -22,11 +23,8 @@ from ragstream.domain.documents.formats import (
 )
 from ragstream.domain.errors import Conflict, Forbidden, InvalidInput, not_found
 from ragstream.domain.pagination import cursor_errors, page_request
-from ragstream.domain.users.service import is_admin
 
 MAX_TITLE = 200
-STATUSES = ("PENDING", "PROCESSING", "READY", "FAILED")
-VISIBILITIES = ("PRIVATE", "SHARED")
 
 
 def _title(title: str | None, fallback: str) -> str:
@@ -36,10 +34,8 @@ def _title(title: str | None, fallback: str) -> str:
     return title
 
 
-def _check_visibility(viewer: User, visibility: str) -> None:
-    if visibility not in VISIBILITIES:
-        raise InvalidInput("unknown visibility", field="visibility")
-    if visibility == "SHARED" and not is_admin(viewer):
+def _check_visibility(viewer: User, visibility: Visibility) -> None:
+    if visibility == Visibility.SHARED and not viewer.is_admin:
         raise Forbidden("only administrators may share documents with everyone")
 
 
@@ -58,7 +54,7 @@ async def _create(
     filename: str,
     mime_type: str,
     data: bytes,
-    visibility: str,
+    visibility: Visibility,
 ) -> Document:
     repo = DocumentRepository(session)
     digest = hashlib.sha256(data).hexdigest()
@@ -76,7 +72,7 @@ async def _create(
         size_bytes=len(data),
         content_sha256=digest,
         visibility=visibility,
-        status="PENDING",
+        status=DocumentStatus.PENDING,
         chunk_count=0,
     )
     await repo.add(document, data)
@@ -93,7 +89,7 @@ async def upload_document(
     filename: str | None,
     data: bytes,
     title: str | None,
-    visibility: str,
+    visibility: Visibility,
     max_bytes: int,
 ) -> Document:
     """Store an uploaded file and queue its ingestion; the document starts PENDING.
@@ -122,7 +118,7 @@ async def create_document(
     title: str,
     content: str,
     mime_type: str,
-    visibility: str,
+    visibility: Visibility,
     max_bytes: int,
 ) -> Document:
     """A document from text typed or pasted by the client (plain text, Markdown or HTML)."""
@@ -175,14 +171,10 @@ async def list_documents(
     *,
     first: int | None,
     after: str | None,
-    status: str | None = None,
-    visibility: str | None = None,
+    status: DocumentStatus | None = None,
+    visibility: Visibility | None = None,
     search: str | None = None,
 ) -> Page[Document]:
-    if status is not None and status not in STATUSES:
-        raise InvalidInput("unknown status", field="status")
-    if visibility is not None and visibility not in VISIBILITIES:
-        raise InvalidInput("unknown visibility", field="visibility")
     with cursor_errors():
         return await DocumentRepository(session).list_visible(
             viewer,
@@ -238,10 +230,10 @@ async def reprocess_document(
     Returns the document and whether its status changed (so the caller publishes an event).
     """
     document = await _get_managed_for_update(session, viewer, document_id)
-    if document.status in ("PENDING", "PROCESSING"):
+    if document.status in UNFINISHED_STATUSES:
         return document, False
     repo = DocumentRepository(session)
-    await repo.set_status(document, "PENDING")
+    await repo.set_status(document, DocumentStatus.PENDING)
     await JobRepository(session).enqueue_ingestion(document.id)
     return document, True
 

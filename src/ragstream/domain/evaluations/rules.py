@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ragstream.db.models.evaluations import PROJECT_TYPES, STATUSES
 from ragstream.domain.errors import InvalidInput
+from ragstream.domain.evaluations.enums import EvaluationStatus, ProjectType
 
 MAX_TITLE = 200
 MAX_COMPANY_NAME = 200
@@ -26,12 +26,8 @@ MAX_SCORE = 5.0
 MAX_WEIGHT = 1_000_000.0
 MAX_SEARCH = 200
 
-COMPLETED = "COMPLETED"
-
 __all__ = [
     "MAX_CRITERIA",
-    "PROJECT_TYPES",
-    "STATUSES",
     "Criterion",
     "check_completion",
     "overall_score",
@@ -100,16 +96,18 @@ def validate_notes(
     return notes
 
 
-def validate_project_type(value: str) -> str:
-    if value not in PROJECT_TYPES:
-        raise InvalidInput("unknown project type", field="projectType")
-    return value
+def validate_project_type(value: str) -> ProjectType:
+    try:
+        return ProjectType(value)
+    except ValueError:
+        raise InvalidInput("unknown project type", field="projectType") from None
 
 
-def validate_status(value: str) -> str:
-    if value not in STATUSES:
-        raise InvalidInput("unknown status", field="status")
-    return value
+def validate_status(value: str) -> EvaluationStatus:
+    try:
+        return EvaluationStatus(value)
+    except ValueError:
+        raise InvalidInput("unknown status", field="status") from None
 
 
 def validate_search(search: str | None) -> str | None:
@@ -173,7 +171,7 @@ def overall_score(criteria: Sequence[Criterion]) -> float | None:
 
 def check_completion(status: str, criteria: Sequence[Criterion], *, field: str) -> None:
     """A COMPLETED evaluation has at least one criterion and every criterion scored."""
-    if status != COMPLETED:
+    if status != EvaluationStatus.COMPLETED:
         return
     if not criteria:
         raise InvalidInput("a completed evaluation needs at least one criterion", field=field)

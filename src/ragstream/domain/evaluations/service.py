@@ -6,11 +6,9 @@ the repository's readable statement, so another user's evaluation is simply not 
 
 from __future__ import annotations
 
-import enum
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,30 +21,22 @@ from ragstream.db.repositories.evaluations import (
     EvaluationRepository,
     OrderField,
 )
+from ragstream.domain.changes import KEEP, Change, updated
 from ragstream.domain.errors import Forbidden, InvalidInput, not_found
 from ragstream.domain.evaluations import rules
+from ragstream.domain.evaluations.enums import EvaluationStatus, ProjectType
 from ragstream.domain.evaluations.rules import Criterion
 from ragstream.domain.pagination import cursor_errors, page_request
-from ragstream.domain.users.service import is_admin
 
 KIND = "evaluation"
-
-
-class Keep(enum.Enum):
-    """Marks a field an update leaves as it is (distinct from an explicit null)."""
-
-    KEEP = "keep"
-
-
-KEEP: Final = Keep.KEEP
 
 
 @dataclass(frozen=True)
 class NewEvaluation:
     title: str
     company_name: str
-    project_type: str = "OTHER"
-    status: str = "DRAFT"
+    project_type: ProjectType | str = ProjectType.OTHER
+    status: EvaluationStatus | str = EvaluationStatus.DRAFT
     notes: str | None = None
     criteria: Sequence[Criterion] = ()
 
@@ -55,12 +45,12 @@ class NewEvaluation:
 class EvaluationChanges:
     """A partial update: fields left at KEEP do not change; criteria are replaced as a whole."""
 
-    title: str | Literal[Keep.KEEP] | None = KEEP
-    company_name: str | Literal[Keep.KEEP] | None = KEEP
-    project_type: str | Literal[Keep.KEEP] | None = KEEP
-    status: str | Literal[Keep.KEEP] | None = KEEP
-    notes: str | Literal[Keep.KEEP] | None = KEEP
-    criteria: Sequence[Criterion] | Literal[Keep.KEEP] | None = KEEP
+    title: Change[str] = KEEP
+    company_name: Change[str] = KEEP
+    project_type: Change[str] = KEEP
+    status: Change[str] = KEEP
+    notes: Change[str] = KEEP
+    criteria: Change[Sequence[Criterion]] = KEEP
 
 
 def criteria_of(evaluation: Evaluation) -> list[Criterion]:
@@ -123,31 +113,32 @@ async def update_evaluation(
     if evaluation is None:
         raise not_found(KIND)
     # Validate everything first, then assign: a rejected update leaves the row untouched.
-    title = (
-        evaluation.title
-        if changes.title is KEEP
-        else rules.validate_title(_required(changes.title, "title"))
+    title = updated(
+        evaluation.title,
+        changes.title,
+        lambda value: rules.validate_title(_required(value, "title")),
     )
-    company_name = (
-        evaluation.company_name
-        if changes.company_name is KEEP
-        else rules.validate_company_name(_required(changes.company_name, "companyName"))
+    company_name = updated(
+        evaluation.company_name,
+        changes.company_name,
+        lambda value: rules.validate_company_name(_required(value, "companyName")),
     )
-    project_type = (
-        evaluation.project_type
-        if changes.project_type is KEEP
-        else rules.validate_project_type(_required(changes.project_type, "projectType"))
+    project_type = updated(
+        evaluation.project_type,
+        changes.project_type,
+        lambda value: rules.validate_project_type(_required(value, "projectType")),
     )
-    status = (
-        evaluation.status
-        if changes.status is KEEP
-        else rules.validate_status(_required(changes.status, "status"))
+    status = updated(
+        evaluation.status,
+        changes.status,
+        lambda value: rules.validate_status(_required(value, "status")),
     )
-    notes = evaluation.notes if changes.notes is KEEP else rules.validate_notes(changes.notes)
-    if changes.criteria is KEEP:
-        criteria = criteria_of(evaluation)
-    else:
-        criteria = rules.validate_criteria(_required_criteria(changes.criteria))
+    notes = updated(evaluation.notes, changes.notes, rules.validate_notes)
+    criteria = updated(
+        criteria_of(evaluation),
+        changes.criteria,
+        lambda value: rules.validate_criteria(_required_criteria(value)),
+    )
     if changes.status is not KEEP and status != evaluation.status:
         rules.check_completion(status, criteria, field="status")
     elif changes.criteria is not KEEP:
@@ -188,7 +179,7 @@ async def list_evaluations(
     """
     owner = None
     if owner_id is not None:
-        if not is_admin(viewer):
+        if not viewer.is_admin:
             raise Forbidden("only administrators may filter by owner", field="filter.ownerId")
         try:
             owner = uuid.UUID(owner_id)

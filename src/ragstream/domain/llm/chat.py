@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from ragstream.domain.chat.enums import FailureCode
 from ragstream.domain.llm.openai_client import openai_client
 from ragstream.domain.text import STOPWORDS, estimate_tokens, stem, words
 from ragstream.settings import Settings
@@ -29,9 +30,9 @@ logger = logging.getLogger(__name__)
 Role = Literal["system", "user", "assistant"]
 
 # Codes reported in GenerationFailed.code and stored on the failed message.
-PROVIDER_UNAVAILABLE = "PROVIDER_UNAVAILABLE"  # could not reach it, overloaded, 5xx, 429
-PROVIDER_ERROR = "PROVIDER_ERROR"  # refused the request, or broke off mid-answer
-PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"  # no first token or a stall longer than the limit
+PROVIDER_UNAVAILABLE = FailureCode.PROVIDER_UNAVAILABLE
+PROVIDER_ERROR = FailureCode.PROVIDER_ERROR
+PROVIDER_TIMEOUT = FailureCode.PROVIDER_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class ChatChunk:
 class ChatProviderError(Exception):
     """A provider failure. ``detail`` is logged, never shown to a client."""
 
-    def __init__(self, code: str, detail: str, *, retryable: bool) -> None:
+    def __init__(self, code: FailureCode, detail: str, *, retryable: bool) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.models import User
-from ragstream.db.repositories.search import QueryTerm, SearchRepository
+from ragstream.db.repositories.search import QueryTerm, SearchRepository, SearchResult
 from ragstream.domain.errors import InvalidInput
 from ragstream.domain.llm.embeddings import Embedder
 from ragstream.settings import Settings
@@ -69,21 +69,6 @@ def text_query(terms: list[QueryTerm], common_share: float) -> TextQuery | None:
     return TextQuery(match=every, match_all=True, rank=every)
 
 
-@dataclass(frozen=True)
-class SearchResult:
-    chunk_id: uuid.UUID
-    document_id: uuid.UUID
-    document_title: str
-    ordinal: int
-    content: str
-    page: int | None
-    heading_path: list[str]
-    score: float
-    vector_rank: int | None = None
-    text_rank: int | None = None
-    token_count: int = 0
-
-
 def fuse(rankings: list[list[uuid.UUID]], k: int = RRF_K) -> list[tuple[uuid.UUID, float]]:
     """Reciprocal rank fusion: sum of 1 / (k + rank) over the lists an item appears in."""
     scores: dict[uuid.UUID, float] = {}
@@ -139,18 +124,14 @@ async def search(
         if hit is None:  # deleted between the ranking and the load
             continue
         results.append(
-            SearchResult(
-                chunk_id=hit.chunk_id,
-                document_id=hit.document_id,
-                document_title=hit.document_title,
-                ordinal=hit.ordinal,
-                content=hit.content,
-                page=hit.page,
-                heading_path=hit.heading_path,
+            replace(
+                hit,
                 score=score,
                 vector_rank=vector_ranks.get(chunk_id),
                 text_rank=text_ranks.get(chunk_id),
-                token_count=hit.token_count,
             )
         )
     return results
+
+
+__all__ = ["SearchResult", "SearchTuning", "TextQuery", "fuse", "search", "text_query"]

@@ -4,8 +4,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.models import User
 from ragstream.db.repositories.users import UserRepository
-from ragstream.domain.auth.passwords import PasswordHasher, check_password_policy
 from ragstream.domain.errors import InvalidInput
+from ragstream.domain.users.enums import Role
+from ragstream.domain.users.passwords import PasswordHasher, check_password_policy
 from ragstream.domain.users.validation import normalize_email
 
 
@@ -36,11 +37,11 @@ async def ensure_admin(
                 email=email,
                 display_name=display_name,
                 password_hash=await hasher.hash(password),
-                role="ADMIN",
+                role=Role.ADMIN,
             )
         )
         return f"created admin {email}"
-    user.role = "ADMIN"
+    user.role = Role.ADMIN
     if password is None:
         await session.flush()
         inactive = "" if user.is_active else " (the account stays deactivated)"

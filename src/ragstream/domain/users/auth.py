@@ -13,12 +13,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.models import RefreshToken, User
-from ragstream.db.repositories.refresh_tokens import RefreshTokenRepository
-from ragstream.db.repositories.users import UserRepository
-from ragstream.domain.auth.passwords import PasswordHasher, check_password_policy
-from ragstream.domain.auth.ratelimit import SlidingWindowLimiter
-from ragstream.domain.auth.tokens import AccessClaims, TokenService, refresh_digest
+from ragstream.db.repositories.users import RefreshTokenRepository, UserRepository
 from ragstream.domain.errors import Conflict, InvalidInput, Unauthenticated
+from ragstream.domain.users.passwords import PasswordHasher, check_password_policy
+from ragstream.domain.users.ratelimit import SlidingWindowLimiter
+from ragstream.domain.users.tokens import AccessClaims, TokenService, refresh_digest
 from ragstream.domain.users.validation import normalize_display_name, normalize_email
 
 INVALID_CREDENTIALS = "invalid email or password"
@@ -32,10 +31,12 @@ class AuthResult:
     expires_in: int
 
 
-class RefreshTokenReused(Unauthenticated):
-    """A spent refresh token came back: its family has been revoked and that must be committed."""
+@dataclass(frozen=True)
+class RefreshRefused:
+    """A refresh refused after a change that must be committed all the same: a spent token came
+    back, so its whole family was revoked. The caller commits, then raises ``error``."""
 
-    keep_changes = True
+    error: Unauthenticated
 
 
 class AuthService:
@@ -96,15 +97,18 @@ class AuthService:
             user.password_hash = await self.hasher.hash(password)
         return await self._start_session(session, user)
 
-    async def refresh(self, session: AsyncSession, raw_token: str) -> AuthResult:
-        """Rotate a refresh token. Presenting a spent one revokes its whole family."""
+    async def refresh(self, session: AsyncSession, raw_token: str) -> AuthResult | RefreshRefused:
+        """Rotate a refresh token. Presenting a spent one revokes its whole family: that change
+        is returned as a refusal rather than raised, so the caller's unit of work keeps it."""
         tokens = RefreshTokenRepository(session)
         current = await tokens.get_for_update(refresh_digest(raw_token))
         if current is None or current.revoked_at is not None:
             raise Unauthenticated("invalid refresh token")
         if current.used_at is not None:
             await tokens.revoke_family(current.family_id)
-            raise RefreshTokenReused("refresh token already used; please sign in again")
+            return RefreshRefused(
+                Unauthenticated("refresh token already used; please sign in again")
+            )
         if current.expires_at <= datetime.now(UTC):
             raise Unauthenticated("refresh token expired")
         user = await UserRepository(session).get(current.user_id)

@@ -9,29 +9,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.models import User
 from ragstream.db.pagination import Page
-from ragstream.db.repositories.refresh_tokens import RefreshTokenRepository
-from ragstream.db.repositories.users import UserRepository
+from ragstream.db.repositories.users import RefreshTokenRepository, UserRepository
 from ragstream.domain.errors import Forbidden, InvalidInput, not_found
 from ragstream.domain.pagination import cursor_errors, page_request
+from ragstream.domain.users.enums import Role
 from ragstream.domain.users.validation import check_storable_text, normalize_display_name
-
-ROLES = ("USER", "ADMIN")
-
-
-def is_admin(viewer: User) -> bool:
-    return viewer.role == "ADMIN"
 
 
 def require_admin(viewer: User) -> None:
-    if not is_admin(viewer):
+    """The coarse gate of admin-only operations (also the `IsAdmin` permission)."""
+    if not viewer.is_admin:
         raise Forbidden("administrator role required")
 
 
 async def get_user(session: AsyncSession, viewer: User, user_id: uuid.UUID) -> User:
     """Yourself, or anyone for an admin; otherwise the same NOT_FOUND as a missing id."""
-    if user_id != viewer.id and not is_admin(viewer):
-        raise not_found("user")
-    user = await UserRepository(session).get(user_id)
+    user = await UserRepository(session).get_readable(viewer, user_id)
     if user is None:
         raise not_found("user")
     return user
@@ -67,24 +60,22 @@ async def update_user(
     viewer: User,
     user_id: uuid.UUID,
     *,
-    role: str | None,
+    role: Role | None,
     is_active: bool | None,
     display_name: str | None,
 ) -> User:
     """Admin changes. Deactivation signs the user out everywhere at once."""
     require_admin(viewer)
-    user = await UserRepository(session).get(user_id)
+    user = await UserRepository(session).get_readable(viewer, user_id)
     if user is None:
         raise not_found("user")
-    if user.id == viewer.id and (role == "USER" or is_active is False):
+    if user.id == viewer.id and (role == Role.USER or is_active is False):
         # Otherwise the last admin could lock everyone out of administration.
         raise InvalidInput(
             "administrators cannot demote or deactivate themselves",
-            field="role" if role == "USER" else "isActive",
+            field="role" if role == Role.USER else "isActive",
         )
     if role is not None:
-        if role not in ROLES:
-            raise InvalidInput("unknown role", field="role")
         user.role = role
     if display_name is not None:
         user.display_name = normalize_display_name(display_name)

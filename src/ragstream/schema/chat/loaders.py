@@ -1,4 +1,4 @@
-"""DataLoaders for the nested fields of chat types (messages, sources, evaluations, usage).
+"""DataLoaders for the nested fields of chat types (messages, sources, evaluations).
 
 Each load authorizes in its query: a cited document the viewer can no longer read resolves to
 null, exactly like a deleted one.
@@ -15,7 +15,6 @@ from strawberry.dataloader import DataLoader
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.pagination import Page, ParentPageKey
-from ragstream.db.repositories.usage import TokenTotals
 from ragstream.domain.chat import service
 from ragstream.domain.chat.views import MessageView
 
@@ -39,9 +38,6 @@ class ChatLoaders:
         self.evaluations: DataLoader[uuid.UUID, Evaluation | None] = DataLoader(
             self._load_evaluations, cache=cache
         )
-        self.token_totals: DataLoader[uuid.UUID, TokenTotals | None] = DataLoader(
-            self._load_token_totals, cache=cache
-        )
 
     async def _load_message_pages(self, keys: list[ParentPageKey]) -> list[Page[MessageView]]:
         viewer = await self._context.viewer()
@@ -64,10 +60,4 @@ class ChatLoaders:
         viewer = await self._context.viewer()
         async with self._context.state.sessionmaker() as session:
             found = await service.linked_evaluations(session, viewer, list(set(ids)))
-        return [found.get(i) for i in ids]
-
-    async def _load_token_totals(self, ids: list[uuid.UUID]) -> Sequence[TokenTotals | None]:
-        viewer = await self._context.viewer()
-        async with self._context.state.sessionmaker() as session:
-            found = await service.token_totals(session, viewer, list(set(ids)))
         return [found.get(i) for i in ids]

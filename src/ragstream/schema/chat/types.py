@@ -4,50 +4,62 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from enum import Enum
 from typing import Annotated
 
 import strawberry
 
 from ragstream.db.models.chat import Conversation as ConversationRow
-from ragstream.db.repositories.usage import TokenTotals
 from ragstream.domain.chat import service
-from ragstream.domain.chat.endings import failure_message
-from ragstream.domain.chat.quota import utc_day
+from ragstream.domain.chat.enums import (
+    FailureCode,
+    MessageRole,
+    MessageStatus,
+    failure_code,
+    failure_reason,
+)
 from ragstream.domain.chat.views import MessageView, SourceView
-from ragstream.schema.context import Context
-from ragstream.schema.types.documents import Chunk, Document, to_chunk, to_document
-from ragstream.schema.types.evaluations import Evaluation, to_evaluation
-from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
+from ragstream.schema.context import Info
+from ragstream.schema.documents.types import Chunk, Document, to_chunk, to_document
+from ragstream.schema.enums import api_enum
+from ragstream.schema.evaluations.types import Evaluation, to_evaluation
+from ragstream.schema.pagination import AfterArg, Connection, FirstArg, to_connection
 
-Info = strawberry.Info[Context, None]
-
-
-@strawberry.enum(description="Who wrote a message.")
-class MessageRole(Enum):
-    USER = strawberry.enum_value("USER", description="The person asking.")
-    ASSISTANT = strawberry.enum_value("ASSISTANT", description="The generated answer.")
-
-
-@strawberry.enum(description="Where a message is in its life; user messages are always COMPLETE.")
-class MessageStatus(Enum):
-    STREAMING = strawberry.enum_value(
-        "STREAMING", description="Being generated; `content` is what is stored so far."
-    )
-    COMPLETE = strawberry.enum_value("COMPLETE", description="Finished normally.")
-    CANCELLED = strawberry.enum_value(
-        "CANCELLED", description="Stopped by cancelGeneration; `content` is the partial answer."
-    )
-    FAILED = strawberry.enum_value(
-        "FAILED",
-        description="The provider failed or stalled; `content` is the partial answer and "
-        "`errorCode` says why.",
-    )
-    INTERRUPTED = strawberry.enum_value(
-        "INTERRUPTED",
-        description="The server stopped or crashed during generation; `content` is the text "
-        "stored until then.",
-    )
+api_enum(
+    MessageRole,
+    description="Who wrote a message.",
+    values={
+        MessageRole.USER: "The person asking.",
+        MessageRole.ASSISTANT: "The generated answer.",
+    },
+)
+api_enum(
+    MessageStatus,
+    description="Where a message is in its life; user messages are always COMPLETE.",
+    values={
+        MessageStatus.STREAMING: "Being generated; `content` is what is stored so far.",
+        MessageStatus.COMPLETE: "Finished normally.",
+        MessageStatus.CANCELLED: "Stopped by cancelGeneration; `content` is the partial answer.",
+        MessageStatus.FAILED: "The provider failed or stalled; `content` is the partial answer "
+        "and `errorCode` says why.",
+        MessageStatus.INTERRUPTED: "The server stopped or crashed during generation; `content` "
+        "is the text stored until then.",
+    },
+)
+api_enum(
+    FailureCode,
+    description="Why an answer failed or was interrupted.",
+    values={
+        FailureCode.PROVIDER_UNAVAILABLE: "The language model could not be reached (or was "
+        "overloaded).",
+        FailureCode.PROVIDER_ERROR: "The language model refused the request or broke off.",
+        FailureCode.PROVIDER_TIMEOUT: "The language model sent no first token, or stalled, for "
+        "too long.",
+        FailureCode.RETRIEVAL_FAILED: "The knowledge base could not be searched.",
+        FailureCode.INTERRUPTED: "The server stopped during generation.",
+        FailureCode.CONVERSATION_DELETED: "The conversation was deleted while the answer ran.",
+        FailureCode.INTERNAL_SERVER_ERROR: "An unexpected error; the server log has the details.",
+    },
+)
 
 
 @strawberry.type(description="A numbered source `[index]` an answer was grounded on.")
@@ -142,7 +154,7 @@ def to_message(view: MessageView) -> Message:
         model=view.model,
         prompt_tokens=view.prompt_tokens,
         completion_tokens=view.completion_tokens,
-        error_code=view.error_code,
+        error_code=None if view.error_code is None else str(view.error_code),
         created_at=view.created_at,
         completed_at=view.completed_at,
     )
@@ -175,7 +187,7 @@ class Conversation:
         first: FirstArg = None,
         after: AfterArg = None,
     ) -> Connection[Message]:
-        # Batched with the other conversations of the response; see schema/chat_loaders.py.
+        # Batched with the other conversations of the response; see schema/chat/loaders.py.
         key = service.message_page_key(uuid.UUID(str(self.id)), first=first, after=after)
         page = await info.context.loaders.chat.message_pages.load(key)
         return to_connection(page, to_message)
@@ -188,32 +200,6 @@ def to_conversation(row: ConversationRow) -> Conversation:
         created_at=row.created_at,
         updated_at=row.updated_at,
         evaluation_id=row.evaluation_id,
-    )
-
-
-@strawberry.type(description="Token usage and today's message quota of an account.")
-class Usage:
-    prompt_tokens: int = strawberry.field(description="Prompt tokens of all answers.")
-    completion_tokens: int = strawberry.field(description="Completion tokens of all answers.")
-    total_tokens: int = strawberry.field(description="promptTokens + completionTokens.")
-    answers: int = strawberry.field(description="Number of answers generated.")
-    messages_today: int = strawberry.field(description="Messages sent since 00:00 UTC.")
-    daily_message_limit: int | None = strawberry.field(
-        description="Messages allowed per UTC day; null when exempt (admins)."
-    )
-    resets_at: datetime = strawberry.field(description="When messagesToday starts again.")
-
-
-def to_usage(totals: TokenTotals, *, daily_limit: int | None) -> Usage:
-    _, resets_at = utc_day()
-    return Usage(
-        prompt_tokens=totals.prompt_tokens,
-        completion_tokens=totals.completion_tokens,
-        total_tokens=totals.prompt_tokens + totals.completion_tokens,
-        answers=totals.answers,
-        messages_today=totals.questions_today,
-        daily_message_limit=daily_limit,
-        resets_at=resets_at,
     )
 
 
@@ -250,11 +236,16 @@ class GenerationCompleted:
 @strawberry.type(description="The answer failed or was interrupted; the partial text is stored.")
 class GenerationFailed:
     message_id: strawberry.ID = strawberry.field(description="UUID of the answer.")
-    code: str = strawberry.field(
-        description="PROVIDER_UNAVAILABLE, PROVIDER_ERROR, PROVIDER_TIMEOUT, RETRIEVAL_FAILED, "
-        "INTERRUPTED, CONVERSATION_DELETED or INTERNAL_SERVER_ERROR."
+    code: FailureCode = strawberry.field(description="Why the answer did not complete.")
+    reason: str = strawberry.field(description="A readable explanation (never provider text).")
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry leaves it untyped
+        description="The same text as `reason`.",
+        deprecation_reason="Use `reason`; `message` clashes with GenerationCompleted.message "
+        "in a selection over ChatEvent.",
     )
-    message: str = strawberry.field(description="A readable explanation (never provider text).")
+    def message(self) -> str:
+        return self.reason
 
 
 ChatEvent = Annotated[
@@ -269,7 +260,9 @@ ChatEvent = Annotated[
 
 def generation_failed(message_id: uuid.UUID, code: str) -> GenerationFailed:
     return GenerationFailed(
-        message_id=strawberry.ID(str(message_id)), code=code, message=failure_message(code)
+        message_id=strawberry.ID(str(message_id)),
+        code=failure_code(code),
+        reason=failure_reason(code),
     )
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 import strawberry
-from strawberry.permission import BasePermission
 
 from ragstream.resolvers import documents as resolvers
-from ragstream.schema.permissions import IsAuthenticated
-from ragstream.schema.types.documents import Document, SearchHit
-from ragstream.schema.types.pagination import Connection
-
-signed_in: list[type[BasePermission]] = [IsAuthenticated]
+from ragstream.schema.documents.types import Document, SearchHit
+from ragstream.schema.pagination import Connection
+from ragstream.schema.permissions import signed_in
 
 
 @strawberry.type

@@ -2,38 +2,38 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from enum import Enum
 
 import strawberry
 
 from ragstream.db.models.documents import Chunk as ChunkRow
 from ragstream.db.models.documents import Document as DocumentRow
 from ragstream.domain.documents import service
+from ragstream.domain.documents.enums import DocumentStatus, Visibility
+from ragstream.domain.errors import NotFound
 from ragstream.domain.retrieval.service import SearchResult
-from ragstream.domain.users.service import is_admin
-from ragstream.schema.context import Context
-from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg, to_connection
-from ragstream.schema.types.users import User, to_user
+from ragstream.schema.context import Info
+from ragstream.schema.enums import api_enum
+from ragstream.schema.pagination import AfterArg, Connection, FirstArg, to_connection
+from ragstream.schema.users.types import User, to_user
 
-
-@strawberry.enum(description="Who may read a document.")
-class Visibility(Enum):
-    PRIVATE = strawberry.enum_value("PRIVATE", description="Only the owner (and admins).")
-    SHARED = strawberry.enum_value(
-        "SHARED", description="Every user; only admins may share documents."
-    )
-
-
-@strawberry.enum(description="Where a document is in ingestion.")
-class DocumentStatus(Enum):
-    PENDING = strawberry.enum_value("PENDING", description="Queued for ingestion.")
-    PROCESSING = strawberry.enum_value(
-        "PROCESSING", description="Being parsed, chunked and embedded."
-    )
-    READY = strawberry.enum_value("READY", description="Searchable.")
-    FAILED = strawberry.enum_value(
-        "FAILED", description="Ingestion gave up; `error` says why. Reprocess to try again."
-    )
+api_enum(
+    Visibility,
+    description="Who may read a document.",
+    values={
+        Visibility.PRIVATE: "Only the owner (and admins).",
+        Visibility.SHARED: "Every user; only admins may share documents.",
+    },
+)
+api_enum(
+    DocumentStatus,
+    description="Where a document is in ingestion.",
+    values={
+        DocumentStatus.PENDING: "Queued for ingestion.",
+        DocumentStatus.PROCESSING: "Being parsed, chunked and embedded.",
+        DocumentStatus.READY: "Searchable.",
+        DocumentStatus.FAILED: "Ingestion gave up; `error` says why. Reprocess to try again.",
+    },
+)
 
 
 @strawberry.type(description="A passage of a document: the unit retrieval returns.")
@@ -59,11 +59,12 @@ def to_chunk(row: ChunkRow) -> Chunk:
     )
 
 
-async def resolve_owner(root: Document, info: strawberry.Info[Context, None]) -> User | None:
-    viewer = await info.context.viewer()
-    if viewer.id == root.owner_id or is_admin(viewer):
-        return root.owner_account
-    return None
+async def resolve_owner(root: Document, info: Info) -> User | None:
+    # The users loader reads only accounts the viewer may see (itself; any for an admin).
+    try:
+        return to_user(await info.context.loaders.users.load(root.owner_id))
+    except NotFound:
+        return None
 
 
 @strawberry.type(description="A document of the knowledge base.")
@@ -75,7 +76,6 @@ class Document:
         "shared document do not learn who shared it).",
     )
     owner_id: strawberry.Private[uuid.UUID]
-    owner_account: strawberry.Private[User]
     title: str = strawberry.field(description="Title shown in lists and citations.")
     filename: str = strawberry.field(description="File name as uploaded (no path).")
     mime_type: str = strawberry.field(
@@ -94,7 +94,7 @@ class Document:
     )
     async def chunks(
         self,
-        info: strawberry.Info[Context, None],
+        info: Info,
         first: FirstArg = None,
         after: AfterArg = None,
     ) -> Connection[Chunk]:
@@ -108,7 +108,6 @@ def to_document(row: DocumentRow) -> Document:
     return Document(
         id=strawberry.ID(str(row.id)),
         owner_id=row.owner_id,
-        owner_account=to_user(row.owner),
         title=row.title,
         filename=row.filename,
         mime_type=row.mime_type,
@@ -133,6 +132,7 @@ class SearchHit:
 
 
 def to_search_hit(result: SearchResult, document: DocumentRow) -> SearchHit:
+    # A search result is a chunk as retrieval loaded it, without a chunk row to map.
     return SearchHit(
         chunk=Chunk(
             id=strawberry.ID(str(result.chunk_id)),

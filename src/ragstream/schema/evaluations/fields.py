@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import strawberry
-from strawberry.permission import BasePermission
 
 from ragstream.resolvers import evaluations
-from ragstream.schema.permissions import IsAuthenticated
-from ragstream.schema.types.evaluations import Evaluation
-from ragstream.schema.types.pagination import Connection
-
-signed_in: list[type[BasePermission]] = [IsAuthenticated]
+from ragstream.schema.evaluations.types import Evaluation
+from ragstream.schema.pagination import Connection
+from ragstream.schema.permissions import signed_in
 
 
 @strawberry.type

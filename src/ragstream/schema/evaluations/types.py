@@ -7,31 +7,32 @@ from enum import Enum
 import strawberry
 
 from ragstream.db.models.evaluations import Evaluation as EvaluationRow
+from ragstream.domain.evaluations.enums import EvaluationStatus, ProjectType
 from ragstream.domain.evaluations.rules import Criterion as CriterionData
-from ragstream.schema.context import Context
-from ragstream.schema.types.users import User, to_user
+from ragstream.schema.context import Info
+from ragstream.schema.enums import api_enum
+from ragstream.schema.users.types import User, to_user
 
-
-@strawberry.enum(description="What kind of ERP project an evaluation assesses.")
-class ProjectType(Enum):
-    NEW_ERP = strawberry.enum_value("NEW_ERP", description="Selecting a first ERP system.")
-    ERP_MIGRATION = strawberry.enum_value(
-        "ERP_MIGRATION", description="Replacing one ERP system with another."
-    )
-    ERP_UPGRADE = strawberry.enum_value(
-        "ERP_UPGRADE", description="Moving to a newer version of the ERP system in use."
-    )
-    OTHER = strawberry.enum_value("OTHER", description="Anything else.")
-
-
-@strawberry.enum(description="Where an evaluation is in its life.")
-class EvaluationStatus(Enum):
-    DRAFT = strawberry.enum_value("DRAFT", description="Being set up.")
-    IN_PROGRESS = strawberry.enum_value("IN_PROGRESS", description="Being assessed.")
-    COMPLETED = strawberry.enum_value(
-        "COMPLETED", description="Finished: has criteria and every criterion is scored."
-    )
-    ARCHIVED = strawberry.enum_value("ARCHIVED", description="Kept for reference.")
+api_enum(
+    ProjectType,
+    description="What kind of ERP project an evaluation assesses.",
+    values={
+        ProjectType.NEW_ERP: "Selecting a first ERP system.",
+        ProjectType.ERP_MIGRATION: "Replacing one ERP system with another.",
+        ProjectType.ERP_UPGRADE: "Moving to a newer version of the ERP system in use.",
+        ProjectType.OTHER: "Anything else.",
+    },
+)
+api_enum(
+    EvaluationStatus,
+    description="Where an evaluation is in its life.",
+    values={
+        EvaluationStatus.DRAFT: "Being set up.",
+        EvaluationStatus.IN_PROGRESS: "Being assessed.",
+        EvaluationStatus.COMPLETED: "Finished: has criteria and every criterion is scored.",
+        EvaluationStatus.ARCHIVED: "Kept for reference.",
+    },
+)
 
 
 @strawberry.enum(description="What to sort evaluations by.")
@@ -58,7 +59,7 @@ class Criterion:
     notes: str | None = strawberry.field(description="Free-text reasoning behind the score.")
 
 
-async def resolve_owner(root: Evaluation, info: strawberry.Info[Context, None]) -> User:
+async def resolve_owner(root: Evaluation, info: Info) -> User:
     # Batched (one query per response level) and authorized by the users loader.
     return to_user(await info.context.loaders.users.load(root.owner_id))
 

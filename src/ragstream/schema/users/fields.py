@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import strawberry
-from strawberry.permission import BasePermission
 
-from ragstream.resolvers import auth, users
-from ragstream.schema.permissions import IsAdmin, IsAuthenticated
-from ragstream.schema.types.pagination import Connection
-from ragstream.schema.types.users import AuthPayload, User
-
-signed_in: list[type[BasePermission]] = [IsAuthenticated]
-admin_only: list[type[BasePermission]] = [IsAdmin]
+from ragstream.resolvers import users
+from ragstream.schema.pagination import Connection
+from ragstream.schema.permissions import admin_only, signed_in
+from ragstream.schema.users.types import AuthPayload, User
 
 
 @strawberry.type
@@ -34,16 +30,16 @@ class UserQueries:
 @strawberry.type
 class UserMutations:
     register: AuthPayload = strawberry.field(
-        resolver=auth.register, description="Create an account and sign in."
+        resolver=users.register, description="Create an account and sign in."
     )
-    login: AuthPayload = strawberry.field(resolver=auth.login, description="Sign in.")
+    login: AuthPayload = strawberry.field(resolver=users.login, description="Sign in.")
     refresh_token: AuthPayload = strawberry.field(
-        resolver=auth.refresh_token,
+        resolver=users.refresh_token,
         description="Exchange a refresh token for new tokens. Each refresh token works once; "
         "presenting a spent one signs out that whole session.",
     )
     logout: bool = strawberry.field(
-        resolver=auth.logout, description="End the session a refresh token belongs to."
+        resolver=users.logout, description="End the session a refresh token belongs to."
     )
     update_me: User = strawberry.field(
         resolver=users.update_me,
@@ -51,7 +47,7 @@ class UserMutations:
         permission_classes=signed_in,
     )
     change_password: bool = strawberry.field(
-        resolver=auth.change_password,
+        resolver=users.change_password,
         description="Change your password; every other session is signed out.",
         permission_classes=signed_in,
     )

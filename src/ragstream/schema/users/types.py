@@ -1,47 +1,61 @@
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
-from enum import Enum
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
 from ragstream.db import models
-from ragstream.schema.types.pagination import AfterArg, Connection, FirstArg
+from ragstream.db.repositories.chat import TokenTotals
+from ragstream.domain.chat.quota import utc_day
+from ragstream.domain.evaluations import service as evaluations
+from ragstream.domain.users.enums import Role
+from ragstream.schema.context import Info
+from ragstream.schema.enums import api_enum
+from ragstream.schema.pagination import AfterArg, Connection, FirstArg, to_connection
 
 if TYPE_CHECKING:
-    from ragstream.schema.context import Context
-    from ragstream.schema.types.chat import Usage
-    from ragstream.schema.types.evaluations import Evaluation
+    from ragstream.schema.evaluations.types import Evaluation
 
-# Evaluation.owner points back here, so the evaluation types are referenced lazily.
-LazyEvaluation = Annotated["Evaluation", strawberry.lazy("ragstream.schema.types.evaluations")]
-LazyUsage = Annotated["Usage", strawberry.lazy("ragstream.schema.types.chat")]
+# The GraphQL graph's one cycle: User.evaluations -> Evaluation.owner -> User. The evaluation
+# types import this module, so here they are referenced lazily (and mapped in the field).
+LazyEvaluation = Annotated["Evaluation", strawberry.lazy("ragstream.schema.evaluations.types")]
+
+api_enum(
+    Role,
+    description="What an account may do.",
+    values={
+        Role.USER: "A regular account.",
+        Role.ADMIN: "May manage accounts and share documents with everyone.",
+    },
+)
 
 
-@strawberry.enum(description="What an account may do.")
-class Role(Enum):
-    USER = strawberry.enum_value("USER", description="A regular account.")
-    ADMIN = strawberry.enum_value(
-        "ADMIN", description="May manage accounts and share documents with everyone."
+@strawberry.type(description="Token usage and today's message quota of an account.")
+class Usage:
+    prompt_tokens: int = strawberry.field(description="Prompt tokens of all answers.")
+    completion_tokens: int = strawberry.field(description="Completion tokens of all answers.")
+    total_tokens: int = strawberry.field(description="promptTokens + completionTokens.")
+    answers: int = strawberry.field(description="Number of answers generated.")
+    messages_today: int = strawberry.field(description="Messages sent since 00:00 UTC.")
+    daily_message_limit: int | None = strawberry.field(
+        description="Messages allowed per UTC day; null when exempt (admins)."
     )
+    resets_at: datetime = strawberry.field(description="When messagesToday starts again.")
 
 
-async def resolve_evaluations(
-    root: User,
-    info: strawberry.Info[Context, None],
-    first: FirstArg = None,
-    after: AfterArg = None,
-) -> Connection[LazyEvaluation]:
-    from ragstream.resolvers.evaluations import owner_evaluations  # imports this module
-
-    return await owner_evaluations(root, info, first, after)
-
-
-async def resolve_usage(root: User, info: strawberry.Info[Context, None]) -> LazyUsage | None:
-    from ragstream.resolvers.chat import user_usage  # imports this module
-
-    return await user_usage(root, info)
+def to_usage(totals: TokenTotals, *, daily_limit: int | None) -> Usage:
+    _, resets_at = utc_day()
+    return Usage(
+        prompt_tokens=totals.prompt_tokens,
+        completion_tokens=totals.completion_tokens,
+        total_tokens=totals.prompt_tokens + totals.completion_tokens,
+        answers=totals.answers,
+        messages_today=totals.questions_today,
+        daily_message_limit=daily_limit,
+        resets_at=resets_at,
+    )
 
 
 @strawberry.type(description="An account.")
@@ -52,15 +66,31 @@ class User:
     role: Role = strawberry.field(description="USER or ADMIN.")
     is_active: bool = strawberry.field(description="False once an admin deactivated the account.")
     created_at: datetime = strawberry.field(description="When the account was created.")
-    evaluations: Connection[LazyEvaluation] = strawberry.field(
-        resolver=resolve_evaluations,
-        description="The account's evaluations that you may read, newest first.",
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry leaves it untyped
+        description="The account's evaluations that you may read, newest first."
     )
-    usage: LazyUsage | None = strawberry.field(
-        resolver=resolve_usage,
+    async def evaluations(
+        self, info: Info, first: FirstArg = None, after: AfterArg = None
+    ) -> Connection[LazyEvaluation]:
+        from ragstream.schema.evaluations.types import to_evaluation  # closes the cycle above
+
+        # Batched across every user of the response; see schema/loaders.py.
+        key = evaluations.owner_page_key(uuid.UUID(str(self.id)), first=first, after=after)
+        page = await info.context.loaders.evaluations_by_owner.load(key)
+        return to_connection(page, to_evaluation)
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry leaves it untyped
         description="Chat token usage and today's message count; null unless it is your own "
-        "account or you are an admin.",
+        "account or you are an admin."
     )
+    async def usage(self, info: Info) -> Usage | None:
+        totals = await info.context.loaders.token_totals.load(uuid.UUID(str(self.id)))
+        if totals is None:
+            return None
+        exempt = self.role == Role.ADMIN
+        limit = None if exempt else info.context.state.settings.daily_message_limit
+        return to_usage(totals, daily_limit=limit)
 
 
 def to_user(row: models.User) -> User:

@@ -1,0 +1,1 @@
+"""The chat area of the API: types, root fields and loaders."""

@@ -1,0 +1,1 @@
+"""The documents area of the API: types, root fields."""

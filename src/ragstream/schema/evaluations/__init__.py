@@ -1,0 +1,1 @@
+"""The evaluations area of the API: types, root fields."""
