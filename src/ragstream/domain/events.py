@@ -50,7 +50,6 @@ class _MemoryStream:
         self._broker = broker
         self._topic = topic
         self._queue: asyncio.Queue[Payload] = asyncio.Queue(max_pending)
-        self.dropped = 0
 
     def _deliver(self, payload: Payload) -> None:
         if self._queue.full():
@@ -58,7 +57,6 @@ class _MemoryStream:
             # the oldest event and can re-read state from the database.
             with contextlib.suppress(asyncio.QueueEmpty):
                 self._queue.get_nowait()
-            self.dropped += 1
         self._queue.put_nowait(payload)
 
     async def __aenter__(self) -> _MemoryStream:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
 from typing import Any
 
 import strawberry
@@ -10,7 +10,6 @@ from graphql import GraphQLError
 from strawberry.extensions import DisableIntrospection, MaxTokensLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult
-from strawberry.types.graphql import OperationType
 
 from ragstream.schema.errors import ErrorContract, shape_result
 from ragstream.schema.limits import Limits, ParserCache, QueryLimits, ValidationCache
@@ -25,29 +24,17 @@ class RagstreamSchema(strawberry.Schema):
     ) -> None:
         """Logging happens in ErrorContract, which knows which errors are unexpected."""
 
-    async def execute(
-        self,
-        query: str | None,
-        variable_values: dict[str, Any] | None = None,
-        context_value: Any | None = None,
-        root_value: Any | None = None,
-        operation_name: str | None = None,
-        allowed_operation_types: Iterable[OperationType] | None = None,
-        operation_extensions: dict[str, Any] | None = None,
-    ) -> ExecutionResult:
-        result = await super().execute(
-            query,
-            variable_values,
-            context_value,
-            root_value,
-            operation_name,
-            allowed_operation_types,
-            operation_extensions,
-        )
+    async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        result = await super().execute(*args, **kwargs)
         # An exception inside an extension hook ends the operation before ErrorContract sees the
         # result; such errors are shaped (and masked) here instead.
-        shape_result(result, context_value)
+        call = _EXECUTE.bind(self, *args, **kwargs)
+        shape_result(result, call.arguments.get("context_value"))
         return result
+
+
+# Strawberry's own signature, read rather than restated, to find the context among any arguments.
+_EXECUTE = inspect.signature(strawberry.Schema.execute)
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:

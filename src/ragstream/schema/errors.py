@@ -67,13 +67,13 @@ def _request_id(context: Any) -> str | None:
 
 
 def shape_result(
-    result: Any, context: Any, shaped: dict[int, tuple[GraphQLError, GraphQLError]] | None = None
+    result: Any, context: Any, shaped: dict[GraphQLError, GraphQLError] | None = None
 ) -> None:
     """Shape every error of ``result`` in place (idempotent).
 
-    ``shaped`` remembers errors already shaped, by identity: the same error can reach the
+    ``shaped`` maps errors already shaped to their shaped form: the same error can reach the
     contract in two results (a websocket operation's streamed result and its final one) and is
-    then logged once and shaped the same way both times.
+    then logged once and shaped the same way both times. GraphQLError hashes by identity.
     """
     errors = getattr(result, "errors", None)
     if errors:
@@ -84,16 +84,13 @@ def shape_result(
 def _shape_once(
     error: GraphQLError,
     request_id: str | None,
-    shaped: dict[int, tuple[GraphQLError, GraphQLError]] | None,
+    shaped: dict[GraphQLError, GraphQLError] | None,
 ) -> GraphQLError:
     if shaped is None:
         return shape_error(error, request_id)
-    known = shaped.get(id(error))
-    if known is not None and known[0] is error:
-        return known[1]
-    result = shape_error(error, request_id)
-    shaped[id(error)] = (error, result)  # the original is kept alive, so its id stays its own
-    return result
+    if error not in shaped:
+        shaped[error] = shape_error(error, request_id)
+    return shaped[error]
 
 
 class ErrorContract(SchemaExtension):
@@ -101,9 +98,9 @@ class ErrorContract(SchemaExtension):
     operation streams (those are sent before the operation hook resumes)."""
 
     # One instance per operation (the schema lists the class), so this lives as long as it.
-    _shaped_errors: dict[int, tuple[GraphQLError, GraphQLError]] | None = None
+    _shaped_errors: dict[GraphQLError, GraphQLError] | None = None
 
-    def _shaped(self) -> dict[int, tuple[GraphQLError, GraphQLError]]:
+    def _shaped(self) -> dict[GraphQLError, GraphQLError]:
         if self._shaped_errors is None:
             self._shaped_errors = {}
         return self._shaped_errors

@@ -32,6 +32,8 @@ from strawberry.extensions import ParserCache as StrawberryParserCache
 from strawberry.extensions import SchemaExtension
 from strawberry.extensions import ValidationCache as StrawberryValidationCache
 
+from ragstream.schema.fragments import FragmentMeasures
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -58,25 +60,14 @@ class _Measure:
     """Measures one document; every fragment is measured once, however often it is spread."""
 
     def __init__(self, document: DocumentNode) -> None:
-        self.fragments = {
-            d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
-        }
-        self.done: dict[str, Cost] = {}
-        self.in_progress: set[str] = set()
+        self.fragments = FragmentMeasures(document, Cost())
 
     def fragment(self, name: str) -> Cost:
-        if name in self.done:
-            return self.done[name]
-        definition = self.fragments.get(name)
-        if definition is None or name in self.in_progress:
-            # Unknown and cyclic fragments are reported by graphql-core's own rules.
-            return Cost()
-        self.in_progress.add(name)
+        return self.fragments.measure(name, self._fragment)
+
+    def _fragment(self, definition: FragmentDefinitionNode) -> Cost:
         cost = self.selection_set(definition.selection_set)
-        cost = cost + Cost(directives=len(definition.directives or ()))
-        self.in_progress.discard(name)
-        self.done[name] = cost
-        return cost
+        return cost + Cost(directives=len(definition.directives or ()))
 
     def selection_set(self, selection_set: SelectionSetNode | None) -> Cost:
         total = Cost()

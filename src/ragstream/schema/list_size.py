@@ -35,6 +35,7 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 
 from ragstream.domain.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from ragstream.schema.fragments import FragmentMeasures
 
 SIZE_ARGUMENTS = ("first", "limit")
 
@@ -51,30 +52,20 @@ class _Estimate:
         variables: Mapping[str, Any],
     ) -> None:
         self.schema = schema
-        self.fragments = {
-            d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
-        }
+        self.fragments = FragmentMeasures(document, 0)
         self.variables = dict(variables)
         for definition in operation.variable_definitions or ():
             name = definition.variable.name.value
             if name not in self.variables and isinstance(definition.default_value, IntValueNode):
                 self.variables[name] = int(definition.default_value.value)
-        self.done: dict[str, int] = {}
-        self.in_progress: set[str] = set()
 
     def fragment(self, name: str) -> int:
-        if name in self.done:
-            return self.done[name]
-        definition = self.fragments.get(name)
-        if definition is None or name in self.in_progress:
-            return 0  # unknown or cyclic: graphql-core's validation reports it
-        self.in_progress.add(name)
-        items = self.selection_set(
+        return self.fragments.measure(name, self._fragment)
+
+    def _fragment(self, definition: FragmentDefinitionNode) -> int:
+        return self.selection_set(
             definition.selection_set, self.schema.get_type(definition.type_condition.name.value)
         )
-        self.in_progress.discard(name)
-        self.done[name] = items
-        return items
 
     def selection_set(
         self, selection_set: SelectionSetNode | None, parent: GraphQLNamedType | None

@@ -3,8 +3,8 @@
 A running generation writes its text deltas to a `GenerationStream`; followers read from any
 character offset and are woken when more arrives. Nothing here touches the database.
 
-`StreamHub` is the interface the chat service uses. `MemoryStreamHub` serves one process. A Redis
-hub can implement the same calls with one Redis Stream per message: the writer XADDs one entry
+`MemoryStreamHub` serves one process (`open`, `follow`, `close`). A Redis hub could offer the
+same calls with one Redis Stream per message: the writer XADDs one entry
 per coalesced delta (offset and text), the sources and a terminal entry, and sets an EXPIRE once
 finished; `follow` replays from the entry holding ``from_offset`` and then XREADs with BLOCK. A
 client can then resume on any replica.
@@ -18,7 +18,6 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from ragstream.domain.chat.views import Ending, SourceView
 
@@ -166,34 +165,6 @@ async def follow(
             yield EndItem(stream.ending)
             return
         await stream.changed()
-
-
-class StreamWriter(Protocol):
-    """The producer side, used by the generation task only."""
-
-    def append(self, delta: str) -> None: ...
-
-    def set_sources(self, sources: Sequence[SourceView]) -> None: ...
-
-    def finish(self, ending: Ending) -> None: ...
-
-    def text(self) -> str: ...
-
-
-class StreamHub(Protocol):
-    def open(self, message_id: uuid.UUID) -> StreamWriter:
-        """Start the stream of a new generation."""
-        ...
-
-    def follow(
-        self, message_id: uuid.UUID, from_offset: int, *, window: float
-    ) -> AsyncGenerator[StreamItem, None] | None:
-        """Follow a running (or just finished) generation; None when the hub does not know it."""
-        ...
-
-    def close(self, message_id: uuid.UUID) -> None:
-        """Called once the ending is stored; current followers still read to the end."""
-        ...
 
 
 class MemoryStreamHub:
