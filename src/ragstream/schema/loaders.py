@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from strawberry.dataloader import DataLoader
 
@@ -28,13 +27,11 @@ from ragstream.domain.errors import NotFound, not_found
 from ragstream.domain.evaluations import service as evaluations
 from ragstream.domain.users.service import get_users
 from ragstream.schema.chat.loaders import ChatLoaders
-
-if TYPE_CHECKING:
-    from ragstream.schema.context import Context
+from ragstream.schema.scope import RequestScope
 
 
 class Loaders:
-    def __init__(self, context: Context, *, cache: bool) -> None:
+    def __init__(self, context: RequestScope, *, cache: bool) -> None:
         self._context = context
         self.users: DataLoader[uuid.UUID, User] = DataLoader(self._load_users, cache=cache)
         self.evaluations_by_owner: DataLoader[ParentPageKey, Page[Evaluation]] = DataLoader(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from strawberry.dataloader import DataLoader
 
@@ -17,13 +16,11 @@ from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.pagination import Page, ParentPageKey
 from ragstream.domain.chat import service
 from ragstream.domain.chat.views import MessageView
-
-if TYPE_CHECKING:
-    from ragstream.schema.context import Context
+from ragstream.schema.scope import RequestScope
 
 
 class ChatLoaders:
-    def __init__(self, context: Context, *, cache: bool) -> None:
+    def __init__(self, context: RequestScope, *, cache: bool) -> None:
         self._context = context
         # Conversation.messages of every conversation in a response: one read for their pages.
         self.message_pages: DataLoader[ParentPageKey, Page[MessageView]] = DataLoader(
