@@ -186,10 +186,16 @@ async def test_unencodable_text_is_bad_input_not_a_crash(server: LiveServer) -> 
 
     account = await server.register()
     unknown = await login(server, "nobody@example.com")
+    for email, password, field in [
+        (account.email, lone_surrogate, "password"),
+        (account.email + "\x00", PASSWORD, "email"),
+        ("x\ud800@example.com", PASSWORD, "email"),
+    ]:
+        # Refused before any account is looked up, the same for every address.
+        result = await login(server, email, password)
+        assert result.code == "BAD_USER_INPUT", (email, result.errors)
+        assert result.errors[0]["extensions"]["field"] == field
     for email, password in [
-        (account.email, lone_surrogate),
-        (account.email + "\x00", PASSWORD),
-        ("x\ud800@example.com", PASSWORD),
         ("no-at-sign", PASSWORD),
         ("x" * 5000 + "@example.com", PASSWORD),
     ]:

@@ -179,7 +179,7 @@ async def test_user_by_id_is_yourself_or_anyone_for_an_admin(server: LiveServer)
     assert missing.errors[0]["message"] == someone_else.errors[0]["message"]
 
 
-@pytest.mark.parametrize("bad_id", ["not-a-uuid", "", "1", "' OR 1=1 --", "\ud800"])
+@pytest.mark.parametrize("bad_id", ["not-a-uuid", "", "1", "' OR 1=1 --"])
 async def test_user_with_a_malformed_id_is_not_found(server: LiveServer, bad_id: str) -> None:
     boss = await admin(server)
     result = await raw.graphql(server, USER, {"id": bad_id}, token=boss.access_token)

@@ -30,6 +30,7 @@ from ragstream.domain.users.auth import AuthService
 from ragstream.domain.users.passwords import PasswordHasher
 from ragstream.domain.users.ratelimit import SlidingWindowLimiter
 from ragstream.domain.users.tokens import TokenService
+from ragstream.edge import UnexpectedErrorMiddleware
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstream.schema import build_schema
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(SecurityHeadersMiddleware),
+            Middleware(UnexpectedErrorMiddleware),
             Middleware(
                 BodyLimitMiddleware,
                 max_bytes=settings.max_body_bytes,

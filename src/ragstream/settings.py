@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     max_fields: int = 300  # field selections per operation, fragments expanded
     max_tokens: int = 2_000
     max_body_bytes: int = 1_000_000
+    # Arrays and objects nested in a JSON body, GET variables or websocket message.
+    max_json_depth: int = 32
     # List items one operation may ask for, nested lists multiplied (see schema/list_size.py).
     max_list_items: int = 10_000
     max_upload_bytes: int = 20 * 1024 * 1024

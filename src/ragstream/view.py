@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from cross_web import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -18,6 +19,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
 from ragstream.domain.errors import Unauthenticated
+from ragstream.edge import MalformedJSON, decode_json, http_error_response
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.schema.context import Context
 from ragstream.websocket import TransportWSHandler
@@ -72,14 +74,31 @@ class GraphQLView(GraphQL[Context, None]):
             if content_type.startswith("multipart/") and not any(
                 h in headers for h in PREFLIGHT_HEADERS
             ):
-                response = PlainTextResponse(
+                refusal = HTTPException(
+                    400,
                     "multipart requests need an Apollo-Require-Preflight or X-Requested-With "
                     "header",
-                    status_code=400,
                 )
-                await response(scope, receive, send)
+                await http_error_response(refusal)(scope, receive, send)
                 return
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.run(Request(scope, receive))
+        except HTTPException as exc:  # Strawberry answers these as plain text
+            response = http_error_response(exc)
+        await response(scope, receive, send)
+
+    def decode_json(self, data: str | bytes) -> object:
+        # Websocket messages come through here (a MalformedJSON closes the socket with 4400).
+        return decode_json(data, max_depth=self.state.settings.max_json_depth)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return self.decode_json(data)
+        except MalformedJSON as exc:
+            raise HTTPException(400, exc.reason) from None
 
     async def process_result(
         self, request: Request, result: ExecutionResult

@@ -15,6 +15,7 @@ from ragstream.schema.errors import ErrorContract, shape_result
 from ragstream.schema.limits import Limits, ParserCache, QueryLimits, ValidationCache
 from ragstream.schema.list_size import ListSizeLimit
 from ragstream.schema.root import Mutation, Query, Subscription
+from ragstream.schema.strings import StringGuard
 from ragstream.settings import Settings
 
 
@@ -50,6 +51,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         ErrorContract,
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: ParserCache(maxsize=512),
+        StringGuard,
         lambda: QueryLimits(limits),
         lambda: ValidationCache(maxsize=512),
         # After validation: measures only documents that passed it.

@@ -74,7 +74,8 @@ class TokenService:
                 session_id=uuid.UUID(str(claims["sid"])),
                 expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
             )
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+        # OverflowError / OSError: a validly signed claim far outside the clock's range.
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError, OverflowError, OSError) as exc:
             raise invalid from exc
 
     def issue_refresh(self) -> IssuedRefreshToken:
