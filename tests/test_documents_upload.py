@@ -170,11 +170,15 @@ async def test_create_document_from_text(server: LiveServer) -> None:
         ("notes.txt", b"%PDF-1.4 actually a pdf", "not text"),
         ("image.md", b"\x89PNG\r\n\x1a\nrest", "not text"),
         ("latin1.txt", "caf\u00e9".encode("latin-1"), "UTF-8"),
-        ("../../etc/passwd.txt", b"root:x:0:0", "path"),
-        ("..\\..\\boot.ini.txt", b"[boot loader]", "path"),
-        ("dir/notes.txt", b"hello", "path"),
-        ("..", b"hello", "path"),
         ("n" * 300 + ".txt", b"hello", "not valid"),
+        ("invoice\u202etxt.md", b"hello", "not valid"),
+        ("left\u2066to\u2069right.md", b"hello", "not valid"),
+        ("del\x7fname.md", b"hello", "not valid"),
+        ("nel\x85name.md", b"hello", "not valid"),
+        ("line\u2028break.md", b"hello", "not valid"),
+        (" .md", b"hello", "needs a name"),
+        ("\u200b\u3000.txt", b"hello", "needs a name"),
+        ("\u3000", b"hello", "needs a name"),
     ],
 )
 async def test_refused_uploads_store_nothing(
@@ -189,6 +193,42 @@ async def test_refused_uploads_store_nothing(
     assert message in result.errors[0]["message"]
     assert await _count(server, "documents") == 0
     assert await _count(server, "procrastinate_jobs") == 0
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "C:\\x.md",
+        "c:\\docs\\x.md",
+        "C:x.md",
+        "\\\\server\\share\\x.md",
+        "..\\..\\boot.ini.txt",
+        "a\\b.txt",
+        "../../etc/passwd.txt",
+        "dir/notes.txt",
+        "..",
+    ],
+)
+async def test_every_path_form_is_refused_before_the_name_is_shortened(
+    server: LiveServer, filename: str
+) -> None:
+    # The multipart parser keeps only "x.md" of "C:\x.md": the raw header is checked first.
+    account = await server.register()
+    status, result = await upload(server, account.access_token, filename, b"hello")
+
+    assert status == 400
+    assert result.code == "BAD_USER_INPUT"
+    assert result.errors[0]["extensions"]["field"] == "file"
+    assert "path" in result.errors[0]["message"]
+    assert await _count(server, "documents") == 0
+    assert await _count(server, "procrastinate_jobs") == 0
+
+
+async def test_file_names_are_stored_in_nfc(server: LiveServer) -> None:
+    account = await server.register()
+    status, result = await upload(server, account.access_token, "cafe\u0301.txt", b"hello")
+    assert status == 200
+    assert result.ok()["uploadDocument"]["filename"] == "caf\u00e9.txt"
 
 
 async def test_oversized_upload_is_refused(database_url: str, tmp_path: object) -> None:

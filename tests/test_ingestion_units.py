@@ -52,10 +52,33 @@ def test_html_drops_invisible_content() -> None:
     assert blocks == [Block("A", level=2), Block("b")]
 
 
-@pytest.mark.parametrize("name", ["../a.txt", "a/b.txt", "a\\b.txt", "..", "x\x00.txt", " "])
-def test_unsafe_file_names(name: str) -> None:
-    with pytest.raises(InvalidInput):
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../a.txt", "path"),
+        ("a/b.txt", "path"),
+        ("a\\b.txt", "path"),
+        ("..", "path"),
+        ("C:\\x.md", "path"),
+        ("C:x.md", "path"),
+        ("\\\\server\\share\\x.md", "path"),
+        ("x\x00.txt", "not valid"),
+        ("tab\there.md", "not valid"),
+        ("bidi\u202etxt.md", "not valid"),
+        ("isolate\u2067.md", "not valid"),
+        (" ", "needs a name"),
+        ("\u2003\u200b", "needs a name"),
+        ("\u00a0.txt", "needs a name"),
+    ],
+)
+def test_unsafe_file_names(name: str, message: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
         clean_filename(name)
+    assert message in refused.value.message
+
+
+def test_file_names_are_normalized_to_nfc() -> None:
+    assert clean_filename(" cafe\u0301.txt ") == "caf\u00e9.txt"
 
 
 def test_type_comes_from_name_and_bytes() -> None:

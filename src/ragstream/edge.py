@@ -20,6 +20,8 @@ from cross_web import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragstream.domain.errors import DomainError
+
 logger = logging.getLogger("ragstream.errors")
 
 MASKED_MESSAGE = "Internal server error"
@@ -80,6 +82,13 @@ def http_error_response(exc: HTTPException) -> JSONResponse:
     """A transport-level refusal (bad body, method, content type) as a GraphQL error document."""
     code = "NOT_FOUND" if exc.status_code == 404 else "BAD_USER_INPUT"
     return JSONResponse(error_body(exc.reason, code), status_code=exc.status_code)
+
+
+def domain_error_response(error: DomainError, status_code: int = 400) -> JSONResponse:
+    extensions = {"field": error.field} if error.field is not None else {}
+    return JSONResponse(
+        error_body(error.message, error.code, **extensions), status_code=status_code
+    )
 
 
 class UnexpectedErrorMiddleware:

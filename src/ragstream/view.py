@@ -19,9 +19,15 @@ from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
 from ragstream.domain.errors import Unauthenticated
-from ragstream.edge import MalformedJSON, decode_json, http_error_response
+from ragstream.edge import (
+    MalformedJSON,
+    decode_json,
+    domain_error_response,
+    http_error_response,
+)
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.schema.context import Context
+from ragstream.upload_names import UploadNameRefused, scan_upload_names
 from ragstream.websocket import TransportWSHandler
 
 if TYPE_CHECKING:
@@ -85,9 +91,11 @@ class GraphQLView(GraphQL[Context, None]):
             await super().__call__(scope, receive, send)
             return
         try:
-            response = await self.run(Request(scope, receive))
+            response = await self.run(Request(scope, scan_upload_names(scope, receive)))
         except HTTPException as exc:  # Strawberry answers these as plain text
             response = http_error_response(exc)
+        except UploadNameRefused as refused:
+            response = domain_error_response(refused.error)
         await response(scope, receive, send)
 
     def decode_json(self, data: str | bytes) -> object:

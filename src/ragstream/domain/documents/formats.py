@@ -36,19 +36,47 @@ BINARY_SIGNATURES = (
     b"\x1f\x8b",  # gzip
     b"%PDF-",
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 UNSUPPORTED = "unsupported file type: upload .txt, .md, .html or .pdf"
+PATH_REFUSAL = "the file name must not contain a path"
+# Characters that reorder or hide text: a name such as "invoice\u202efdp.exe" reads as another.
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+# Control characters, unpaired surrogates, line and paragraph separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def names_a_path(name: str) -> bool:
+    """POSIX and Windows paths alike: separators, drive letters (``C:x``), UNC, dot segments."""
+    return (
+        "/" in name
+        or "\\" in name
+        or _DRIVE.match(name) is not None
+        or name in (".", "..")
+        or name.startswith("..")
+    )
+
+
+def _blank(text: str) -> bool:
+    """Only whitespace and invisible formatting characters (zero-width spaces and the like)."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
 
 
 def clean_filename(name: str | None) -> str:
-    """The base name as given, or BAD_USER_INPUT for anything that reads like a path."""
-    if name is None or not name.strip():
+    """The base name as given (NFC), or BAD_USER_INPUT for a path, control or bidi characters,
+    or a name with nothing visible before its extension."""
+    if name is None or _blank(name):
         raise InvalidInput("the file needs a name", field="file")
     name = unicodedata.normalize("NFC", name.strip())
-    if _CONTROL.search(name) or len(name) > MAX_FILENAME:
+    if len(name) > MAX_FILENAME or any(
+        unicodedata.category(c) in _REFUSED_CATEGORIES or c in BIDI_CONTROLS for c in name
+    ):
         raise InvalidInput("the file name is not valid", field="file")
-    if "/" in name or "\\" in name or name in (".", "..") or name.startswith(".."):
-        raise InvalidInput("the file name must not contain a path", field="file")
+    if names_a_path(name):
+        raise InvalidInput(PATH_REFUSAL, field="file")
+    if _blank(name.rpartition(".")[0] if "." in name else name):  # ".md" has no name
+        raise InvalidInput("the file needs a name", field="file")
     return name
 
 
