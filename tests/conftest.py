@@ -118,6 +118,8 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
         **TEST_ARGON2,
         "login_attempts_per_minute": 1_000,
         "login_attempts_per_minute_per_client": 1_000,
+        "registrations_per_hour": 100_000,
+        "registrations_per_hour_per_client": 100_000,
         "introspection": True,
     }
     values.update(overrides)

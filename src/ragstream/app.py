@@ -64,14 +64,29 @@ def build_state(settings: Settings) -> AppState:
         memory_kib=settings.argon2_memory_kib,
         parallelism=settings.argon2_parallelism,
         concurrency=settings.password_hash_concurrency,
+        wait_seconds=settings.password_hash_wait_seconds,
     )
     limiter = SlidingWindowLimiter(settings.login_attempts_per_minute)
     client_limiter = SlidingWindowLimiter(settings.login_attempts_per_minute_per_client)
+    too_many_accounts = "too many accounts created; try again later"
+    register_limiter = SlidingWindowLimiter(
+        settings.registrations_per_hour, window=3600, message=too_many_accounts
+    )
+    register_client_limiter = SlidingWindowLimiter(
+        settings.registrations_per_hour_per_client, window=3600, message=too_many_accounts
+    )
     return AppState(
         settings=settings,
         schema=build_schema(settings),
         tokens=tokens,
-        auth=AuthService(hasher, tokens, limiter, client_limiter),
+        auth=AuthService(
+            hasher,
+            tokens,
+            limiter,
+            client_limiter,
+            register_limiter=register_limiter,
+            register_client_limiter=register_client_limiter,
+        ),
         chat=GenerationManager(settings, build_chat_provider(settings)),
     )
 

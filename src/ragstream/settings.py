@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     db_pool_size: int = 10
     db_max_overflow: int = 10
-    db_pool_timeout: float = 10.0
+    # Longest wait for a pooled connection (and to connect); past it a request answers
+    # RATE_LIMITED (SERVER_BUSY) instead of hanging.
+    db_pool_timeout: float = 5.0
     db_statement_timeout_ms: int = 30_000
 
     # Auth
@@ -49,8 +51,12 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = 65_536
     argon2_parallelism: int = 4
     password_hash_concurrency: int = 4
+    # A sign-in whose hash cannot start within this wait is RATE_LIMITED (SERVER_BUSY).
+    password_hash_wait_seconds: float = 2.0
     login_attempts_per_minute: int = 10
     login_attempts_per_minute_per_client: int = 60
+    registrations_per_hour: int = 1_000  # all clients together
+    registrations_per_hour_per_client: int = 20
 
     # HTTP / GraphQL surface
     cors_origins: list[str] = Field(default_factory=list)

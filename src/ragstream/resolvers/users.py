@@ -93,10 +93,13 @@ async def update_user(
 async def register(
     info: Info, input: Annotated[RegisterInput, strawberry.argument(description="The account.")]
 ) -> AuthPayload:
-    async with info.context.transaction() as session:
-        result = await info.context.state.auth.register(
-            session, email=input.email, password=input.password, display_name=input.display_name
-        )
+    result = await info.context.state.auth.register(
+        info.context.transaction,
+        email=input.email,
+        password=input.password,
+        display_name=input.display_name,
+        client=info.context.client_address,
+    )
     return _payload(result)
 
 
@@ -105,10 +108,12 @@ async def login(
     email: Annotated[str, strawberry.argument(description="Sign-in email (any case).")],
     password: Annotated[str, strawberry.argument(description="The account's password.")],
 ) -> AuthPayload:
-    async with info.context.transaction() as session:
-        result = await info.context.state.auth.login(
-            session, email=email, password=password, client=info.context.client_address
-        )
+    result = await info.context.state.auth.login(
+        info.context.transaction,
+        email=email,
+        password=password,
+        client=info.context.client_address,
+    )
     return _payload(result)
 
 
@@ -144,9 +149,11 @@ async def change_password(
 ) -> bool:
     viewer = await info.context.viewer()
     claims = info.context.require_claims()
-    async with info.context.transaction() as session:
-        me = await service.get_user(session, viewer, viewer.id)
-        await info.context.state.auth.change_password(
-            session, me, claims, current_password=current_password, new_password=new_password
-        )
+    await info.context.state.auth.change_password(
+        info.context.transaction,
+        viewer,
+        claims,
+        current_password=current_password,
+        new_password=new_password,
+    )
     return True

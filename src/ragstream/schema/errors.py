@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from graphql import GraphQLError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from strawberry.extensions import SchemaExtension
 
 from ragstream.domain.errors import DomainError
@@ -15,6 +16,7 @@ from ragstream.domain.errors import DomainError
 logger = logging.getLogger("ragstream.errors")
 
 MASKED_MESSAGE = "Internal server error"
+SERVER_BUSY_MESSAGE = "the server is busy; try again in a moment"
 _SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?", re.DOTALL)
 
 
@@ -35,6 +37,20 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
         if original.field is not None:
             extensions["field"] = original.field
         return _rebuild(error, original.message, extensions)
+    if isinstance(original, PoolTimeout):
+        # Every pooled connection stayed busy for the pool timeout: a clean, retryable answer.
+        logger.warning("database pool exhausted (request %s)", request_id)
+        return _rebuild(
+            error,
+            SERVER_BUSY_MESSAGE,
+            {
+                "code": "RATE_LIMITED",
+                "reason": "SERVER_BUSY",
+                "retryAfterSeconds": 1,
+                "resetAt": None,
+                "requestId": request_id,
+            },
+        )
     if original is None or isinstance(original, GraphQLError):
         # Parse, validation and input-coercion errors: the request itself is wrong.
         extensions = {"code": "BAD_USER_INPUT", **(error.extensions or {})}

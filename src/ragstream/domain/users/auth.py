@@ -1,11 +1,16 @@
 """Sign-up, sign-in, token rotation and password changes.
 
-Every function receives the session of the caller's unit of work and never commits it.
+Functions that hash a password (register, login, change_password) receive a unit-of-work factory
+instead of a session: they read in one short transaction, hash with no connection held, and write
+in a second one, so a burst of sign-ins cannot empty the connection pool while argon2 runs. The
+others receive the session of the caller's unit of work and never commit it.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +26,8 @@ from ragstream.domain.users.tokens import AccessClaims, TokenService, refresh_di
 from ragstream.domain.users.validation import normalize_display_name, normalize_email
 
 INVALID_CREDENTIALS = "invalid email or password"
+# Opens one unit of work: committed when the block succeeds, rolled back when it raises.
+UnitOfWork = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
 
 @dataclass(frozen=True)
@@ -46,35 +53,51 @@ class AuthService:
         tokens: TokenService,
         login_limiter: SlidingWindowLimiter,
         client_limiter: SlidingWindowLimiter | None = None,
+        *,
+        register_limiter: SlidingWindowLimiter | None = None,
+        register_client_limiter: SlidingWindowLimiter | None = None,
     ) -> None:
         self.hasher = hasher
         self.tokens = tokens
         self.login_limiter = login_limiter
         # Per client address: looser than per email, since many people may share one address.
         self.client_limiter = client_limiter or login_limiter
+        self.register_limiter = register_limiter
+        self.register_client_limiter = register_client_limiter
 
     async def register(
-        self, session: AsyncSession, *, email: str, password: str, display_name: str
+        self,
+        transaction: UnitOfWork,
+        *,
+        email: str,
+        password: str,
+        display_name: str,
+        client: str,
     ) -> AuthResult:
         email = normalize_email(email)
         display_name = normalize_display_name(display_name)
         check_password_policy(password)
-        users = UserRepository(session)
-        if await users.get_by_email(email) is not None:
-            raise Conflict("an account with this email already exists", field="email")
-        user = User(
-            email=email, display_name=display_name, password_hash=await self.hasher.hash(password)
-        )
-        try:
-            # A savepoint: a concurrent sign-up with the same email fails alone, as a conflict.
-            async with session.begin_nested():
-                await users.add(user)
-        except IntegrityError as exc:
-            raise Conflict("an account with this email already exists", field="email") from exc
-        return await self._start_session(session, user)
+        # Per address first, so one address cannot use up everyone's budget past its own.
+        if self.register_client_limiter is not None:
+            self.register_client_limiter.hit(f"client:{client}")
+        if self.register_limiter is not None:
+            self.register_limiter.hit("all")
+        async with transaction() as session:
+            if await UserRepository(session).get_by_email(email) is not None:
+                raise Conflict("an account with this email already exists", field="email")
+        password_hash = await self.hasher.hash(password)
+        async with transaction() as session:
+            user = User(email=email, display_name=display_name, password_hash=password_hash)
+            try:
+                # A savepoint: a concurrent sign-up with the same email fails alone, as a conflict.
+                async with session.begin_nested():
+                    await UserRepository(session).add(user)
+            except IntegrityError as exc:
+                raise Conflict("an account with this email already exists", field="email") from exc
+            return await self._start_session(session, user)
 
     async def login(
-        self, session: AsyncSession, *, email: str, password: str, client: str
+        self, transaction: UnitOfWork, *, email: str, password: str, client: str
     ) -> AuthResult:
         """Same message and comparable time for an unknown email and a wrong password."""
         # The client first: attempts from a client already blocked must not spend the email's
@@ -87,15 +110,30 @@ class AuthService:
             key: str | None = normalize_email(email)
         except InvalidInput:
             key = None
-        user = await UserRepository(session).get_by_email(key) if key else None
+        user = None
+        if key:
+            async with transaction() as session:
+                user = await UserRepository(session).get_by_email(key)
         if user is None:
             await self.hasher.burn(password)
             raise Unauthenticated(INVALID_CREDENTIALS)
         if not await self.hasher.verify(user.password_hash, password) or not user.is_active:
             raise Unauthenticated(INVALID_CREDENTIALS)
+        rehashed = None
         if self.hasher.needs_rehash(user.password_hash):
-            user.password_hash = await self.hasher.hash(password)
-        return await self._start_session(session, user)
+            rehashed = await self.hasher.hash(password)
+        async with transaction() as session:
+            current = await UserRepository(session).get(user.id)
+            # Deactivated, or the password changed, while the hash ran.
+            if (
+                current is None
+                or not current.is_active
+                or current.password_hash != user.password_hash
+            ):
+                raise Unauthenticated(INVALID_CREDENTIALS)
+            if rehashed is not None:
+                current.password_hash = rehashed
+            return await self._start_session(session, current)
 
     async def refresh(self, session: AsyncSession, raw_token: str) -> AuthResult | RefreshRefused:
         """Rotate a refresh token. Presenting a spent one revokes its whole family: that change
@@ -126,7 +164,7 @@ class AuthService:
 
     async def change_password(
         self,
-        session: AsyncSession,
+        transaction: UnitOfWork,
         user: User,
         claims: AccessClaims,
         *,
@@ -137,11 +175,17 @@ class AuthService:
         check_password_policy(new_password, field="newPassword")
         if not await self.hasher.verify(user.password_hash, current_password):
             raise Unauthenticated("current password is incorrect")
-        user.password_hash = await self.hasher.hash(new_password)
-        await RefreshTokenRepository(session).revoke_all_for_user(
-            user.id, keep_family=claims.session_id
-        )
-        await session.flush()
+        new_hash = await self.hasher.hash(new_password)
+        async with transaction() as session:
+            current = await UserRepository(session).get(user.id)
+            # Changed meanwhile by another session: the password checked is no longer the one.
+            if current is None or current.password_hash != user.password_hash:
+                raise Unauthenticated("current password is incorrect")
+            current.password_hash = new_hash
+            await RefreshTokenRepository(session).revoke_all_for_user(
+                user.id, keep_family=claims.session_id
+            )
+            await session.flush()
 
     async def _start_session(self, session: AsyncSession, user: User) -> AuthResult:
         return await self._issue(session, user, uuid.uuid4())

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 from argon2 import PasswordHasher as Argon2Hasher
 from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from ragstream.domain.errors import InvalidInput
+from ragstream.domain.errors import InvalidInput, RateLimited
+
+T = TypeVar("T")
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
@@ -32,20 +37,53 @@ class PasswordHasher:
     """Hashes and verifies passwords in worker threads.
 
     A hash costs tens of milliseconds of CPU and tens of MiB of memory, so at most ``concurrency``
-    run at once: a login flood queues here instead of starving the event loop or the machine.
+    run at once. A hash that cannot start within ``wait_seconds`` is refused (RATE_LIMITED,
+    reason SERVER_BUSY): a sign-in flood is turned away instead of queueing without bound.
+    Callers hold no database connection while they wait or hash (see AuthService).
     """
 
     def __init__(
-        self, *, time_cost: int, memory_kib: int, parallelism: int, concurrency: int
+        self,
+        *,
+        time_cost: int,
+        memory_kib: int,
+        parallelism: int,
+        concurrency: int,
+        wait_seconds: float = 2.0,
     ) -> None:
         self._argon2 = Argon2Hasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID
         )
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        self.concurrency = max(1, concurrency)
+        self.wait_seconds = wait_seconds
+        self.slots = asyncio.Semaphore(self.concurrency)
+        self.waiting = 0
         self._dummy_hash: str | None = None
 
+    async def _run(self, work: Callable[[], T]) -> T:
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self.wait_seconds):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise RateLimited(
+                "the server is busy signing people in; try again in a moment",
+                extensions={
+                    "reason": "SERVER_BUSY",
+                    "limit": self.concurrency,
+                    "retryAfterSeconds": 1,
+                    "resetAt": None,
+                },
+            ) from None
+        finally:
+            self.waiting -= 1
+        try:
+            return await anyio.to_thread.run_sync(work)
+        finally:
+            self.slots.release()
+
     async def hash(self, password: str) -> str:
-        return await anyio.to_thread.run_sync(self._argon2.hash, password, limiter=self._limiter)
+        return await self._run(lambda: self._argon2.hash(password))
 
     async def verify(self, password_hash: str, password: str) -> bool:
         """True when ``password`` matches; a corrupt stored hash is an ordinary mismatch."""
@@ -57,7 +95,7 @@ class PasswordHasher:
             except (VerificationError, InvalidHashError, ValueError):
                 return False
 
-        return await anyio.to_thread.run_sync(check, limiter=self._limiter)
+        return await self._run(check)
 
     async def burn(self, password: str) -> None:
         """Spend a real verification's time, so an unknown email answers like a wrong password."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict, deque
+from datetime import UTC, datetime, timedelta
 
 from ragstream.domain.errors import RateLimited
 
@@ -17,9 +18,17 @@ class SlidingWindowLimiter:
     room (idle ones first), so a flood of new keys never lifts the limits of active ones.
     """
 
-    def __init__(self, limit: int, window: float = 60.0, max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        limit: int,
+        window: float = 60.0,
+        max_keys: int = 100_000,
+        *,
+        message: str = "too many sign-in attempts; try again later",
+    ) -> None:
         self.limit = limit
         self.window = window
+        self.message = message
         self._max_keys = max_keys
         # Ordered by last attempt, least recent first.
         self._hits: OrderedDict[str, deque[float]] = OrderedDict()
@@ -37,9 +46,15 @@ class SlidingWindowLimiter:
             hits.popleft()
         if len(hits) >= self.limit:
             retry_after = math.ceil(hits[0] + self.window - now)
+            reset_at = datetime.now(UTC) + timedelta(seconds=retry_after)
             raise RateLimited(
-                "too many sign-in attempts; try again later",
-                extensions={"limit": self.limit, "retryAfterSeconds": retry_after},
+                self.message,
+                extensions={
+                    "reason": "TOO_MANY_ATTEMPTS",
+                    "limit": self.limit,
+                    "retryAfterSeconds": retry_after,
+                    "resetAt": reset_at.isoformat(),
+                },
             )
         hits.append(now)
 

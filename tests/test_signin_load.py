@@ -1,0 +1,165 @@
+"""Sign-in and sign-up under load: hashing holds no connection, waits are bounded, sign-ups are
+limited per address and overall, and an exhausted pool answers a clean error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from tests import raw
+from tests.conftest import make_settings
+from tests.support import PASSWORD, LiveServer, Result, running_server
+
+ME = "{ me { id } }"
+LOGIN = """mutation($email: String!, $password: String!) {
+  login(email: $email, password: $password) { accessToken }
+}"""
+REGISTER = """mutation($input: RegisterInput!) { register(input: $input) { user { id } } }"""
+
+
+@asynccontextmanager
+async def server_with(
+    database_url: str, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[LiveServer]:
+    async with running_server(make_settings(database_url, tmp_path, **overrides)) as server:
+        yield server
+
+
+async def register(server: LiveServer, email: str, client_address: str | None = None) -> Result:
+    return await raw.graphql(
+        server,
+        REGISTER,
+        {"input": {"email": email, "password": PASSWORD, "displayName": "N"}},
+        client_address=client_address,
+    )
+
+
+async def login(server: LiveServer, email: str) -> Result:
+    return await raw.graphql(server, LOGIN, {"email": email, "password": PASSWORD})
+
+
+async def user_count(server: LiveServer) -> int:
+    async with server.state.sessionmaker() as session:
+        return int(await session.scalar(text("SELECT count(*) FROM users")) or 0)
+
+
+@asynccontextmanager
+async def every_hash_slot_taken(server: LiveServer) -> AsyncIterator[None]:
+    """Takes the hasher's slots, as a flood of sign-ins already hashing would."""
+    hasher = server.state.auth.hasher
+    for _ in range(hasher.concurrency):
+        await hasher.slots.acquire()
+    try:
+        yield
+    finally:
+        for _ in range(hasher.concurrency):
+            hasher.slots.release()
+
+
+async def test_a_sign_in_that_cannot_start_hashing_in_time_is_rate_limited(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with server_with(
+        database_url, tmp_path, password_hash_concurrency=1, password_hash_wait_seconds=0.2
+    ) as server:
+        account = await server.register()
+        before = await user_count(server)
+        async with every_hash_slot_taken(server):
+            signed_in = await login(server, account.email)
+            signed_up = await register(server, "new@example.com")
+        for result in (signed_in, signed_up):
+            assert result.code == "RATE_LIMITED"
+            extensions = result.errors[0]["extensions"]
+            assert extensions["reason"] == "SERVER_BUSY"
+            assert extensions["limit"] == 1
+        assert await user_count(server) == before
+        (await login(server, account.email)).ok()
+
+
+async def test_no_connection_is_held_while_a_sign_in_waits_for_its_hash(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with server_with(
+        database_url,
+        tmp_path,
+        db_pool_size=1,
+        db_max_overflow=0,
+        db_pool_timeout=2.0,
+        password_hash_concurrency=1,
+        password_hash_wait_seconds=60.0,
+    ) as server:
+        bystander = await server.register()
+        async with every_hash_slot_taken(server):
+            signing_in = asyncio.create_task(login(server, bystander.email))
+            while server.state.auth.hasher.waiting == 0:
+                assert not signing_in.done(), signing_in.result()
+                await asyncio.sleep(0.01)
+            # The only connection of the pool is free while the sign-in waits.
+            me = await server.execute(ME, token=bystander.access_token)
+            assert me.ok()["me"]["id"] == bystander.id
+        (await signing_in).ok()
+
+
+async def test_a_flood_of_sign_ins_never_answers_an_internal_error(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with server_with(
+        database_url,
+        tmp_path,
+        db_pool_size=2,
+        db_max_overflow=0,
+        password_hash_concurrency=1,
+        password_hash_wait_seconds=0.05,
+    ) as server:
+        results = await asyncio.gather(
+            *(login(server, f"nobody-{i}@example.com") for i in range(30))
+        )
+    assert {r.code for r in results} <= {"UNAUTHENTICATED", "RATE_LIMITED"}
+
+
+async def test_sign_ups_are_limited_per_client_address(database_url: str, tmp_path: Path) -> None:
+    async with server_with(database_url, tmp_path, registrations_per_hour_per_client=2) as server:
+        for i in range(2):
+            (await register(server, f"a{i}@example.com")).ok()
+        limited = await register(server, "a2@example.com")
+        elsewhere = await register(server, "b@example.com", client_address="127.0.0.2")
+
+        assert limited.code == "RATE_LIMITED"
+        extensions = limited.errors[0]["extensions"]
+        assert extensions["limit"] == 2
+        assert datetime.fromisoformat(extensions["resetAt"]) > datetime.now(UTC)
+        elsewhere.ok()
+        assert await user_count(server) == 3
+
+
+async def test_sign_ups_are_limited_overall(database_url: str, tmp_path: Path) -> None:
+    async with server_with(database_url, tmp_path, registrations_per_hour=2) as server:
+        (await register(server, "a@example.com", client_address="127.0.0.2")).ok()
+        (await register(server, "b@example.com", client_address="127.0.0.3")).ok()
+        limited = await register(server, "c@example.com", client_address="127.0.0.4")
+
+        assert limited.code == "RATE_LIMITED"
+        assert "resetAt" in limited.errors[0]["extensions"]
+        assert await user_count(server) == 2
+
+
+async def test_an_exhausted_pool_answers_server_busy(database_url: str, tmp_path: Path) -> None:
+    async with server_with(
+        database_url, tmp_path, db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.3
+    ) as server:
+        account = await server.register()
+        engine = server.state.engine
+        assert engine is not None
+        async with engine.connect() as held:
+            await held.execute(text("SELECT 1"))
+            busy = await server.execute(ME, token=account.access_token)
+        assert busy.code == "RATE_LIMITED"
+        assert busy.errors[0]["extensions"]["reason"] == "SERVER_BUSY"
+        assert busy.errors[0]["message"] == "the server is busy; try again in a moment"
+        (await server.execute(ME, token=account.access_token)).ok()
