@@ -50,6 +50,10 @@ def bench_settings(url: str, data_dir: Path, **overrides: Any) -> Settings:
         "argon2_memory_kib": 19_456,
         "argon2_parallelism": 1,
         "login_attempts_per_minute": 10_000,
+        # Benchmarks register and connect many users from one loopback address.
+        "registrations_per_hour": 1_000_000,
+        "registrations_per_hour_per_client": 1_000_000,
+        "ws_max_sockets_per_address": 100_000,
         "embedding_provider": "hashing",
         # Seeding 100k chunks outlasts the default 15-minute access token.
         "access_token_ttl_seconds": 24 * 3600,

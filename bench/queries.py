@@ -136,6 +136,8 @@ def _server_env(data_dir: str, port: int) -> dict[str, str]:
             "RAGSTREAM_ARGON2_MEMORY_KIB": "19456",
             "RAGSTREAM_ARGON2_PARALLELISM": "1",
             "RAGSTREAM_LOGIN_ATTEMPTS_PER_MINUTE": "10000",
+            "RAGSTREAM_REGISTRATIONS_PER_HOUR": "1000000",
+            "RAGSTREAM_REGISTRATIONS_PER_HOUR_PER_CLIENT": "1000000",
         }
     )
     return env

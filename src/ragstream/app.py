@@ -36,6 +36,7 @@ from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstream.schema import build_schema
 from ragstream.security_headers import SecurityHeadersMiddleware
 from ragstream.settings import ConfigurationError, Settings, resolve_jwt_secret
+from ragstream.socket_limits import SocketRegistry, WebSocketLimitMiddleware
 from ragstream.state import AppState
 from ragstream.view import GraphQLView
 
@@ -88,6 +89,10 @@ def build_state(settings: Settings) -> AppState:
             register_client_limiter=register_client_limiter,
         ),
         chat=GenerationManager(settings, build_chat_provider(settings)),
+        sockets=SocketRegistry(
+            per_address=settings.ws_max_sockets_per_address,
+            per_user=settings.ws_max_sockets_per_user,
+        ),
     )
 
 
@@ -189,6 +194,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(RequestIdMiddleware),
             Middleware(SecurityHeadersMiddleware),
             Middleware(UnexpectedErrorMiddleware),
+            Middleware(
+                WebSocketLimitMiddleware,
+                registry=state.sockets,
+                max_message_bytes=settings.ws_message_limit,
+            ),
             Middleware(
                 BodyLimitMiddleware,
                 max_bytes=settings.max_body_bytes,

@@ -54,6 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         proxy_headers=False,
         lifespan="on",
+        # Larger frames are refused while read (1009); the app checks the same limit.
+        ws_max_size=settings.ws_message_limit,
     )
     server = uvicorn.Server(config)
     try:

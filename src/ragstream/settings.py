@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
     ws_connection_init_timeout_seconds: float = 10.0
     ws_max_operations: int = 20
+    ws_max_message_bytes: int | None = None  # None: max_body_bytes; larger messages close 1009
+    ws_max_sockets_per_user: int = 10
+    ws_max_sockets_per_address: int = 100
 
     # Providers
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
@@ -158,6 +161,10 @@ class Settings(BaseSettings):
     @property
     def graphiql_enabled(self) -> bool:
         return bool(self.graphiql)
+
+    @property
+    def ws_message_limit(self) -> int:
+        return self.ws_max_message_bytes or self.max_body_bytes
 
     @property
     def active_generation_cap(self) -> int:

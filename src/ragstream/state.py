@@ -20,6 +20,7 @@ from ragstream.domain.llm.embeddings import Embedder
 from ragstream.domain.users.auth import AuthService
 from ragstream.domain.users.tokens import TokenService
 from ragstream.settings import ConfigurationError, Settings
+from ragstream.socket_limits import SocketRegistry
 
 
 @dataclass
@@ -31,6 +32,7 @@ class AppState:
     tokens: TokenService
     auth: AuthService
     chat: GenerationManager
+    sockets: SocketRegistry  # open websockets per client address and per user
     engine: AsyncEngine | None = None
     sessionmaker_: async_sessionmaker[AsyncSession] | None = None
     embedded: EmbeddedDatabase | None = None

@@ -28,7 +28,7 @@ from ragstream.edge import (
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.schema.context import Context
 from ragstream.upload_names import UploadNameRefused, scan_upload_names
-from ragstream.websocket import TransportWSHandler
+from ragstream.websocket import TooManySockets, TransportWSHandler
 
 if TYPE_CHECKING:
     from ragstream.state import AppState
@@ -146,8 +146,12 @@ class GraphQLView(GraphQL[Context, None]):
             raise ConnectionRejectionError()
         if context.claims is not None:
             try:
-                await context.viewer()
+                user = await context.viewer()
             except Unauthenticated:
                 raise ConnectionRejectionError() from None
+            sockets = self.state.sockets
+            if not sockets.open_user(user.id):
+                raise TooManySockets
+            context.on_close.append(lambda: sockets.close_user(user.id))
             # TransportWSHandler closes the socket when the token expires.
         return cast("UnsetType", UNSET)

@@ -7,12 +7,16 @@
   the socket stays up; Strawberry's own error had no code.
 - A socket cannot outlive its access token: it is closed (4403) when the token expires, and the
   timer ends with the socket instead of lingering until the token's expiry.
+- A user over the open-socket limit is closed with 4429 at ``connection_init`` (see
+  socket_limits.py); a failure while accepting it (e.g. the database is down) closes with 1011
+  and is logged with the request id, instead of ending the connection without a close code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -26,9 +30,17 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 )
 
 from ragstream.schema.context import Context
+from ragstream.socket_limits import TOO_MANY_SOCKETS, TOO_MANY_SOCKETS_REASON
+
+logger = logging.getLogger("ragstream.errors")
 
 TOKEN_EXPIRED_CLOSE_CODE = 4403
+INTERNAL_ERROR_CLOSE_CODE = 1011
 TOO_MANY_OPERATIONS = "too many operations in progress on this socket"
+
+
+class TooManySockets(Exception):
+    """The signed-in user already has as many open sockets as allowed."""
 
 
 def well_formed(message: object) -> bool:
@@ -59,7 +71,19 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         await super().handle_message(message)
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        await super().handle_connection_init(message)
+        try:
+            await super().handle_connection_init(message)
+        except TooManySockets:
+            await self.websocket.close(code=TOO_MANY_SOCKETS, reason=TOO_MANY_SOCKETS_REASON)
+            return
+        except Exception:
+            logger.exception(
+                "websocket connection_init failed (request %s)", self.context.request_id
+            )
+            await self.websocket.close(
+                code=INTERNAL_ERROR_CLOSE_CODE, reason="Internal server error"
+            )
+            return
         claims = self.context.claims
         if self.connection_acknowledged and claims is not None and self.expiry_task is None:
             self.expiry_task = asyncio.create_task(self._close_at(claims.expires_at))
@@ -85,7 +109,11 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     async def shutdown(self) -> None:
         if self.expiry_task is not None:
             self.expiry_task.cancel()
-        await super().shutdown()
+        try:
+            await super().shutdown()
+        finally:
+            for release in self.context.on_close:
+                release()
 
     async def _close_at(self, expires_at: datetime) -> None:
         await asyncio.sleep(max((expires_at - datetime.now(UTC)).total_seconds(), 0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +29,8 @@ class Context:
     claims: AccessClaims | None = None
     token_invalid: bool = False
     connection_params: dict[str, Any] | None = None
+    # Run when a websocket ends (e.g. giving back its place under the open-socket limit).
+    on_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _viewer: User | None = field(default=None, repr=False)
     # DataLoaders for nested fields; see schema/loaders.py for why websockets do not cache.
     loaders: Loaders = field(init=False, repr=False)
