@@ -39,6 +39,7 @@ from ragstream.settings import ConfigurationError, Settings, resolve_jwt_secret
 from ragstream.socket_limits import SocketRegistry, WebSocketLimitMiddleware
 from ragstream.state import AppState
 from ragstream.view import GraphQLView
+from ragstream.workpool import WorkPool
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,9 @@ async def connect(state: AppState, *, migrate: bool = True) -> AsyncIterator[Non
             )
         state.database_url = url
         state.sessionmaker_ = make_sessionmaker(state.engine)
-        state.embedder_ = build_embedder(settings)
+        # Processes start with the first job, not here.
+        state.work_ = WorkPool(settings.work_processes)
+        state.embedder_ = build_embedder(settings, state.work_)
         yield
     finally:
         for task in list(state.background):
@@ -133,6 +136,8 @@ async def connect(state: AppState, *, migrate: bool = True) -> AsyncIterator[Non
         await asyncio.gather(*state.background, return_exceptions=True)
         if state.embedder_ is not None:
             await state.embedder_.aclose()
+        if state.work_ is not None:
+            state.work_.shutdown()
         await state.engine.dispose()
         if state.embedded is not None:
             await asyncio.to_thread(state.embedded.stop)

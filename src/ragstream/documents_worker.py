@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ragstream.db.repositories.documents import embedding_column_dimensions
 from ragstream.domain.documents.jobs import running_worker
 from ragstream.domain.documents.pipeline import IngestionDeps
+from ragstream.domain.documents.reading import ReadingLimits
 from ragstream.settings import ConfigurationError
 
 if TYPE_CHECKING:
@@ -25,8 +26,15 @@ def ingestion_deps(state: AppState) -> IngestionDeps:
         sessionmaker=state.sessionmaker,
         embedder=state.embedder,
         broker=state.broker,
-        chunk_target_tokens=settings.chunk_target_tokens,
-        chunk_overlap_tokens=settings.chunk_overlap_tokens,
+        work=state.work,
+        limits=ReadingLimits(
+            target_tokens=settings.chunk_target_tokens,
+            overlap_tokens=settings.chunk_overlap_tokens,
+            max_text_chars=settings.ingestion_max_text_chars,
+            max_chunks=settings.ingestion_max_chunks,
+            max_token_chars=settings.ingestion_max_token_chars,
+            timeout_seconds=settings.ingestion_timeout_seconds,
+        ),
         embedding_batch_size=settings.embedding_batch_size,
     )
 

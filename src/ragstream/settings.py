@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     ingestion_shutdown_timeout_seconds: float = 10.0
     chunk_target_tokens: int = 500
     chunk_overlap_tokens: int = 50
+    # Per document (see domain/documents/reading.py); past any of them it ends FAILED.
+    ingestion_max_text_chars: int = 5_000_000
+    ingestion_max_chunks: int = 5_000
+    ingestion_max_token_chars: int = 100  # longer runs without whitespace are cut
+    ingestion_timeout_seconds: float = 120.0  # per parse-and-chunk job, per embedding batch
+    # Worker processes for parsing, chunking and offline embedding; None: one per core.
+    work_processes: int | None = None
     search_candidates: int = 60
     search_ef_search: int = 200  # HNSW candidate list per scan round: recall against time
     search_max_scan_tuples: int = 20_000  # how far a filtered HNSW scan looks for readable rows

@@ -21,6 +21,7 @@ from ragstream.domain.users.auth import AuthService
 from ragstream.domain.users.tokens import TokenService
 from ragstream.settings import ConfigurationError, Settings
 from ragstream.socket_limits import SocketRegistry
+from ragstream.workpool import WorkPool
 
 
 @dataclass
@@ -39,6 +40,8 @@ class AppState:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     database_url: str | None = None
     embedder_: Embedder | None = None
+    # Worker processes for CPU-heavy work (parsing, chunking, offline embedding).
+    work_: WorkPool | None = None
     # In-process pub/sub (document events, chat streams); a Redis broker can take its place.
     broker: EventBroker = field(default_factory=InMemoryBroker)
     # A configuration error that stopped the lifespan from starting (serve reports it, exit 2).
@@ -49,6 +52,12 @@ class AppState:
         if self.sessionmaker_ is None:
             raise RuntimeError("the database is not connected yet")
         return self.sessionmaker_
+
+    @property
+    def work(self) -> WorkPool:
+        if self.work_ is None:
+            raise RuntimeError("the worker processes are not set up yet")
+        return self.work_
 
     @property
     def embedder(self) -> Embedder:

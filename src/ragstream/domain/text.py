@@ -42,6 +42,11 @@ def estimate_tokens(text: str) -> int:
     return max(math.ceil(len(text) / 4), len(_PIECES.findall(text)))
 
 
+def count_pieces(text: str) -> int:
+    """Word-or-punctuation pieces of ``text``; they never span whitespace, so counts add up."""
+    return len(_PIECES.findall(text))
+
+
 def truncate_to_tokens(text: str, budget: int) -> str:
     """The longest start of ``text`` (cut at a character) whose estimate fits ``budget``."""
     if estimate_tokens(text) <= budget:

@@ -6,11 +6,12 @@ same estimate the chat's prompt budgets use.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
 from ragstream.domain.documents.parsing import Block
-from ragstream.domain.text import estimate_tokens
+from ragstream.domain.text import count_pieces, estimate_tokens
 
 _SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])\s+")
 HEADING_SEPARATOR = " / "
@@ -29,47 +30,80 @@ class ChunkDraft:
         return HEADING_SEPARATOR.join(self.heading_path)
 
 
-def _split_words(text: str, target: int) -> list[str]:
-    words = text.split()
+class _Run:
+    """Texts joined by single spaces, with the token estimate of the join kept up to date.
+
+    Pieces never span whitespace, so both parts of the estimate (characters and pieces) add up;
+    splitting stays linear in the length of the text, where re-measuring the growing join after
+    every word made a long paragraph cost time quadratic in its length.
+    """
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.chars = 0
+        self.pieces = 0
+
+    def tokens_with(self, text: str, pieces: int) -> int:
+        chars = self.chars + len(text) + (1 if self.texts else 0)
+        return max(math.ceil(chars / 4), self.pieces + pieces)
+
+    def add(self, text: str, pieces: int) -> None:
+        self.chars += len(text) + (1 if self.texts else 0)
+        self.pieces += pieces
+        self.texts.append(text)
+
+    def take(self) -> str:
+        text = " ".join(self.texts)
+        self.texts, self.chars, self.pieces = [], 0, 0
+        return text
+
+
+def _words(text: str, max_token_chars: int) -> list[str]:
+    """Whitespace-separated words; a longer run than ``max_token_chars`` (a base64 blob, a
+    15 MB "word") is cut into pieces of that length."""
+    words: list[str] = []
+    for word in text.split():
+        if len(word) <= max_token_chars:
+            words.append(word)
+        else:
+            words.extend(
+                word[i : i + max_token_chars] for i in range(0, len(word), max_token_chars)
+            )
+    return words
+
+
+def _pack(texts: list[str], target: int) -> list[str]:
+    """Consecutive texts joined by spaces into pieces of at most ``target`` tokens (a single
+    text over the target stays one piece; callers cut those first)."""
     pieces: list[str] = []
-    current: list[str] = []
-    for word in words:
-        if current and estimate_tokens(" ".join([*current, word])) > target:
-            pieces.append(" ".join(current))
-            current = []
-        if estimate_tokens(word) > target:
-            # A "word" longer than a chunk (e.g. a base64 blob): cut it by characters.
-            step = target * 4
-            pieces.extend(word[i : i + step] for i in range(0, len(word), step))
-            continue
-        current.append(word)
-    if current:
-        pieces.append(" ".join(current))
+    run = _Run()
+    for text in texts:
+        count = count_pieces(text)
+        if run.texts and run.tokens_with(text, count) > target:
+            pieces.append(run.take())
+        run.add(text, count)
+    if run.texts:
+        pieces.append(run.take())
     return pieces
 
 
-def split_oversized(text: str, target: int) -> list[str]:
+def _split_words(text: str, target: int, max_token_chars: int) -> list[str]:
+    # A word over a whole chunk is cut by characters first (four characters per token).
+    limit = max(1, min(max_token_chars, target * 4))
+    return _pack(_words(text, limit), target)
+
+
+def split_oversized(text: str, target: int, max_token_chars: int = 100) -> list[str]:
     """Pieces of at most ``target`` tokens, cut at sentence ends where possible."""
     if estimate_tokens(text) <= target:
         return [text]
-    pieces: list[str] = []
-    current = ""
+    units: list[str] = []
     for sentence in _SENTENCE_END.split(text):
         if estimate_tokens(sentence) > target:
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.extend(_split_words(sentence, target))
-            continue
-        candidate = f"{current} {sentence}" if current else sentence
-        if current and estimate_tokens(candidate) > target:
-            pieces.append(current)
-            current = sentence
+            units.extend(_split_words(sentence, target, max_token_chars))
         else:
-            current = candidate
-    if current:
-        pieces.append(current)
-    return pieces
+            units.append(sentence)
+    return _pack(units, target)
 
 
 @dataclass
@@ -111,12 +145,26 @@ class _Builder:
         if carry_overlap and self.overlap > 0 and self.drafts:
             # The next chunk opens with the end of this one, so a sentence cut at the boundary
             # is still retrievable with its context.
-            words = self.drafts[-1].content.split()
-            tail = " ".join(words[-max(1, int(self.overlap * 0.75)) :])
+            tail = _tail(self.drafts[-1].content, self.overlap)
             self.parts, self.tokens = [tail], estimate_tokens(tail)
 
 
-def chunk_blocks(blocks: list[Block], *, target: int = 500, overlap: int = 50) -> list[ChunkDraft]:
+def _tail(content: str, overlap: int) -> str:
+    """The last words of ``content``, about ``overlap`` tokens: 0.75 words per token, and at most
+    8 characters per token, so long words cannot make the overlap outgrow its budget."""
+    words: list[str] = []
+    chars = 0
+    for word in reversed(content.split()):
+        if words and (len(words) >= int(overlap * 0.75) or chars + len(word) > overlap * 8):
+            break
+        words.append(word)
+        chars += len(word) + 1
+    return " ".join(reversed(words))
+
+
+def chunk_blocks(
+    blocks: list[Block], *, target: int = 500, overlap: int = 50, max_token_chars: int = 100
+) -> list[ChunkDraft]:
     """Chunks never span two sections; each keeps its heading path and first page."""
     target = max(target, 16)
     overlap = min(max(overlap, 0), target // 4)
@@ -129,7 +177,7 @@ def chunk_blocks(blocks: list[Block], *, target: int = 500, overlap: int = 50) -
             headings.append((block.level, block.text[:200]))
             builder.path = tuple(text for _, text in headings)
             continue
-        for piece in split_oversized(block.text, target - overlap):
+        for piece in split_oversized(block.text, target - overlap, max_token_chars):
             builder.add(piece, block.page)
     builder.flush()
     return builder.drafts

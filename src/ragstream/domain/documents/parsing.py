@@ -28,18 +28,31 @@ class Block:
     page: int | None = None
 
 
-def parse(mime_type: str, data: bytes) -> list[Block]:
-    """Blocking (PDF parsing is CPU work): run it in a thread."""
+def text_too_long(max_chars: int) -> ParseError:
+    return ParseError(
+        f"the document's text is longer than {max_chars:,} characters, the limit for one document"
+    )
+
+
+def parse(mime_type: str, data: bytes, *, max_chars: int | None = None) -> list[Block]:
+    """CPU work (see documents/reading.py). Text past ``max_chars`` is a ParseError, checked
+    before the text is split up where the format allows (text, Markdown) and page by page in
+    PDFs."""
     if mime_type == PDF:
-        return parse_pdf(data)
+        return parse_pdf(data, max_chars=max_chars)
     try:
         text = decode_text(data)
     except InvalidInput as exc:
         raise ParseError(exc.message) from None
+    if mime_type == HTML:
+        blocks = parse_html(text)
+        if max_chars is not None and sum(len(b.text) for b in blocks) > max_chars:
+            raise text_too_long(max_chars)
+        return blocks
+    if max_chars is not None and len(text) > max_chars:
+        raise text_too_long(max_chars)
     if mime_type == MARKDOWN:
         return parse_markdown(text)
-    if mime_type == HTML:
-        return parse_html(text)
     if mime_type == PLAIN:
         return parse_plain(text)
     raise ParseError(f"unsupported document type {mime_type}")
@@ -237,10 +250,11 @@ def parse_html(text: str) -> list[Block]:
     return extractor.blocks
 
 
-def parse_pdf(data: bytes) -> list[Block]:
+def parse_pdf(data: bytes, *, max_chars: int | None = None) -> list[Block]:
     from pypdf import PdfReader
 
     blocks: list[Block] = []
+    chars = 0
     try:
         # pypdf reports recoverable damage as warnings; they are not the owner's concern.
         with warnings.catch_warnings():
@@ -249,7 +263,11 @@ def parse_pdf(data: bytes) -> list[Block]:
             if reader.is_encrypted and not reader.decrypt(""):
                 raise ParseError("the PDF is password-protected")
             for number, page in enumerate(reader.pages, start=1):
-                blocks.extend(_paragraphs(page.extract_text() or "", page=number))
+                text = page.extract_text() or ""
+                chars += len(text)
+                if max_chars is not None and chars > max_chars:
+                    raise text_too_long(max_chars)
+                blocks.extend(_paragraphs(text, page=number))
     except ParseError:
         raise
     except Exception as exc:  # pypdf raises many types for damaged files

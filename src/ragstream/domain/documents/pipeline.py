@@ -6,21 +6,21 @@ written together, so a document is never READY with half its chunks.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ragstream.db.repositories.documents import DocumentRepository, NewChunk
-from ragstream.domain.documents.chunking import chunk_blocks
 from ragstream.domain.documents.enums import DocumentStatus
 from ragstream.domain.documents.events import publish_status
-from ragstream.domain.documents.parsing import ParseError, parse
+from ragstream.domain.documents.parsing import ParseError
+from ragstream.domain.documents.reading import ReadingLimits, read_document
 from ragstream.domain.events import EventBroker
 from ragstream.domain.llm.embeddings import Embedder, EmbeddingError
+from ragstream.workpool import JobTimeout, WorkPool, WorkPoolBroken
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ class IngestionDeps:
     sessionmaker: async_sessionmaker[AsyncSession]
     embedder: Embedder
     broker: EventBroker
-    chunk_target_tokens: int = 500
-    chunk_overlap_tokens: int = 50
+    # Parsing and chunking run here, never on the event loop.
+    work: WorkPool
+    limits: ReadingLimits = field(default_factory=ReadingLimits)
     embedding_batch_size: int = 64
 
 
@@ -43,6 +44,13 @@ def embedding_text(title: str, heading_path: Sequence[str], content: str) -> str
     """What gets embedded: the chunk with its document title and headings as context."""
     context = " / ".join([title, *heading_path])
     return f"{context}\n\n{content}"
+
+
+def timed_out(limits: ReadingLimits) -> str:
+    return (
+        f"reading the document took longer than {limits.timeout_seconds:g} s, the limit for "
+        "one document"
+    )
 
 
 async def _set_status(
@@ -94,16 +102,20 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
     if data is None:
         await mark_failed(deps, document_id, "the uploaded file is missing")
         return DocumentStatus.FAILED
+    limits = deps.limits
     try:
-        blocks = await asyncio.to_thread(parse, mime_type, data)
-        drafts = chunk_blocks(
-            blocks, target=deps.chunk_target_tokens, overlap=deps.chunk_overlap_tokens
+        drafts = await deps.work.run(
+            read_document, mime_type, data, limits, time_limit=limits.timeout_seconds
         )
-        if not drafts:
-            raise ParseError("the document contains no text")
     except ParseError as exc:
         await mark_failed(deps, document_id, str(exc))
         return DocumentStatus.FAILED
+    except JobTimeout:
+        await mark_failed(deps, document_id, timed_out(limits))
+        return DocumentStatus.FAILED
+    except WorkPoolBroken as exc:
+        raise RetryableIngestionError(str(exc)) from exc
+    del data  # the drafts hold the text now
 
     vectors: list[list[float]] = []
     texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
@@ -117,6 +129,11 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
             raise RetryableIngestionError(str(exc)) from exc
         await mark_failed(deps, document_id, f"embedding failed: {exc}")
         return DocumentStatus.FAILED
+    except JobTimeout:
+        await mark_failed(deps, document_id, timed_out(limits))
+        return DocumentStatus.FAILED
+    except WorkPoolBroken as exc:
+        raise RetryableIngestionError(str(exc)) from exc
 
     chunks = [
         NewChunk(

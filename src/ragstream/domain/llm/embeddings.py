@@ -20,6 +20,7 @@ from ragstream.domain.text import STOPWORDS
 from ragstream.domain.text import stem as text_stem
 from ragstream.domain.text import words as text_words
 from ragstream.settings import ConfigurationError, Settings
+from ragstream.workpool import WorkPool
 
 
 class EmbeddingError(Exception):
@@ -53,6 +54,10 @@ CHAR_NGRAM_WEIGHT = 0.5  # shared by all n-grams of one word
 CHAR_NGRAM_SIZES = (3, 4)
 
 
+# Longer words are cut: they keep the caches and the n-gram lists small.
+MAX_WORD_CHARS = 64
+
+
 class HashingEmbedder:
     """Deterministic feature hashing of words, word bigrams and character n-grams.
 
@@ -60,10 +65,18 @@ class HashingEmbedder:
     for retrieval over a modest knowledge base, especially fused with full-text search.
     """
 
-    def __init__(self, dimensions: int = 384) -> None:
+    def __init__(
+        self,
+        dimensions: int = 384,
+        *,
+        pool: WorkPool | None = None,
+        time_limit: float | None = None,
+    ) -> None:
         if dimensions < 8:
             raise ConfigurationError("RAGSTREAM_EMBEDDING_DIMENSIONS must be at least 8")
         self._dimensions = dimensions
+        self._pool = pool
+        self._time_limit = time_limit
         # Per-instance caches: the same word always lands in the same buckets.
         self._feature = functools.lru_cache(maxsize=200_000)(self._feature_uncached)
         self._word = functools.lru_cache(maxsize=100_000)(self._word_uncached)
@@ -104,7 +117,7 @@ class HashingEmbedder:
         return indices, weights
 
     def embed_one(self, text: str) -> list[float]:
-        words = text_words(text)
+        words = [w[:MAX_WORD_CHARS] for w in text_words(text)]
         vector = np.zeros(self._dimensions, dtype=np.float64)
         if not words:
             vector[0] = 1.0
@@ -128,12 +141,28 @@ class HashingEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if len(texts) <= 4:
-            return self.embed_sync(texts)
-        # Batches are CPU work: keep the event loop free for requests meanwhile.
+            return self.embed_sync(texts)  # a search query: shorter than a context switch
+        # Batches are pure-Python CPU work: in a thread they would hold the GIL and stall the
+        # event loop, so they go to the worker processes.
+        if self._pool is not None:
+            return await self._pool.run(
+                embed_in_worker, self._dimensions, list(texts), time_limit=self._time_limit
+            )
         return await asyncio.to_thread(self.embed_sync, texts)
 
     async def aclose(self) -> None:
         return None
+
+
+_worker_embedders: dict[int, HashingEmbedder] = {}
+
+
+def embed_in_worker(dimensions: int, texts: list[str]) -> list[list[float]]:
+    """Runs in a worker process, which keeps one embedder (and its caches) per size."""
+    embedder = _worker_embedders.get(dimensions)
+    if embedder is None:
+        embedder = _worker_embedders[dimensions] = HashingEmbedder(dimensions)
+    return embedder.embed_sync(texts)
 
 
 class OpenAIEmbedder:
@@ -217,7 +246,7 @@ class OpenAIEmbedder:
         await self._client.close()
 
 
-def build_embedder(settings: Settings) -> Embedder:
+def build_embedder(settings: Settings, pool: WorkPool | None = None) -> Embedder:
     if settings.embedding_provider == "openai":
         return OpenAIEmbedder(
             openai_client(settings),
@@ -226,4 +255,6 @@ def build_embedder(settings: Settings) -> Embedder:
             batch_size=settings.embedding_batch_size,
             request_dimensions=settings.embedding_request_dimensions,
         )
-    return HashingEmbedder(settings.embedding_dimensions)
+    return HashingEmbedder(
+        settings.embedding_dimensions, pool=pool, time_limit=settings.ingestion_timeout_seconds
+    )

@@ -1,0 +1,41 @@
+"""Reading a document: bytes to chunk drafts, within limits. Runs in a worker process.
+
+The limits bound one document's time and memory: ``max_text_chars`` of extracted text,
+``max_chunks`` chunks, ``max_token_chars`` characters per word (a longer run is cut, so one
+15 MB "word" costs what ordinary text does) and the job's time limit (see workpool.py). A
+document over a limit ends FAILED with an error that says which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ragstream.domain.documents.chunking import ChunkDraft, chunk_blocks
+from ragstream.domain.documents.parsing import ParseError, parse
+
+
+@dataclass(frozen=True)
+class ReadingLimits:
+    target_tokens: int = 500
+    overlap_tokens: int = 50
+    max_text_chars: int = 5_000_000
+    max_chunks: int = 5_000
+    max_token_chars: int = 100
+    timeout_seconds: float = 120.0
+
+
+def read_document(mime_type: str, data: bytes, limits: ReadingLimits) -> list[ChunkDraft]:
+    blocks = parse(mime_type, data, max_chars=limits.max_text_chars)
+    drafts = chunk_blocks(
+        blocks,
+        target=limits.target_tokens,
+        overlap=limits.overlap_tokens,
+        max_token_chars=limits.max_token_chars,
+    )
+    if not drafts:
+        raise ParseError("the document contains no text")
+    if len(drafts) > limits.max_chunks:
+        raise ParseError(
+            f"the document makes more than {limits.max_chunks:,} chunks, the limit for one document"
+        )
+    return drafts
