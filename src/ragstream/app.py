@@ -184,6 +184,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if not started:
                 state.startup_error = exc
             raise
+        finally:
+            state.auth.hasher.close()
 
     routes = [
         Route("/graphql", view, methods=["GET", "POST"]),
@@ -203,6 +205,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 WebSocketLimitMiddleware,
                 registry=state.sockets,
                 max_message_bytes=settings.ws_message_limit,
+                send_timeout_seconds=settings.ws_send_timeout_seconds,
             ),
             Middleware(
                 BodyLimitMiddleware,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-import anyio
 from argon2 import PasswordHasher as Argon2Hasher
 from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -15,6 +18,16 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from ragstream.domain.errors import InvalidInput, RateLimited
 
 T = TypeVar("T")
+# Hashing threads run at a lower scheduling priority than the event loop's thread.
+HASHING_NICENESS = 10
+
+
+def _lower_thread_priority() -> None:
+    """Linux applies a nice value to the calling thread alone, and argon2's own worker threads
+    (``parallelism``) inherit it: a flood of hashes then yields the CPU to request handling."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
+
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
@@ -34,7 +47,7 @@ def check_password_policy(password: str, field: str = "password") -> None:
 
 
 class PasswordHasher:
-    """Hashes and verifies passwords in worker threads.
+    """Hashes and verifies passwords in its own low-priority threads.
 
     A hash costs tens of milliseconds of CPU and tens of MiB of memory, so at most ``concurrency``
     run at once. A hash that cannot start within ``wait_seconds`` is refused (RATE_LIMITED,
@@ -59,6 +72,19 @@ class PasswordHasher:
         self.slots = asyncio.Semaphore(self.concurrency)
         self.waiting = 0
         self._dummy_hash: str | None = None
+        self._threads: ThreadPoolExecutor | None = None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._threads is None:  # threads start with the first hash, not at construction
+            self._threads = ThreadPoolExecutor(
+                self.concurrency, "password-hash", initializer=_lower_thread_priority
+            )
+        return self._threads
+
+    def close(self) -> None:
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, work: Callable[[], T]) -> T:
         self.waiting += 1
@@ -78,7 +104,7 @@ class PasswordHasher:
         finally:
             self.waiting -= 1
         try:
-            return await anyio.to_thread.run_sync(work)
+            return await asyncio.get_running_loop().run_in_executor(self._executor(), work)
         finally:
             self.slots.release()
 
