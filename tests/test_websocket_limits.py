@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from starlette.types import Message, Receive, Scope, Send
 
+from ragstream.socket_limits import SocketRegistry, WebSocketLimitMiddleware
 from tests.conftest import make_settings
 from tests.database_faults import database_unreachable
 from tests.support import LiveServer, running_server
@@ -177,3 +179,47 @@ async def test_a_database_outage_at_connection_init_closes_1011_and_is_logged(
     async with raw_socket(server) as ws:
         await sign_in(ws, account)
     await released(server, "127.0.0.1")
+
+
+async def test_a_reader_that_makes_no_room_is_closed_and_its_operations_end() -> None:
+    # The server side of the socket, as uvicorn behaves with a client that stopped reading:
+    # every send waits for the transport to drain, which never happens.
+    never = asyncio.Event()
+    attempted: list[Message] = []
+    seen_by_app: list[Message] = []
+
+    async def server_receive() -> Message:
+        if not attempted:
+            attempted.append({"type": "connected"})
+            return {"type": "websocket.connect"}
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    async def server_send(message: Message) -> None:
+        attempted.append(message)
+        if message["type"] != "websocket.accept":
+            await never.wait()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+
+        async def stream_answer() -> None:
+            await send({"type": "websocket.send", "text": "x" * 100_000})
+
+        sending = asyncio.create_task(stream_answer())
+        seen_by_app.append(await receive())  # the protocol handler's read loop
+        await sending
+
+    registry = SocketRegistry(per_address=5, per_user=5)
+    middleware = WebSocketLimitMiddleware(
+        app, registry=registry, max_message_bytes=1_000, send_timeout_seconds=0.2
+    )
+    scope: Scope = {"type": "websocket", "client": ("127.0.0.9", 5000), "subprotocols": []}
+    async with asyncio.timeout(30):  # without the rule, the app would wait forever
+        await middleware(scope, server_receive, server_send)
+
+    assert seen_by_app == [{"type": "websocket.disconnect", "code": 1008}]
+    closes = [m for m in attempted if m["type"] == "websocket.close"]
+    assert closes == [{"type": "websocket.close", "code": 1008, "reason": "Client too slow"}]
+    assert registry.open_at("127.0.0.9") == 0

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int | None = None  # None: max_body_bytes; larger messages close 1009
     ws_max_sockets_per_user: int = 10
     ws_max_sockets_per_address: int = 100
+    # A message the client has not made room for (by reading) within this time closes it (1008).
+    ws_send_timeout_seconds: float = 30.0
 
     # Providers
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")

@@ -5,10 +5,17 @@
   same limit, so a larger frame is refused while it is read instead of after.
 - Open sockets are counted per client address (checked on connect) and per signed-in user
   (checked at ``connection_init``); one too many is closed with 4429 ("Too many open sockets").
+- A slow reader: the server sends a message only while the socket's unsent data is under the
+  transport's high-water mark (64 KiB); the chat stream merges what arrives meanwhile into the
+  next message (coalesced catch-up), so a reader that lags costs one pending message, not a
+  queue. A message that still cannot be handed over after ``ws_send_timeout_seconds`` ends the
+  socket's operations and closes it with 1008 ("Client too slow").
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections import Counter
 
@@ -16,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MESSAGE_TOO_BIG = 1009
 TOO_BIG = "Message too big"
+TOO_SLOW = 1008
+TOO_SLOW_REASON = "Client too slow"
 TOO_MANY_SOCKETS = 4429
 TOO_MANY_SOCKETS_REASON = "Too many open sockets"
 SUBPROTOCOL = "graphql-transport-ws"
@@ -69,10 +78,18 @@ def _size_over(message: Message, limit: int) -> bool:
 
 
 class WebSocketLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, registry: SocketRegistry, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: SocketRegistry,
+        max_message_bytes: int,
+        send_timeout_seconds: float = 30.0,
+    ) -> None:
         self.app = app
         self.registry = registry
         self.max_message_bytes = max_message_bytes
+        self.send_timeout_seconds = send_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -83,33 +100,80 @@ class WebSocketLimitMiddleware:
         if not self.registry.open_address(address):
             await _refuse(scope, receive, send)
             return
-        closed = False
-
-        async def limited_receive() -> Message:
-            nonlocal closed
-            message = await receive()
-            if message["type"] == "websocket.receive" and _size_over(
-                message, self.max_message_bytes
-            ):
-                closed = True
-                await send(
-                    {
-                        "type": "websocket.close",
-                        "code": MESSAGE_TOO_BIG,
-                        "reason": "Message too big",
-                    }
-                )
-                return {"type": "websocket.disconnect", "code": MESSAGE_TOO_BIG}
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            if not closed:  # the socket was closed here; the app has not noticed yet
-                await send(message)
-
+        socket = _Socket(receive, send, self.max_message_bytes, self.send_timeout_seconds)
         try:
-            await self.app(scope, limited_receive, guarded_send)
+            await self.app(scope, socket.receive, socket.send)
         finally:
             self.registry.close_address(address)
+            await socket.finish()
+
+
+class _Socket:
+    """One websocket's receive and send, with the size and slow-reader rules applied."""
+
+    def __init__(self, receive: Receive, send: Send, max_bytes: int, send_timeout: float) -> None:
+        self._receive = receive
+        self._send = send
+        self.max_bytes = max_bytes
+        self.send_timeout = send_timeout
+        self.closed_with: int | None = None  # set once this side closed the socket
+        self._given_up = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
+
+    def _disconnect(self) -> Message:
+        return {"type": "websocket.disconnect", "code": self.closed_with}
+
+    async def receive(self) -> Message:
+        if self.closed_with is not None:
+            return self._disconnect()
+        receiving = asyncio.ensure_future(self._receive())
+        given_up = asyncio.ensure_future(self._given_up.wait())
+        try:
+            await asyncio.wait({receiving, given_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            given_up.cancel()
+            if not receiving.done():
+                receiving.cancel()
+        if not receiving.done() or receiving.cancelled():
+            return self._disconnect()
+        message = receiving.result()
+        if message["type"] == "websocket.receive" and _size_over(message, self.max_bytes):
+            self.closed_with = MESSAGE_TOO_BIG
+            await self._send(
+                {"type": "websocket.close", "code": MESSAGE_TOO_BIG, "reason": TOO_BIG}
+            )
+            return self._disconnect()
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.closed_with is not None:
+            return  # closed here; the app has not noticed yet
+        if message["type"] != "websocket.send":
+            await self._send(message)
+            return
+        try:
+            # The server waits while the client has not read what it was sent before.
+            async with asyncio.timeout(self.send_timeout):
+                await self._send(message)
+        except TimeoutError:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        self.closed_with = TOO_SLOW
+        self._given_up.set()  # the app's pending receive answers "disconnected"
+        # The close frame waits for the same backlog; the transport's ping timeout ends a
+        # client that never reads again.
+        self._closing = asyncio.create_task(self._close_when_writable())
+
+    async def _close_when_writable(self) -> None:
+        await self._send({"type": "websocket.close", "code": TOO_SLOW, "reason": TOO_SLOW_REASON})
+
+    async def finish(self) -> None:
+        if self._closing is not None and not self._closing.done():
+            self._closing.cancel()
+        if self._closing is not None:
+            with contextlib.suppress(BaseException):
+                await self._closing
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
