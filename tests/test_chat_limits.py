@@ -12,6 +12,7 @@ from tests.chat_support import (
     CONVERSATION,
     SEND,
     USAGE,
+    chat_all,
     chat_server,
     count_rows,
     eventually,
@@ -195,3 +196,27 @@ async def test_concurrent_answers_per_user_are_capped(
         for message_id in (again["id"], theirs["id"]):
             await server.execute(CANCEL, {"id": message_id}, token=account.access_token)
         await server.execute(CANCEL, {"id": theirs["id"]}, token=other.access_token)
+
+
+async def test_an_answer_past_the_length_limit_ends_complete_with_the_marker(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    # 400 tokens of 10 characters: 4,000 characters against a limit of 1,000.
+    chat_stub.script = ChatScript(tokens=["0123456789"] * 400)
+    async with chat_server(
+        database_url, tmp_path, chat_stub, chat_max_answer_chars=1_000
+    ) as server:
+        account = await server.register()
+        conversation_id = await new_conversation(server, account.access_token)
+
+        events = await chat_all(server, account.access_token, conversation_id, "Go on and on")
+
+        expected = "0123456789" * 100 + "\n\n[answer truncated at 1,000 characters]"
+        completed = events[-1]["message"]
+        assert completed["status"] == "COMPLETE"
+        assert completed["content"] == expected
+        assert "".join(e["delta"] for e in events if e["__typename"] == "TokenDelta") == expected
+        stored = (
+            await server.execute(CONVERSATION, {"id": conversation_id}, token=account.access_token)
+        ).ok()["conversation"]["messages"]["edges"][1]["node"]
+        assert stored["content"] == expected

@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     chat_sources_budget_tokens: int = 3_000
     chat_max_message_chars: int = 8_000
     chat_max_output_tokens: int = 1_024
+    # Longest answer kept; past it the answer ends COMPLETE, cut, with a truncation marker.
+    chat_max_answer_chars: int = 20_000
     chat_temperature: float = 0.2
     chat_timeout_seconds: float = 300.0
     chat_first_token_timeout_seconds: float = 60.0

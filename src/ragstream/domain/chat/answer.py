@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ragstream.db.models.users import User
 from ragstream.domain.chat import service
+from ragstream.domain.chat.answer_limit import capped
 from ragstream.domain.chat.endings import (
     CANCELLED,
     COMPLETE,
@@ -140,7 +141,9 @@ class Answer:
         usage: TokenUsage | None = None
         flusher = self._tools.flusher
         # Closing the provider's stream (also when the work is cancelled) stops its call.
-        async with contextlib.aclosing(self._tools.provider.stream(request)) as chunks:
+        limit = self._tools.settings.chat_max_answer_chars
+        answer = capped(self._tools.provider.stream(request), limit)
+        async with contextlib.aclosing(answer) as chunks:
             async for chunk in chunks:
                 if chunk.text:
                     self.stream.append(chunk.text)
