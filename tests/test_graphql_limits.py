@@ -360,7 +360,9 @@ async def test_a_statement_timeout_is_a_masked_error(database_url: str, tmp_path
         assert (await server.execute("{ me { id } }", token=account.access_token)).ok()
 
 
-async def test_pool_exhaustion_is_a_masked_error(database_url: str, tmp_path: Path) -> None:
+async def test_pool_exhaustion_is_a_clean_server_busy_error(
+    database_url: str, tmp_path: Path
+) -> None:
     settings = make_settings(
         database_url, tmp_path, db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.3
     )
@@ -372,10 +374,11 @@ async def test_pool_exhaustion_is_a_masked_error(database_url: str, tmp_path: Pa
                 raw.graphql(server, "{ me { id } }", token=account.access_token)
             )
             await wait_for_lock_waiter(lock)
-            # ... so the next one cannot get a connection and fails cleanly.
+            # ... so the next one cannot get a connection and fails cleanly, as retryable.
             starved = await raw.graphql(server, "{ me { id } }", token=account.access_token)
-            assert starved.code == "INTERNAL_SERVER_ERROR"
-            assert starved.errors[0]["message"] == "Internal server error"
+            assert starved.code == "RATE_LIMITED"
+            assert starved.errors[0]["message"] == "the server is busy; try again in a moment"
+            assert starved.errors[0]["extensions"]["reason"] == "SERVER_BUSY"
             assert "pool" not in json.dumps(starved.errors).lower()
             async with server.http_client() as client:
                 assert (await client.get(f"{server.http_url}/readyz")).status_code == 503

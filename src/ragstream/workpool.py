@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# How long after its own deadline a job may still take before its process is ended.
-KILL_GRACE_SECONDS = 5.0
+# How long after its own deadline a job may still take before its process is ended. Generous:
+# the parent's clock also counts starting a worker process, which takes seconds on a busy machine.
+KILL_GRACE_SECONDS = 30.0
 WORKER_NICENESS = 10
 
 
