@@ -21,10 +21,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstream.domain.errors import DomainError
+from ragstream.schema.errors import MASKED_MESSAGE
 
 logger = logging.getLogger("ragstream.errors")
-
-MASKED_MESSAGE = "Internal server error"
 
 
 class MalformedJSON(json.JSONDecodeError):
