@@ -71,28 +71,28 @@ async def test_nesting_at_the_limit_is_accepted(server: LiveServer) -> None:
 
 
 async def test_deeply_nested_get_variables_answer_json_400(server: LiveServer) -> None:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with server.http_client() as client:
         response = await client.get(
-            server.graphql_url,
+            "/graphql",
             params={"query": "{ __typename }", "variables": '{"v": ' + nested(3_000) + "}"},
         )
     assert_json_refusal(response, 400, "BAD_USER_INPUT")
 
 
 async def test_scalar_get_variables_answer_json_400(server: LiveServer) -> None:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with server.http_client() as client:
         response = await client.get(
-            server.graphql_url, params={"query": "{ __typename }", "variables": "42"}
+            "/graphql", params={"query": "{ __typename }", "variables": "42"}
         )
     assert_json_refusal(response, 400, "BAD_USER_INPUT")
 
 
 async def test_transport_refusals_answer_json(server: LiveServer) -> None:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with server.http_client() as client:
         wrong_type = await client.post(
-            server.graphql_url, content="{}", headers={"content-type": "application/xml"}
+            "/graphql", content="{}", headers={"content-type": "application/xml"}
         )
-        no_query = await client.post(server.graphql_url, json={"variables": {}})
+        no_query = await client.post("/graphql", json={"variables": {}})
     assert_json_refusal(wrong_type, 400, "BAD_USER_INPUT")
     assert_json_refusal(no_query, 400, "BAD_USER_INPUT")
 

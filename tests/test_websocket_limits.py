@@ -32,8 +32,14 @@ async def limited(database_url: str, tmp_path: Path) -> AsyncIterator[LiveServer
         ws_max_sockets_per_address=3,
         ws_max_sockets_per_user=2,
     )
-    async with running_server(settings) as server:
+    async with running_server(settings, listen=True) as server:
         yield server
+
+
+@pytest.fixture
+def server(live_server: LiveServer) -> LiveServer:
+    """Sockets end to end: the handshake and every frame cross uvicorn."""
+    return live_server
 
 
 async def evaluation_count(server: LiveServer) -> int:

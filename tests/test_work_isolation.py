@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import text
 
@@ -130,8 +129,8 @@ async def test_a_single_line_over_the_text_limit_fails_and_stores_no_chunks(
     )
     assert document["chunkCount"] == 0
     assert chunks == 0
-    async with httpx.AsyncClient() as client:
-        assert (await client.get(f"{server.http_url}/healthz")).status_code == 200
+    async with server.http_client() as client:
+        assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_limits_come_from_the_settings(database_url: str, tmp_path: Path) -> None:
