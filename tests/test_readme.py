@@ -242,6 +242,8 @@ def check_answers(walk: Walkthrough) -> None:
         assert kinds[-1] == "GenerationCompleted", events[-1]
         message = events[-1]["message"]
         assert message["status"] == "COMPLETE"
+        # The offline answerer answers from the linked evaluation.
+        assert message["content"].startswith("From the evaluation: Lowest score: Total cost")
         assert "".join(e["delta"] for e in events if "delta" in e) == message["content"]
 
     @step("Resume")

@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import random
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -22,7 +20,6 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from ragstream.domain.chat.enums import FailureCode
 from ragstream.domain.llm.openai_client import openai_client
-from ragstream.domain.text import STOPWORDS, estimate_tokens, stem, words
 from ragstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -48,6 +45,27 @@ class Passage:
     index: int
     title: str
     content: str
+    heading_path: tuple[str, ...] = ()  # the headings the passage stands under, outermost first
+
+
+@dataclass(frozen=True)
+class CriterionContext:
+    name: str
+    weight: float | None
+    score: float | None
+    notes: str | None
+
+
+@dataclass(frozen=True)
+class EvaluationContext:
+    """The evaluation a conversation is linked to, as the provider sees it."""
+
+    title: str
+    company_name: str
+    project_type: str
+    status: str
+    overall_score: float | None
+    criteria: Sequence[CriterionContext]
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,7 @@ class ChatRequest:
     messages: Sequence[PromptMessage]  # the rendered prompt, for language models
     question: str  # the user's message, for answerers that work on passages directly
     passages: Sequence[Passage] = ()
+    evaluation: EvaluationContext | None = None  # also rendered into ``messages``
 
 
 @dataclass(frozen=True)
@@ -319,91 +338,10 @@ class OpenAIChatProvider:
         await self.client.close()
 
 
-# --- Offline extractive answerer -----------------------------------------------------------------
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*[-*#\d])")
-# Words that make a request rather than say what it is about ("please explain ...").
-_REQUEST_WORDS = frozenset({"tell", "know", "please", "give", "show", "explain", "describe"})
-NOTHING_FOUND = (
-    "I could not find anything about this in the knowledge base, so I cannot answer it from "
-    "the available documents."
-)
-
-
-def _terms(text: str) -> list[str]:
-    return [
-        stem(w)
-        for w in words(text)
-        if w not in STOPWORDS and w not in _REQUEST_WORDS and (len(w) > 2 or w.isdigit())
-    ]
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    passage: Passage
-    sentence: str
-    score: float
-
-
-def compose_extractive_answer(
-    question: str, passages: Sequence[Passage], *, max_sentences: int = 3
-) -> str:
-    """The passages' sentences that share the most (rare) words with the question, cited.
-
-    Says plainly that nothing was found when no sentence shares enough of the question.
-    """
-    wanted = set(_terms(question))
-    if not wanted or not passages:
-        return NOTHING_FOUND
-    candidates: list[tuple[Passage, str, set[str]]] = []
-    for passage in passages:
-        for raw in _SENTENCE_END.split(passage.content):
-            sentence = " ".join(raw.split())
-            if 3 <= len(sentence) <= 1_000:
-                candidates.append((passage, sentence, set(_terms(sentence))))
-    # Rare words say more than common ones (inverse sentence frequency over the passages).
-    frequency = {t: sum(1 for _, _, terms in candidates if t in terms) for t in wanted}
-    weight = {t: math.log(1 + (len(candidates) + 1) / (1 + frequency[t])) for t in wanted}
-    total = sum(weight.values())
-    scored: list[_Candidate] = []
-    for passage, sentence, terms in candidates:
-        matched = wanted & terms
-        if not matched:
-            continue
-        coverage = sum(weight[t] for t in matched) / total
-        # Enough of the question must be covered: one shared common word is not an answer.
-        if coverage < 0.34 and len(matched) < 2:
-            continue
-        scored.append(_Candidate(passage, sentence, coverage - 0.01 * passage.index))
-    if not scored:
-        return NOTHING_FOUND
-    best = sorted(scored, key=lambda c: c.score, reverse=True)[:max_sentences]
-    parts = [f"{c.sentence} [{c.passage.index}]" for c in best]
-    return "From the knowledge base: " + " ".join(parts)
-
-
-@dataclass
-class ExtractiveChatProvider:
-    """Offline default: needs no model and no network; streams its answer word by word."""
-
-    word_delay: float = 0.0
-    model: str = "extractive"
-
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        answer = compose_extractive_answer(request.question, request.passages)
-        for word in re.findall(r"\S+\s*", answer):
-            if self.word_delay:
-                await asyncio.sleep(self.word_delay)
-            yield ChatChunk(text=word)
-        prompt = sum(estimate_tokens(m.content) for m in request.messages)
-        yield ChatChunk(usage=TokenUsage(prompt, estimate_tokens(answer)))
-
-    async def aclose(self) -> None:
-        return None
-
-
 def build_chat_provider(settings: Settings) -> ChatProvider:
     """The configured provider; builds clients but opens no connection."""
     if settings.chat_provider == "openai":
         return OpenAIChatProvider.from_settings(settings)
+    from ragstream.domain.llm.extractive import ExtractiveChatProvider
+
     return ExtractiveChatProvider(word_delay=settings.extractive_word_delay_ms / 1000)
