@@ -24,14 +24,8 @@ from ragstream.domain.chat.streams import (
     follow,
 )
 from ragstream.domain.chat.views import Ending, MessageView, SourceView
-from ragstream.domain.llm.chat import (
-    ChatChunk,
-    ChatProviderError,
-    EvaluationContext,
-    SSEDecoder,
-    TokenUsage,
-    parse_chunk,
-)
+from ragstream.domain.llm.chat import ChatChunk, ChatProviderError, EvaluationContext, TokenUsage
+from ragstream.domain.llm.openai_chat import SSEDecoder, parse_chunk
 
 SOURCE = SourceView(1, uuid.uuid4(), uuid.uuid4(), "Doc", "excerpt", None, 0.5)
 

@@ -9,8 +9,9 @@ from sqlalchemy import text
 from ragstream.app import build_state, connect
 from ragstream.documents_worker import check_embedding_dimensions
 from ragstream.domain.documents.reindex import reindex
-from ragstream.domain.llm.embeddings import EmbeddingError, OpenAIEmbedder
+from ragstream.domain.llm.embeddings import EmbeddingError
 from ragstream.domain.llm.openai_client import openai_client
+from ragstream.domain.llm.openai_embeddings import OpenAIEmbedder
 from ragstream.settings import ConfigurationError, Settings
 from tests.documents_support import SEARCH, ingest_text
 from tests.openai_stub import EMBEDDINGS, OpenAIStub
