@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, cast
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -17,7 +17,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
-from ragstream.domain.errors import Unauthenticated
+from ragstream.domain.errors import InvalidInput, Unauthenticated
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.schema.context import Context
 from ragstream.websocket import TransportWSHandler
@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 # Headers a browser cannot send cross-site without a CORS preflight.
 PREFLIGHT_HEADERS = (b"apollo-require-preflight", b"x-requested-with", b"graphql-preflight")
+PREFLIGHT_MISSING = (
+    "multipart requests (uploads) need an Apollo-Require-Preflight or X-Requested-With header: "
+    "send `Apollo-Require-Preflight: true`"
+)
 
 
 def bearer_token(value: str | None) -> str | None:
@@ -72,9 +76,17 @@ class GraphQLView(GraphQL[Context, None]):
             if content_type.startswith("multipart/") and not any(
                 h in headers for h in PREFLIGHT_HEADERS
             ):
-                response = PlainTextResponse(
-                    "multipart requests need an Apollo-Require-Preflight or X-Requested-With "
-                    "header",
+                # A GraphQL error body, so clients (gql, Apollo) show the message, not only
+                # "400 Bad Request".
+                response = JSONResponse(
+                    {
+                        "errors": [
+                            {
+                                "message": PREFLIGHT_MISSING,
+                                "extensions": {"code": InvalidInput.code},
+                            }
+                        ]
+                    },
                     status_code=400,
                 )
                 await response(scope, receive, send)
