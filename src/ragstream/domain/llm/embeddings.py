@@ -9,14 +9,15 @@ import math
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol
 
 from ragstream.domain.text import STOPWORDS
 from ragstream.domain.text import stem as text_stem
 from ragstream.domain.text import words as text_words
 from ragstream.settings import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class EmbeddingError(Exception):
@@ -80,6 +81,8 @@ class HashingEmbedder:
 
     def _word_uncached(self, word: str) -> tuple[np.ndarray, np.ndarray]:
         """Bucket indices and signed weights of one word's own feature and its n-grams."""
+        import numpy as np  # on first use: numpy takes longer to import than the server to start
+
         stop = word in STOPWORDS
         stem = text_stem(word)
         features = [(f"w:{stem}", STOPWORD_WEIGHT if stop else WORD_WEIGHT)]
@@ -101,6 +104,8 @@ class HashingEmbedder:
         return indices, weights
 
     def embed_one(self, text: str) -> list[float]:
+        import numpy as np
+
         words = text_words(text)
         vector = np.zeros(self._dimensions, dtype=np.float64)
         if not words:
