@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from pathlib import Path
 
 from ragstream.db.embedded import start_embedded
+from tests.processes import run_python
 
 MIGRATE = """
 import logging, sys
@@ -24,44 +23,28 @@ start_embedded(Path(sys.argv[1])).stop()
 """
 
 
-async def run_python(code: str, *args: str) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        code,
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, output.decode()
-
-
 async def test_migrating_a_database_at_the_latest_migration_logs_nothing(
     database_url: str,
 ) -> None:
     # Given a database already at the latest migration, When a process migrates it
-    status, output = await run_python(MIGRATE, database_url)
+    status, stdout, stderr = await run_python(MIGRATE, database_url)
 
     # Then alembic's plugin and context lines are not shown
-    assert (status, output) == (0, "")
+    assert (status, stdout, stderr) == (0, "", "")
 
 
 async def test_starting_or_joining_the_embedded_server_logs_nothing(tmp_path: Path) -> None:
     # Given no server for a data dir, When a process starts one (with XDG_RUNTIME_DIR unset,
     # which makes the wheel's platformdirs warn), Then it says nothing
-    assert await run_python(JOIN, str(tmp_path)) == (0, "")
+    assert await run_python(JOIN, str(tmp_path)) == (0, "", "")
 
     # Given a server this process started for the data dir
     database = await asyncio.to_thread(start_embedded, tmp_path)
     try:
         # When another process joins it, as `create-admin` does while `serve` runs
-        status, output = await run_python(JOIN, str(tmp_path))
+        joined = await run_python(JOIN, str(tmp_path))
     finally:
         await asyncio.to_thread(database.stop)
 
     # Then it does not claim to start anything
-    assert (status, output) == (0, "")
+    assert joined == (0, "", "")

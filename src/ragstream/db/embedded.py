@@ -7,12 +7,14 @@ the last process that started using it exits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
 import os
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -106,3 +108,23 @@ def exclusive_server_lock(data_dir: Path) -> Iterator[None]:
     finally:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         handle.close()
+
+
+class EarlyStart:
+    """The embedded server, started in a thread ahead of its use (`serve` starts it while it
+    imports the application), for the one who takes it; stopped on close if no one did."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-postgres")
+        self._future = self._pool.submit(start_embedded, data_dir)
+        self._taken = False
+
+    async def take(self) -> EmbeddedDatabase:
+        """The started server (or the error that stopped it); its stop is now the taker's."""
+        self._taken = True
+        return await asyncio.wrap_future(self._future)
+
+    def close(self) -> None:
+        if not self._taken and self._future.exception() is None:
+            self._future.result().stop()
+        self._pool.shutdown()

@@ -10,6 +10,7 @@ from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from ragstream.domain.errors import InvalidInput
+from ragstream.settings import Settings
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
@@ -43,6 +44,15 @@ class PasswordHasher:
         )
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._dummy_hash: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PasswordHasher:
+        return cls(
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+            concurrency=settings.password_hash_concurrency,
+        )
 
     async def hash(self, password: str) -> str:
         return await anyio.to_thread.run_sync(self._argon2.hash, password, limiter=self._limiter)
