@@ -7,9 +7,11 @@ Each round, in turn (interleaved, so a machine getting busier slows every comman
 - the embedded PostgreSQL alone started on a copy-free data dir of its own: from the process
   start to the server accepting connections (the part of serve's start-up it cannot skip);
 - `python -c pass`: the interpreter's own start;
-- `ragstream --help`.
+- `ragstream --help`;
+- with ``--before SRC``: `ragstream serve` and `--help` again, from another source tree (e.g. an
+  export of an older commit), run through the same interpreter with ``PYTHONPATH=SRC``.
 
-    python -m bench.startup [--rounds 7]
+    python -m bench.startup [--rounds 7] [--before /tmp/ragstream-main/src]
 """
 
 from __future__ import annotations
@@ -53,20 +55,22 @@ def free_port() -> int:
         return port
 
 
-def quiet_env(data_dir: Path, port: int) -> dict[str, str]:
+def quiet_env(data_dir: Path, port: int, source: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAGSTREAM_", "OPENAI_"))}
     env.update(RAGSTREAM_DATA_DIR=str(data_dir), RAGSTREAM_PORT=str(port))
+    if source is not None:
+        env["PYTHONPATH"] = source
     return env
 
 
-async def serve_first_answer(data_dir: Path) -> float:
+async def serve_first_answer(data_dir: Path, source: str | None = None) -> float:
     """Seconds from starting `ragstream serve` to its first GraphQL answer."""
     port = free_port()
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
         RAGSTREAM,
         "serve",
-        env=quiet_env(data_dir, port),
+        env=quiet_env(data_dir, port, source),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -112,16 +116,17 @@ async def postgres_alone(data_dir: Path) -> float:
     return elapsed
 
 
-async def command(*argv: str) -> float:
+async def command(*argv: str, source: str | None = None) -> float:
+    env = dict(os.environ, PYTHONPATH=source) if source is not None else None
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        *argv, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     await process.wait()
     return time.perf_counter() - started
 
 
-async def bench(rounds: int) -> dict[str, list[float]]:
+async def bench(rounds: int, before: str | None) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="ragstream-startup-") as tmp:
         serve_dir, pg_dir = Path(tmp) / "serve", Path(tmp) / "pg"
         await serve_first_answer(serve_dir)  # creates, migrates: later rounds find it existing
@@ -132,6 +137,11 @@ async def bench(rounds: int) -> dict[str, list[float]]:
             "floor: python -c pass": lambda: command(PYTHON, "-c", "pass"),
             "ragstream --help": lambda: command(RAGSTREAM, "--help"),
         }
+        if before is not None:
+            runs["before: ragstream serve: first answer"] = lambda: serve_first_answer(
+                serve_dir, before
+            )
+            runs["before: ragstream --help"] = lambda: command(RAGSTREAM, "--help", source=before)
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(rounds):
             for name, run in runs.items():
@@ -139,12 +149,17 @@ async def bench(rounds: int) -> dict[str, list[float]]:
         return times
 
 
+# The rows the serve time is divided by: the floors, and serve before.
+COMPARED = ("floor", "before: ragstream serve")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--before", metavar="SRC", help="another source tree to compare with")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    times = asyncio.run(bench(args.rounds))
+    times = asyncio.run(bench(args.rounds, args.before))
     load_after = os.getloadavg()[0]
     serve = statistics.median(times["ragstream serve: first answer"])
     table = Table(
@@ -160,7 +175,9 @@ def main() -> None:
             f"{median:.3f}",
             f"{min(values):.3f}",
             f"{max(values):.3f}",
-            "" if name.startswith("ragstream") else f"{serve / median:.1f}",
+            f"{serve / median:.2f}"
+            if name.startswith(("floor", "before: ragstream serve"))
+            else "",
         )
     Console().print(table)
 
