@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import getpass
 import logging
 import signal
@@ -46,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     check_serving(settings)
+    _check_port_free(settings.host, settings.port)
     # The embedded database belongs to one server; replicas sharing an external database are fine.
     lock = (
         exclusive_server_lock(settings.data_dir)
@@ -60,6 +62,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             if early is not None:
                 early.close()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuses a port another process listens on before anything starts, naming the fix.
+
+    uvicorn would find out only after the database and the application had started, and say
+    no more than errno 98. The port may still be taken in between; uvicorn then reports it.
+    """
+    from ragstream.settings import ConfigurationError
+
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # anything else (an unknown host name, ...) uvicorn reports as it is
+            raise ConfigurationError(
+                f"port {port} on {host} is in use by another process; stop it, or serve on "
+                "another port with --port or RAGSTREAM_PORT"
+            ) from None
 
 
 def _serve(settings: Settings, early: EarlyStart | None) -> int:
