@@ -103,6 +103,7 @@ async def stop(process: subprocess.Popen[bytes]) -> str:
     code = await asyncio.to_thread(process.wait, 120)
     output = process.stdout.read().decode() if process.stdout else ""
     assert code == 0, output
+    assert "ragstream stopped" in output, output
     assert "Traceback" not in output, output
     # One banner says where it listens and with what; set-up chatter stays out of the log.
     assert "ragstream is serving GraphQL at http://127.0.0.1:" in output, output

@@ -99,6 +99,8 @@ def create_app(settings: Settings | None = None, *, early: EarlyStart | None = N
             if not started:
                 state.startup_error = exc
             raise
+        # Answers saved or marked, workers stopped, the database released.
+        logger.info("ragstream stopped")
 
     routes = [
         Route("/graphql", view, methods=["GET", "POST"]),
