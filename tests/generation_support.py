@@ -21,8 +21,8 @@ from ragstream.domain.chat.answer import Collaborators
 from ragstream.domain.chat.flusher import Flusher
 from ragstream.domain.chat.preparation import Retriever, knowledge_base_retriever
 from ragstream.domain.chat.service import NewExchange
-from ragstream.domain.llm.chat import OpenAIChatProvider
 from ragstream.domain.llm.embeddings import Embedder, HashingEmbedder
+from ragstream.domain.llm.openai_chat import OpenAIChatProvider
 from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.settings import Settings
 from tests.chat_stub import ChatStub

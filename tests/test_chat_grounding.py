@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ragstream.domain.llm.chat import NOTHING_FOUND
+from ragstream.domain.llm.extractive import NOTHING_FOUND
 from tests.chat_stub import ChatStub
 from tests.chat_support import (
     CONVERSATION,

@@ -12,8 +12,8 @@ from ragstream.db.models.chat import Message, MessageSource
 from ragstream.domain.chat.enums import MessageStatus
 from ragstream.domain.chat.preparation import RetrievalFailed, prepare_answer
 from ragstream.domain.chat.prompt import SOURCE_OVERHEAD_TOKENS
-from ragstream.domain.llm.embeddings import OpenAIEmbedder
 from ragstream.domain.llm.openai_client import openai_client
+from ragstream.domain.llm.openai_embeddings import OpenAIEmbedder
 from ragstream.domain.text import estimate_tokens
 from tests.chat_stub import ChatStub
 from tests.generation_support import ChatDatabase, chat_database

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 import pytest
 
 from ragstream.domain.chat.prompt import (
-    EvaluationContext,
     HistoryTurn,
     SourceText,
     build_prompt,
@@ -25,16 +24,8 @@ from ragstream.domain.chat.streams import (
     follow,
 )
 from ragstream.domain.chat.views import Ending, MessageView, SourceView
-from ragstream.domain.llm.chat import (
-    NOTHING_FOUND,
-    ChatChunk,
-    ChatProviderError,
-    Passage,
-    SSEDecoder,
-    TokenUsage,
-    compose_extractive_answer,
-    parse_chunk,
-)
+from ragstream.domain.llm.chat import ChatChunk, ChatProviderError, EvaluationContext, TokenUsage
+from ragstream.domain.llm.openai_chat import SSEDecoder, parse_chunk
 
 SOURCE = SourceView(1, uuid.uuid4(), uuid.uuid4(), "Doc", "excerpt", None, 0.5)
 
@@ -159,19 +150,6 @@ def test_the_prompt_puts_sources_in_the_user_turn_after_the_rules() -> None:
     assert messages[0].content.startswith("Be brief.")
     assert "<evaluation>" in messages[1].content
     assert '<source index="1" title="A title">\nSome text.\n</source>' in messages[2].content
-
-
-def test_the_extractive_answer_picks_the_sentences_that_match_and_cites_them() -> None:
-    passages = [
-        Passage(1, "Coffee", "Espresso is brewed under pressure. Beans are roasted."),
-        Passage(2, "Planets", "Mercury orbits the Sun in 88 days. It has no moons."),
-    ]
-
-    answer = compose_extractive_answer("How long is the orbit of Mercury?", passages)
-
-    assert answer == "From the knowledge base: Mercury orbits the Sun in 88 days. [2]"
-    assert compose_extractive_answer("Who painted the Mona Lisa?", passages) == NOTHING_FOUND
-    assert compose_extractive_answer("", passages) == NOTHING_FOUND
 
 
 def test_server_sent_events_are_assembled_from_lines() -> None:

@@ -31,6 +31,7 @@ def cli_environment(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path
     monkeypatch.setenv("RAGSTREAM_EMBEDDING_PROVIDER", "hashing")
     monkeypatch.setenv("RAGSTREAM_CHAT_PROVIDER", "extractive")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")  # the summary table's rows on one line each
 
 
 async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -65,8 +66,10 @@ async def test_ingest_imports_a_folder_recursively_and_skips_duplicates(
     status, out, _ = await run_cli(capsys, "ingest", str(folder), "--owner", account.email)
 
     assert status == 0
-    assert "2 of 3 files ready" in out
-    assert "SKIPPED" in out  # the copy of a.md, with the id of the existing document
+    assert "2 of 4 files ready, 2 chunks, 2 skipped" in out
+    # the copy of a.md (with the id of the existing document), and the image
+    assert out.count("SKIPPED") == 2
+    assert "unsupported file type (.png)" in out
     rows = await fetch(database_url, DOCUMENTS)
     assert [(r["filename"], r["status"]) for r in rows] == [("a.md", "READY"), ("b.txt", "READY")]
     found = await server.execute(SEARCH, {"q": "canteen soup"}, token=account.access_token)
@@ -144,3 +147,27 @@ async def test_reindex_refuses_invalid_index_parameters_and_changes_nothing(
     assert message in err
     assert await fetch(database_url, INDEX_OPTIONS) == before
     assert len(before) == 1
+
+
+async def test_commands_without_http_need_no_jwt_secret_even_in_production(
+    server: LiveServer,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a production configuration without RAGSTREAM_JWT_SECRET, which serve would refuse
+    account = await server.register()
+    monkeypatch.setenv("RAGSTREAM_ENVIRONMENT", "production")
+    monkeypatch.delenv("RAGSTREAM_JWT_SECRET")
+    (tmp_path / "valves.md").write_text("Valves are greased every spring.\n")
+
+    # When migrate, ingest and reindex run, Then they work
+    assert (await run_cli(capsys, "migrate"))[:2] == (0, "database is at the latest migration\n")
+    status, out, _ = await run_cli(
+        capsys, "ingest", str(tmp_path / "valves.md"), "--owner", account.email
+    )
+    assert (status, "1 of 1 files ready" in out) == (0, True)
+    assert (await run_cli(capsys, "reindex", "--index-only"))[0] == 0
+    # and no secret was made up for them
+    assert not (tmp_path / "cli" / "jwt_secret").exists()

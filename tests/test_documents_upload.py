@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
+
 import asyncpg
 import pytest
+from gql import Client, FileVar, GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.httpx import HTTPXAsyncTransport
 from sqlalchemy import text
 
 from ragstream.settings import Settings
 from tests.conftest import make_settings
 from tests.documents_support import (
     SEARCH,
+    UPLOAD,
     create,
     ingest_text,
     make_pdf,
@@ -165,7 +171,7 @@ async def test_create_document_from_text(server: LiveServer) -> None:
     [
         ("setup.exe", b"MZ\x90\x00binary", "unsupported file type"),
         ("report.docx", b"PK\x03\x04zip", "unsupported file type"),
-        ("notes", b"no extension at all", "unsupported file type"),
+        ("notes", b"MZ\x90\x00binary without a name", "unsupported file type"),
         ("scan.pdf", b"just text pretending to be a pdf", "not a PDF"),
         ("notes.txt", b"%PDF-1.4 actually a pdf", "not text"),
         ("image.md", b"\x89PNG\r\n\x1a\nrest", "not text"),
@@ -251,9 +257,29 @@ async def test_oversized_upload_is_refused(database_url: str, tmp_path: object) 
 
 async def test_multipart_without_preflight_header_is_refused(server: LiveServer) -> None:
     account = await server.register()
-    status, _ = await upload(server, account.access_token, "a.txt", b"hello", preflight=False)
+    status, result = await upload(server, account.access_token, "a.txt", b"hello", preflight=False)
     assert status == 400
+    assert result.code == "BAD_USER_INPUT"
+    assert "send `Apollo-Require-Preflight: true`" in result.errors[0]["message"]
     assert await _count(server, "documents") == 0
+
+
+async def test_the_gql_client_shows_which_header_an_upload_lacks(live_server: LiveServer) -> None:
+    # Given gql's upload, sent without the preflight header
+    account = await live_server.register()
+    transport = HTTPXAsyncTransport(
+        url=live_server.graphql_url, headers={"Authorization": f"Bearer {account.access_token}"}
+    )
+    request = GraphQLRequest(UPLOAD, variable_values={"file": FileVar(io.BytesIO(b"hello"))})
+
+    # When it is sent, Then gql reports the server's message, which names the header
+    async with Client(transport=transport) as session:
+        with pytest.raises(TransportQueryError) as refused:
+            await session.execute(request, upload_files=True)
+    assert refused.value.errors is not None
+    assert refused.value.errors[0]["extensions"] == {"code": "BAD_USER_INPUT"}
+    assert "Apollo-Require-Preflight: true" in str(refused.value)
+    assert await _count(live_server, "documents") == 0
 
 
 async def test_upload_needs_sign_in(server: LiveServer) -> None:
@@ -354,3 +380,28 @@ async def test_embedded_connection_used_by_template(embedded_pg: object, templat
         assert await conn.fetchval("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
     finally:
         await conn.close()
+
+
+async def test_a_file_object_without_a_name_is_typed_from_its_bytes(
+    live_server: LiveServer,
+) -> None:
+    # Given gql's upload of an open file object, which it sends under the name "0"
+    account = await live_server.register()
+    transport = HTTPXAsyncTransport(
+        url=live_server.graphql_url,
+        headers={
+            "Authorization": f"Bearer {account.access_token}",
+            "Apollo-Require-Preflight": "true",
+        },
+    )
+    markdown = b"Notes\n\n## Rollout\nLeeds goes first, in March.\n"
+    request = GraphQLRequest(UPLOAD, variable_values={"file": FileVar(io.BytesIO(markdown))})
+
+    # When it is uploaded
+    async with Client(transport=transport) as session:
+        created = (await session.execute(request, upload_files=True))["uploadDocument"]
+
+    # Then its bytes say it is Markdown, and the stored name says so too
+    assert (created["mimeType"], created["filename"]) == ("text/markdown", "0.md")
+    ready = await wait_for_status(live_server, account.access_token, created["id"])
+    assert (ready["status"], ready["chunkCount"]) == ("READY", 2)  # the intro, the section

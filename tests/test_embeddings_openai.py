@@ -6,11 +6,12 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from ragstream.app import build_state, connect
+from ragstream.backend import Backend, connect
 from ragstream.documents_worker import check_embedding_dimensions
 from ragstream.domain.documents.reindex import reindex
-from ragstream.domain.llm.embeddings import EmbeddingError, OpenAIEmbedder
+from ragstream.domain.llm.embeddings import EmbeddingError
 from ragstream.domain.llm.openai_client import openai_client
+from ragstream.domain.llm.openai_embeddings import OpenAIEmbedder
 from ragstream.settings import ConfigurationError, Settings
 from tests.documents_support import SEARCH, ingest_text
 from tests.openai_stub import EMBEDDINGS, OpenAIStub
@@ -96,7 +97,7 @@ async def test_dimension_mismatch_refuses_to_start_until_reindexed(settings: Set
         await ingest_text(server, account.access_token, "Re-embed me at 64 dimensions.")
 
     resized = settings.model_copy(update={"embedding_dimensions": 64})
-    state = build_state(resized)
+    state = Backend(settings=resized)
     async with connect(state):
         with pytest.raises(ConfigurationError, match="ragstream reindex"):
             await check_embedding_dimensions(state)

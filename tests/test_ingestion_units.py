@@ -88,6 +88,17 @@ def test_type_comes_from_name_and_bytes() -> None:
         detect_type("a.html", b"\x00\x01binary")
 
 
+def test_a_name_without_an_extension_leaves_the_type_to_the_bytes() -> None:
+    assert detect_type("0", b"%PDF-1.7") == "application/pdf"
+    assert detect_type("0", b"\n<!DOCTYPE html><p>x</p>") == "text/html"
+    assert detect_type("0", b"Intro\n\n## Rollout\nIn March.") == "text/markdown"
+    assert detect_type("0", b"#hashtag, not a heading") == "text/plain"
+    with pytest.raises(InvalidInput, match="unsupported file type"):
+        detect_type("0", b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(InvalidInput, match="unsupported file type"):
+        detect_type("report.docx", b"plain words")
+
+
 def test_hashing_embedder_is_deterministic_normalised_and_topical() -> None:
     embedder = HashingEmbedder(256)
     a, b, c = embedder.embed_sync(

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ragstream.app import build_state, connect
+from ragstream.backend import Backend, connect
 from ragstream.db.models import User
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.repositories.search import SearchRepository, tsquery_literal
@@ -140,7 +140,7 @@ async def test_filtered_vector_search_fills_k_past_closer_unreadable_chunks(
     tuning = SearchTuning.from_settings(settings)
     dimensions = settings.embedding_dimensions
     k = 5
-    state = build_state(settings)
+    state = Backend(settings=settings)
     async with connect(state), state.sessionmaker() as session:
         viewer, other = (
             User(email=f"{name}@example.com", display_name=name, password_hash="-")

@@ -44,7 +44,7 @@ def test_serve_exits_non_zero_with_a_clear_message_for_a_short_secret(
 
 
 def test_production_requires_an_explicit_secret(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="required in production"):
+    with pytest.raises(ConfigurationError, match="required in production; generate one with"):
         create_app(settings(tmp_path, environment="production"))
     assert not (tmp_path / "data" / "jwt_secret").exists()
 

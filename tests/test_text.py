@@ -5,7 +5,6 @@ from __future__ import annotations
 from ragstream.domain.chat.prompt import SOURCE_OVERHEAD_TOKENS, SourceText, fit_sources
 from ragstream.domain.documents.chunking import chunk_blocks
 from ragstream.domain.documents.parsing import Block
-from ragstream.domain.llm.chat import Passage, compose_extractive_answer
 from ragstream.domain.text import STOPWORDS, estimate_tokens, stem, truncate_to_tokens, words
 
 
@@ -59,11 +58,3 @@ def test_inflected_forms_share_a_stem() -> None:
 def test_stopwords_are_common_words_only() -> None:
     assert {"the", "and", "which", "also"} <= STOPWORDS
     assert not {"erp", "supplier", "orbit"} & STOPWORDS
-
-
-def test_the_extractive_answer_matches_inflected_question_words() -> None:
-    passages = [Passage(1, "Policy", "Every supplier policy is reviewed yearly.")]
-
-    answer = compose_extractive_answer("Please explain how policies get reviewed", passages)
-
-    assert answer == "From the knowledge base: Every supplier policy is reviewed yearly. [1]"

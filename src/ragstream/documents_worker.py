@@ -15,12 +15,12 @@ from ragstream.domain.documents.reading import ReadingLimits
 from ragstream.settings import ConfigurationError
 
 if TYPE_CHECKING:
-    from ragstream.state import AppState
+    from ragstream.backend import Backend
 
 logger = logging.getLogger(__name__)
 
 
-def ingestion_deps(state: AppState) -> IngestionDeps:
+def ingestion_deps(state: Backend) -> IngestionDeps:
     settings = state.settings
     return IngestionDeps(
         sessionmaker=state.sessionmaker,
@@ -39,7 +39,7 @@ def ingestion_deps(state: AppState) -> IngestionDeps:
     )
 
 
-async def check_embedding_dimensions(state: AppState) -> None:
+async def check_embedding_dimensions(state: Backend) -> None:
     """Refuse to run when stored vectors and the embedder disagree on their size."""
     async with state.sessionmaker() as session:
         stored = await embedding_column_dimensions(session)
@@ -55,7 +55,7 @@ async def check_embedding_dimensions(state: AppState) -> None:
 
 @contextlib.asynccontextmanager
 async def ingestion_worker(
-    state: AppState, *, enabled: bool | None = None, signal_handlers: bool = False
+    state: Backend, *, enabled: bool | None = None, signal_handlers: bool = False
 ) -> AsyncIterator[asyncio.Task[None] | None]:
     """Check the vector size, then run an ingestion worker while the block runs.
 

@@ -188,6 +188,22 @@ class ConfigurationError(RuntimeError):
     """Raised at start-up when the configuration cannot be used; the message says how to fix it."""
 
 
+def check_serving(settings: Settings) -> bytes:
+    """What the server refuses to start without, checked before anything starts (serve starts
+    the embedded database early); returns the JWT signing key."""
+    if settings.redis_url:
+        # Refused rather than ignored: replicas without shared fan-out would silently lose events.
+        raise ConfigurationError(
+            "RAGSTREAM_REDIS_URL is set, but this version fans out streams and events in-process "
+            "only; unset it and run a single server (add `ragstream worker` processes to scale "
+            "ingestion)"
+        )
+    from ragstream.domain.llm.openai_client import check_openai_key
+
+    check_openai_key(settings)
+    return resolve_jwt_secret(settings)
+
+
 def resolve_jwt_secret(settings: Settings) -> bytes:
     """The signing key: the configured one (>= 32 bytes), or in development one kept on disk.
 
@@ -204,7 +220,10 @@ def resolve_jwt_secret(settings: Settings) -> bytes:
             )
         return secret
     if settings.environment == "production":
-        raise ConfigurationError("RAGSTREAM_JWT_SECRET is required in production")
+        raise ConfigurationError(
+            "RAGSTREAM_JWT_SECRET is required in production; generate one with: python -c "
+            "'import secrets; print(secrets.token_urlsafe(48))'"
+        )
     path = settings.data_dir / "jwt_secret"
     if path.exists():
         secret = path.read_bytes().strip()

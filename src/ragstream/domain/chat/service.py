@@ -25,17 +25,13 @@ from ragstream.db.repositories.chat import (
     UsageRepository,
 )
 from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
-from ragstream.domain.chat.prompt import (
-    CriterionContext,
-    EvaluationContext,
-    HistoryTurn,
-    SourceText,
-)
+from ragstream.domain.chat.prompt import HistoryTurn, SourceText
 from ragstream.domain.chat.quota import ChatLimits, check_can_send, utc_day
 from ragstream.domain.chat.views import MessageView, SourceView, message_view, source_view
 from ragstream.domain.documents import service as documents
 from ragstream.domain.errors import InvalidInput, NotFound, not_found
 from ragstream.domain.evaluations import service as evaluations
+from ragstream.domain.llm.chat import CriterionContext, EvaluationContext
 from ragstream.domain.pagination import cursor_errors, page_request
 
 MAX_TITLE = 200
@@ -297,10 +293,14 @@ async def store_sources(
     )
 
 
-def source_texts(sources: Sequence[SourceView], contents: Sequence[str]) -> list[SourceText]:
+def source_texts(
+    sources: Sequence[SourceView],
+    contents: Sequence[str],
+    heading_paths: Sequence[Sequence[str]],
+) -> list[SourceText]:
     return [
-        SourceText(index=s.index, title=s.title, content=c)
-        for s, c in zip(sources, contents, strict=True)
+        SourceText(index=s.index, title=s.title, content=c, heading_path=tuple(h))
+        for s, c, h in zip(sources, contents, heading_paths, strict=True)
     ]
 
 

@@ -85,8 +85,15 @@ def is_pdf(data: bytes) -> bool:
 
 
 def detect_type(filename: str, data: bytes) -> str:
-    """The MIME type of an upload: the name says which format is meant, the bytes must agree."""
-    declared = EXTENSIONS.get(PurePosixPath(filename).suffix.lower())
+    """The MIME type of an upload: the name says which format is meant, the bytes must agree.
+
+    A name without an extension says nothing (clients such as gql send "0" for a file object
+    without a name), so then the bytes alone decide.
+    """
+    suffix = PurePosixPath(filename).suffix.lower()
+    if not suffix:
+        return sniff_type(data)
+    declared = EXTENSIONS.get(suffix)
     if declared is None:
         raise InvalidInput(UNSUPPORTED, field="file")
     if declared == PDF:
@@ -95,6 +102,30 @@ def detect_type(filename: str, data: bytes) -> str:
         return PDF
     check_text(data)
     return declared
+
+
+_MARKDOWN_HEADING = re.compile(r"^#{1,6}[ \t]+\S", re.MULTILINE)
+
+
+def sniff_type(data: bytes) -> str:
+    """The type of a file known only by its bytes: PDF, HTML, Markdown (a heading) or plain."""
+    if is_pdf(data):
+        return PDF
+    head = data[:8192]
+    if any(head.startswith(signature) for signature in BINARY_SIGNATURES) or b"\x00" in head:
+        raise InvalidInput(UNSUPPORTED, field="file")
+    text = decode_text(data)
+    start = text[:512].lstrip().lower()
+    if start.startswith(("<!doctype html", "<html")):
+        return HTML
+    if _MARKDOWN_HEADING.search(text):
+        return MARKDOWN
+    return PLAIN
+
+
+def with_extension(filename: str, mime_type: str) -> str:
+    """The name as given, with the type's extension when it has none."""
+    return filename if PurePosixPath(filename).suffix else filename + DEFAULT_EXTENSION[mime_type]
 
 
 def check_text(data: bytes) -> None:

@@ -20,6 +20,7 @@ from ragstream.domain.documents.formats import (
     clean_filename,
     detect_type,
     filename_for,
+    with_extension,
 )
 from ragstream.domain.errors import Conflict, Forbidden, InvalidInput, not_found
 from ragstream.domain.pagination import cursor_errors, page_request
@@ -104,7 +105,7 @@ async def upload_document(
         session,
         viewer,
         title=_title(title, name.rsplit(".", 1)[0]),
-        filename=name,
+        filename=with_extension(name, mime_type),
         mime_type=mime_type,
         data=data,
         visibility=visibility,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import openai
+from typing import TYPE_CHECKING
 
 from ragstream.settings import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    import openai
 
 
 def check_openai_key(settings: Settings) -> None:
@@ -47,6 +50,8 @@ def openai_client(
     """
     if settings.openai_api_key is None:
         raise _missing_key(settings)
+    import openai  # here, not at the top: the start-up check above must not pay for it
+
     return openai.AsyncOpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,

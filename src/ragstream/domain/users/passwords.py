@@ -16,6 +16,7 @@ from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from ragstream.domain.errors import InvalidInput, RateLimited
+from ragstream.settings import Settings
 
 T = TypeVar("T")
 # Hashing threads run at a lower scheduling priority than the event loop's thread.
@@ -107,6 +108,16 @@ class PasswordHasher:
             return await asyncio.get_running_loop().run_in_executor(self._executor(), work)
         finally:
             self.slots.release()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PasswordHasher:
+        return cls(
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+            concurrency=settings.password_hash_concurrency,
+            wait_seconds=settings.password_hash_wait_seconds,
+        )
 
     async def hash(self, password: str) -> str:
         return await self._run(lambda: self._argon2.hash(password))

@@ -1,0 +1,118 @@
+"""What every process that works on the data shares: the database, its pool, the embedder and
+the event broker.
+
+The server's state extends it (`AppState`) with what answering requests needs (the schema,
+tokens, the chat); the commands without HTTP (`migrate`, `worker`, `ingest`, `reindex`,
+`create-admin`) use it alone, so they need no JWT secret and build no schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from ragstream.db.embedded import EarlyStart, EmbeddedDatabase, start_embedded
+from ragstream.db.engine import make_engine, make_sessionmaker
+from ragstream.domain.events import EventBroker, InMemoryBroker
+from ragstream.domain.llm.embeddings import Embedder, build_embedder
+from ragstream.settings import ConfigurationError, Settings
+from ragstream.workpool import WorkPool
+
+
+@dataclass(kw_only=True)
+class Backend:
+    """The database and its collaborators, set up by `connect`."""
+
+    settings: Settings
+    engine: AsyncEngine | None = None
+    sessionmaker_: async_sessionmaker[AsyncSession] | None = None
+    embedded: EmbeddedDatabase | None = None
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    database_url: str | None = None
+    embedder_: Embedder | None = None
+    # Worker processes for CPU-heavy work (parsing, chunking, offline embedding).
+    work_: WorkPool | None = None
+    # In-process pub/sub (document events, chat streams); a Redis broker can take its place.
+    broker: EventBroker = field(default_factory=InMemoryBroker)
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        if self.sessionmaker_ is None:
+            raise RuntimeError("the database is not connected yet")
+        return self.sessionmaker_
+
+    @property
+    def work(self) -> WorkPool:
+        if self.work_ is None:
+            raise RuntimeError("the worker processes are not set up yet")
+        return self.work_
+
+    @property
+    def embedder(self) -> Embedder:
+        if self.embedder_ is None:
+            raise RuntimeError("the embedding provider is not set up yet")
+        return self.embedder_
+
+
+async def check_pgvector(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        available = await conn.scalar(
+            text("SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'")
+        )
+    if not available:
+        raise ConfigurationError(
+            "the configured PostgreSQL has no pgvector extension; install pgvector "
+            "(e.g. use the pgvector/pgvector image) or unset RAGSTREAM_DATABASE_URL"
+        )
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    backend: Backend, *, migrate: bool = True, early: EarlyStart | None = None
+) -> AsyncIterator[None]:
+    """Start (or reach) the database, migrate it and open the pool; undo all of it on exit.
+
+    ``early``: the embedded server for the data dir, already starting (serve starts it while
+    it imports the rest); it is taken over, and stopped on exit all the same.
+    """
+    from ragstream.db.migrate import upgrade_to_head
+
+    settings = backend.settings
+    url = settings.database_url
+    if url is None:
+        backend.embedded = (
+            await early.take()
+            if early is not None
+            else await asyncio.to_thread(start_embedded, settings.data_dir)
+        )
+        url = backend.embedded.url()
+    backend.engine = make_engine(url, settings)
+    try:
+        await check_pgvector(backend.engine)
+        if migrate:
+            await asyncio.to_thread(
+                upgrade_to_head, url, embedding_dimensions=settings.embedding_dimensions
+            )
+        backend.database_url = url
+        backend.sessionmaker_ = make_sessionmaker(backend.engine)
+        # Processes start with the first job, not here.
+        backend.work_ = WorkPool(settings.work_processes)
+        backend.embedder_ = build_embedder(settings, backend.work_)
+        yield
+    finally:
+        for task in list(backend.background):
+            task.cancel()
+        await asyncio.gather(*backend.background, return_exceptions=True)
+        if backend.embedder_ is not None:
+            await backend.embedder_.aclose()
+        if backend.work_ is not None:
+            backend.work_.shutdown()
+        await backend.engine.dispose()
+        if backend.embedded is not None:
+            await asyncio.to_thread(backend.embedded.stop)
