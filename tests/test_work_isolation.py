@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -159,3 +161,31 @@ async def test_a_document_past_the_time_limit_fails(database_url: str, tmp_path:
         "reading the document took longer than 1e-06 s, the limit for one document"
     )
     assert chunks == 0
+
+
+def test_workers_end_with_a_parent_that_never_shut_its_pool_down() -> None:
+    # A parent process that starts a worker, then exits without any shutdown.
+    script = (
+        "import asyncio, os, sys\n"
+        "from ragstream.workpool import WorkPool\n"
+        "from tests.test_work_isolation import sleep_for\n"
+        "async def main():\n"
+        "    pool = WorkPool(1)\n"
+        "    print(await pool.run(sleep_for, 0), flush=True)\n"
+        "    os._exit(0)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = subprocess.run(  # noqa: S603  (our own interpreter, a fixed script)
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    worker = int(parent.stdout.strip())
+    for _ in range(3_000):
+        if not Path(f"/proc/{worker}").exists():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"worker {worker} outlived its parent")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -33,6 +34,7 @@ T = TypeVar("T")
 # the parent's clock also counts starting a worker process, which takes seconds on a busy machine.
 KILL_GRACE_SECONDS = 30.0
 WORKER_NICENESS = 10
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent exits
 
 
 class JobTimeout(Exception):
@@ -51,6 +53,10 @@ class WorkPoolBroken(Exception):
 def _start_worker() -> None:
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
+    # Linux: end with the parent, even when it exits without shutting the pool down (killed,
+    # or a process that never ran its shutdown), instead of waiting forever as an orphan.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     # The parent handles Ctrl-C and shuts the pool down; workers must not die mid-job first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

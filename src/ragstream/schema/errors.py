@@ -37,8 +37,9 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
         if original.field is not None:
             extensions["field"] = original.field
         return _rebuild(error, original.message, extensions)
-    if isinstance(original, PoolTimeout):
-        # Every pooled connection stayed busy for the pool timeout: a clean, retryable answer.
+    if isinstance(original, PoolTimeout | TimeoutError):
+        # Every pooled connection stayed busy for the pool timeout, or a new one could not be
+        # opened in that time (asyncpg's connect timeout): a clean, retryable answer.
         logger.warning("database pool exhausted (request %s)", request_id)
         return _rebuild(
             error,
