@@ -4,6 +4,7 @@ database per worker; a fresh database per test cloned from it; the app running o
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import shutil
 import tempfile
 import uuid
@@ -72,7 +73,13 @@ def embedded_pg(request: pytest.FixtureRequest, template: str) -> Iterator[Embed
     workerinput: dict[str, str] | None = getattr(request.config, "workerinput", None)
     root = Path(workerinput[PG_ROOT_KEY]) if workerinput else request.config.stash[PG_ROOT]
     # The first worker starts the server, the others join it; the last one out stops it.
-    database = start_embedded(root)
+    # Workers take turns: two creating the cluster folder at once would collide.
+    with (root / ".start.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            database = start_embedded(root)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
     async def make_template() -> None:
         conn = await asyncpg.connect(database.libpq_uri("postgres"))
