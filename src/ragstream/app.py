@@ -29,6 +29,10 @@ from ragstream.domain.users.tokens import TokenService
 from ragstream.edge import UnexpectedErrorMiddleware
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from ragstream.observability.endpoint import metrics_endpoint
+from ragstream.observability.metrics import build_metrics, mark_process_dead
+from ragstream.observability.providers import metered
+from ragstream.observability.search import timed_retriever
 from ragstream.schema import build_schema
 from ragstream.security_headers import SecurityHeadersMiddleware
 from ragstream.settings import ConfigurationError, Settings, check_serving
@@ -49,6 +53,13 @@ def build_state(settings: Settings) -> AppState:
         refresh_ttl=settings.refresh_token_ttl_seconds,
     )
     hasher = PasswordHasher.from_settings(settings)
+    provider = build_chat_provider(settings)
+    metrics = build_metrics(
+        enabled=settings.metrics_enabled,
+        provider=str(settings.chat_provider),
+        model=provider.model,
+        max_operation_names=settings.metrics_max_operation_names,
+    )
     limiter = SlidingWindowLimiter(settings.login_attempts_per_minute)
     client_limiter = SlidingWindowLimiter(settings.login_attempts_per_minute_per_client)
     too_many_accounts = "too many accounts created; try again later"
@@ -70,11 +81,12 @@ def build_state(settings: Settings) -> AppState:
             register_limiter=register_limiter,
             register_client_limiter=register_client_limiter,
         ),
-        chat=GenerationManager(settings, build_chat_provider(settings)),
+        chat=GenerationManager(settings, metered(provider, metrics)),
         sockets=SocketRegistry(
             per_address=settings.ws_max_sockets_per_address,
             per_user=settings.ws_max_sockets_per_user,
         ),
+        metrics=metrics,
     )
 
 
@@ -110,7 +122,12 @@ def create_app(settings: Settings | None = None, *, early: EarlyStart | None = N
                 ingestion_worker(state),
                 state.chat.running(
                     state.sessionmaker,
-                    knowledge_base_retriever(state.embedder, SearchTuning.from_settings(settings)),
+                    timed_retriever(
+                        knowledge_base_retriever(
+                            state.embedder, SearchTuning.from_settings(settings)
+                        ),
+                        state.metrics,
+                    ),
                 ),
             ):
                 started = True  # serve logs the banner once it listens
@@ -121,6 +138,8 @@ def create_app(settings: Settings | None = None, *, early: EarlyStart | None = N
             raise
         finally:
             state.auth.hasher.close()
+            if state.metrics.enabled:
+                mark_process_dead()
         # Answers saved or marked, workers stopped, the database released.
         logger.info("ragstream stopped")
 
@@ -130,6 +149,8 @@ def create_app(settings: Settings | None = None, *, early: EarlyStart | None = N
         Route("/healthz", healthz),
         Route("/readyz", readyz),
     ]
+    if settings.metrics_enabled:
+        routes.append(Route("/metrics", metrics_endpoint))
     if assets is not None:
         routes.append(Route("/static/{path:path}", assets.endpoint, methods=["GET", "HEAD"]))
     app = Starlette(

@@ -21,6 +21,8 @@ from ragstream.db.embedded import EarlyStart, EmbeddedDatabase, start_embedded
 from ragstream.db.engine import make_engine, make_sessionmaker
 from ragstream.domain.events import EventBroker, InMemoryBroker
 from ragstream.domain.llm.embeddings import Embedder, build_embedder
+from ragstream.observability.metrics import Metrics
+from ragstream.observability.pool import metered_pool_class, observe_pool
 from ragstream.settings import ConfigurationError, Settings
 from ragstream.workpool import WorkPool
 
@@ -40,6 +42,8 @@ class Backend:
     work_: WorkPool | None = None
     # In-process pub/sub (document events, chat streams); a Redis broker can take its place.
     broker: EventBroker = field(default_factory=InMemoryBroker)
+    # Prometheus metrics, or a recorder that records nothing when they are off.
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
@@ -92,7 +96,12 @@ async def connect(
             else await asyncio.to_thread(start_embedded, settings.data_dir)
         )
         url = backend.embedded.url()
-    backend.engine = make_engine(url, settings)
+    metrics = backend.metrics
+    backend.engine = make_engine(
+        url, settings, poolclass=metered_pool_class(metrics) if metrics.enabled else None
+    )
+    if metrics.enabled:
+        observe_pool(backend.engine, metrics)
     try:
         await check_pgvector(backend.engine)
         if migrate:

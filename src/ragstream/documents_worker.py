@@ -36,6 +36,7 @@ def ingestion_deps(state: Backend) -> IngestionDeps:
             timeout_seconds=settings.ingestion_timeout_seconds,
         ),
         embedding_batch_size=settings.embedding_batch_size,
+        metrics=state.metrics,
     )
 
 

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     daily_message_limit: int = 200
     redis_url: str | None = None
 
+    # Operating (README, Operating): metrics, logs, traces, trusted documents
+    # /metrics: None means on in development; in production on only when metrics_token is set.
+    metrics: bool | None = None
+    metrics_token: SecretStr | None = None  # when set, /metrics wants `Authorization: Bearer` it
+    metrics_max_operation_names: int = 100  # distinct operation-name labels, then "other"
+
     # Chat (see domain/chat): generation, streaming and persistence
     chat_system_prompt: str | None = None  # None: the built-in prompt in domain/chat/prompt.py
     chat_max_concurrent_generations: int = 3
@@ -158,6 +164,10 @@ class Settings(BaseSettings):
             self.introspection = self.environment == "development"
         if self.graphiql is None:
             self.graphiql = self.introspection
+        if self.metrics_token is not None and not self.metrics_token.get_secret_value():
+            self.metrics_token = None
+        if self.metrics is None:
+            self.metrics = self.environment == "development" or self.metrics_token is not None
         online = self.openai_api_key is not None
         if self.chat_provider is None:
             self.chat_provider = "openai" if online else "extractive"
@@ -176,6 +186,10 @@ class Settings(BaseSettings):
     @property
     def ws_message_limit(self) -> int:
         return self.ws_max_message_bytes or self.max_body_bytes
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return bool(self.metrics)
 
     @property
     def active_generation_cap(self) -> int:

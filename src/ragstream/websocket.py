@@ -64,6 +64,14 @@ def well_formed(message: object) -> bool:
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     expiry_task: asyncio.Task[None] | None = None
 
+    async def handle(self) -> None:
+        metrics = self.context.state.metrics
+        metrics.websocket(1)
+        try:
+            await super().handle()
+        finally:
+            metrics.websocket(-1)
+
     async def handle_message(self, message: Message) -> None:
         if not well_formed(cast("object", message)):
             await self.handle_invalid_message("Failed to parse message")

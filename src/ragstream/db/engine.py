@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import Pool
 
 from ragstream.settings import Settings
 
 
-def make_engine(url: str, settings: Settings) -> AsyncEngine:
+def make_engine(
+    url: str, settings: Settings, *, poolclass: type[Pool] | None = None
+) -> AsyncEngine:
+    # A pool class of its own only when asked (metrics count checkouts that wait).
+    extra: dict[str, Any] = {"poolclass": poolclass} if poolclass is not None else {}
     return create_async_engine(
         url,
+        **extra,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,

@@ -78,14 +78,15 @@ async def search(
         limit = DEFAULT_SEARCH_LIMIT
     state = info.context.state
     async with info.context.transaction() as session:
-        results = await retrieve(
-            session,
-            viewer,
-            query,
-            limit,
-            state.embedder,
-            tuning=SearchTuning.from_settings(state.settings),
-        )
+        with state.metrics.search("search"):
+            results = await retrieve(
+                session,
+                viewer,
+                query,
+                limit,
+                state.embedder,
+                tuning=SearchTuning.from_settings(state.settings),
+            )
         rows = await service.get_documents(session, viewer, [r.document_id for r in results])
     return [to_search_hit(r, rows[r.document_id]) for r in results if r.document_id in rows]
 

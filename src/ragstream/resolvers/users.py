@@ -108,12 +108,13 @@ async def login(
     email: Annotated[str, strawberry.argument(description="Sign-in email (any case).")],
     password: Annotated[str, strawberry.argument(description="The account's password.")],
 ) -> AuthPayload:
-    result = await info.context.state.auth.login(
-        info.context.transaction,
-        email=email,
-        password=password,
-        client=info.context.client_address,
-    )
+    with info.context.state.metrics.login_attempt():
+        result = await info.context.state.auth.login(
+            info.context.transaction,
+            email=email,
+            password=password,
+            client=info.context.client_address,
+        )
     return _payload(result)
 
 

@@ -11,6 +11,7 @@ from strawberry.extensions import DisableIntrospection, MaxTokensLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult
 
+from ragstream.observability.operations import ObserveOperations
 from ragstream.schema.errors import ErrorContract, shape_result
 from ragstream.schema.limits import Limits, ParserCache, QueryLimits, ValidationCache
 from ragstream.schema.list_size import ListSizeLimit
@@ -59,6 +60,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     ]
     if not settings.introspection_enabled:
         extensions.append(DisableIntrospection)
+    if settings.metrics_enabled:
+        # First: its operation hook ends last, once the error contract has shaped the errors.
+        extensions.insert(0, ObserveOperations)
     return RagstreamSchema(
         query=Query,
         mutation=Mutation,

@@ -76,3 +76,16 @@ class JobRepository:
             ),
             {"lock": document_lock(document_id)},
         )
+
+    async def counts_by_state(self) -> dict[str, int]:
+        """Ingestion jobs per procrastinate status; the waiting and running ones always listed."""
+        rows = await self.session.execute(
+            text(
+                "SELECT status::text, count(*) FROM procrastinate_jobs "
+                "WHERE queue_name = :queue GROUP BY status"
+            ),
+            {"queue": INGESTION_QUEUE},
+        )
+        counts = {"todo": 0, "doing": 0}
+        counts.update({str(status): int(count) for status, count in rows})
+        return counts

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -55,15 +56,24 @@ def build_job_app(settings: Settings, database_url: str, deps: IngestionDeps) ->
     attempts = max(1, settings.ingestion_max_attempts)
 
     async def ingest(context: JobContext, document_id: str) -> None:
-        doc_id = uuid.UUID(document_id)
+        started = time.perf_counter()
+        deps.metrics.ingestion_started()
+        outcome = "retry"  # raised: the queue tries again
+        try:
+            outcome = await run(context, uuid.UUID(document_id))
+        finally:
+            deps.metrics.ingestion_ended(outcome, time.perf_counter() - started)
+
+    async def run(context: JobContext, doc_id: uuid.UUID) -> str:
+        """One attempt; returns how it ended (ready, failed, gone) or raises to be retried."""
         assert context.job is not None
         final = context.job.attempts >= attempts - 1
         try:
-            await ingest_document(deps, doc_id)
+            status = await ingest_document(deps, doc_id)
         except RetryableIngestionError as exc:
             if final:
                 await mark_failed(deps, doc_id, f"{exc}; gave up after {attempts} attempts")
-                return
+                return "failed"
             logger.warning("document %s: %s; will retry", doc_id, exc)
             await mark_retrying(deps, doc_id)
             raise
@@ -73,9 +83,10 @@ def build_job_app(settings: Settings, database_url: str, deps: IngestionDeps) ->
                 await mark_failed(
                     deps, doc_id, "ingestion failed unexpectedly; reprocess the document to retry"
                 )
-                return
+                return "failed"
             await mark_retrying(deps, doc_id)
             raise
+        return status.lower() if status is not None else "gone"
 
     app.task(
         name=INGEST_TASK,

@@ -20,6 +20,7 @@ from ragstream.domain.documents.parsing import ParseError
 from ragstream.domain.documents.reading import ReadingLimits, read_document
 from ragstream.domain.events import EventBroker
 from ragstream.domain.llm.embeddings import Embedder, EmbeddingError
+from ragstream.observability.metrics import Metrics
 from ragstream.workpool import JobTimeout, WorkPool, WorkPoolBroken
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class IngestionDeps:
     work: WorkPool
     limits: ReadingLimits = field(default_factory=ReadingLimits)
     embedding_batch_size: int = 64
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 class RetryableIngestionError(Exception):

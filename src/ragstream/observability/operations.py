@@ -1,0 +1,90 @@
+"""One schema extension that observes every GraphQL operation: its metrics and its log line.
+
+Listed first among the schema's extensions, so its ``on_operation`` ends last: the errors it
+counts have already been given their codes by the error contract.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+from strawberry.types.graphql import OperationType
+
+from ragstream.observability.metrics import Metrics
+
+
+def error_codes(errors: list[GraphQLError] | None) -> list[str]:
+    return [str((e.extensions or {}).get("code", "INTERNAL_SERVER_ERROR")) for e in errors or ()]
+
+
+class ObserveOperations(SchemaExtension):
+    """Duration, outcome and error codes of each operation (a subscription: its lifetime)."""
+
+    _started = 0.0
+    _streamed = False
+    _subscription = False
+    _accepted = False  # parsed and validated (every limit included)
+    _codes: list[str] | None = None
+
+    def _metrics(self) -> Metrics:
+        state = getattr(self.execution_context.context, "state", None)
+        metrics: Metrics = getattr(state, "metrics", None) or Metrics()
+        return metrics
+
+    def on_operation(self) -> Iterator[None]:
+        self._started = time.perf_counter()
+        self._codes = []
+        try:
+            yield
+        finally:
+            self._finish()
+
+    def on_validate(self) -> Iterator[None]:
+        yield
+        # The last validation hook to end: every other one has had its say.
+        self._accepted = not self.execution_context.pre_execution_errors
+        if self._accepted and self._kind() == "subscription":
+            self._subscription = True
+            self._metrics().subscription(1)
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        self._streamed = True
+        try:
+            yield
+        finally:
+            # After the error contract has shaped them (it runs inside this hook).
+            self._count(error_codes(getattr(result, "errors", None)))
+
+    def _count(self, codes: list[str]) -> None:
+        assert self._codes is not None
+        metrics = self._metrics()
+        for code in codes:
+            metrics.error(code)
+        self._codes.extend(codes)
+
+    def _kind(self) -> str:
+        try:
+            kind: OperationType = self.execution_context.operation_type
+        except Exception:  # no operation could be determined (an invalid document)
+            return "unknown"
+        return kind.value
+
+    def _finish(self) -> None:
+        context = self.execution_context
+        metrics = self._metrics()
+        if self._subscription:
+            metrics.subscription(-1)
+        rejected = not self._accepted
+        if not self._streamed:
+            # Strawberry also files execution errors as pre-execution ones; either list will do.
+            errors = context.pre_execution_errors
+            if not errors and context.result is not None:
+                errors = context.result.errors
+            self._count(error_codes(errors))
+        outcome = "rejected" if rejected else ("error" if self._codes else "ok")
+        name = "-" if rejected else metrics.operation_label(context.operation_name)
+        metrics.operation(name, self._kind(), outcome, time.perf_counter() - self._started)
