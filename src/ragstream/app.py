@@ -30,6 +30,7 @@ from ragstream.edge import UnexpectedErrorMiddleware
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstream.observability.endpoint import metrics_endpoint
+from ragstream.observability.logs import RequestLogMiddleware
 from ragstream.observability.metrics import build_metrics, mark_process_dead
 from ragstream.observability.providers import metered
 from ragstream.observability.search import timed_retriever
@@ -157,6 +158,7 @@ def create_app(settings: Settings | None = None, *, early: EarlyStart | None = N
         routes=routes,
         middleware=[
             Middleware(RequestIdMiddleware),
+            Middleware(RequestLogMiddleware, log_requests=settings.log_requests),
             Middleware(SecurityHeadersMiddleware),
             Middleware(UnexpectedErrorMiddleware),
             Middleware(

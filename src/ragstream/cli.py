@@ -43,9 +43,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ragstream.db.embedded import EarlyStart, exclusive_server_lock
+    from ragstream.observability.logs import configure_logging
     from ragstream.settings import check_serving
 
     settings = _settings(args)
+    # Before the application's modules are imported: some of them log as they load.
+    configure_logging(str(settings.log_format), settings.log_level)
     check_serving(settings)
     _check_port_free(settings.host, settings.port)
     # The embedded database belongs to one server; replicas sharing an external database are fine.
@@ -99,6 +102,9 @@ def _serve(settings: Settings, early: EarlyStart | None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # Logging is configured in cmd_serve (JSON or text); each request gets ragstream's line.
+        log_config=None,
+        access_log=not settings.log_requests,
         proxy_headers=False,
         lifespan="on",
         # Larger frames are refused while read (1009); the app checks the same limit.

@@ -30,9 +30,12 @@ SUPPORTED_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pd
 def cmd_worker(args: argparse.Namespace) -> int:
     from ragstream.backend import Backend, connect
     from ragstream.documents_worker import ingestion_worker
+    from ragstream.observability.logs import configure_logging
     from ragstream.settings import Settings
 
-    state = Backend(settings=Settings())
+    settings = Settings()
+    configure_logging(str(settings.log_format), settings.log_level)
+    state = Backend(settings=settings)
 
     async def run() -> None:
         async with (

@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     metrics: bool | None = None
     metrics_token: SecretStr | None = None  # when set, /metrics wants `Authorization: Bearer` it
     metrics_max_operation_names: int = 100  # distinct operation-name labels, then "other"
+    log_format: Literal["json", "text"] | None = None  # None: json in production, else text
+    log_requests: bool = True  # one line per HTTP request and per websocket operation
 
     # Chat (see domain/chat): generation, streaming and persistence
     chat_system_prompt: str | None = None  # None: the built-in prompt in domain/chat/prompt.py
@@ -166,6 +168,8 @@ class Settings(BaseSettings):
             self.graphiql = self.introspection
         if self.metrics_token is not None and not self.metrics_token.get_secret_value():
             self.metrics_token = None
+        if self.log_format is None:
+            self.log_format = "json" if self.environment == "production" else "text"
         if self.metrics is None:
             self.metrics = self.environment == "development" or self.metrics_token is not None
         online = self.openai_api_key is not None
@@ -190,6 +194,11 @@ class Settings(BaseSettings):
     @property
     def metrics_enabled(self) -> bool:
         return bool(self.metrics)
+
+    @property
+    def observe_operations(self) -> bool:
+        """Whether each GraphQL operation is measured (for metrics, its log line or both)."""
+        return self.metrics_enabled or self.log_requests
 
     @property
     def active_generation_cap(self) -> int:

@@ -28,6 +28,9 @@ def make_engine(
         pool_timeout=settings.db_pool_timeout,
         # A connection killed by a database restart is detected and replaced on checkout.
         pool_pre_ping=True,
+        # Statement parameters (document text, password and token hashes) stay out of errors
+        # and so out of the logs.
+        hide_parameters=True,
         connect_args={
             "server_settings": {
                 "statement_timeout": str(settings.db_statement_timeout_ms),

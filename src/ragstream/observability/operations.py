@@ -1,5 +1,8 @@
 """One schema extension that observes every GraphQL operation: its metrics and its log line.
 
+An HTTP operation's fields go into its request's line (see logs.RequestLogMiddleware); a
+websocket operation gets a line of its own.
+
 Listed first among the schema's extensions, so its ``on_operation`` ends last: the errors it
 counts have already been given their codes by the error contract.
 """
@@ -14,7 +17,10 @@ from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
 
+from ragstream.observability.logs import OPERATION_KEY, log_operation, operation_fields
 from ragstream.observability.metrics import Metrics
+
+MAX_LOGGED_NAME = 100
 
 
 def error_codes(errors: list[GraphQLError] | None) -> list[str]:
@@ -86,5 +92,27 @@ class ObserveOperations(SchemaExtension):
                 errors = context.result.errors
             self._count(error_codes(errors))
         outcome = "rejected" if rejected else ("error" if self._codes else "ok")
-        name = "-" if rejected else metrics.operation_label(context.operation_name)
-        metrics.operation(name, self._kind(), outcome, time.perf_counter() - self._started)
+        seconds = time.perf_counter() - self._started
+        kind = self._kind()
+        if metrics.enabled:
+            name = "-" if rejected else metrics.operation_label(context.operation_name)
+            metrics.operation(name, kind, outcome, seconds)
+        self._log(kind, outcome, seconds)
+
+    def _log(self, kind: str, outcome: str, seconds: float) -> None:
+        context = self.execution_context.context
+        state = getattr(context, "state", None)
+        if state is None or not state.settings.log_requests:
+            return
+        claims = None if context.token_invalid else context.claims
+        fields = operation_fields(
+            name=(self.execution_context.operation_name or "")[:MAX_LOGGED_NAME] or None,
+            kind=kind,
+            outcome=outcome,
+            codes=list(self._codes or ()),
+            user_id=str(claims.user_id) if claims is not None else None,
+        )
+        if context.is_websocket:
+            log_operation(fields, seconds)
+        else:
+            context.request.scope.setdefault("state", {})[OPERATION_KEY] = fields

@@ -60,7 +60,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     ]
     if not settings.introspection_enabled:
         extensions.append(DisableIntrospection)
-    if settings.metrics_enabled:
+    if settings.observe_operations:
         # First: its operation hook ends last, once the error contract has shaped the errors.
         extensions.insert(0, ObserveOperations)
     return RagstreamSchema(

@@ -1,0 +1,224 @@
+"""Structured logs: one JSON line per request or websocket operation, the request id on every
+line (errors included), and nothing secret in any of them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ragstream.observability.logs import JsonFormatter, RequestIdFilter
+from ragstream.settings import Settings
+from tests.conftest import TEST_JWT_SECRET
+from tests.database_faults import database_unreachable
+from tests.support import PASSWORD, LiveServer
+from tests.test_embedded import command
+from tests.test_websockets import raw_socket, receive, send, sign_in, subscribe
+
+
+class JsonLines:
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    def all(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+
+    def text(self) -> str:
+        """The server's lines (the test's own HTTP client logs its requests too)."""
+        return "\n".join(json.dumps(x) for x in self.all() if not x["logger"].startswith("httpx"))
+
+
+@pytest.fixture
+def json_lines() -> Iterator[JsonLines]:
+    """What the server logs while the test runs, through the JSON formatter."""
+    lines = JsonLines()
+    handler = logging.StreamHandler(lines.stream)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def request_lines(lines: JsonLines, request_id: str) -> list[dict[str, Any]]:
+    return [
+        line
+        for line in lines.all()
+        if line["logger"] == "ragstream.requests" and line["request_id"] == request_id
+    ]
+
+
+async def test_a_request_has_one_line_with_its_operation_and_no_secrets(
+    server: LiveServer, json_lines: JsonLines
+) -> None:
+    account = await server.register()
+    async with server.http_client() as client:
+        me = await client.post(
+            "/graphql",
+            json={"query": "query Me { me { id } }"},
+            headers={"authorization": f"Bearer {account.access_token}", "x-request-id": "req-0001"},
+        )
+        login = await client.post(
+            "/graphql",
+            json={
+                "query": "mutation SignIn($e: String!, $p: String!) "
+                "{ login(email: $e, password: $p) { accessToken refreshToken } }",
+                "variables": {"e": account.email, "p": PASSWORD},
+            },
+            headers={"x-request-id": "req-0002"},
+        )
+        got = await client.get(
+            "/graphql",
+            params={"query": "query Hello($p: String!) { __typename }", "variables": '{"p":"x"}'},
+            headers={"accept": "application/json", "x-request-id": "req-0003"},
+        )
+    assert me.status_code == login.status_code == got.status_code == 200
+
+    [line] = request_lines(json_lines, "req-0001")
+    assert line["level"] == "info"
+    assert (line["method"], line["path"], line["status"], line["transport"]) == (
+        "POST",
+        "/graphql",
+        200,
+        "http",
+    )
+    assert (line["operation"], line["operation_type"], line["outcome"]) == ("Me", "query", "ok")
+    assert line["user_id"] == account.id
+    assert isinstance(line["duration_ms"], float)
+    assert "error_codes" not in line
+    [signed_in] = request_lines(json_lines, "req-0002")
+    assert (signed_in["operation"], signed_in["outcome"], signed_in.get("user_id")) == (
+        "SignIn",
+        "ok",
+        None,
+    )
+    [fetched] = request_lines(json_lines, "req-0003")
+    assert (fetched["method"], fetched["path"], fetched["operation"]) == (
+        "GET",
+        "/graphql",
+        "Hello",
+    )
+
+    tokens = login.json()["data"]["login"]
+    logged = json_lines.text()
+    for secret in (PASSWORD, account.access_token, tokens["accessToken"], tokens["refreshToken"]):
+        assert secret not in logged
+    assert "variables" not in logged
+
+
+async def test_error_lines_carry_the_request_id_the_client_saw(
+    server: LiveServer, database_url: str, json_lines: JsonLines
+) -> None:
+    account = await server.register()
+    async with database_unreachable(database_url), server.http_client() as client:
+        response = await client.post(
+            "/graphql",
+            json={"query": "query Me { me { id } }"},
+            headers={"authorization": f"Bearer {account.access_token}"},
+        )
+    [error] = response.json()["errors"]
+    request_id = error["extensions"]["requestId"]
+    assert request_id == response.headers["x-request-id"]
+
+    errors = [line for line in json_lines.all() if line["level"] == "error"]
+    assert errors
+    assert all(line["request_id"] == request_id for line in errors)
+    assert any("exception" in line for line in errors)  # the cause is in the log, not the answer
+    [line] = request_lines(json_lines, request_id)
+    assert (line["outcome"], line["error_codes"]) == ("error", ["INTERNAL_SERVER_ERROR"])
+
+
+async def test_each_websocket_operation_has_its_line(
+    server: LiveServer, json_lines: JsonLines
+) -> None:
+    account = await server.register()
+    await server.listen()
+    async with raw_socket(server, headers={"X-Request-ID": "ws-logs-0001"}) as ws:
+        await sign_in(ws, account)
+        await send(ws, subscribe("1", "query Me { me { id } }"))
+        assert (await receive(ws))["type"] == "next"
+        assert (await receive(ws))["type"] == "complete"
+        await send(ws, subscribe("2", "query Nope { nope }"))
+        assert (await receive(ws))["type"] == "error"
+
+    # sign_in's own check of the socket comes first.
+    lines = request_lines(json_lines, "ws-logs-0001")[-2:]
+    assert [(x["operation"], x["outcome"], x["transport"]) for x in lines] == [
+        ("Me", "ok", "websocket"),
+        ("Nope", "rejected", "websocket"),
+    ]
+    assert lines[0]["user_id"] == account.id
+    assert lines[1]["error_codes"] == ["BAD_USER_INPUT"]
+
+
+def test_json_is_the_production_default() -> None:
+    assert Settings(environment="production").log_format == "json"
+    assert Settings(environment="development").log_format == "text"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_serve_writes_only_json_lines(database_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAGSTREAM_", "OPENAI_"))}
+    env.update(
+        RAGSTREAM_DATABASE_URL=database_url,
+        RAGSTREAM_DATA_DIR=str(tmp_path / "data"),
+        RAGSTREAM_JWT_SECRET=TEST_JWT_SECRET,
+        RAGSTREAM_LOG_FORMAT="json",
+        RAGSTREAM_INGESTION_WORKER="false",
+    )
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        *command(),
+        "serve",
+        "--port",
+        str(port),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(120), httpx.AsyncClient() as client:
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            await client.post(
+                f"http://127.0.0.1:{port}/graphql",
+                json={"query": "query Ping { __typename }"},
+                headers={"x-request-id": "serve-json-0001"},
+            )
+    finally:
+        process.terminate()
+        assert process.stderr is not None
+        output = (await process.stderr.read()).decode()
+        await process.wait()
+
+    lines = [json.loads(line) for line in output.splitlines()]  # every line is JSON
+    assert any(line["message"] == "ragstream stopped" for line in lines)
+    [ping] = [line for line in lines if line.get("request_id") == "serve-json-0001"]
+    assert (ping["operation"], ping["status"]) == ("Ping", 200)
