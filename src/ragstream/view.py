@@ -26,6 +26,7 @@ from ragstream.edge import (
     http_error_response,
 )
 from ragstream.graphiql import GraphiQLAssets
+from ragstream.graphql_http import GRAPHQL_RESPONSE_JSON, is_request_error, wants_graphql_response
 from ragstream.schema.context import Context
 from ragstream.upload_names import UploadNameRefused, scan_upload_names
 from ragstream.websocket import TooManySockets, TransportWSHandler
@@ -48,6 +49,12 @@ def bearer_token(value: str | None) -> str | None:
         return None
     scheme, _, token = value.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+
+
+class SubResponse(Response):
+    """Headers and status a request's resolvers may set, and the media type it negotiated."""
+
+    graphql_response_json = False
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -109,6 +116,27 @@ class GraphQLView(GraphQL[Context, None]):
             return self.decode_json(data)
         except MalformedJSON as exc:
             raise HTTPException(400, exc.reason) from None
+
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        sub_response = SubResponse()
+        sub_response.status_code = None  # type: ignore[assignment]  # unset until a hook sets it
+        del sub_response.headers["content-length"]
+        sub_response.graphql_response_json = wants_graphql_response(request.headers.get("accept"))
+        return sub_response
+
+    def create_response(
+        self,
+        response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
+        sub_response: Response,
+    ) -> Response:
+        negotiated = isinstance(sub_response, SubResponse) and sub_response.graphql_response_json
+        if negotiated and isinstance(response_data, dict) and is_request_error(dict(response_data)):
+            response_data = cast("GraphQLHTTPResponse", {"errors": response_data.get("errors")})
+            sub_response.status_code = sub_response.status_code or 400
+        response = super().create_response(response_data, sub_response)
+        if negotiated:
+            response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"
+        return response
 
     async def process_result(
         self, request: Request, result: ExecutionResult

@@ -72,6 +72,10 @@ class ObserveOperations(SchemaExtension):
             metrics.error(code)
         self._codes.extend(codes)
 
+    def _name(self) -> str | None:
+        name: object = self.execution_context.operation_name
+        return name if isinstance(name, str) else None  # a request may send anything there
+
     def _kind(self) -> str:
         try:
             kind: OperationType = self.execution_context.operation_type
@@ -95,7 +99,7 @@ class ObserveOperations(SchemaExtension):
         seconds = time.perf_counter() - self._started
         kind = self._kind()
         if metrics.enabled:
-            name = "-" if rejected else metrics.operation_label(context.operation_name)
+            name = "-" if rejected else metrics.operation_label(self._name())
             metrics.operation(name, kind, outcome, seconds)
         self._log(kind, outcome, seconds)
 
@@ -106,7 +110,7 @@ class ObserveOperations(SchemaExtension):
             return
         claims = None if context.token_invalid else context.claims
         fields = operation_fields(
-            name=(self.execution_context.operation_name or "")[:MAX_LOGGED_NAME] or None,
+            name=(self._name() or "")[:MAX_LOGGED_NAME] or None,
             kind=kind,
             outcome=outcome,
             codes=list(self._codes or ()),
