@@ -20,6 +20,7 @@ from ragstream.db.embedded import EarlyStart
 from ragstream.documents_worker import ingestion_worker
 from ragstream.domain.chat.generation import GenerationManager
 from ragstream.domain.chat.preparation import knowledge_base_retriever
+from ragstream.domain.errors import InvalidInput
 from ragstream.domain.llm.chat import build_chat_provider
 from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.domain.users.auth import AuthService
@@ -34,6 +35,7 @@ from ragstream.observability.logs import RequestLogMiddleware
 from ragstream.observability.metrics import build_metrics, mark_process_dead
 from ragstream.observability.providers import metered
 from ragstream.observability.search import timed_retriever
+from ragstream.persisted import PersistedDocuments, load_manifest
 from ragstream.schema import build_schema
 from ragstream.security_headers import SecurityHeadersMiddleware
 from ragstream.settings import ConfigurationError, Settings, check_serving
@@ -88,6 +90,26 @@ def build_state(settings: Settings) -> AppState:
             per_user=settings.ws_max_sockets_per_user,
         ),
         metrics=metrics,
+        persisted=build_persisted(settings),
+    )
+
+
+def build_persisted(settings: Settings) -> PersistedDocuments:
+    path = settings.manifest_path
+    try:
+        manifest = load_manifest(path)
+    except (ValueError, InvalidInput) as exc:
+        reason = exc.message if isinstance(exc, InvalidInput) else str(exc)
+        raise ConfigurationError(
+            f"the persisted query manifest {path} is unusable: {reason}"
+        ) from exc
+    if settings.persisted_queries == "only" and not manifest:
+        raise ConfigurationError(
+            f"RAGSTREAM_PERSISTED_QUERIES=only runs registered documents only, and {path} has "
+            "none; register them with `ragstream persist-queries FILE.json`"
+        )
+    return PersistedDocuments(
+        settings.persisted_queries, manifest, settings.persisted_queries_cache_size
     )
 
 

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from ragstream.documents_cli import add_commands as add_knowledge_commands
+from ragstream.persisted_cli import add_command as add_persisted_command
 
 if TYPE_CHECKING:
     import uvicorn
@@ -304,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", help="write to this file instead of stdout")
     export.set_defaults(func=cmd_export_schema)
     add_knowledge_commands(sub)
+    add_persisted_command(sub)
     return parser
 
 

@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     metrics_max_operation_names: int = 100  # distinct operation-name labels, then "other"
     log_format: Literal["json", "text"] | None = None  # None: json in production, else text
     log_requests: bool = True  # one line per HTTP request and per websocket operation
+    # Trusted documents (ragstream/persisted.py): automatic persisted queries, only the
+    # registered manifest, or neither.
+    persisted_queries: Literal["automatic", "only", "off"] = "automatic"
+    persisted_queries_cache_size: int = 1_000  # hashes remembered per process (automatic)
+    persisted_queries_manifest: Path | None = None  # None: persisted-queries.json in data_dir
+    # Cache-Control max-age of GET queries that no viewer can change (anonymous, no errors).
+    get_cache_max_age_seconds: int = 60
 
     # Chat (see domain/chat): generation, streaming and persistence
     chat_system_prompt: str | None = None  # None: the built-in prompt in domain/chat/prompt.py
@@ -194,6 +201,10 @@ class Settings(BaseSettings):
     @property
     def metrics_enabled(self) -> bool:
         return bool(self.metrics)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.persisted_queries_manifest or self.data_dir / "persisted-queries.json"
 
     @property
     def observe_operations(self) -> bool:

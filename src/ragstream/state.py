@@ -6,7 +6,7 @@ factory (app.py) builds it. The commands without HTTP use its base, `backend.Bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import strawberry
 
@@ -14,6 +14,7 @@ from ragstream.backend import Backend
 from ragstream.domain.chat.generation import GenerationManager
 from ragstream.domain.users.auth import AuthService
 from ragstream.domain.users.tokens import TokenService
+from ragstream.persisted import PersistedDocuments
 from ragstream.settings import ConfigurationError
 from ragstream.socket_limits import SocketRegistry
 
@@ -27,5 +28,9 @@ class AppState(Backend):
     auth: AuthService
     chat: GenerationManager
     sockets: SocketRegistry  # open websockets per client address and per user
+    # Trusted documents: persisted query hashes and the registered manifest.
+    persisted: PersistedDocuments = field(
+        default_factory=lambda: PersistedDocuments("automatic", {})
+    )
     # A configuration error that stopped the lifespan from starting (serve reports it, exit 2).
     startup_error: ConfigurationError | None = None

@@ -55,6 +55,9 @@ class SubResponse(Response):
     """Headers and status a request's resolvers may set, and the media type it negotiated."""
 
     graphql_response_json = False
+    # GET only: whether the answer can depend on who asks (credentials were sent).
+    get_request = False
+    credentials = False
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -122,6 +125,8 @@ class GraphQLView(GraphQL[Context, None]):
         sub_response.status_code = None  # type: ignore[assignment]  # unset until a hook sets it
         del sub_response.headers["content-length"]
         sub_response.graphql_response_json = wants_graphql_response(request.headers.get("accept"))
+        sub_response.get_request = request.scope.get("method") == "GET"
+        sub_response.credentials = "authorization" in request.headers or "cookie" in request.headers
         return sub_response
 
     def create_response(
@@ -136,7 +141,23 @@ class GraphQLView(GraphQL[Context, None]):
         response = super().create_response(response_data, sub_response)
         if negotiated:
             response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"
+        if isinstance(sub_response, SubResponse) and sub_response.get_request:
+            response.headers["cache-control"] = self._cache_control(response_data, sub_response)
+            response.headers["vary"] = "Accept, Authorization, Cookie"
         return response
+
+    def _cache_control(
+        self,
+        response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
+        sub_response: SubResponse,
+    ) -> str:
+        """Shared caches may keep a GET answer only when no viewer shaped it and all went well."""
+        if sub_response.credentials:
+            return "private, no-store"
+        max_age = self.state.settings.get_cache_max_age_seconds
+        if isinstance(response_data, dict) and not response_data.get("errors") and max_age > 0:
+            return f"public, max-age={max_age}"
+        return "no-store"
 
     async def process_result(
         self, request: Request, result: ExecutionResult

@@ -29,6 +29,8 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     SubscribeMessage,
 )
 
+from ragstream.domain.errors import DomainError
+from ragstream.persisted import wants_resolving
 from ragstream.schema.context import Context
 from ragstream.socket_limits import TOO_MANY_SOCKETS, TOO_MANY_SOCKETS_REASON
 
@@ -53,12 +55,22 @@ def well_formed(message: object) -> bool:
         payload = message.get("payload")
         return (
             isinstance(payload, dict)
-            and isinstance(payload.get("query"), str)
+            and (isinstance(payload.get("query"), str) or persisted_only(payload))
             and isinstance(payload.get("variables"), dict | None)
             and isinstance(payload.get("operationName"), str | None)
             and isinstance(payload.get("extensions"), dict | None)
         )
     return True
+
+
+def persisted_only(payload: dict[str, Any]) -> bool:
+    """A subscribe that names its document by hash alone (Automatic Persisted Queries)."""
+    extensions = payload.get("extensions")
+    return (
+        ("query" not in payload or payload["query"] is None)
+        and isinstance(extensions, dict)
+        and isinstance(extensions.get("persistedQuery"), dict)
+    )
 
 
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
@@ -112,6 +124,19 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 cast("Message", {"id": message["id"], "type": "error", "payload": [error]})
             )
             return
+        payload = message["payload"]
+        extensions = payload.get("extensions")
+        persisted = self.context.state.persisted
+        if wants_resolving(persisted, extensions) and self.connection_acknowledged:
+            # Strawberry passes no extensions on: the document is settled here.
+            try:
+                payload["query"] = cast("str", persisted.resolve(payload.get("query"), extensions))
+            except DomainError as exc:
+                refusal = {"message": exc.message, "extensions": {"code": exc.code}}
+                await self.send_message(
+                    cast("Message", {"id": message["id"], "type": "error", "payload": [refusal]})
+                )
+                return
         await super().handle_subscribe(message)
 
     async def shutdown(self) -> None:

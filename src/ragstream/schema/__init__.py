@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import strawberry
@@ -11,7 +12,9 @@ from strawberry.extensions import DisableIntrospection, MaxTokensLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult
 
+from ragstream.domain.errors import DomainError
 from ragstream.observability.operations import ObserveOperations
+from ragstream.persisted import persisted_of, wants_resolving
 from ragstream.schema.errors import ErrorContract, shape_result
 from ragstream.schema.limits import Limits, ParserCache, QueryLimits, ValidationCache
 from ragstream.schema.list_size import ListSizeLimit
@@ -27,16 +30,57 @@ class RagstreamSchema(strawberry.Schema):
         """Logging happens in ErrorContract, which knows which errors are unexpected."""
 
     async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
-        result = await super().execute(*args, **kwargs)
+        call = _EXECUTE.bind(self, *args, **kwargs)
+        query, refused = _trusted(
+            call.arguments.get("query"),
+            call.arguments.get("context_value"),
+            call.arguments.get("operation_extensions"),
+        )
+        if refused is not None:
+            return refused
+        call.arguments["query"] = query
+        result = await super().execute(*call.args[1:], **call.kwargs)
         # An exception inside an extension hook ends the operation before ErrorContract sees the
         # result; such errors are shaped (and masked) here instead.
-        call = _EXECUTE.bind(self, *args, **kwargs)
         shape_result(result, call.arguments.get("context_value"))
         return result
+
+    async def stream(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        # Websocket operations and HTTP streams: the same trusted-document rules as execute.
+        call = _STREAM.bind(self, *args, **kwargs)
+        query, refused = _trusted(
+            call.arguments.get("query"),
+            call.arguments.get("context_value"),
+            call.arguments.get("operation_extensions"),
+        )
+        if refused is not None:
+            return _single(refused)
+        call.arguments["query"] = query
+        stream: AsyncGenerator[Any, None] = await super().stream(*call.args[1:], **call.kwargs)
+        return stream
+
+
+def _trusted(
+    query: str | None, context: Any, extensions: dict[str, Any] | None
+) -> tuple[str | None, ExecutionResult | None]:
+    """The document to run under the trusted-document rules, or the refusal to answer."""
+    persisted = persisted_of(context)
+    if persisted is None or not wants_resolving(persisted, extensions):
+        return query, None
+    try:
+        return persisted.resolve(query, extensions), None
+    except DomainError as exc:
+        error = GraphQLError(exc.message, extensions={"code": exc.code})
+        return None, ExecutionResult(data=None, errors=[error])
+
+
+async def _single(result: ExecutionResult) -> AsyncGenerator[Any, None]:
+    yield result
 
 
 # Strawberry's own signature, read rather than restated, to find the context among any arguments.
 _EXECUTE = inspect.signature(strawberry.Schema.execute)
+_STREAM = inspect.signature(strawberry.Schema.stream)
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
