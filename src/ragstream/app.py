@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -33,8 +34,9 @@ from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstream.observability.endpoint import metrics_endpoint
 from ragstream.observability.logs import RequestLogMiddleware
 from ragstream.observability.metrics import build_metrics, mark_process_dead
-from ragstream.observability.providers import metered
+from ragstream.observability.providers import observed
 from ragstream.observability.search import timed_retriever
+from ragstream.observability.tracing import TraceMiddleware, build_tracing
 from ragstream.persisted import PersistedDocuments, load_manifest
 from ragstream.schema import build_schema
 from ragstream.security_headers import SecurityHeadersMiddleware
@@ -43,13 +45,19 @@ from ragstream.socket_limits import SocketRegistry, WebSocketLimitMiddleware
 from ragstream.state import AppState
 from ragstream.view import GraphQLView
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AppState", "build_state", "connect", "create_app"]
 
 
-def build_state(settings: Settings) -> AppState:
-    """Everything that can be checked without a database; raises ConfigurationError early."""
+def build_state(settings: Settings, span_exporter: SpanExporter | None = None) -> AppState:
+    """Everything that can be checked without a database; raises ConfigurationError early.
+
+    ``span_exporter`` turns tracing on with that exporter (tests pass an in-memory one).
+    """
     tokens = TokenService(
         check_serving(settings),
         access_ttl=settings.access_token_ttl_seconds,
@@ -63,6 +71,7 @@ def build_state(settings: Settings) -> AppState:
         model=provider.model,
         max_operation_names=settings.metrics_max_operation_names,
     )
+    tracing = build_tracing(settings, span_exporter)
     limiter = SlidingWindowLimiter(settings.login_attempts_per_minute)
     client_limiter = SlidingWindowLimiter(settings.login_attempts_per_minute_per_client)
     too_many_accounts = "too many accounts created; try again later"
@@ -84,12 +93,15 @@ def build_state(settings: Settings) -> AppState:
             register_limiter=register_limiter,
             register_client_limiter=register_client_limiter,
         ),
-        chat=GenerationManager(settings, metered(provider, metrics)),
+        chat=GenerationManager(
+            settings, observed(provider, metrics, tracing, str(settings.chat_provider))
+        ),
         sockets=SocketRegistry(
             per_address=settings.ws_max_sockets_per_address,
             per_user=settings.ws_max_sockets_per_user,
         ),
         metrics=metrics,
+        tracing=tracing,
         persisted=build_persisted(settings),
     )
 
@@ -129,10 +141,16 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(settings: Settings | None = None, *, early: EarlyStart | None = None) -> Starlette:
-    """The application; ``early``: the embedded server, already starting, for the lifespan."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    early: EarlyStart | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> Starlette:
+    """The application; ``early``: the embedded server, already starting, for the lifespan;
+    ``span_exporter``: traces go there (tests pass an in-memory exporter)."""
     settings = settings or Settings()
-    state = build_state(settings)
+    state = build_state(settings, span_exporter)
     assets = GraphiQLAssets.load() if settings.graphiql_enabled else None
     view = GraphQLView(state, assets)
 
@@ -150,6 +168,7 @@ def create_app(settings: Settings | None = None, *, early: EarlyStart | None = N
                             state.embedder, SearchTuning.from_settings(settings)
                         ),
                         state.metrics,
+                        state.tracing,
                     ),
                 ),
             ):
@@ -163,6 +182,7 @@ def create_app(settings: Settings | None = None, *, early: EarlyStart | None = N
             state.auth.hasher.close()
             if state.metrics.enabled:
                 mark_process_dead()
+            state.tracing.shutdown()
         # Answers saved or marked, workers stopped, the database released.
         logger.info("ragstream stopped")
 
@@ -181,6 +201,7 @@ def create_app(settings: Settings | None = None, *, early: EarlyStart | None = N
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(RequestLogMiddleware, log_requests=settings.log_requests),
+            Middleware(TraceMiddleware, tracing=state.tracing),
             Middleware(SecurityHeadersMiddleware),
             Middleware(UnexpectedErrorMiddleware),
             Middleware(

@@ -23,6 +23,8 @@ from ragstream.domain.events import EventBroker, InMemoryBroker
 from ragstream.domain.llm.embeddings import Embedder, build_embedder
 from ragstream.observability.metrics import Metrics
 from ragstream.observability.pool import metered_pool_class, observe_pool
+from ragstream.observability.providers import observed_embedder
+from ragstream.observability.tracing import Tracing
 from ragstream.settings import ConfigurationError, Settings
 from ragstream.workpool import WorkPool
 
@@ -44,6 +46,8 @@ class Backend:
     broker: EventBroker = field(default_factory=InMemoryBroker)
     # Prometheus metrics, or a recorder that records nothing when they are off.
     metrics: Metrics = field(default_factory=Metrics)
+    # OpenTelemetry spans, or a tracer that traces nothing when tracing is off.
+    tracing: Tracing = field(default_factory=Tracing)
 
     @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
@@ -102,6 +106,7 @@ async def connect(
     )
     if metrics.enabled:
         observe_pool(backend.engine, metrics)
+    backend.tracing.observe_engine(backend.engine)
     try:
         await check_pgvector(backend.engine)
         if migrate:
@@ -112,7 +117,9 @@ async def connect(
         backend.sessionmaker_ = make_sessionmaker(backend.engine)
         # Processes start with the first job, not here.
         backend.work_ = WorkPool(settings.work_processes)
-        backend.embedder_ = build_embedder(settings, backend.work_)
+        backend.embedder_ = observed_embedder(
+            build_embedder(settings, backend.work_), backend.tracing
+        )
         yield
     finally:
         for task in list(backend.background):

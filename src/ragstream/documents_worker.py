@@ -37,6 +37,7 @@ def ingestion_deps(state: Backend) -> IngestionDeps:
         ),
         embedding_batch_size=settings.embedding_batch_size,
         metrics=state.metrics,
+        tracing=state.tracing,
     )
 
 

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     persisted_queries: Literal["automatic", "only", "off"] = "automatic"
     persisted_queries_cache_size: int = 1_000  # hashes remembered per process (automatic)
     persisted_queries_manifest: Path | None = None  # None: persisted-queries.json in data_dir
+    # Traces (observability/tracing.py): OTLP over HTTP to this collector, e.g.
+    # http://localhost:4318; the standard OTEL_EXPORTER_OTLP_* variables work too.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str | None = None  # None: OTEL_SERVICE_NAME, else "ragstream"
     # Cache-Control max-age of GET queries that no viewer can change (anonymous, no errors).
     get_cache_max_age_seconds: int = 60
 

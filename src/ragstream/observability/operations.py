@@ -19,6 +19,7 @@ from strawberry.types.graphql import OperationType
 
 from ragstream.observability.logs import OPERATION_KEY, log_operation, operation_fields
 from ragstream.observability.metrics import Metrics
+from ragstream.observability.tracing import Tracing, current_span
 
 MAX_LOGGED_NAME = 100
 
@@ -44,10 +45,23 @@ class ObserveOperations(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         self._started = time.perf_counter()
         self._codes = []
-        try:
-            yield
-        finally:
-            self._finish()
+        state = getattr(self.execution_context.context, "state", None)
+        tracing: Tracing = getattr(state, "tracing", None) or Tracing()
+        with current_span(tracing, "graphql.operation") as span:
+            try:
+                yield
+            finally:
+                self._finish()
+                if span is not None:
+                    self._describe(span)
+
+    def _describe(self, span: Any) -> None:
+        kind, name = self._kind(), self._name()
+        span.update_name(f"graphql.{kind} {name or 'anonymous'}")
+        span.set_attribute("graphql.operation.type", kind)
+        span.set_attribute("graphql.operation.name", name or "")
+        if self._codes:
+            span.set_attribute("graphql.error.codes", list(self._codes))
 
     def on_validate(self) -> Iterator[None]:
         yield

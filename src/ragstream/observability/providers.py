@@ -1,15 +1,18 @@
-"""The chat provider, timed: first token, total time, tokens streamed and failures by code."""
+"""The chat provider and the embedder, observed: metrics (first token, total time, tokens,
+failures by code) and trace spans, each only when it is on."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from ragstream.domain.llm.chat import ChatChunk, ChatProvider, ChatProviderError, ChatRequest
+from ragstream.domain.llm.embeddings import Embedder
 from ragstream.domain.text import estimate_tokens
 from ragstream.observability.metrics import Metrics
+from ragstream.observability.tracing import Tracing
 
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -65,5 +68,72 @@ class MeteredChatProvider:
         await self.inner.aclose()
 
 
-def metered(provider: ChatProvider, metrics: Metrics) -> ChatProvider:
-    return MeteredChatProvider(provider, metrics) if metrics.enabled else provider
+@dataclass
+class TracedChatProvider:
+    """A span for each provider call, from the request to the last chunk or the failure."""
+
+    inner: ChatProvider
+    tracing: Tracing
+    provider: str
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        span = self.tracing.start(
+            "llm.chat", **{"llm.provider": self.provider, "llm.model": self.model}
+        )
+        chunks = 0
+        try:
+            async with contextlib.aclosing(self.inner.stream(request)) as stream:
+                async for chunk in stream:
+                    chunks += 1
+                    yield chunk
+        except ChatProviderError as exc:
+            span.set_attribute("error.type", exc.code)
+            raise
+        finally:
+            span.set_attribute("llm.chunks", chunks)
+            span.end()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class TracedEmbedder:
+    """A span for each embedding call (ingestion batches and search queries)."""
+
+    inner: Embedder
+    tracing: Tracing
+
+    @property
+    def dimensions(self) -> int:
+        return self.inner.dimensions
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        with self.tracing.span(
+            "embeddings", **{"embedding.model": self.name, "embedding.texts": len(texts)}
+        ):
+            return await self.inner.embed(texts)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def observed(provider: ChatProvider, metrics: Metrics, tracing: Tracing, name: str) -> ChatProvider:
+    """The provider with what is on around it (itself when nothing is)."""
+    if metrics.enabled:
+        provider = MeteredChatProvider(provider, metrics)
+    if tracing.enabled:
+        provider = TracedChatProvider(provider, tracing, name)
+    return provider
+
+
+def observed_embedder(embedder: Embedder, tracing: Tracing) -> Embedder:
+    return TracedEmbedder(embedder, tracing) if tracing.enabled else embedder

@@ -19,6 +19,7 @@ from ragstream.domain.documents.events import (
 from ragstream.domain.errors import InvalidInput, NotFound
 from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.domain.retrieval.service import search as retrieve
+from ragstream.observability.search import observe_search
 from ragstream.resolvers.ids import parse_id
 from ragstream.schema.context import Info
 from ragstream.schema.documents.types import (
@@ -78,7 +79,7 @@ async def search(
         limit = DEFAULT_SEARCH_LIMIT
     state = info.context.state
     async with info.context.transaction() as session:
-        with state.metrics.search("search"):
+        with observe_search(state.metrics, state.tracing, "search", limit):
             results = await retrieve(
                 session,
                 viewer,

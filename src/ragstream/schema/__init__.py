@@ -14,6 +14,7 @@ from strawberry.types import ExecutionContext, ExecutionResult
 
 from ragstream.domain.errors import DomainError
 from ragstream.observability.operations import ObserveOperations
+from ragstream.observability.tracing import tracing_wanted
 from ragstream.persisted import persisted_of, wants_resolving
 from ragstream.schema.errors import ErrorContract, shape_result
 from ragstream.schema.limits import Limits, ParserCache, QueryLimits, ValidationCache
@@ -104,7 +105,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     ]
     if not settings.introspection_enabled:
         extensions.append(DisableIntrospection)
-    if settings.observe_operations:
+    if settings.observe_operations or tracing_wanted(settings):
         # First: its operation hook ends last, once the error contract has shaped the errors.
         extensions.insert(0, ObserveOperations)
     return RagstreamSchema(

@@ -60,7 +60,8 @@ def build_job_app(settings: Settings, database_url: str, deps: IngestionDeps) ->
         deps.metrics.ingestion_started()
         outcome = "retry"  # raised: the queue tries again
         try:
-            outcome = await run(context, uuid.UUID(document_id))
+            with deps.tracing.span("ingestion.job", **{"document.id": document_id}):
+                outcome = await run(context, uuid.UUID(document_id))
         finally:
             deps.metrics.ingestion_ended(outcome, time.perf_counter() - started)
 

@@ -21,6 +21,7 @@ from ragstream.domain.documents.reading import ReadingLimits, read_document
 from ragstream.domain.events import EventBroker
 from ragstream.domain.llm.embeddings import Embedder, EmbeddingError
 from ragstream.observability.metrics import Metrics
+from ragstream.observability.tracing import Tracing
 from ragstream.workpool import JobTimeout, WorkPool, WorkPoolBroken
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class IngestionDeps:
     limits: ReadingLimits = field(default_factory=ReadingLimits)
     embedding_batch_size: int = 64
     metrics: Metrics = field(default_factory=Metrics)
+    tracing: Tracing = field(default_factory=Tracing)
 
 
 class RetryableIngestionError(Exception):
