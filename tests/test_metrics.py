@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 from gql import GraphQLRequest
 
+from ragstream.observability.metrics import PrometheusMetrics
 from ragstream.settings import Settings
 from tests.chat_stub import ChatScript, ChatStub
 from tests.chat_support import CHAT, chat_all, chat_server, eventually, new_conversation
@@ -261,3 +264,28 @@ def test_multi_process_mode_merges_every_process(tmp_path: Path, processes: int)
     merged = parse(shown.stdout)
     assert merged.value(OPERATIONS, operation="Me", type="query", outcome="ok") == processes
     assert merged.value("ragstream_websockets_open") == processes
+
+
+def test_the_grafana_dashboard_reads_only_exported_metrics() -> None:
+    """deploy/grafana-dashboard.json names metrics that /metrics really exports."""
+    dashboard = json.loads(
+        (Path(__file__).parents[1] / "deploy" / "grafana-dashboard.json").read_text()
+    )
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"ragstream_[a-z_]+", target["expr"])
+    }
+    registry = PrometheusMetrics(provider="p", model="m").registry
+    exported = {sample_name for family in registry.collect() for sample_name in _names(family)}
+    assert used
+    assert used <= exported, used - exported
+
+
+def _names(family: Any) -> set[str]:
+    if family.type == "histogram":
+        return {f"{family.name}{suffix}" for suffix in ("_bucket", "_count", "_sum")}
+    if family.type == "counter":
+        return {f"{family.name}_total"}
+    return {family.name}

@@ -1,4 +1,4 @@
-"""One schema extension that observes every GraphQL operation: its metrics and its log line.
+"""One schema extension that observes every GraphQL operation: its metrics, log line and span.
 
 An HTTP operation's fields go into its request's line (see logs.RequestLogMiddleware); a
 websocket operation gets a line of its own.
