@@ -315,7 +315,7 @@ async def test_service_recovers_when_the_database_comes_back(
         )
     finally:
         await conn.close()
-    # Pooled connections were killed; pre-ping replaces them without a server restart.
+    # Pooled connections were killed; the first read fails, is invalidated and retried once.
     result = await raw.graphql(server, "{ me { id } }", token=account.access_token)
     assert result.ok()["me"]["id"] == account.id
     assert uuid.UUID(result.ok()["me"]["id"])

@@ -26,8 +26,9 @@ def make_engine(
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
-        # A connection killed by a database restart is detected and replaced on checkout.
-        pool_pre_ping=True,
+        # No ping on checkout (three round trips per request): a connection killed by a
+        # database restart fails its first statement and is invalidated with the rest of the
+        # pool; `Context.viewer` retries that first read once (see schema/context.py).
         # Statement parameters (document text, password and token hashes) stay out of errors
         # and so out of the logs.
         hide_parameters=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -9,11 +10,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 
 from ragstream.db.models import User
+from ragstream.db.unit_of_work import wrote
 from ragstream.domain.errors import Unauthenticated
 from ragstream.domain.users.service import resolve_viewer
 from ragstream.domain.users.tokens import AccessClaims
@@ -23,6 +26,13 @@ from ragstream.state import AppState
 
 @dataclass
 class Context:
+    """One HTTP request, or one websocket (whose operations each get their own units of work).
+
+    An HTTP request holds at most one database session, opened by its first read and closed by
+    `close` when the response is ready: the viewer check, every resolver and every DataLoader
+    share its connection, one block at a time.
+    """
+
     state: AppState
     request: Request | WebSocket
     request_id: str
@@ -32,6 +42,9 @@ class Context:
     # Run when a websocket ends (e.g. giving back its place under the open-socket limit).
     on_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _viewer: User | None = field(default=None, repr=False)
+    _session: AsyncSession | None = field(default=None, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _closed: bool = field(default=False, repr=False)
     # DataLoaders for nested fields; see schema/loaders.py for why websockets do not cache.
     loaders: Loaders = field(init=False, repr=False)
 
@@ -49,20 +62,35 @@ class Context:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """One unit of work: committed when the block succeeds, rolled back when it raises.
+        """One unit of work: committed when the block succeeds and wrote something, rolled back
+        when it raises. A block that only read leaves the request's transaction open for the
+        next block, so a read-only request is one transaction that ends with the request.
 
         A change that must stay although the operation is refused (a reused refresh token
         revokes its family) is returned by the domain, not raised: the block ends normally and
         the caller raises after the commit.
         """
-        async with self.state.sessionmaker() as session:
-            try:
+        if self.is_websocket or self._closed:
+            # A socket's operations run concurrently and outlive one another, as does an
+            # event stream after its request: each block has its own session.
+            async with self.state.sessionmaker() as session, _unit_of_work(session):
                 yield session
-            except BaseException:
-                await session.rollback()
-                raise
-            else:
-                await session.commit()
+            return
+        async with self._lock:
+            if self._session is None:
+                self._session = self.state.sessionmaker()
+            async with _unit_of_work(self._session):
+                yield self._session
+
+    async def close(self) -> None:
+        """End the request's transaction (a read-only one rolls back) and free its connection."""
+        self._closed = True
+        await self._discard_session()
+
+    async def _discard_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     def require_claims(self) -> AccessClaims:
         if self.claims is None or self.token_invalid:
@@ -73,19 +101,44 @@ class Context:
         return self.claims
 
     async def viewer(self) -> User:
-        """The signed-in user, reloaded so a deactivated account or a revoked session stops at once.
+        """The signed-in user, checked against the database so a deactivated account or a
+        revoked session stops at once.
 
-        Cached per HTTP request; a websocket reloads it for every operation.
+        Checked once per HTTP request; a websocket checks it for every operation.
         """
         claims = self.require_claims()
         if self._viewer is not None and not self.is_websocket:
             return self._viewer
-        async with self.state.sessionmaker() as session:
-            user = await resolve_viewer(session, claims.user_id, claims.session_id)
+        try:
+            user = await self._check_viewer(claims)
+        except DBAPIError as error:
+            # No pre-ping on checkout: a pooled connection that died with the database (a
+            # restart) fails its first statement and is invalidated. The check is the first
+            # read of the request and changes nothing, so it is retried once on a new one.
+            if not error.connection_invalidated:
+                raise
+            await self._discard_session()
+            user = await self._check_viewer(claims)
         if user is None:
             raise Unauthenticated("authentication required")
         self._viewer = user
         return user
+
+    async def _check_viewer(self, claims: AccessClaims) -> User | None:
+        async with self.transaction() as session:
+            return await resolve_viewer(session, claims.user_id, claims.session_id)
+
+
+@contextlib.asynccontextmanager
+async def _unit_of_work(session: AsyncSession) -> AsyncIterator[None]:
+    try:
+        yield
+    except BaseException:
+        await session.rollback()
+        raise
+    else:
+        if wrote(session):
+            await session.commit()
 
 
 # The resolver `info` of every field: declared once, here.

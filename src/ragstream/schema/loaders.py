@@ -48,23 +48,23 @@ class Loaders:
     async def _load_users(self, ids: list[uuid.UUID]) -> Sequence[User | NotFound]:
         """Accounts by id: yourself, or anyone for an admin; others are NOT_FOUND."""
         viewer = await self._context.viewer()
-        async with self._context.state.sessionmaker() as session:
+        async with self._context.transaction() as session:
             found = await get_users(session, viewer, list(set(ids)))
         return [found.get(user_id) or not_found("user") for user_id in ids]
 
     async def _load_token_totals(self, ids: list[uuid.UUID]) -> Sequence[TokenTotals | None]:
         """Usage of accounts: your own, or anyone's for an admin; None for the others."""
         viewer = await self._context.viewer()
-        async with self._context.state.sessionmaker() as session:
+        async with self._context.transaction() as session:
             found = await chat.token_totals(session, viewer, list(set(ids)))
         return [found.get(i) for i in ids]
 
     async def _load_evaluations_by_owner(self, keys: list[ParentPageKey]) -> list[Page[Evaluation]]:
         viewer = await self._context.viewer()
-        async with self._context.state.sessionmaker() as session:
+        async with self._context.transaction() as session:
             return await evaluations.pages_by_owner(session, viewer, keys)
 
     async def _load_chunk_pages(self, keys: list[ParentPageKey]) -> list[Page[Chunk]]:
         viewer = await self._context.viewer()
-        async with self._context.state.sessionmaker() as session:
+        async with self._context.transaction() as session:
             return await documents.chunk_pages(session, viewer, keys)

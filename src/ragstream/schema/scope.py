@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.db.models.users import User
 from ragstream.state import AppState
@@ -16,3 +19,5 @@ class RequestScope(Protocol):
     def state(self) -> AppState: ...
 
     async def viewer(self) -> User: ...
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]: ...

@@ -38,23 +38,23 @@ class ChatLoaders:
 
     async def _load_message_pages(self, keys: list[ParentPageKey]) -> list[Page[MessageView]]:
         viewer = await self._context.viewer()
-        async with self._context.state.sessionmaker() as session:
+        async with self._context.transaction() as session:
             return await service.message_pages(session, viewer, keys)
 
     async def _load_documents(self, ids: list[uuid.UUID]) -> Sequence[Document | None]:
         viewer = await self._context.viewer()
-        async with self._context.state.sessionmaker() as session:
+        async with self._context.transaction() as session:
             found = await service.cited_documents(session, viewer, list(set(ids)))
         return [found.get(i) for i in ids]
 
     async def _load_chunks(self, ids: list[uuid.UUID]) -> Sequence[Chunk | None]:
         viewer = await self._context.viewer()
-        async with self._context.state.sessionmaker() as session:
+        async with self._context.transaction() as session:
             found = await service.cited_chunks(session, viewer, list(set(ids)))
         return [found.get(i) for i in ids]
 
     async def _load_evaluations(self, ids: list[uuid.UUID]) -> Sequence[Evaluation | None]:
         viewer = await self._context.viewer()
-        async with self._context.state.sessionmaker() as session:
+        async with self._context.transaction() as session:
             found = await service.linked_evaluations(session, viewer, list(set(ids)))
         return [found.get(i) for i in ids]

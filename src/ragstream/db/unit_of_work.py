@@ -1,0 +1,37 @@
+"""Whether a session's current transaction changed anything, so a read-only one need not commit.
+
+A flush that wrote rows, or any statement other than a plain SELECT through the session (an
+UPDATE, a DELETE, a ``text()`` statement such as ``SET LOCAL`` or an advisory lock), marks the
+transaction as a write; the mark is cleared when the transaction ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+
+_WROTE = "ragstream.wrote"
+
+
+def wrote(session: AsyncSession) -> bool:
+    return bool(session.sync_session.info.get(_WROTE)) and session.in_transaction()
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, flush_context: Any) -> None:
+    session.info[_WROTE] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _on_execute(state: ORMExecuteState) -> None:
+    if not state.is_select:
+        state.session.info[_WROTE] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_WROTE, None)
