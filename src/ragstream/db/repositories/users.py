@@ -6,13 +6,24 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, exists, select, true, update
+from sqlalchemy import ColumnElement, bindparam, exists, select, true, update
 
 from ragstream.db.list_search import contains, plan_for_the_term
 from ragstream.db.models import RefreshToken, User
 from ragstream.db.pagination import Page, PageRequest, paginate
 from ragstream.db.repositories.base import ReadableRepository, Repository
 from ragstream.domain.users.enums import Role
+
+# Built once: the viewer check is the hottest statement of the API.
+_SIGNED_IN = select(*User.__table__.columns).where(
+    User.id == bindparam("user_id"),
+    User.is_active.is_(True),
+    exists().where(
+        RefreshToken.family_id == bindparam("session_id"),
+        RefreshToken.user_id == User.id,
+        RefreshToken.revoked_at.is_(None),
+    ),
+)
 
 
 class UserRepository(ReadableRepository[User]):
@@ -33,17 +44,15 @@ class UserRepository(ReadableRepository[User]):
     async def get_signed_in(self, user_id: uuid.UUID, session_id: uuid.UUID) -> User | None:
         """The active account, only while its sign-in session (refresh-token family) is live.
 
-        One statement: revoking the family (sign-out, reuse detection, password change,
-        deactivation) stops the session's access tokens on their next request.
+        One statement, run on every authenticated request: revoking the family (sign-out, reuse
+        detection, password change, deactivation) stops the session's access tokens on their
+        next request. It reads plain columns (no identity map, no loading machinery) and returns
+        a detached account.
         """
-        live_session = exists().where(
-            RefreshToken.family_id == session_id,
-            RefreshToken.user_id == User.id,
-            RefreshToken.revoked_at.is_(None),
-        )
-        return await self.session.scalar(
-            select(User).where(User.id == user_id, User.is_active.is_(True), live_session)
-        )
+        row = (
+            await self.session.execute(_SIGNED_IN, {"user_id": user_id, "session_id": session_id})
+        ).first()
+        return None if row is None else User(**row._mapping)
 
     async def get_many_readable(
         self, viewer: User, ids: Sequence[uuid.UUID]
