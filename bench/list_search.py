@@ -156,6 +156,7 @@ async def time_search(
             if attempt == 0:  # a warm-up round, which also records the statements
                 if indexed:
                     event.remove(engine.sync_engine, "before_cursor_execute", record)
+                assert page.total_count is not None  # counted: PageRequest counts by default
                 matches = page.total_count
             else:
                 durations[indexed].append(elapsed)

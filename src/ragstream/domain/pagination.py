@@ -12,11 +12,12 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 
-def page_request(first: int | None, after: str | None) -> PageRequest:
+def page_request(first: int | None, after: str | None, *, count: bool = True) -> PageRequest:
+    """``count=False`` when the list's total is not asked for."""
     size = DEFAULT_PAGE_SIZE if first is None else first
     if size < 0 or size > MAX_PAGE_SIZE:
         raise InvalidInput(f"first must be between 0 and {MAX_PAGE_SIZE}", field="first")
-    return PageRequest(first=size, after=after or None)
+    return PageRequest(first=size, after=after or None, count=count)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import Annotated, cast
 
 import strawberry
 
@@ -20,9 +20,7 @@ from ragstream.schema.evaluations.types import (
     to_evaluation,
 )
 from ragstream.schema.pagination import AfterArg, Connection, FirstArg, to_connection
-
-if TYPE_CHECKING:
-    pass
+from ragstream.schema.selection import selects
 
 
 def _criteria(values: list[CriterionInput]) -> list[Criterion]:
@@ -68,6 +66,7 @@ async def evaluations(
                 field=cast(service.OrderField, order.field.name),
                 descending=order.direction is OrderDirection.DESC,
             ),
+            count=selects(info, "totalCount"),
         )
     return to_connection(page, to_evaluation)
 

@@ -44,7 +44,16 @@ class Edge(Generic[NodeT]):
 class Connection(Generic[NodeT]):
     edges: list[Edge[NodeT]] = strawberry.field(description="The items of this page.")
     page_info: PageInfo = strawberry.field(description="Cursors and whether more pages exist.")
-    total_count: int = strawberry.field(description="Number of items in the whole list.")
+    counted: strawberry.Private[int | None]
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry leaves it untyped
+        description="Number of items in the whole list."
+    )
+    def total_count(self) -> int:
+        if self.counted is None:
+            # The resolver reads `selects(info, "totalCount")` before deciding not to count.
+            raise RuntimeError("the list was not counted")
+        return self.counted
 
 
 def to_connection(page: Page[RowT], convert: Callable[[RowT], NodeT]) -> Connection[NodeT]:
@@ -59,5 +68,5 @@ def to_connection(page: Page[RowT], convert: Callable[[RowT], NodeT]) -> Connect
             start_cursor=page.cursors[0] if page.cursors else None,
             end_cursor=page.cursors[-1] if page.cursors else None,
         ),
-        total_count=page.total_count,
+        counted=page.total_count,
     )

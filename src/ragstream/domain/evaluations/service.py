@@ -171,8 +171,10 @@ async def list_evaluations(
     search: str | None = None,
     owner_id: str | None = None,
     order: EvaluationOrder | None = None,
+    count: bool = True,
 ) -> Page[Evaluation]:
-    """The evaluations the viewer may read, filtered and ordered (default: newest first).
+    """The evaluations the viewer may read, filtered and ordered (default: newest first);
+    counted only with ``count``.
 
     Only administrators may filter by owner (FORBIDDEN otherwise, whatever the value); everyone
     else always sees only their own.
@@ -191,7 +193,7 @@ async def list_evaluations(
         search=rules.validate_search(search),
         owner_id=owner,
     )
-    request = page_request(first, after)
+    request = page_request(first, after, count=count)
     with cursor_errors():
         return await EvaluationRepository(session, viewer).page(
             request, filter, order or EvaluationOrder()

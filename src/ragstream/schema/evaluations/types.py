@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 import strawberry
 
@@ -64,6 +65,11 @@ async def resolve_owner(root: Evaluation, info: Info) -> User:
     return to_user(await info.context.loaders.users.load(root.owner_id))
 
 
+def resolve_criteria(root: Evaluation) -> list[Criterion]:
+    # Decoded only when selected.
+    return [to_criterion(CriterionData.from_json(value)) for value in root.stored_criteria]
+
+
 @strawberry.type(description="A user's structured assessment, e.g. an ERP selection for a company.")
 class Evaluation:
     id: strawberry.ID = strawberry.field(description="UUID of the evaluation.")
@@ -71,7 +77,10 @@ class Evaluation:
     company_name: str = strawberry.field(description="The company assessed, 1 to 200 characters.")
     project_type: ProjectType = strawberry.field(description="What kind of project this is.")
     status: EvaluationStatus = strawberry.field(description="Where the evaluation stands.")
-    criteria: list[Criterion] = strawberry.field(description="The weighted criteria, in order.")
+
+    criteria: list[Criterion] = strawberry.field(
+        resolver=resolve_criteria, description="The weighted criteria, in order."
+    )
     overall_score: float | None = strawberry.field(
         description="Weighted mean of the scored criteria (0 to 5); null when none is scored."
     )
@@ -82,6 +91,8 @@ class Evaluation:
         resolver=resolve_owner, description="The account that owns the evaluation."
     )
     owner_id: strawberry.Private[uuid.UUID]
+    # As stored (JSON); see `resolve_criteria`.
+    stored_criteria: strawberry.Private[list[Any]]
 
 
 def to_criterion(data: CriterionData) -> Criterion:
@@ -95,7 +106,7 @@ def to_evaluation(row: EvaluationRow) -> Evaluation:
         company_name=row.company_name,
         project_type=ProjectType(row.project_type),
         status=EvaluationStatus(row.status),
-        criteria=[to_criterion(CriterionData.from_json(value)) for value in row.criteria],
+        stored_criteria=row.criteria,
         overall_score=row.overall_score,
         notes=row.notes,
         created_at=row.created_at,
