@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -82,6 +83,10 @@ class GraphQLView(GraphQL[Context, None]):
         )
         self.state = state
         self.graphiql_page = assets.page() if assets is not None else ""
+
+    def encode_json(self, data: object) -> str:
+        # Text, because websocket messages must be text frames.
+        return orjson.dumps(data).decode()
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(self.graphiql_page)
