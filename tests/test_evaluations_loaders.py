@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gql import GraphQLRequest
 from graphql import parse
+from sqlalchemy import event
 
 from ragstream.schema.list_size import estimate_list_items
 from tests.evaluations_support import count_statements, create_evaluation
@@ -309,3 +312,58 @@ async def test_list_size_estimate_applies_variables_defaults_and_fragments(
     assert default == 7 * (1 + spreads * 3)
     assert given == 2 * (1 + spreads * 3)
     assert capped == 100 * (1 + spreads * 3)
+
+
+@contextlib.contextmanager
+def feature_transactions(server: LiveServer) -> Iterator[list[tuple[int, str]]]:
+    """(connection id, event) for every feature statement and every COMMIT/ROLLBACK that ends
+    a transaction on a connection that ran one, while the block runs."""
+    seen: list[tuple[int, str]] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if FEATURE_TABLES.search(sql):
+            seen.append((id(conn.connection), "statement"))
+
+    def ended(kind: str) -> Callable[[Any], None]:
+        def record(conn: Any) -> None:
+            if any(key == id(conn.connection) for key, _ in seen):
+                seen.append((id(conn.connection), kind))
+
+        return record
+
+    engine = server.state.engine
+    assert engine is not None
+    listeners: list[tuple[str, Callable[..., None]]] = [
+        ("before_cursor_execute", statement),
+        ("commit", ended("commit")),
+        ("rollback", ended("rollback")),
+    ]
+    for name, listener in listeners:
+        event.listen(engine.sync_engine, name, listener)
+    try:
+        yield seen
+    finally:
+        for name, listener in listeners:
+            event.remove(engine.sync_engine, name, listener)
+
+
+async def test_a_read_only_request_is_one_connection_and_never_commits(
+    server: LiveServer,
+) -> None:
+    admin, _ = await seed_owners(server, owners=2, per_owner=2)
+
+    with feature_transactions(server) as seen:
+        await run_counted(server, PAGE_WITH_OWNERS, {"first": 5}, admin.access_token)
+
+    # The viewer, the count, the page and the owners share one connection; nothing commits.
+    assert [kind for _, kind in seen] == ["statement"] * 4 + ["rollback"], seen
+    assert len({key for key, _ in seen}) == 1, seen
+
+
+async def test_a_write_commits_once(server: LiveServer) -> None:
+    account = await server.register()
+
+    with feature_transactions(server) as seen:
+        await create_evaluation(server, account, title="Committed", criteria=[])
+
+    assert [kind for _, kind in seen].count("commit") == 1, seen

@@ -1,8 +1,9 @@
 """Whether a session's current transaction changed anything, so a read-only one need not commit.
 
-A flush that wrote rows, or any statement other than a plain SELECT through the session (an
-UPDATE, a DELETE, a ``text()`` statement such as ``SET LOCAL`` or an advisory lock), marks the
-transaction as a write; the mark is cleared when the transaction ends.
+Objects waiting to be flushed make it a write. So does a flush that wrote rows, or any statement
+other than a plain SELECT through the session (an UPDATE, a DELETE, a ``text()`` statement such
+as ``SET LOCAL`` or an advisory lock): they mark the transaction, and the mark is cleared when
+the transaction ends.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ _WROTE = "ragstream.wrote"
 
 
 def wrote(session: AsyncSession) -> bool:
+    """True when committing would change something: writes already sent, or objects added,
+    changed or deleted but not flushed yet (the commit flushes them)."""
+    if session.new or session.dirty or session.deleted:
+        return True
     return bool(session.sync_session.info.get(_WROTE)) and session.in_transaction()
 
 
