@@ -4,12 +4,13 @@ limited per address and overall, and an exhausted pool answers a clean error."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from tests import raw
@@ -82,8 +83,14 @@ async def test_a_sign_in_that_cannot_start_hashing_in_time_is_rate_limited(
         (await login(server, account.email)).ok()
 
 
+CHANGE_PASSWORD = """mutation($current: String!, $new: String!) {
+  changePassword(currentPassword: $current, newPassword: $new)
+}"""
+
+
+@pytest.mark.parametrize("operation", ["login", "register", "changePassword"])
 async def test_no_connection_is_held_while_a_sign_in_waits_for_its_hash(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, operation: str
 ) -> None:
     async with server_with(
         database_url,
@@ -95,8 +102,19 @@ async def test_no_connection_is_held_while_a_sign_in_waits_for_its_hash(
         password_hash_wait_seconds=60.0,
     ) as server:
         bystander = await server.register()
+        waiting_for_hash: dict[str, Callable[[], Coroutine[Any, Any, Result]]] = {
+            "login": lambda: login(server, bystander.email),
+            "register": lambda: register(server, "new@example.com"),
+            # Read the viewer first, so the request's connection was in use before the hash.
+            "changePassword": lambda: raw.graphql(
+                server,
+                CHANGE_PASSWORD,
+                {"current": PASSWORD, "new": "another password"},
+                token=bystander.access_token,
+            ),
+        }
         async with every_hash_slot_taken(server):
-            signing_in = asyncio.create_task(login(server, bystander.email))
+            signing_in = asyncio.create_task(waiting_for_hash[operation]())
             while server.state.auth.hasher.waiting == 0:
                 assert not signing_in.done(), signing_in.result()
                 await asyncio.sleep(0.01)

@@ -94,7 +94,7 @@ async def register(
     info: Info, input: Annotated[RegisterInput, strawberry.argument(description="The account.")]
 ) -> AuthPayload:
     result = await info.context.state.auth.register(
-        info.context.transaction,
+        info.context,
         email=input.email,
         password=input.password,
         display_name=input.display_name,
@@ -110,7 +110,7 @@ async def login(
 ) -> AuthPayload:
     with info.context.state.metrics.login_attempt():
         result = await info.context.state.auth.login(
-            info.context.transaction,
+            info.context,
             email=email,
             password=password,
             client=info.context.client_address,
@@ -151,7 +151,7 @@ async def change_password(
     viewer = await info.context.viewer()
     claims = info.context.require_claims()
     await info.context.state.auth.change_password(
-        info.context.transaction,
+        info.context,
         viewer,
         claims,
         current_password=current_password,

@@ -82,10 +82,18 @@ class Context:
             async with _unit_of_work(self._session):
                 yield self._session
 
+    async def release(self) -> None:
+        """End the request's transaction now (a read-only one rolls back: every write was
+        committed by its block) and give the connection back to the pool; the next block opens
+        another. For work that then waits on something other than the database (a password
+        hash), so the wait holds no connection."""
+        async with self._lock:
+            await self._discard_session()
+
     async def close(self) -> None:
         """End the request's transaction (a read-only one rolls back) and free its connection."""
         self._closed = True
-        await self._discard_session()
+        await self.release()
 
     async def _discard_session(self) -> None:
         session, self._session = self._session, None
@@ -117,7 +125,7 @@ class Context:
             # read of the request and changes nothing, so it is retried once on a new one.
             if not error.connection_invalidated:
                 raise
-            await self._discard_session()
+            await self.release()
             user = await self._check_viewer(claims)
         if user is None:
             raise Unauthenticated("authentication required")

@@ -1,18 +1,18 @@
 """Sign-up, sign-in, token rotation and password changes.
 
-Functions that hash a password (register, login, change_password) receive a unit-of-work factory
-instead of a session: they read in one short transaction, hash with no connection held, and write
-in a second one, so a burst of sign-ins cannot empty the connection pool while argon2 runs. The
-others receive the session of the caller's unit of work and never commit it.
+Functions that hash a password (register, login, change_password) receive the caller's
+`Transactions` instead of a session: they read in one block, give the connection back, hash with
+none held, and write in a second block, so a burst of sign-ins cannot empty the connection pool
+while argon2 runs. The others receive the session of the caller's unit of work and never commit it.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,8 +26,18 @@ from ragstream.domain.users.tokens import AccessClaims, TokenService, refresh_di
 from ragstream.domain.users.validation import normalize_display_name, normalize_email
 
 INVALID_CREDENTIALS = "invalid email or password"
-# Opens one unit of work: committed when the block succeeds, rolled back when it raises.
-UnitOfWork = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+class Transactions(Protocol):
+    """The caller's database work (a request's `Context` satisfies it)."""
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """One unit of work: committed when the block succeeds, rolled back when it raises."""
+        ...
+
+    async def release(self) -> None:
+        """Give back any connection held between blocks, before a wait that needs none."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,7 @@ class AuthService:
 
     async def register(
         self,
-        transaction: UnitOfWork,
+        database: Transactions,
         *,
         email: str,
         password: str,
@@ -82,11 +92,12 @@ class AuthService:
             self.register_client_limiter.hit(f"client:{client}")
         if self.register_limiter is not None:
             self.register_limiter.hit("all")
-        async with transaction() as session:
+        async with database.transaction() as session:
             if await UserRepository(session).get_by_email(email) is not None:
                 raise Conflict("an account with this email already exists", field="email")
+        await database.release()
         password_hash = await self.hasher.hash(password)
-        async with transaction() as session:
+        async with database.transaction() as session:
             user = User(email=email, display_name=display_name, password_hash=password_hash)
             try:
                 # A savepoint: a concurrent sign-up with the same email fails alone, as a conflict.
@@ -97,7 +108,7 @@ class AuthService:
             return await self._start_session(session, user)
 
     async def login(
-        self, transaction: UnitOfWork, *, email: str, password: str, client: str
+        self, database: Transactions, *, email: str, password: str, client: str
     ) -> AuthResult:
         """Same message and comparable time for an unknown email and a wrong password."""
         # The client first: attempts from a client already blocked must not spend the email's
@@ -112,8 +123,9 @@ class AuthService:
             key = None
         user = None
         if key:
-            async with transaction() as session:
+            async with database.transaction() as session:
                 user = await UserRepository(session).get_by_email(key)
+        await database.release()
         if user is None:
             await self.hasher.burn(password)
             raise Unauthenticated(INVALID_CREDENTIALS)
@@ -122,7 +134,7 @@ class AuthService:
         rehashed = None
         if self.hasher.needs_rehash(user.password_hash):
             rehashed = await self.hasher.hash(password)
-        async with transaction() as session:
+        async with database.transaction() as session:
             current = await UserRepository(session).get(user.id)
             # Deactivated, or the password changed, while the hash ran.
             if (
@@ -164,7 +176,7 @@ class AuthService:
 
     async def change_password(
         self,
-        transaction: UnitOfWork,
+        database: Transactions,
         user: User,
         claims: AccessClaims,
         *,
@@ -173,10 +185,11 @@ class AuthService:
     ) -> None:
         """Set a new password and sign out every other session of the user."""
         check_password_policy(new_password, field="newPassword")
+        await database.release()  # held since the viewer check
         if not await self.hasher.verify(user.password_hash, current_password):
             raise Unauthenticated("current password is incorrect")
         new_hash = await self.hasher.hash(new_password)
-        async with transaction() as session:
+        async with database.transaction() as session:
             current = await UserRepository(session).get(user.id)
             # Changed meanwhile by another session: the password checked is no longer the one.
             if current is None or current.password_hash != user.password_hash:
