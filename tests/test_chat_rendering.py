@@ -7,11 +7,14 @@ rendered from it). The JSON text must be identical, keys in the same order.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +23,7 @@ from graphql import ExecutionResult, GraphQLSchema, parse
 from graphql.execution import Executor
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext as Executed
 
+import ragstream.websocket
 from ragstream.domain.chat.enums import MessageRole, MessageStatus
 from ragstream.schema import build_schema
 from ragstream.schema.chat.types import (
@@ -33,6 +37,11 @@ from ragstream.schema.chat.types import (
 )
 from ragstream.schema.rendering import RenderedData, RenderingExecutor, encode, next_text
 from ragstream.settings import Settings
+from tests.chat_stub import ChatScript, ChatStub
+from tests.chat_support import chat_server, new_conversation
+from tests.metrics_support import scrape
+from tests.test_persisted import persisted
+from tests.test_websockets import raw_socket, send, sign_in
 
 ANSWER = uuid.UUID("9b2f7f4e-3c1a-4f55-8f0e-2d6c1c9a0b11")
 QUESTION = uuid.UUID("1c0e2b8a-77d4-4e0b-9a51-5e3f0c2d7a90")
@@ -324,3 +333,82 @@ async def test_the_next_message_text_is_what_the_view_would_encode(operation_id:
     assert next_text(operation_id, data) == encode(
         {"id": operation_id, "type": "next", "payload": {"data": data}}
     )
+
+
+LIVE_CHAT = (
+    "subscription Chat($input: SendMessageInput!) { chat(input: $input) { __typename"
+    " ... on TokenDelta { offset delta } ... on GenerationCompleted { message { status } } } }"
+)
+
+
+async def test_a_chat_subscribed_by_its_hash_is_sent_rendered_counted_and_logged(
+    database_url: str,
+    tmp_path: Path,
+    chat_stub: ChatStub,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The websocket's rendered path still runs under the trusted-document rules, the metrics
+    and the per-operation log line: each next frame on the wire is the rendered text."""
+    rendered: list[str] = []
+
+    def spy(operation_id: str, data: RenderedData) -> str:
+        text = next_text(operation_id, data)
+        rendered.append(text)
+        return text
+
+    monkeypatch.setattr(ragstream.websocket, "next_text", spy)
+    caplog.set_level(logging.INFO, logger="ragstream.requests")
+    chat_stub.script = ChatScript(tokens=("One", " two", "."), delay=0.02)
+    async with chat_server(database_url, tmp_path, chat_stub) as server:
+        account = await server.register()
+        conversation = await new_conversation(server, account.access_token)
+        await server.listen()
+        before = await scrape(server)
+        frames: dict[str, list[str]] = {}
+        async with raw_socket(server) as ws:
+            await sign_in(ws, account)
+            payloads: dict[str, dict[str, Any]] = {
+                "register": {"query": LIVE_CHAT, "extensions": persisted(LIVE_CHAT)},
+                "hit": {"extensions": persisted(LIVE_CHAT)},
+            }
+            for op_id, payload in payloads.items():
+                variables = {"input": {"conversationId": conversation, "content": op_id}}
+                await send(
+                    ws,
+                    {
+                        "id": op_id,
+                        "type": "subscribe",
+                        "payload": {**payload, "variables": variables},
+                    },
+                )
+                frames[op_id] = []
+                while True:
+                    text = await asyncio.wait_for(ws.recv(), timeout=30)
+                    assert isinstance(text, str)
+                    if json.loads(text)["type"] != "next":
+                        assert json.loads(text) == {"id": op_id, "type": "complete"}
+                        break
+                    frames[op_id].append(text)
+        after = await scrape(server)
+
+    for op_id in ("register", "hit"):
+        events = [json.loads(f)["payload"]["data"]["chat"] for f in frames[op_id]]
+        assert events[0]["__typename"] == "GenerationStarted"
+        assert "".join(e.get("delta", "") for e in events) == "One two."
+        assert events[-1] == {
+            "__typename": "GenerationCompleted",
+            "message": {"status": "COMPLETE"},
+        }
+    # Every next frame on the wire went through the rendered path, byte for byte.
+    assert rendered == frames["register"] + frames["hit"]
+    operations = "ragstream_graphql_operation_duration_seconds_count"
+    labels = {"operation": "Chat", "type": "subscription"}
+    assert after.delta(before, operations, **labels, outcome="ok") == 2
+    assert after.value("ragstream_subscriptions_active") == 0
+    lines = [
+        (r.operation, r.outcome, r.transport)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "ragstream.requests" and getattr(r, "operation", None) == "Chat"
+    ]
+    assert lines == [("Chat", "ok", "websocket")] * 2
