@@ -1,6 +1,6 @@
 """Streaming throughput: N concurrent `chat` subscriptions against a stub emitting T tokens/s.
 
-Usage: python -m bench.stream [--clients 10 100 300 1000] [--rate 20] [--tokens 200]
+Usage: python -m bench.stream [--clients 10 100 1000] [--rate 20] [--tokens 200]
 
 Three processes on loopback: the OpenAI-compatible stub (tests/chat_stub.py, every token is its
 emission time), the ragstream server (real app, openai provider, embedded PostgreSQL), and this
@@ -10,7 +10,13 @@ client, which opens one websocket per subscription (graphql-transport-ws). Print
 - server CPU µs/token: CPU time of the server process (user + system, from /proc) over the run,
   including sends, retrieval and persistence, divided by delivered tokens;
 - tokens/event: provider tokens per TokenDelta (the coalescing window at work);
-- p50/p99 delay: receive time minus the stub's emission time of each token.
+- p50/p99 delay: receive time minus the stub's emission time of each token;
+- vs proxy: server CPU per token relative to the proxy floor of the same N.
+
+Each N is run against ragstream and the two floors of `bench/stream_floor.py` (same stub, same
+client), one after the other, so all three see the same machine. At the end: server memory
+per idle connection (connection_init acknowledged, no operation), from the RSS of the server
+before and after opening them.
 
 Everything is bounded: each round has a deadline and reports what it got.
 """
@@ -52,6 +58,7 @@ STAMP_MODULO = 10**15
 @dataclass
 class Round:
     clients: int
+    server: str = "ragstream"
     tokens: int = 0
     events: int = 0
     completed: int = 0
@@ -181,17 +188,24 @@ async def subscriber(
 
 
 async def run_round(
-    base: str, server_pid: int, clients: int, users: list[tuple[str, str]], deadline: float
+    server: str,
+    base: str,
+    server_pid: int,
+    clients: int,
+    users: list[tuple[str, str]],
+    deadline: float,
 ) -> Round:
-    result = Round(clients)
+    result = Round(clients, server)
     graphql_url = f"{base}/graphql"
     ws_url = graphql_url.replace("http://", "ws://")
-    async with httpx.AsyncClient(timeout=120) as client:
+    conversations = [("floor", "floor")] * clients
+    if server == "ragstream":
         conversations = []
-        for i in range(clients):
-            _, token = users[i % len(users)]
-            data = await graphql(client, graphql_url, CREATE, token=token)
-            conversations.append((token, data["createConversation"]["id"]))
+        async with httpx.AsyncClient(timeout=120) as client:
+            for i in range(clients):
+                _, token = users[i % len(users)]
+                data = await graphql(client, graphql_url, CREATE, token=token)
+                conversations.append((token, data["createConversation"]["id"]))
     gate = asyncio.Semaphore(50)  # how many sockets open at the same moment
     cpu_before = cpu_seconds(server_pid)
     tasks = [
@@ -238,9 +252,37 @@ async def bench(args: argparse.Namespace) -> list[Round]:
                 "BENCH_WINDOW_MS": str(args.window_ms),
                 "BENCH_PROFILE": args.profile or "",
             }
-            async with process(sys.executable, "-m", "bench.stream", "--serve", env=env) as server:
+            floor_env = {
+                "BENCH_STUB_URL": env["BENCH_STUB_URL"],
+                "BENCH_TOKENS": str(args.tokens),
+                "BENCH_RATE": str(args.rate),
+            }
+            proxy_port, timer_port = free_port(), free_port()
+            async with (
+                process(sys.executable, "-m", "bench.stream", "--serve", env=env) as server,
+                process(
+                    sys.executable,
+                    "-m",
+                    "bench.stream",
+                    "--serve-floor",
+                    env={**floor_env, "BENCH_FLOOR_MODE": "proxy", "BENCH_PORT": str(proxy_port)},
+                ) as proxy,
+                process(
+                    sys.executable,
+                    "-m",
+                    "bench.stream",
+                    "--serve-floor",
+                    env={**floor_env, "BENCH_FLOOR_MODE": "timer", "BENCH_PORT": str(timer_port)},
+                ) as timer,
+            ):
                 base = f"http://127.0.0.1:{port}"
-                await wait_healthy(f"{base}/healthz")
+                contestants = [
+                    ("ragstream", base, server.pid),
+                    ("proxy floor", f"http://127.0.0.1:{proxy_port}", proxy.pid),
+                    ("timer floor", f"http://127.0.0.1:{timer_port}", timer.pid),
+                ]
+                for _, url, _ in contestants:
+                    await wait_healthy(f"{url}/healthz")
                 # Three answers at once per user, the default cap: a user's sends are
                 # serialised (exact quotas), so fewer users would measure that queue instead.
                 accounts = -(-max(args.clients) // 3)
@@ -253,9 +295,46 @@ async def bench(args: argparse.Namespace) -> list[Round]:
                         )
                 deadline = args.tokens / args.rate * 4 + 60
                 for clients in args.clients:
-                    rounds.append(await run_round(base, server.pid, clients, users, deadline))
-                    print_rounds(rounds, args)
+                    for name, url, pid in contestants:
+                        rounds.append(await run_round(name, url, pid, clients, users, deadline))
+                        print_rounds(rounds, args)
+                for name, url, pid in contestants:
+                    per_socket = await idle_memory(url, pid, users, args.idle)
+                    Console().print(
+                        f"{name}: {per_socket / 1024:,.1f} KiB of server RSS per idle connection "
+                        f"({args.idle} connections)"
+                    )
     return rounds
+
+
+def rss(pid: int) -> int:
+    """Resident memory of a process in bytes (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def idle_memory(base: str, pid: int, users: list[tuple[str, str]], count: int) -> float:
+    """Server RSS per open, acknowledged, idle connection."""
+    ws_url = f"{base.replace('http://', 'ws://')}/graphql"
+    await asyncio.sleep(1)
+    before = rss(pid)
+    sockets = []
+    try:
+        for i in range(count):
+            socket = await websockets.connect(
+                ws_url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
+            )
+            sockets.append(socket)
+            _, token = users[i % len(users)]
+            init = {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}
+            await socket.send(json.dumps(init))
+            await socket.recv()
+        await asyncio.sleep(1)
+        return (rss(pid) - before) / count
+    finally:
+        await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
 
 
 def serve() -> None:
@@ -300,13 +379,31 @@ def serve() -> None:
             profiler.dump_stats(profile)
 
 
+def cpu_per_token(r: Round) -> float | None:
+    return r.server_cpu / r.tokens * 1e6 if r.tokens else None
+
+
+def serve_floor() -> None:
+    """A floor's server process (bench/stream_floor.py, configured through BENCH_* variables)."""
+    import uvicorn
+
+    from bench.stream_floor import build_app
+
+    uvicorn.run(
+        build_app(), host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), log_level="warning"
+    )
+
+
 def print_rounds(rounds: list[Round], args: argparse.Namespace) -> None:
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     table = Table(
         title=f"chat streaming: stub at {args.rate:g} tokens/s per answer, {args.tokens} tokens, "
-        f"coalescing window {args.window_ms} ms"
+        f"coalescing window {args.window_ms} ms; load average {load}"
     )
+    proxies = {r.clients: cpu_per_token(r) for r in rounds if r.server == "proxy floor"}
     for column in (
         "clients",
+        "server",
         "completed",
         "failed",
         "tokens",
@@ -315,12 +412,15 @@ def print_rounds(rounds: list[Round], args: argparse.Namespace) -> None:
         "tokens/event",
         "p50 delay ms",
         "p99 delay ms",
+        "vs proxy",
     ):
         table.add_column(column, justify="right")
     for r in rounds:
         span = max(r.last_token - r.first_token, 1e-9)
+        mine, proxy = cpu_per_token(r), proxies.get(r.clients)
         table.add_row(
             str(r.clients),
+            r.server,
             str(r.completed),
             f"{r.failed}{' (deadline)' if r.timed_out else ''}",
             str(r.tokens),
@@ -329,26 +429,34 @@ def print_rounds(rounds: list[Round], args: argparse.Namespace) -> None:
             f"{r.tokens / r.events:.1f}" if r.events else "-",
             f"{percentile(r.delays, 50) * 1000:.1f}" if r.delays else "-",
             f"{percentile(r.delays, 99) * 1000:.1f}" if r.delays else "-",
+            f"{mine / proxy:.2f}x" if mine and proxy else "-",
         )
     console = Console(width=160)
     console.print(table)
     for r in rounds:
         if r.problems:
-            console.print(f"{r.clients} clients, failures: {r.problems}")
+            console.print(f"{r.clients} clients, {r.server}, failures: {r.problems}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 300, 1000])
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--rate", type=float, default=20.0, help="tokens/s of each answer")
     parser.add_argument("--tokens", type=int, default=200, help="tokens per answer")
     parser.add_argument("--window-ms", type=int, default=30, help="coalescing window")
     parser.add_argument("--port", type=int, default=0, help="server port (0: any free one)")
     parser.add_argument("--profile", help="write a cProfile of the server process to this file")
+    parser.add_argument(
+        "--idle", type=int, default=200, help="idle connections for the memory figure"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve()
+        return
+    if args.serve_floor:
+        serve_floor()
         return
     asyncio.run(bench(args))
 

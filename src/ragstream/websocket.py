@@ -5,6 +5,8 @@
   keys, so a JSON list or a string payload ended the connection with an internal error.
 - One operation too many gets a per-operation error with ``extensions.code`` (RATE_LIMITED) and
   the socket stays up; Strawberry's own error had no code.
+- A subscription event rendered from its plan (``schema/rendering.py``) is sent as the text
+  rendered once for every subscriber of the same selection, not encoded again per socket.
 - A socket cannot outlive its access token: it is closed (4403) when the token expires, and the
   timer ends with the socket instead of lingering until the token's expiry.
 - A user over the open-socket limit is closed with 4429 at ``connection_init`` (see
@@ -20,6 +22,9 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from starlette.websockets import WebSocketDisconnect
+from strawberry.asgi import ASGIWebSocketAdapter
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
@@ -32,6 +37,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from ragstream.domain.errors import DomainError
 from ragstream.persisted import wants_resolving
 from ragstream.schema.context import Context
+from ragstream.schema.rendering import RenderedData, next_text
 from ragstream.socket_limits import TOO_MANY_SOCKETS, TOO_MANY_SOCKETS_REASON
 
 logger = logging.getLogger("ragstream.errors")
@@ -138,6 +144,21 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 )
                 return
         await super().handle_subscribe(message)
+
+    async def send_message(self, message: Message) -> None:
+        payload = cast("dict[str, Any]", message).get("payload")
+        if message["type"] == "next" and isinstance(payload, dict) and len(payload) == 1:
+            data = payload.get("data")
+            adapter = self.websocket
+            if isinstance(data, RenderedData) and isinstance(adapter, ASGIWebSocketAdapter):
+                # The text the view's encoder would produce, around the event's own text.
+                text = next_text(message["id"], data)
+                try:
+                    await adapter.ws.send_text(text)
+                except WebSocketDisconnect as exc:
+                    raise WebSocketDisconnected from exc
+                return
+        await super().send_message(message)
 
     async def shutdown(self) -> None:
         if self.expiry_task is not None:

@@ -19,6 +19,7 @@ from ragstream.persisted import persisted_of, wants_resolving
 from ragstream.schema.errors import ErrorContract, shape_result
 from ragstream.schema.limits import Limits, ParserCache, QueryLimits, ValidationCache
 from ragstream.schema.list_size import ListSizeLimit
+from ragstream.schema.rendering import RenderingExecutor
 from ragstream.schema.root import Mutation, Query, Subscription
 from ragstream.schema.strings import StringGuard
 from ragstream.settings import Settings
@@ -114,6 +115,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=True),
+        # Subscription events are rendered from a plan made once per subscription.
+        execution_context_class=RenderingExecutor,
     )
 
 
