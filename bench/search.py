@@ -28,7 +28,7 @@ from rich.table import Table
 from bench.common import bench_settings, embedded_database, graphql, live_app, percentile, register
 from ragstream.app import AppState
 from ragstream.db.models.users import User
-from ragstream.db.repositories.documents import HnswOptions
+from ragstream.db.repositories.documents import CHUNK_COPY_COLUMNS, HnswOptions
 from ragstream.db.repositories.search import SearchRepository
 from ragstream.domain.documents.reindex import BUILD_MEMORY
 from ragstream.domain.llm.embeddings import HashingEmbedder
@@ -186,21 +186,7 @@ async def seed(
             "chunk_count",
         ],
     )
-    await conn.copy_records_to_table(
-        "chunks",
-        records=chunks,
-        columns=[
-            "id",
-            "document_id",
-            "ordinal",
-            "content",
-            "heading_path",
-            "heading",
-            "page",
-            "token_count",
-            "embedding",
-        ],
-    )
+    await conn.copy_records_to_table("chunks", records=chunks, columns=CHUNK_COPY_COLUMNS)
     # Built as `ragstream reindex --index-only` builds it (the migration's index has
     # pgvector's defaults, m 16 and ef_construction 64), with the same build memory.
     await conn.execute(f"SET maintenance_work_mem = '{BUILD_MEMORY}'")
