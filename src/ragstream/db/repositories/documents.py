@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 from pgvector import Vector as PgVector
 from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text, true, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import selectinload
 
 from ragstream.db.list_search import contains, plan_for_the_term
@@ -42,12 +42,17 @@ CHUNK_COPY_COLUMNS = (
 
 
 @contextlib.asynccontextmanager
-async def _binary_vectors(driver: asyncpg.Connection) -> AsyncIterator[None]:
-    """pgvector's binary format for ``vector`` on this connection inside the block only.
+async def _binary_vectors(connection: AsyncConnection) -> AsyncIterator[asyncpg.Connection]:
+    """The session's asyncpg connection, with pgvector's binary format for ``vector`` inside
+    the block only.
 
     A binary COPY needs a binary encoder for every column; outside the block ``vector`` keeps
-    its default text codec, which every other statement binds through.
+    its default text codec, which every other statement binds through. Restoring it is a
+    query: when that fails (a failed COPY aborted the transaction) the connection is
+    discarded rather than handed back with the binary codec.
     """
+    raw = await connection.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
     await driver.set_type_codec(
         "vector",
         encoder=lambda value: PgVector(value).to_binary(),
@@ -55,9 +60,13 @@ async def _binary_vectors(driver: asyncpg.Connection) -> AsyncIterator[None]:
         format="binary",
     )
     try:
-        yield
+        yield driver
     finally:
-        await driver.reset_type_codec("vector")
+        try:
+            await driver.reset_type_codec("vector")
+        except Exception:
+            await connection.invalidate()
+            raise
 
 
 # A document's chunks in reading order (the cursor of Document.chunks).
@@ -201,9 +210,6 @@ class DocumentRepository(ReadableRepository[Document]):
         await self.session.execute(delete(Chunk).where(Chunk.document_id == document_id))
         if not chunks:
             return
-        connection = await self.session.connection()
-        raw = await connection.get_raw_connection()
-        driver: asyncpg.Connection = raw.driver_connection
         records = [
             (
                 uuid.uuid4(),
@@ -218,7 +224,7 @@ class DocumentRepository(ReadableRepository[Document]):
             )
             for chunk in chunks
         ]
-        async with _binary_vectors(driver):
+        async with _binary_vectors(await self.session.connection()) as driver:
             await driver.copy_records_to_table(
                 Chunk.__tablename__, columns=CHUNK_COPY_COLUMNS, records=records
             )
