@@ -287,7 +287,8 @@ class HashingEmbedder:
         found = slots < len(table)
         found[found] = table[slots[found]] == pairs[found]
         if not found.all():
-            self._learn_bigrams(vocabulary, np.unique(pairs[~found]))
+            new = sorted(set(pairs[~found].tolist()))
+            self._learn_bigrams(vocabulary, np.asarray(new, np.int64))
             slots = np.searchsorted(vocabulary.bigram_keys, pairs)
         return slots
 
