@@ -7,11 +7,17 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import asyncpg
+import pytest
+from pgvector.sqlalchemy import Vector
 from pydantic import SecretStr
-from sqlalchemy import text
+from sqlalchemy import cast, func, literal, select, text
 
+from ragstream.db.engine import make_engine, make_sessionmaker
+from ragstream.db.repositories.documents import DocumentRepository, NewChunk
 from ragstream.settings import Settings
 from tests.conftest import TEST_JWT_SECRET
 from tests.documents_support import create, wait_for_status
@@ -164,3 +170,48 @@ async def test_orphaned_documents_are_queued_again_at_start_up(settings: Setting
     async with running_server(settings) as server:
         document = await wait_for_status(server, account.access_token, document_id)
     assert document["status"] == "READY"
+
+
+async def test_a_failed_chunk_copy_writes_nothing_and_leaves_no_binary_codec(
+    settings: Settings, database_url: str
+) -> None:
+    """Chunks are copied with a binary vector codec set around the COPY; when the COPY fails,
+    nothing is written and no later statement meets that codec on a pooled connection."""
+    async with running_server(settings) as server:
+        account = await server.register()
+        created = (await create(server, account.access_token, "Kept as it was.")).ok()
+        document_id = created["createDocument"]["id"]
+        await wait_for_status(server, account.access_token, document_id)
+    # One connection, so the statement after the failure would run on the same one.
+    single = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    engine = make_engine(database_url, single)
+    try:
+        wrong = NewChunk(
+            ordinal=0,
+            content="Replaced?",
+            heading_path=[],
+            heading="",
+            page=None,
+            token_count=2,
+            embedding=[1.0, 0.0],  # not the column's dimensions: the COPY fails
+        )
+        sessions = make_sessionmaker(engine)
+        with pytest.raises(asyncpg.PostgresError):
+            async with sessions.begin() as session:
+                await DocumentRepository(session).replace_chunks(uuid.UUID(document_id), [wrong])
+        async with sessions() as session:
+            contents = list(
+                await session.scalars(
+                    text("SELECT content FROM chunks WHERE document_id = :id"),
+                    {"id": uuid.UUID(document_id)},
+                )
+            )
+            # A vector parameter, bound as text as every statement but the COPY binds it.
+            dimensions = await session.scalar(
+                select(func.vector_dims(cast(literal([3.0, 4.0], Vector()), Vector())))
+            )
+    finally:
+        await engine.dispose()
+
+    assert contents == ["Kept as it was."]
+    assert dimensions == 2

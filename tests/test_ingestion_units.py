@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,7 @@ from ragstream.domain.documents.formats import clean_filename, detect_type
 from ragstream.domain.documents.parsing import Block, parse_html, parse_markdown
 from ragstream.domain.errors import InvalidInput
 from ragstream.domain.events import InMemoryBroker
+from ragstream.domain.llm import embeddings
 from ragstream.domain.llm.embeddings import HashingEmbedder
 from ragstream.domain.retrieval.service import fuse
 from ragstream.domain.text import estimate_tokens
@@ -132,3 +135,33 @@ async def test_broker_delivers_to_current_subscribers_only() -> None:
         assert got == [{"n": 2}, {"n": 3}]  # the oldest was dropped for a slow reader
         assert await asyncio.wait_for(anext(second), 1) == {"n": 2}
     assert broker.subscriber_count("t") == 0
+
+
+PINNED = json.loads((Path(__file__).parent / "hashing_vectors.json").read_text("utf-8"))
+
+
+@pytest.mark.parametrize("dimensions", [64, 384])
+def test_hashing_embedder_vectors_are_the_stored_ones(dimensions: int) -> None:
+    """Same floats, bit for bit, as the vectors stored by earlier versions (one batch, and one
+    text at a time, which must not differ)."""
+    expected = [
+        [float(sparse.get(str(i), "0.0")) for i in range(dimensions)]
+        for sparse in PINNED["vectors"][str(dimensions)]
+    ]
+    embedder = HashingEmbedder(dimensions)
+    assert embedder.embed_sync(PINNED["texts"]) == expected
+    assert [embedder.embed_one(text) for text in PINNED["texts"]] == expected
+
+
+def test_hashing_embedder_starts_a_new_vocabulary_with_the_same_vectors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    texts = PINNED["texts"]
+    expected = HashingEmbedder(384).embed_sync(texts)
+    monkeypatch.setattr(embeddings, "MAX_WORDS", 3)
+    embedder = HashingEmbedder(384)
+    first = embedder.embed_sync(texts)
+    vocabulary = embedder._vocabulary
+    assert embedder.embed_sync(texts[::-1]) == expected[::-1]
+    assert embedder._vocabulary is not vocabulary  # dropped for growing past MAX_WORDS
+    assert first == expected

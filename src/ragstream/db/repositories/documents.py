@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Select, delete, func, insert, or_, select, text, true, update
-from sqlalchemy.ext.asyncio import AsyncSession
+import asyncpg
+from pgvector import Vector as PgVector
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text, true, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import selectinload
 
 from ragstream.db.list_search import contains, plan_for_the_term
@@ -23,6 +26,48 @@ from ragstream.db.pagination import (
 )
 from ragstream.db.repositories.base import ReadableRepository
 from ragstream.domain.documents.enums import UNFINISHED_STATUSES, DocumentStatus, Visibility
+
+# The columns a chunk is written with (``tsv`` is computed by PostgreSQL).
+CHUNK_COPY_COLUMNS = (
+    "id",
+    "document_id",
+    "ordinal",
+    "content",
+    "heading_path",
+    "heading",
+    "page",
+    "token_count",
+    "embedding",
+)
+
+
+@contextlib.asynccontextmanager
+async def _binary_vectors(connection: AsyncConnection) -> AsyncIterator[asyncpg.Connection]:
+    """The session's asyncpg connection, with pgvector's binary format for ``vector`` inside
+    the block only.
+
+    A binary COPY needs a binary encoder for every column; outside the block ``vector`` keeps
+    its default text codec, which every other statement binds through. Restoring it is a
+    query: when that fails (a failed COPY aborted the transaction) the connection is
+    discarded rather than handed back with the binary codec.
+    """
+    raw = await connection.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
+    await driver.set_type_codec(
+        "vector",
+        encoder=lambda value: PgVector(value).to_binary(),
+        decoder=PgVector.from_binary,
+        format="binary",
+    )
+    try:
+        yield driver
+    finally:
+        try:
+            await driver.reset_type_codec("vector")
+        except Exception:
+            await connection.invalidate()
+            raise
+
 
 # A document's chunks in reading order (the cursor of Document.chunks).
 _CHUNK_PAGE_KEYS = (Chunk.ordinal, Chunk.id)
@@ -160,27 +205,29 @@ class DocumentRepository(ReadableRepository[Document]):
         return document
 
     async def replace_chunks(self, document_id: uuid.UUID, chunks: Sequence[NewChunk]) -> None:
-        """All chunks of a document at once: one DELETE, then one batched INSERT."""
+        """All chunks of a document at once: one DELETE, then one binary COPY, in the
+        session's transaction (so they land with the document's status, or not at all)."""
         await self.session.execute(delete(Chunk).where(Chunk.document_id == document_id))
         if not chunks:
             return
-        await self.session.execute(
-            insert(Chunk),
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "document_id": document_id,
-                    "ordinal": chunk.ordinal,
-                    "content": chunk.content,
-                    "heading_path": list(chunk.heading_path),
-                    "heading": chunk.heading,
-                    "page": chunk.page,
-                    "token_count": chunk.token_count,
-                    "embedding": list(chunk.embedding),
-                }
-                for chunk in chunks
-            ],
-        )
+        records = [
+            (
+                uuid.uuid4(),
+                document_id,
+                chunk.ordinal,
+                chunk.content,
+                list(chunk.heading_path),
+                chunk.heading,
+                chunk.page,
+                chunk.token_count,
+                chunk.embedding,
+            )
+            for chunk in chunks
+        ]
+        async with _binary_vectors(await self.session.connection()) as driver:
+            await driver.copy_records_to_table(
+                Chunk.__tablename__, columns=CHUNK_COPY_COLUMNS, records=records
+            )
 
     @staticmethod
     def chunk_page_key(document_id: uuid.UUID, request: PageRequest) -> ParentPageKey:

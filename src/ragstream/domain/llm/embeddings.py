@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import itertools
 import math
+import threading
 import zlib
-from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -52,8 +50,39 @@ CHAR_NGRAM_WEIGHT = 0.5  # shared by all n-grams of one word
 CHAR_NGRAM_SIZES = (3, 4)
 
 
+class _Vocabulary:
+    """What the hashing embedder knows about the words it has seen, as numpy tables.
+
+    Words and stems get integer ids; each word's features (its own and its character n-grams)
+    sit in one flat table at ``starts[id]:starts[id] + lengths[id]``; ``stem_ids[id]`` is the
+    stem a word contributes to bigrams (-1 for stopwords). Bigrams of stem ids are kept sorted
+    by key for ``searchsorted``. It only ever grows, until ``HashingEmbedder`` starts a new one.
+    """
+
+    def __init__(self) -> None:
+        # numpy comes with the first embedding: it takes longer to import than the server to start.
+        import numpy as np
+
+        self.words: dict[str, int] = {}
+        self.stems: dict[str, int] = {}
+        self.stem_text: list[str] = []
+        self.stem_ids = np.empty(0, np.int64)
+        self.starts = np.empty(0, np.int64)
+        self.lengths = np.empty(0, np.int64)
+        self.feature_indices = np.empty(0, np.int64)
+        self.feature_weights = np.empty(0, np.float64)
+        self.bigram_keys = np.empty(0, np.int64)
+        self.bigram_indices = np.empty(0, np.int64)
+        self.bigram_weights = np.empty(0, np.float64)
+
+
 # Longer words are cut: they keep the caches and the n-gram lists small.
 MAX_WORD_CHARS = 64
+
+# A vocabulary is dropped and rebuilt past these sizes, so memory stays bounded.
+MAX_WORDS = 200_000
+MAX_BIGRAMS = 2_000_000
+STEM_KEY = 1 << 21  # stem ids are below MAX_WORDS < STEM_KEY: a bigram key is a * STEM_KEY + b
 
 
 class HashingEmbedder:
@@ -61,6 +90,12 @@ class HashingEmbedder:
 
     Needs no model files and no network. Similar wording gives similar vectors, which is enough
     for retrieval over a modest knowledge base, especially fused with full-text search.
+
+    A batch is embedded with numpy over the whole batch: words become ids, each text's distinct
+    words and bigrams are counted with ``np.unique``, their buckets gathered from the vocabulary
+    tables, and one ``bincount`` sums them. Within a text the terms keep the order the vector has
+    always been summed in (words by first appearance, then bigrams by first appearance), so the
+    vectors are the same, bit for bit, as those stored by earlier versions.
     """
 
     def __init__(
@@ -75,9 +110,9 @@ class HashingEmbedder:
         self._dimensions = dimensions
         self._pool = pool
         self._time_limit = time_limit
-        # Per-instance caches: the same word always lands in the same buckets.
-        self._feature = functools.lru_cache(maxsize=200_000)(self._feature_uncached)
-        self._word = functools.lru_cache(maxsize=100_000)(self._word_uncached)
+        self._vocabulary: _Vocabulary | None = None  # made on first use
+        # embed() runs in worker threads; the vocabulary is updated in place.
+        self._lock = threading.Lock()
 
     @property
     def dimensions(self) -> int:
@@ -87,15 +122,13 @@ class HashingEmbedder:
     def name(self) -> str:
         return f"hashing/{self._dimensions}"
 
-    def _feature_uncached(self, feature: str) -> tuple[int, float]:
+    def _feature(self, feature: str) -> tuple[int, float]:
         digest = zlib.crc32(feature.encode("utf-8"))
         sign = 1.0 if (digest >> 31) & 1 else -1.0
         return digest % self._dimensions, sign
 
-    def _word_uncached(self, word: str) -> tuple[np.ndarray, np.ndarray]:
+    def _word_features(self, word: str) -> tuple[list[int], list[float]]:
         """Bucket indices and signed weights of one word's own feature and its n-grams."""
-        import numpy as np  # on first use: numpy takes longer to import than the server to start
-
         stop = word in STOPWORDS
         stem = text_stem(word)
         features = [(f"w:{stem}", STOPWORD_WEIGHT if stop else WORD_WEIGHT)]
@@ -108,38 +141,163 @@ class HashingEmbedder:
             ]
             for gram in grams:
                 features.append((f"c:{gram}", CHAR_NGRAM_WEIGHT / len(grams)))
-        indices = np.empty(len(features), dtype=np.int64)
-        weights = np.empty(len(features), dtype=np.float64)
-        for i, (feature, weight) in enumerate(features):
+        indices: list[int] = []
+        weights: list[float] = []
+        for feature, weight in features:
             index, sign = self._feature(feature)
-            indices[i] = index
-            weights[i] = sign * weight
+            indices.append(index)
+            weights.append(sign * weight)
         return indices, weights
 
-    def embed_one(self, text: str) -> list[float]:
+    def _learn_words(self, vocabulary: _Vocabulary, new: Sequence[str]) -> None:
         import numpy as np
 
-        words = [w[:MAX_WORD_CHARS] for w in text_words(text)]
-        vector = np.zeros(self._dimensions, dtype=np.float64)
-        if not words:
-            vector[0] = 1.0
-            return vector.tolist()
-        for word, count in Counter(words).items():
-            indices, weights = self._word(word)
-            np.add.at(vector, indices, weights * (1.0 + math.log(count)))
-        content = [text_stem(w) for w in words if w not in STOPWORDS]
-        for bigram, count in Counter(itertools.pairwise(content)).items():
-            index, sign = self._feature(f"b:{bigram[0]} {bigram[1]}")
-            vector[index] += sign * BIGRAM_WEIGHT * (1.0 + math.log(count))
-        norm = float(np.linalg.norm(vector))
-        if norm == 0.0:
-            vector[0] = 1.0
-            norm = 1.0
-        result: list[float] = (vector / norm).tolist()
-        return result
+        stem_ids: list[int] = []
+        lengths: list[int] = []
+        indices: list[int] = []
+        weights: list[float] = []
+        for word in new:
+            vocabulary.words[word] = len(vocabulary.words)
+            if word in STOPWORDS:
+                stem_ids.append(-1)
+            else:
+                stem = text_stem(word)
+                if stem not in vocabulary.stems:
+                    vocabulary.stems[stem] = len(vocabulary.stem_text)
+                    vocabulary.stem_text.append(stem)
+                stem_ids.append(vocabulary.stems[stem])
+            word_indices, word_weights = self._word_features(word)
+            lengths.append(len(word_indices))
+            indices.extend(word_indices)
+            weights.extend(word_weights)
+        starts = len(vocabulary.feature_indices) + np.cumsum([0, *lengths[:-1]], dtype=np.int64)
+        vocabulary.starts = np.concatenate([vocabulary.starts, starts])
+        vocabulary.lengths = np.concatenate([vocabulary.lengths, np.asarray(lengths, np.int64)])
+        vocabulary.stem_ids = np.concatenate([vocabulary.stem_ids, np.asarray(stem_ids, np.int64)])
+        vocabulary.feature_indices = np.concatenate(
+            [vocabulary.feature_indices, np.asarray(indices, np.int64)]
+        )
+        vocabulary.feature_weights = np.concatenate(
+            [vocabulary.feature_weights, np.asarray(weights, np.float64)]
+        )
+
+    def _learn_bigrams(self, vocabulary: _Vocabulary, keys: np.ndarray) -> None:
+        import numpy as np
+
+        indices: list[int] = []
+        weights: list[float] = []
+        for key in keys.tolist():
+            first, second = divmod(key, STEM_KEY)
+            index, sign = self._feature(
+                f"b:{vocabulary.stem_text[first]} {vocabulary.stem_text[second]}"
+            )
+            indices.append(index)
+            weights.append(sign * BIGRAM_WEIGHT)
+        all_keys = np.concatenate([vocabulary.bigram_keys, keys])
+        order = np.argsort(all_keys, kind="stable")
+        vocabulary.bigram_keys = all_keys[order]
+        vocabulary.bigram_indices = np.concatenate(
+            [vocabulary.bigram_indices, np.asarray(indices, np.int64)]
+        )[order]
+        vocabulary.bigram_weights = np.concatenate(
+            [vocabulary.bigram_weights, np.asarray(weights, np.float64)]
+        )[order]
+
+    def _word_ids(self, vocabulary: _Vocabulary, words: list[str]) -> list[int]:
+        known = vocabulary.words
+        try:
+            return [known[word] for word in words]
+        except KeyError:
+            self._learn_words(vocabulary, list(dict.fromkeys(w for w in words if w not in known)))
+            return [known[word] for word in words]
+
+    def embed_matrix(self, texts: Sequence[str]) -> np.ndarray:
+        """One L2-normalised row of ``dimensions`` float64 per text."""
+        with self._lock:
+            vocabulary = self._vocabulary
+            if (
+                vocabulary is None
+                or len(vocabulary.words) > MAX_WORDS
+                or len(vocabulary.bigram_keys) > MAX_BIGRAMS
+            ):
+                vocabulary = self._vocabulary = _Vocabulary()
+            return self._embed_matrix(vocabulary, texts)
+
+    def _embed_matrix(self, vocabulary: _Vocabulary, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
+        dims = self._dimensions
+        ids: list[int] = []
+        per_text: list[int] = []
+        for text in texts:
+            text_ids = self._word_ids(vocabulary, [w[:MAX_WORD_CHARS] for w in text_words(text)])
+            ids.extend(text_ids)
+            per_text.append(len(text_ids))
+        words = np.asarray(ids, np.int64)
+        rows = np.repeat(np.arange(len(texts), dtype=np.int64), per_text)
+
+        # Each text's distinct words, in order of first appearance, and how often each occurs.
+        size = max(len(vocabulary.words), 1)
+        word_keys, word_counts = _first_appearance(rows * size + words)
+        word_rows, word_ids = np.divmod(word_keys, size)
+        lengths = vocabulary.lengths[word_ids]
+        ends = np.cumsum(lengths)
+        positions = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(
+            vocabulary.starts[word_ids] - (ends - lengths), lengths
+        )
+        word_buckets = np.repeat(word_rows * dims, lengths) + vocabulary.feature_indices[positions]
+        word_values = vocabulary.feature_weights[positions] * np.repeat(
+            _scales(word_counts), lengths
+        )
+
+        # Bigrams of consecutive content stems (stopwords dropped) within one text.
+        stems = vocabulary.stem_ids[words]
+        content = stems >= 0
+        stems, stem_rows = stems[content], rows[content]
+        same_text = stem_rows[:-1] == stem_rows[1:]
+        pairs = (stems[:-1] * STEM_KEY + stems[1:])[same_text]
+        pair_rows = stem_rows[:-1][same_text]
+        bigram_keys, bigram_counts = _first_appearance(pair_rows * STEM_KEY**2 + pairs)
+        bigram_rows, bigram_pairs = np.divmod(bigram_keys, STEM_KEY**2)
+        slots = self._bigram_slots(vocabulary, bigram_pairs)
+        bigram_buckets = bigram_rows * dims + vocabulary.bigram_indices[slots]
+        bigram_values = vocabulary.bigram_weights[slots] * _scales(bigram_counts)
+
+        # bincount adds in array order; each bucket belongs to one text, in which the words
+        # come before the bigrams: the order each vector has always been summed in.
+        matrix = np.bincount(
+            np.concatenate([word_buckets, bigram_buckets]),
+            weights=np.concatenate([word_values, bigram_values]),
+            minlength=len(texts) * dims,
+        ).reshape(len(texts), dims)
+        # Per row as before (np.linalg.norm of a vector is sqrt(dot)), so the rounding is too.
+        norms = np.array([np.sqrt(np.dot(vector, vector)) for vector in matrix])
+        zero = norms == 0.0  # no words at all, or weights that cancel out
+        matrix[zero, 0] = 1.0
+        norms[zero] = 1.0
+        normalised: np.ndarray = matrix / norms[:, None]
+        return normalised
+
+    def _bigram_slots(self, vocabulary: _Vocabulary, pairs: np.ndarray) -> np.ndarray:
+        """Where each bigram key sits in the vocabulary's sorted bigram table."""
+        import numpy as np
+
+        table = vocabulary.bigram_keys
+        slots = np.searchsorted(table, pairs)
+        found = slots < len(table)
+        found[found] = table[slots[found]] == pairs[found]
+        if not found.all():
+            new = sorted(set(pairs[~found].tolist()))
+            self._learn_bigrams(vocabulary, np.asarray(new, np.int64))
+            slots = np.searchsorted(vocabulary.bigram_keys, pairs)
+        return slots
+
+    def embed_one(self, text: str) -> list[float]:
+        return self.embed_sync([text])[0]
 
     def embed_sync(self, texts: Sequence[str]) -> list[list[float]]:
-        return [self.embed_one(text) for text in texts]
+        vectors: list[list[float]] = self.embed_matrix(texts).tolist()
+        return vectors
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if len(texts) <= 4:
@@ -154,6 +312,35 @@ class HashingEmbedder:
 
     async def aclose(self) -> None:
         return None
+
+
+def _first_appearance(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys in order of first appearance, and how often each occurs."""
+    import numpy as np
+
+    distinct, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    return distinct[order], counts[order]
+
+
+# 1 + ln(count) by count: made on first use (with numpy), grown when a count passes its end.
+_scale_table: np.ndarray | None = None
+
+
+def _scales(counts: np.ndarray) -> np.ndarray:
+    """How a term seen ``count`` times in one text is weighted: 1 + ln(count), the same
+    floats as ``math.log`` gives (numpy's vectorised log may round differently)."""
+    import numpy as np
+
+    global _scale_table
+    table = _scale_table
+    top = int(counts.max()) if len(counts) else 0
+    if table is None or top >= len(table):
+        size = max(4096, top + 1)
+        table = np.array([0.0, *(1.0 + math.log(count) for count in range(1, size))])
+        _scale_table = table
+    scales: np.ndarray = table[counts]
+    return scales
 
 
 _worker_embedders: dict[int, HashingEmbedder] = {}
