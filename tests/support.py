@@ -31,6 +31,8 @@ PASSWORD = "correct horse battery"
 # milliseconds of CPU), and the tests make thousands of clients for plain-HTTP loopback requests.
 LOOPBACK_TLS = ssl.create_default_context()
 STOP_WITHIN = 60.0
+# gql gives an operation 10 s by default; a busy machine running the suite in parallel needs more.
+OPERATION_TIMEOUT = 60
 
 
 @dataclass
@@ -177,10 +179,14 @@ class LiveServer:
         transport = HTTPXAsyncTransport(
             url=self.graphql_url,
             headers=all_headers,
-            timeout=30,
+            timeout=OPERATION_TIMEOUT,
             transport=self._transport(gql_httpx, None),
         )
-        async with Client(transport=transport, fetch_schema_from_transport=False) as session:
+        async with Client(
+            transport=transport,
+            fetch_schema_from_transport=False,
+            execute_timeout=OPERATION_TIMEOUT,
+        ) as session:
             try:
                 data = await session.execute(GraphQLRequest(query, variable_values=variables))
             except TransportQueryError as exc:
@@ -200,7 +206,11 @@ class LiveServer:
             init_payload=payload,
             subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
         )
-        async with Client(transport=transport, fetch_schema_from_transport=False) as session:
+        async with Client(
+            transport=transport,
+            fetch_schema_from_transport=False,
+            execute_timeout=OPERATION_TIMEOUT,
+        ) as session:
             yield session
 
     async def register(

@@ -22,7 +22,7 @@ from tests.documents_support import (
     upload,
     wait_for_status,
 )
-from tests.support import LiveServer, running_server
+from tests.support import OPERATION_TIMEOUT, LiveServer, running_server
 
 CHUNKS = """query($id: ID!) {
   document(id: $id) { chunkCount chunks(first: 100) { totalCount edges { node {
@@ -273,7 +273,7 @@ async def test_the_gql_client_shows_which_header_an_upload_lacks(live_server: Li
     request = GraphQLRequest(UPLOAD, variable_values={"file": FileVar(io.BytesIO(b"hello"))})
 
     # When it is sent, Then gql reports the server's message, which names the header
-    async with Client(transport=transport) as session:
+    async with Client(transport=transport, execute_timeout=OPERATION_TIMEOUT) as session:
         with pytest.raises(TransportQueryError) as refused:
             await session.execute(request, upload_files=True)
     assert refused.value.errors is not None
@@ -398,7 +398,7 @@ async def test_a_file_object_without_a_name_is_typed_from_its_bytes(
     request = GraphQLRequest(UPLOAD, variable_values={"file": FileVar(io.BytesIO(markdown))})
 
     # When it is uploaded
-    async with Client(transport=transport) as session:
+    async with Client(transport=transport, execute_timeout=OPERATION_TIMEOUT) as session:
         created = (await session.execute(request, upload_files=True))["uploadDocument"]
 
     # Then its bytes say it is Markdown, and the stored name says so too

@@ -26,7 +26,7 @@ from websockets.typing import Subprotocol
 
 from tests.conftest import make_settings
 from tests.database_faults import database_unreachable
-from tests.support import Account, LiveServer, running_server
+from tests.support import OPERATION_TIMEOUT, Account, LiveServer, running_server
 
 ME = "{ me { id email } }"
 TRANSPORT_WS = Subprotocol("graphql-transport-ws")
@@ -102,7 +102,9 @@ async def test_me_with_the_authorization_header_on_the_upgrade(server: LiveServe
         headers={"Authorization": f"Bearer {account.access_token}"},
         subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
     )
-    async with Client(transport=transport, fetch_schema_from_transport=False) as session:
+    async with Client(
+        transport=transport, fetch_schema_from_transport=False, execute_timeout=OPERATION_TIMEOUT
+    ) as session:
         data = await session.execute(GraphQLRequest(ME))
     assert data["me"]["id"] == account.id
 
