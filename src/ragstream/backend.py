@@ -89,7 +89,7 @@ async def connect(
     ``early``: the embedded server for the data dir, already starting (serve starts it while
     it imports the rest); it is taken over, and stopped on exit all the same.
     """
-    from ragstream.db.migrate import upgrade_to_head
+    from ragstream.db.migrate import at_head, upgrade_to_head
 
     settings = backend.settings
     url = settings.database_url
@@ -109,7 +109,7 @@ async def connect(
     backend.tracing.observe_engine(backend.engine)
     try:
         await check_pgvector(backend.engine)
-        if migrate:
+        if migrate and not await at_head(backend.engine):
             await asyncio.to_thread(
                 upgrade_to_head, url, embedding_dimensions=settings.embedding_dimensions
             )

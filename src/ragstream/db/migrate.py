@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sqlalchemy import text
 
 from ragstream.settings import ConfigurationError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def _project_root() -> Path:
@@ -64,3 +68,39 @@ def upgrade_to_head(database_url: str, *, embedding_dimensions: int | None = Non
 
     # "heads": areas add migrations independently; every branch is applied.
     command.upgrade(config, "heads")
+
+
+def head_revisions() -> frozenset[str]:
+    """The heads of the migration graph, read from the scripts' source without loading alembic.
+
+    Each script names its ``revision`` and ``down_revision`` (one, several or none) as literals;
+    a head is a revision no other script names as its parent.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (_project_root() / "migrations" / "versions").glob("*.py"):
+        for node in ast.parse(script.read_text(encoding="utf-8")).body:
+            if not isinstance(node, ast.AnnAssign | ast.Assign) or node.value is None:
+                continue
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = {target.id for target in targets if isinstance(target, ast.Name)}
+            if "revision" in names:
+                revisions.add(ast.literal_eval(node.value))
+            elif "down_revision" in names:
+                parent = ast.literal_eval(node.value)
+                parents.update([parent] if isinstance(parent, str) else parent or ())
+    return frozenset(revisions - parents)
+
+
+async def at_head(engine: AsyncEngine) -> bool:
+    """Whether the database has every migration applied: then start-up need not load alembic.
+
+    Only a database whose recorded versions are exactly the heads counts; anything else (a new
+    database, an older one, one migrated by a newer ragstream) goes through alembic, which
+    upgrades it or says what is wrong.
+    """
+    async with engine.connect() as connection:
+        if await connection.scalar(text("SELECT to_regclass('alembic_version')")) is None:
+            return False
+        recorded = (await connection.scalars(text("SELECT version_num FROM alembic_version"))).all()
+    return len(recorded) == len(set(recorded)) and set(recorded) == head_revisions()
