@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,23 +19,7 @@ from ragstream.workpool import JobTimeout, WorkPool, WorkPoolBroken
 from tests.conftest import make_settings
 from tests.documents_support import upload, wait_for_status
 from tests.support import LiveServer, running_server
-
-
-def sleep_for(seconds: float) -> int:
-    time.sleep(seconds)
-    return os.getpid()
-
-
-def sleep_deaf_to_alarms(seconds: float) -> None:
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    try:
-        time.sleep(seconds)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
-
-
-def die() -> None:
-    os._exit(1)
+from tests.work_jobs import die, sleep_deaf_to_alarms, sleep_for
 
 
 @pytest.fixture
@@ -168,7 +151,7 @@ def test_workers_end_with_a_parent_that_never_shut_its_pool_down() -> None:
     script = (
         "import asyncio, os, sys\n"
         "from ragstream.workpool import WorkPool\n"
-        "from tests.test_work_isolation import sleep_for\n"
+        "from tests.work_jobs import sleep_for\n"
         "async def main():\n"
         "    pool = WorkPool(1)\n"
         "    print(await pool.run(sleep_for, 0), flush=True)\n"
