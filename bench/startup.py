@@ -65,9 +65,7 @@ def installed_env() -> dict[str, str]:
 
 
 def quiet_env(data_dir: Path, port: int, source: str | None = None) -> dict[str, str]:
-    env = {
-        k: v for k, v in installed_env().items() if not k.startswith(("RAGSTREAM_", "OPENAI_"))
-    }
+    env = {k: v for k, v in installed_env().items() if not k.startswith(("RAGSTREAM_", "OPENAI_"))}
     env.update(RAGSTREAM_DATA_DIR=str(data_dir), RAGSTREAM_PORT=str(port))
     if source is not None:
         env["PYTHONPATH"] = source
