@@ -14,8 +14,10 @@ from ragstream.db.pagination import Page, PageRequest, paginate
 from ragstream.db.repositories.base import ReadableRepository, Repository
 from ragstream.domain.users.enums import Role
 
-# Built once: the viewer check is the hottest statement of the API.
-_SIGNED_IN = select(*User.__table__.columns).where(
+# Built once: the viewer check is the hottest statement of the API. Plain columns (no identity
+# map, no loading machinery): `FlagRepository.signed_in_with_flags` adds the account's feature
+# flags and builds a detached account from the row.
+SIGNED_IN = select(*User.__table__.columns).where(
     User.id == bindparam("user_id"),
     User.is_active.is_(True),
     exists().where(
@@ -50,7 +52,7 @@ class UserRepository(ReadableRepository[User]):
         a detached account.
         """
         row = (
-            await self.session.execute(_SIGNED_IN, {"user_id": user_id, "session_id": session_id})
+            await self.session.execute(SIGNED_IN, {"user_id": user_id, "session_id": session_id})
         ).first()
         return None if row is None else User(**row._mapping)
 

@@ -223,7 +223,7 @@ async def start_exchange(
             model=model,
         )
     )
-    await usage.add_exchange(viewer.id, today)
+    await usage.add_exchange(viewer.id, today, model=model)
     await ConversationRepository(session).touch(conversation.id)
     return NewExchange(
         conversation_id=conversation.id,
@@ -374,6 +374,7 @@ async def finish_answer(
         await UsageRepository(session).add_tokens(
             owner_id,
             usage_day(started_at),
+            model=model or "",
             prompt_tokens=prompt_tokens or 0,
             completion_tokens=completion_tokens or 0,
         )
