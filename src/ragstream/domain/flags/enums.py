@@ -38,7 +38,7 @@ class FlagChangeAction(StrEnum):
     DELETED = "DELETED"
 
 
-class UsageGroup(StrEnum):
+class UsageGroupBy(StrEnum):
     """How `usageReport` groups the usage ledger."""
 
     DAY = "DAY"

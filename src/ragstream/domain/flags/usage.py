@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ragstream.db.models import User
 from ragstream.db.repositories.chat import UsageRepository, UsageRow
 from ragstream.domain.errors import InvalidInput
-from ragstream.domain.flags.enums import UsageGroup
+from ragstream.domain.flags.enums import UsageGroupBy
 from ragstream.domain.users.service import require_admin
 
 MAX_REPORT_DAYS = 400
@@ -22,7 +22,7 @@ async def usage_report(
     *,
     start: date,
     end: date,
-    group: UsageGroup,
+    group: UsageGroupBy,
     limit: int,
 ) -> list[UsageRow]:
     """Usage from ``start`` to ``end`` (UTC days, both included), one row per group."""
