@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragstream.domain.documents.formats import SUPPORTED_TYPES
-from ragstream.domain.errors import Forbidden
+from ragstream.domain.errors import Forbidden, InvalidInput
 from ragstream.domain.flags.enums import PRECEDENCE, FeatureKey, FeatureSource, FlagScope
 from ragstream.domain.flags.metadata import MetadataBounds
 from ragstream.domain.users.enums import Role
@@ -78,6 +78,13 @@ class Feature:
     source: FeatureSource
 
 
+def feature_disabled(key: FeatureKey) -> Forbidden:
+    return Forbidden(
+        f"the {key.value} feature is not enabled for this account",
+        extensions={"reason": "FEATURE_DISABLED", "feature": key.value},
+    )
+
+
 @dataclass(frozen=True)
 class ChatPolicy:
     enabled: bool
@@ -93,6 +100,16 @@ class UploadPolicy:
     max_bytes: int
     types: tuple[str, ...]
 
+    def require_enabled(self) -> None:
+        if not self.enabled:
+            raise feature_disabled(FeatureKey.UPLOADS)
+
+    def check_type(self, mime_type: str, field: str) -> None:
+        if mime_type not in self.types:
+            raise InvalidInput(
+                f"{mime_type} documents are not allowed for this account", field=field
+            )
+
 
 @dataclass(frozen=True)
 class Features:
@@ -107,10 +124,7 @@ class Features:
         """The feature, or FORBIDDEN (reason FEATURE_DISABLED) when it is switched off."""
         feature = self.by_key[key]
         if not feature.enabled:
-            raise Forbidden(
-                f"the {key.value} feature is not enabled for this account",
-                extensions={"reason": "FEATURE_DISABLED", "feature": key.value},
-            )
+            raise feature_disabled(key)
         return feature
 
     def chat(self) -> ChatPolicy:

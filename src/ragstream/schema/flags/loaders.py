@@ -8,18 +8,18 @@ from collections.abc import Sequence
 from strawberry.dataloader import DataLoader
 
 from ragstream.domain.flags import service
-from ragstream.domain.flags.features import Feature
+from ragstream.domain.flags.features import Features
 from ragstream.schema.scope import RequestScope
 
 
 class FlagLoaders:
     def __init__(self, context: RequestScope, *, cache: bool) -> None:
         self._context = context
-        self.features: DataLoader[uuid.UUID, list[Feature] | None] = DataLoader(
+        self.features: DataLoader[uuid.UUID, Features | None] = DataLoader(
             self._load_features, cache=cache
         )
 
-    async def _load_features(self, ids: list[uuid.UUID]) -> Sequence[list[Feature] | None]:
+    async def _load_features(self, ids: list[uuid.UUID]) -> Sequence[Features | None]:
         """Features of accounts (admin only); None for an account that is gone."""
         context = self._context
         viewer = await context.viewer()
@@ -32,4 +32,4 @@ class FlagLoaders:
                 environment=state.settings.environment,
                 defaults=state.feature_defaults,
             )
-        return [None if i not in found else list(found[i]) for i in ids]
+        return [found.get(i) for i in ids]

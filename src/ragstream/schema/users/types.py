@@ -13,6 +13,7 @@ from ragstream.domain.chat.quota import utc_day
 from ragstream.domain.evaluations import service as evaluations
 from ragstream.domain.flags.enums import FeatureSource
 from ragstream.domain.flags.features import Feature as FeatureValue
+from ragstream.domain.flags.features import Features
 from ragstream.domain.users.enums import Role
 from ragstream.schema.context import Info
 from ragstream.schema.enums import api_enum
@@ -78,7 +79,8 @@ class Usage:
     answers: int = strawberry.field(description="Number of answers generated.")
     messages_today: int = strawberry.field(description="Messages sent since 00:00 UTC.")
     daily_message_limit: int | None = strawberry.field(
-        description="Messages allowed per UTC day; null when exempt (admins)."
+        description="Messages allowed per UTC day by the account's chat feature; null when it "
+        "has no daily limit (the default for admins)."
     )
     resets_at: datetime = strawberry.field(description="When messagesToday starts again.")
 
@@ -126,8 +128,9 @@ class User:
         totals = await info.context.loaders.token_totals.load(uuid.UUID(str(self.id)))
         if totals is None:
             return None
-        exempt = self.role == Role.ADMIN
-        limit = None if exempt else info.context.state.settings.daily_message_limit
+        # Usage is visible exactly where features are: your own account, anyone's for an admin.
+        features = await _account_features(info, uuid.UUID(str(self.id)))
+        limit = None if features is None else features.chat().daily_limit
         return to_usage(totals, daily_limit=limit)
 
     @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry leaves it untyped
@@ -136,16 +139,19 @@ class User:
         "conversation linked to an evaluation, that evaluation's flags also apply to chat."
     )
     async def features(self, info: Info) -> list[Feature] | None:
-        # Your own from the flags read with you; another account's (for an admin) through a
-        # loader, one statement for all the accounts of the response.
-        signed_in = await info.context.signed_in()
-        user_id = uuid.UUID(str(self.id))
-        if user_id == signed_in.user.id:
-            return [to_feature(f) for f in signed_in.flags.features()]
-        if not signed_in.user.is_admin:
-            return None
-        found = await info.context.loaders.flags.features.load(user_id)
-        return None if found is None else [to_feature(f) for f in found]
+        features = await _account_features(info, uuid.UUID(str(self.id)))
+        return None if features is None else [to_feature(f) for f in features]
+
+
+async def _account_features(info: Info, user_id: uuid.UUID) -> Features | None:
+    """Your own features from the flags read with you; another account's (for an admin) through
+    a loader, one statement for all the accounts of the response; None otherwise."""
+    signed_in = await info.context.signed_in()
+    if user_id == signed_in.user.id:
+        return signed_in.flags.features()
+    if not signed_in.user.is_admin:
+        return None
+    return await info.context.loaders.flags.features.load(user_id)
 
 
 def to_user(row: models.User) -> User:
