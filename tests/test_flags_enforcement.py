@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
+from gql import GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
 
 from tests.chat_stub import CHAT_COMPLETIONS, ChatScript, ChatStub
 from tests.chat_support import (
@@ -91,14 +96,27 @@ async def test_a_flag_change_reaches_an_open_socket_on_its_next_operation(
         user = await server.register()
         conversation_id = await new_conversation(server, user.access_token)
 
-        first = await chat_all(server, user.access_token, conversation_id, "one")
-        await set_flag_ok(server, admin, key="chat", scope="USER", userId=user.id, enabled=False)
-        refused = await subscription_error(
-            server, user.access_token, CHAT, send_input(conversation_id, "two")
-        )
+        async with asyncio.timeout(30), server.websocket(user.access_token) as session:
+            first = [
+                event
+                async for event in session.subscribe(
+                    GraphQLRequest(CHAT, variable_values=send_input(conversation_id, "one"))
+                )
+            ]
+            await set_flag_ok(
+                server, admin, key="chat", scope="USER", userId=user.id, enabled=False
+            )
+            with pytest.raises(TransportQueryError) as refused:
+                async for _ in session.subscribe(
+                    GraphQLRequest(CHAT, variable_values=send_input(conversation_id, "two"))
+                ):
+                    pass
 
-        assert first[-1]["__typename"] == "GenerationCompleted"
-        assert_feature_disabled(refused, "chat")
+        assert first[-1]["chat"]["__typename"] == "GenerationCompleted"
+        errors = refused.value.errors or []
+        assert len(errors) == 1
+        assert_feature_disabled(errors[0], "chat")
+        assert await count_rows(server, "messages") == 2
 
 
 async def test_an_evaluation_flag_applies_to_its_conversations_only(
