@@ -51,7 +51,10 @@ async def resolve_signed_in(
     environment: str,
     defaults: FeatureDefaults,
 ) -> SignedIn | None:
-    """The viewer and its flags in one statement, or None (see `users.resolve_viewer`).
+    """The viewer, fresh from the database, and its flags in one statement, or None.
+
+    Deactivation, demotion and a revoked sign-in session (sign-out, refresh-token reuse, a
+    password change elsewhere) apply at once, not when the access token expires.
 
     Run for every HTTP request and every websocket operation, so a flag change applies to the
     next one, with no cache to invalidate.
