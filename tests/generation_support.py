@@ -21,6 +21,7 @@ from ragstream.domain.chat.answer import Collaborators
 from ragstream.domain.chat.flusher import Flusher
 from ragstream.domain.chat.preparation import Retriever, knowledge_base_retriever
 from ragstream.domain.chat.service import NewExchange
+from ragstream.domain.flags.features import AccountFlags, defaults_from_settings
 from ragstream.domain.llm.embeddings import Embedder, HashingEmbedder
 from ragstream.domain.llm.openai_chat import OpenAIChatProvider
 from ragstream.domain.retrieval.service import SearchTuning
@@ -83,14 +84,17 @@ class ChatDatabase:
     async def exchange(
         self, viewer: User, conversation_id: uuid.UUID, content: str = "What is in the notes?"
     ) -> NewExchange:
+        # No flags: the chat feature is the settings' default, answered by "stub-model".
+        defaults = defaults_from_settings(self.settings, chat_model="stub-model")
         return await store_exchange(
             self.sessionmaker,
             self.settings,
             viewer,
+            flags=AccountFlags(role=viewer.role, raw=None, defaults=defaults),
             answer_id=uuid.uuid4(),
             conversation_id=conversation_id,
             content=content,
-            model="stub-model",
+            model_for=lambda model: model,
         )
 
     async def message(self, message_id: uuid.UUID) -> Message | None:

@@ -22,6 +22,7 @@ from ragstream.documents_worker import ingestion_worker
 from ragstream.domain.chat.generation import GenerationManager
 from ragstream.domain.chat.preparation import knowledge_base_retriever
 from ragstream.domain.errors import InvalidInput
+from ragstream.domain.flags.features import defaults_from_settings
 from ragstream.domain.llm.chat import build_chat_provider
 from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.domain.users.auth import AuthService
@@ -96,6 +97,7 @@ def build_state(settings: Settings, span_exporter: SpanExporter | None = None) -
         chat=GenerationManager(
             settings, observed(provider, metrics, tracing, str(settings.chat_provider))
         ),
+        feature_defaults=defaults_from_settings(settings, chat_model=provider.model),
         sockets=SocketRegistry(
             per_address=settings.ws_max_sockets_per_address,
             per_user=settings.ws_max_sockets_per_user,

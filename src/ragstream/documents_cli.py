@@ -128,8 +128,13 @@ async def _import(
     from ragstream.domain.documents import service
     from ragstream.domain.documents.enums import TERMINAL_STATUSES, Visibility
     from ragstream.domain.errors import Conflict, DomainError
+    from ragstream.domain.flags.features import defaults_from_settings, resolve
 
     visibility = Visibility.SHARED if shared else Visibility.PRIVATE
+    # The operator's import: the server's limits apply, not the owner's feature flags.
+    # Only the upload limits are read, so the chat model named here does not matter.
+    defaults = defaults_from_settings(state.settings, chat_model=state.settings.chat_model)
+    policy = resolve([], defaults, owner.role).uploads()
     for outcome in outcomes:
         try:
             data = outcome.path.read_bytes()
@@ -141,7 +146,7 @@ async def _import(
                     data=data,
                     title=None,
                     visibility=visibility,
-                    max_bytes=state.settings.max_upload_bytes,
+                    policy=policy,
                 )
             outcome.document_id = document.id
         except Conflict as exc:

@@ -12,6 +12,7 @@ import strawberry
 
 from ragstream.backend import Backend
 from ragstream.domain.chat.generation import GenerationManager
+from ragstream.domain.flags.features import FeatureDefaults
 from ragstream.domain.users.auth import AuthService
 from ragstream.domain.users.tokens import TokenService
 from ragstream.persisted import PersistedDocuments
@@ -28,6 +29,8 @@ class AppState(Backend):
     auth: AuthService
     chat: GenerationManager
     sockets: SocketRegistry  # open websockets per client address and per user
+    # Built-in feature defaults (the settings below any flag), see domain/flags/features.py.
+    feature_defaults: FeatureDefaults
     # Trusted documents: persisted query hashes and the registered manifest.
     persisted: PersistedDocuments = field(
         default_factory=lambda: PersistedDocuments("automatic", {})

@@ -60,6 +60,11 @@ class StrEnumType(TypeDecorator[EnumT]):
     def process_result_value(self, value: str | None, dialect: Dialect) -> EnumT | None:
         return None if value is None else self.enum(value)
 
+    @property
+    def python_type(self) -> type[EnumT]:
+        # Keyset cursors decode their values with it (a flag's key is a page key).
+        return self.enum
+
 
 def one_of(column: str, values: type[StrEnum]) -> str:
     """The check-constraint text allowing exactly an enum's values."""

@@ -28,6 +28,9 @@ class MeteredChatProvider:
     def model(self) -> str:
         return self.inner.model
 
+    def model_for(self, requested: str) -> str:
+        return self.inner.model_for(requested)
+
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         metrics = self.metrics
         started = time.perf_counter()
@@ -80,9 +83,12 @@ class TracedChatProvider:
     def model(self) -> str:
         return self.inner.model
 
+    def model_for(self, requested: str) -> str:
+        return self.inner.model_for(requested)
+
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         span = self.tracing.start(
-            "llm.chat", **{"llm.provider": self.provider, "llm.model": self.model}
+            "llm.chat", **{"llm.provider": self.provider, "llm.model": request.model or self.model}
         )
         chunks = 0
         try:

@@ -94,9 +94,10 @@ async def send_message(
     info: Info,
     input: Annotated[SendMessageInput, strawberry.argument(description="The question.")],
 ) -> Message:
-    viewer = await info.context.viewer()
+    signed_in = await info.context.signed_in()
     exchange = await _chat(info).submit(
-        viewer,
+        signed_in.user,
+        flags=signed_in.flags,
         conversation_id=parse_id(input.conversation_id, "conversation"),
         content=input.content,
     )
@@ -138,10 +139,11 @@ async def chat(
     info: Info,
     input: Annotated[SendMessageInput, strawberry.argument(description="The question.")],
 ) -> AsyncGenerator[ChatEvent, None]:
-    viewer = await info.context.viewer()
+    signed_in = await info.context.signed_in()
     manager = _chat(info)
     exchange = await manager.submit(
-        viewer,
+        signed_in.user,
+        flags=signed_in.flags,
         conversation_id=parse_id(input.conversation_id, "conversation"),
         content=input.content,
     )

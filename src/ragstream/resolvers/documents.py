@@ -17,6 +17,7 @@ from ragstream.domain.documents.events import (
     publish_status,
 )
 from ragstream.domain.errors import InvalidInput, NotFound
+from ragstream.domain.flags.enums import FeatureKey
 from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.domain.retrieval.service import search as retrieve
 from ragstream.observability.search import observe_search
@@ -74,7 +75,9 @@ async def search(
         int | None, strawberry.argument(description="How many passages, 1 to 50 (default 5).")
     ] = DEFAULT_SEARCH_LIMIT,
 ) -> list[SearchHit]:
-    viewer = await info.context.viewer()
+    signed_in = await info.context.signed_in()
+    signed_in.flags.features().require(FeatureKey.SEARCH)
+    viewer = signed_in.user
     if limit is None:  # an explicit null asks for the default
         limit = DEFAULT_SEARCH_LIMIT
     state = info.context.state
@@ -105,14 +108,15 @@ async def upload_document(
         strawberry.argument(description="SHARED is for admins only (default PRIVATE)."),
     ] = Visibility.PRIVATE,
 ) -> Document:
-    viewer = await info.context.viewer()
+    signed_in = await info.context.signed_in()
+    viewer = signed_in.user
+    policy = signed_in.flags.features().uploads()
     if not isinstance(file, UploadFile):
         raise InvalidInput("file must be an uploaded file", field="file")
     upload = cast("UploadFile", file)
-    max_bytes = info.context.state.settings.max_upload_bytes
     try:
         # One byte past the limit is enough to know the file is too large.
-        data = await upload.read(max_bytes + 1)
+        data = await upload.read(policy.max_bytes + 1)
     finally:
         await upload.close()
     async with info.context.transaction() as session:
@@ -123,7 +127,7 @@ async def upload_document(
             data=data,
             title=title,
             visibility=visibility or Visibility.PRIVATE,
-            max_bytes=max_bytes,
+            policy=policy,
         )
     return to_document(row)
 
@@ -132,16 +136,16 @@ async def create_document(
     info: Info,
     input: Annotated[CreateDocumentInput, strawberry.argument(description="The document.")],
 ) -> Document:
-    viewer = await info.context.viewer()
+    signed_in = await info.context.signed_in()
     async with info.context.transaction() as session:
         row = await service.create_document(
             session,
-            viewer,
+            signed_in.user,
             title=input.title,
             content=input.content,
             mime_type=input.mime_type,
             visibility=input.visibility or Visibility.PRIVATE,
-            max_bytes=info.context.state.settings.max_upload_bytes,
+            policy=signed_in.flags.features().uploads(),
         )
     return to_document(row)
 

@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 from ragstream.db.models import User
 from ragstream.db.unit_of_work import wrote
 from ragstream.domain.errors import Unauthenticated
-from ragstream.domain.users.service import resolve_viewer
+from ragstream.domain.flags.service import SignedIn, resolve_signed_in
 from ragstream.domain.users.tokens import AccessClaims
 from ragstream.schema.loaders import Loaders
 from ragstream.state import AppState
@@ -41,7 +41,7 @@ class Context:
     connection_params: dict[str, Any] | None = None
     # Run when a websocket ends (e.g. giving back its place under the open-socket limit).
     on_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
-    _viewer: User | None = field(default=None, repr=False)
+    _signed_in: SignedIn | None = field(default=None, repr=False)
     _session: AsyncSession | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
@@ -114,11 +114,19 @@ class Context:
 
         Checked once per HTTP request; a websocket checks it for every operation.
         """
+        return (await self.signed_in()).user
+
+    async def signed_in(self) -> SignedIn:
+        """The signed-in user with its feature flags, read in one statement (see `viewer`).
+
+        Reloaded as often as the viewer, so a flag change applies to the next request and to
+        the next operation on an open websocket.
+        """
         claims = self.require_claims()
-        if self._viewer is not None and not self.is_websocket:
-            return self._viewer
+        if self._signed_in is not None and not self.is_websocket:
+            return self._signed_in
         try:
-            user = await self._check_viewer(claims)
+            found = await self._check_viewer(claims)
         except DBAPIError as error:
             # No pre-ping on checkout: a pooled connection that died with the database (a
             # restart) fails its first statement and is invalidated. The check is the first
@@ -126,15 +134,21 @@ class Context:
             if not error.connection_invalidated:
                 raise
             await self.release()
-            user = await self._check_viewer(claims)
-        if user is None:
+            found = await self._check_viewer(claims)
+        if found is None:
             raise Unauthenticated("authentication required")
-        self._viewer = user
-        return user
+        self._signed_in = found
+        return found
 
-    async def _check_viewer(self, claims: AccessClaims) -> User | None:
+    async def _check_viewer(self, claims: AccessClaims) -> SignedIn | None:
         async with self.transaction() as session:
-            return await resolve_viewer(session, claims.user_id, claims.session_id)
+            return await resolve_signed_in(
+                session,
+                claims.user_id,
+                claims.session_id,
+                environment=self.state.settings.environment,
+                defaults=self.state.feature_defaults,
+            )
 
 
 @contextlib.asynccontextmanager

@@ -27,6 +27,7 @@ from ragstream.domain.errors import NotFound, not_found
 from ragstream.domain.evaluations import service as evaluations
 from ragstream.domain.users.service import get_users
 from ragstream.schema.chat.loaders import ChatLoaders
+from ragstream.schema.flags.loaders import FlagLoaders
 from ragstream.schema.scope import RequestScope
 
 
@@ -44,6 +45,7 @@ class Loaders:
             self._load_token_totals, cache=cache
         )
         self.chat = ChatLoaders(context, cache=cache)
+        self.flags = FlagLoaders(context, cache=cache)
 
     async def _load_users(self, ids: list[uuid.UUID]) -> Sequence[User | NotFound]:
         """Accounts by id: yourself, or anyone for an admin; others are NOT_FOUND."""

@@ -11,16 +11,17 @@ from ragstream.schema.documents.fields import (
     DocumentSubscriptions,
 )
 from ragstream.schema.evaluations.fields import EvaluationMutations, EvaluationQueries
+from ragstream.schema.flags.fields import FlagMutations, FlagQueries
 from ragstream.schema.users.fields import UserMutations, UserQueries
 
 
 @strawberry.type(description="Read operations.")
-class Query(UserQueries, EvaluationQueries, DocumentQueries, ChatQueries):
+class Query(UserQueries, EvaluationQueries, DocumentQueries, ChatQueries, FlagQueries):
     pass
 
 
 @strawberry.type(description="Write operations.")
-class Mutation(UserMutations, EvaluationMutations, DocumentMutations, ChatMutations):
+class Mutation(UserMutations, EvaluationMutations, DocumentMutations, ChatMutations, FlagMutations):
     pass
 
 

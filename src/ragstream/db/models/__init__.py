@@ -6,6 +6,7 @@ They are storage, not API types: the schema layer maps them explicitly.
 from ragstream.db.models.chat import Conversation, Message, MessageSource, UsageDaily  # noqa: F401
 from ragstream.db.models.documents import Chunk, Document, DocumentContent  # noqa: F401
 from ragstream.db.models.evaluations import Evaluation  # noqa: F401
+from ragstream.db.models.flags import FeatureFlag, FeatureFlagChange  # noqa: F401
 from ragstream.db.models.users import RefreshToken, User
 
 __all__ = ["RefreshToken", "User"]

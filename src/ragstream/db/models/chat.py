@@ -123,6 +123,8 @@ class UsageDaily(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
     day: Mapped[date] = mapped_column(Date, primary_key=True)
+    # The model that answered ('' for answers counted before the ledger kept the model).
+    model: Mapped[str] = mapped_column(String(200), primary_key=True, server_default="")
     questions: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     # Answers started (as the questions are); their tokens are added once each answer ends.
     answers: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")

@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, delete, func, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
@@ -296,12 +297,24 @@ class TokenTotals:
     questions_today: int
 
 
+@dataclass(frozen=True)
+class UsageRow:
+    """One group of a usage report; ``key`` is its day, user id or model."""
+
+    key: date | uuid.UUID | str
+    questions: int
+    answers: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class UsageRepository(Repository):
     async def _add(
         self,
         user_id: uuid.UUID,
         day: date,
         *,
+        model: str,
         questions: int = 0,
         answers: int = 0,
         prompt_tokens: int = 0,
@@ -310,15 +323,16 @@ class UsageRepository(Repository):
         stmt = insert(UsageDaily).values(
             user_id=user_id,
             day=day,
+            model=model,
             questions=questions,
             answers=answers,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
-        # Atomic per row: concurrent additions for the same user and day all count.
+        # Atomic per row: concurrent additions for the same user, day and model all count.
         await self.session.execute(
             stmt.on_conflict_do_update(
-                index_elements=[UsageDaily.user_id, UsageDaily.day],
+                index_elements=[UsageDaily.user_id, UsageDaily.day, UsageDaily.model],
                 set_={
                     "questions": UsageDaily.questions + stmt.excluded.questions,
                     "answers": UsageDaily.answers + stmt.excluded.answers,
@@ -330,23 +344,64 @@ class UsageRepository(Repository):
             )
         )
 
-    async def add_exchange(self, user_id: uuid.UUID, day: date) -> None:
-        """A question and the answer started for it."""
-        await self._add(user_id, day, questions=1, answers=1)
+    async def add_exchange(self, user_id: uuid.UUID, day: date, *, model: str) -> None:
+        """A question and the answer started for it by ``model``."""
+        await self._add(user_id, day, model=model, questions=1, answers=1)
 
     async def add_tokens(
-        self, user_id: uuid.UUID, day: date, *, prompt_tokens: int, completion_tokens: int
+        self,
+        user_id: uuid.UUID,
+        day: date,
+        *,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
     ) -> None:
         """The final token counts of one answer."""
         await self._add(
-            user_id, day, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            user_id,
+            day,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
         )
 
     async def questions_on(self, user_id: uuid.UUID, day: date) -> int:
         count = await self.session.scalar(
-            select(UsageDaily.questions).where(UsageDaily.user_id == user_id, UsageDaily.day == day)
+            select(func.sum(UsageDaily.questions)).where(
+                UsageDaily.user_id == user_id, UsageDaily.day == day
+            )
         )
         return int(count or 0)
+
+    async def report(self, start: date, end: date, group: str, limit: int) -> list[UsageRow]:
+        """Sums over the days ``start`` to ``end`` (both included) per day, user or model.
+
+        Days in date order; users and models by tokens used, most first. One statement.
+        """
+        key: Any = {"DAY": UsageDaily.day, "USER": UsageDaily.user_id, "MODEL": UsageDaily.model}[
+            group
+        ]
+        prompt = func.sum(UsageDaily.prompt_tokens)
+        completion = func.sum(UsageDaily.completion_tokens)
+        order = [key] if group == "DAY" else [(prompt + completion).desc(), key]
+        rows = await self.session.execute(
+            select(
+                key,
+                func.sum(UsageDaily.questions),
+                func.sum(UsageDaily.answers),
+                prompt,
+                completion,
+            )
+            .where(UsageDaily.day >= start, UsageDaily.day <= end)
+            .group_by(key)
+            .order_by(*order)
+            .limit(limit)
+        )
+        return [
+            UsageRow(value, int(questions), int(answers), int(p), int(c))
+            for value, questions, answers, p, c in rows
+        ]
 
     async def totals(
         self, viewer: User, user_ids: Sequence[uuid.UUID], *, today: date

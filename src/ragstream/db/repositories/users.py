@@ -14,10 +14,15 @@ from ragstream.db.pagination import Page, PageRequest, paginate
 from ragstream.db.repositories.base import ReadableRepository, Repository
 from ragstream.domain.users.enums import Role
 
-# Built once: the viewer check is the hottest statement of the API.
-_SIGNED_IN = select(*User.__table__.columns).where(
+# Built once: the viewer check is the hottest statement of the API. Plain columns (no identity
+# map, no loading machinery): `FlagRepository.signed_in_with_flags` adds the account's feature
+# flags and builds a detached account from the row.
+SIGNED_IN = select(*User.__table__.columns).where(
     User.id == bindparam("user_id"),
     User.is_active.is_(True),
+    # The active account, only while its sign-in session (refresh-token family) is live:
+    # revoking the family (sign-out, reuse detection, password change, deactivation) stops
+    # the session's access tokens on their next request.
     exists().where(
         RefreshToken.family_id == bindparam("session_id"),
         RefreshToken.user_id == User.id,
@@ -40,19 +45,6 @@ class UserRepository(ReadableRepository[User]):
     async def get(self, user_id: uuid.UUID) -> User | None:
         """Unscoped: for sign-in and token rotation, which act before there is a viewer."""
         return await self.session.get(User, user_id)
-
-    async def get_signed_in(self, user_id: uuid.UUID, session_id: uuid.UUID) -> User | None:
-        """The active account, only while its sign-in session (refresh-token family) is live.
-
-        One statement, run on every authenticated request: revoking the family (sign-out, reuse
-        detection, password change, deactivation) stops the session's access tokens on their
-        next request. It reads plain columns (no identity map, no loading machinery) and returns
-        a detached account.
-        """
-        row = (
-            await self.session.execute(_SIGNED_IN, {"user_id": user_id, "session_id": session_id})
-        ).first()
-        return None if row is None else User(**row._mapping)
 
     async def get_many_readable(
         self, viewer: User, ids: Sequence[uuid.UUID]

@@ -2,14 +2,16 @@
 
 Two kinds of cap. The server-wide one counts the answers under way in this process, in memory:
 a burst past it is refused at once, before it queues for database connections. The per-user
-ones (questions per UTC day, answers at the same time) are checked in the database, under a
-per-user lock, in the transaction that stores the exchange (`quota.check_can_send`).
-Every refusal is RATE_LIMITED and stores nothing.
+ones (questions per UTC day, answers at the same time) come from the viewer's `chat` feature
+and are checked in the database, under a per-user lock, in the transaction that stores the
+exchange (`quota.check_can_send`). Every refusal is RATE_LIMITED and stores nothing, except a
+switched-off chat feature: FORBIDDEN with reason FEATURE_DISABLED.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,6 +19,9 @@ from ragstream.db.models.users import User
 from ragstream.domain.chat import service
 from ragstream.domain.chat.quota import ChatLimits
 from ragstream.domain.errors import RateLimited
+from ragstream.domain.flags.enums import FeatureKey
+from ragstream.domain.flags.features import AccountFlags, ChatPolicy
+from ragstream.domain.flags.service import conversation_features
 from ragstream.settings import Settings
 
 
@@ -55,11 +60,14 @@ class ServerSlots:
         self.active -= 1
 
 
-def chat_limits(settings: Settings) -> ChatLimits:
-    return ChatLimits(
-        daily_messages=settings.daily_message_limit,
-        concurrent_generations=settings.chat_max_concurrent_generations,
-    )
+async def chat_policy(
+    session: AsyncSession, flags: AccountFlags, evaluation_id: uuid.UUID | None, *, environment: str
+) -> ChatPolicy:
+    """The viewer's chat feature in a conversation (the flags of its evaluation join in), or
+    FORBIDDEN (reason FEATURE_DISABLED) when it is off."""
+    features = await conversation_features(session, flags, evaluation_id, environment=environment)
+    features.require(FeatureKey.CHAT)
+    return features.chat()
 
 
 async def store_exchange(
@@ -67,21 +75,33 @@ async def store_exchange(
     settings: Settings,
     viewer: User,
     *,
+    flags: AccountFlags,
     answer_id: uuid.UUID,
     conversation_id: uuid.UUID,
     content: str,
-    model: str,
+    model_for: Callable[[str], str],
 ) -> service.NewExchange:
     """Stores the viewer's question and the empty answer ``answer_id`` (STREAMING), in one
-    transaction, if the viewer's limits allow it (RATE_LIMITED otherwise)."""
+    transaction, if the viewer's chat feature is on and its limits allow it.
+
+    The feature gives the limits, the model (``model_for`` maps it to the model that will
+    answer) and the answer's token budget.
+    """
+    text = service.normalize_content(content, settings.chat_max_message_chars)
     async with sessionmaker.begin() as session:
+        conversation = await service.owned_conversation(session, viewer, conversation_id)
+        policy = await chat_policy(
+            session, flags, conversation.evaluation_id, environment=settings.environment
+        )
         return await service.start_exchange(
             session,
             viewer,
             answer_id=answer_id,
-            conversation_id=conversation_id,
-            content=content,
-            limits=chat_limits(settings),
-            max_chars=settings.chat_max_message_chars,
-            model=model,
+            conversation=conversation,
+            text=text,
+            limits=ChatLimits(
+                daily_messages=policy.daily_limit, concurrent_generations=policy.max_concurrent
+            ),
+            model=model_for(policy.model),
+            max_answer_tokens=policy.max_answer_tokens,
         )

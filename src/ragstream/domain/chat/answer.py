@@ -179,7 +179,7 @@ class Answer:
         usage = outcome.usage
         prompt_tokens = usage.prompt_tokens if usage else self._prompt_tokens
         completion_tokens = usage.completion_tokens if usage else estimate_tokens(text)
-        model = self._tools.provider.model
+        model = exchange.model  # the one the asker's chat feature chose
         answer = exchange.answer
         try:
             async with self._tools.sessionmaker.begin() as session:

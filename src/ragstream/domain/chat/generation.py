@@ -56,6 +56,7 @@ from ragstream.domain.chat.streams import (
 )
 from ragstream.domain.chat.views import Ending, MessageView
 from ragstream.domain.errors import DomainError, InvalidInput
+from ragstream.domain.flags.features import AccountFlags
 from ragstream.domain.llm.chat import ChatProvider
 from ragstream.domain.text import estimate_tokens
 from ragstream.settings import Settings
@@ -124,7 +125,7 @@ class GenerationManager:
     # --- commands ----------------------------------------------------------------------------
 
     async def submit(
-        self, viewer: User, *, conversation_id: uuid.UUID, content: str
+        self, viewer: User, *, flags: AccountFlags, conversation_id: uuid.UUID, content: str
     ) -> service.NewExchange:
         """Stores the question and an empty answer, and starts generating it.
 
@@ -141,7 +142,7 @@ class GenerationManager:
         self._answers[answer_id] = answer
         stored: asyncio.Future[service.NewExchange] = asyncio.get_running_loop().create_future()
         answer.task = asyncio.create_task(
-            self._live(answer, stored, conversation_id, content), name=f"answer-{answer_id}"
+            self._live(answer, stored, flags, conversation_id, content), name=f"answer-{answer_id}"
         )
         try:
             # asyncio.wait never cancels what it waits for: a sender that goes away now cannot
@@ -156,6 +157,7 @@ class GenerationManager:
         self,
         answer: Answer,
         stored: asyncio.Future[service.NewExchange],
+        flags: AccountFlags,
         conversation_id: uuid.UUID,
         content: str,
     ) -> None:
@@ -166,10 +168,11 @@ class GenerationManager:
                     self.tools.sessionmaker,
                     self.settings,
                     answer.viewer,
+                    flags=flags,
                     answer_id=answer.id,
                     conversation_id=conversation_id,
                     content=content,
-                    model=self.provider.model,
+                    model_for=self.provider.model_for,
                 )
             except Exception as exc:  # a refusal (limits, validation) or a fault: the sender's
                 stored.set_exception(exc)
@@ -206,7 +209,7 @@ class GenerationManager:
                     started_at=row.created_at,
                     status=CANCELLED,
                     content=content,
-                    model=None,
+                    model=row.model,
                     prompt_tokens=None,
                     completion_tokens=estimate_tokens(content),
                     error_code=None,

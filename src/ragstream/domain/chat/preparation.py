@@ -129,6 +129,8 @@ async def prepare_answer(
             question=question.content,
             passages=passages(texts),
             evaluation=evaluation,
+            model=exchange.model,
+            max_output_tokens=exchange.max_answer_tokens,
         ),
         sources=sources,
         prompt_tokens=sum(estimate_tokens(m.content) for m in messages),

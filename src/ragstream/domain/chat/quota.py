@@ -1,4 +1,7 @@
-"""Per-user limits on chat: questions per UTC day and answers generated at the same time."""
+"""Per-user limits on chat: questions per UTC day and answers generated at the same time.
+
+The limits come from the viewer's `chat` feature (see domain/flags and admission.py).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from ragstream.domain.errors import RateLimited
 
 @dataclass(frozen=True)
 class ChatLimits:
-    daily_messages: int
+    daily_messages: int | None  # None: no daily limit
     concurrent_generations: int
 
 
@@ -38,7 +41,7 @@ async def check_can_send(
     deleting conversations does not touch.
     """
     await repo.lock_owner(viewer.id)
-    if not viewer.is_admin:
+    if limits.daily_messages is not None:
         reset = datetime.combine(day, datetime.min.time(), UTC) + timedelta(days=1)
         used = await usage.questions_on(viewer.id, day)
         if used >= limits.daily_messages:

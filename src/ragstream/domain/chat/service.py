@@ -177,6 +177,19 @@ class NewExchange:
     evaluation_id: uuid.UUID | None
     question: MessageView
     answer: MessageView
+    # From the viewer's chat feature when the question was asked.
+    model: str
+    max_answer_tokens: int
+
+
+async def owned_conversation(
+    session: AsyncSession, viewer: User, conversation_id: uuid.UUID
+) -> Conversation:
+    """The viewer's conversation, or NOT_FOUND."""
+    conversation = await ConversationRepository(session).get_owned(viewer, conversation_id)
+    if conversation is None:
+        raise not_found("conversation")
+    return conversation
 
 
 async def start_exchange(
@@ -184,21 +197,18 @@ async def start_exchange(
     viewer: User,
     *,
     answer_id: uuid.UUID,
-    conversation_id: uuid.UUID,
-    content: str,
+    conversation: Conversation,
+    text: str,
     limits: ChatLimits,
-    max_chars: int,
     model: str,
+    max_answer_tokens: int,
 ) -> NewExchange:
-    """Stores the viewer's question and an empty answer ``answer_id``, after the quota checks.
+    """Stores the viewer's question ``text`` (normalized) and an empty answer ``answer_id``,
+    after the quota checks.
 
     The question and the answer are counted in the usage ledger in the same transaction,
     under the per-user lock the checks take, so the count is exact.
     """
-    text = normalize_content(content, max_chars)
-    conversation = await ConversationRepository(session).get_owned(viewer, conversation_id)
-    if conversation is None:
-        raise not_found("conversation")
     messages = MessageRepository(session)
     usage = UsageRepository(session)
     today = utc_day()[0].date()
@@ -223,13 +233,15 @@ async def start_exchange(
             model=model,
         )
     )
-    await usage.add_exchange(viewer.id, today)
+    await usage.add_exchange(viewer.id, today, model=model)
     await ConversationRepository(session).touch(conversation.id)
     return NewExchange(
         conversation_id=conversation.id,
         evaluation_id=conversation.evaluation_id,
         question=message_view(question),
         answer=message_view(answer),
+        model=model,
+        max_answer_tokens=max_answer_tokens,
     )
 
 
@@ -374,6 +386,7 @@ async def finish_answer(
         await UsageRepository(session).add_tokens(
             owner_id,
             usage_day(started_at),
+            model=model or "",
             prompt_tokens=prompt_tokens or 0,
             completion_tokens=completion_tokens or 0,
         )

@@ -23,6 +23,7 @@ from ragstream.domain.documents.formats import (
     with_extension,
 )
 from ragstream.domain.errors import Conflict, Forbidden, InvalidInput, not_found
+from ragstream.domain.flags.features import UploadPolicy
 from ragstream.domain.pagination import cursor_errors, page_request
 
 MAX_TITLE = 200
@@ -91,16 +92,20 @@ async def upload_document(
     data: bytes,
     title: str | None,
     visibility: Visibility,
-    max_bytes: int,
+    policy: UploadPolicy,
 ) -> Document:
     """Store an uploaded file and queue its ingestion; the document starts PENDING.
 
-    ``data`` may be one byte longer than ``max_bytes`` (the caller reads no further).
+    The viewer's `uploads` feature decides whether it may, how large the file may be and
+    which types are allowed. ``data`` may be one byte longer than the allowed size (the
+    caller reads no further).
     """
+    policy.require_enabled()
     _check_visibility(viewer, visibility)
     name = clean_filename(filename)
-    _check_size(len(data), max_bytes, "file")
+    _check_size(len(data), policy.max_bytes, "file")
     mime_type = detect_type(name, data)
+    policy.check_type(mime_type, "file")
     return await _create(
         session,
         viewer,
@@ -120,18 +125,23 @@ async def create_document(
     content: str,
     mime_type: str,
     visibility: Visibility,
-    max_bytes: int,
+    policy: UploadPolicy,
 ) -> Document:
-    """A document from text typed or pasted by the client (plain text, Markdown or HTML)."""
+    """A document from text typed or pasted by the client (plain text, Markdown or HTML).
+
+    Adds to the knowledge base as an upload does, so the `uploads` feature governs it too.
+    """
+    policy.require_enabled()
     _check_visibility(viewer, visibility)
     mime_type = mime_type.strip().lower()
     if mime_type not in TEXT_TYPES:
         raise InvalidInput(
             "mimeType must be text/plain, text/markdown or text/html", field="mimeType"
         )
+    policy.check_type(mime_type, "mimeType")
     clean_title = _title(title, "")
     data = content.encode("utf-8")
-    _check_size(len(data), max_bytes, "content")
+    _check_size(len(data), policy.max_bytes, "content")
     if not content.strip():
         raise InvalidInput("the document is empty", field="content")
     try:

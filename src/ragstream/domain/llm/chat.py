@@ -66,6 +66,9 @@ class ChatRequest:
     question: str  # the user's message, for answerers that work on passages directly
     passages: Sequence[Passage] = ()
     evaluation: EvaluationContext | None = None  # also rendered into ``messages``
+    # Per request (from the asker's chat feature); None: the provider's configured ones.
+    model: str | None = None
+    max_output_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,11 @@ class ChatProviderError(Exception):
 class ChatProvider(Protocol):
     @property
     def model(self) -> str:
-        """Stored with each answer."""
+        """The configured model."""
+        ...
+
+    def model_for(self, requested: str) -> str:
+        """The model that answers a request for ``requested`` (stored with the answer)."""
         ...
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:

@@ -23,7 +23,7 @@ from ragstream.domain.llm.chat import (
     Passage,
     TokenUsage,
 )
-from ragstream.domain.text import STOPWORDS, estimate_tokens, stem, words
+from ragstream.domain.text import STOPWORDS, estimate_tokens, stem, truncate_to_tokens, words
 
 NOTHING_FOUND = (
     "I could not find anything about this in the knowledge base, so I cannot answer it from "
@@ -243,8 +243,13 @@ class ExtractiveChatProvider:
     word_delay: float = 0.0
     model: str = "extractive"
 
+    def model_for(self, requested: str) -> str:
+        return self.model  # it has no other
+
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         answer = compose_extractive_answer(request.question, request.passages, request.evaluation)
+        if request.max_output_tokens is not None:
+            answer = truncate_to_tokens(answer, request.max_output_tokens)
         for word in re.findall(r"\S+\s*", answer):
             if self.word_delay:
                 await asyncio.sleep(self.word_delay)

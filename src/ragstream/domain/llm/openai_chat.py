@@ -162,6 +162,9 @@ class OpenAIChatProvider:
             backoff=settings.chat_retry_backoff_seconds,
         )
 
+    def model_for(self, requested: str) -> str:
+        return requested
+
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         attempt = 0
         while True:
@@ -191,11 +194,13 @@ class OpenAIChatProvider:
                     # about 175 µs each to build, reading the three fields we need about 4 µs.
                     response = await stack.enter_async_context(
                         self.client.chat.completions.with_streaming_response.create(
-                            model=self.model,
+                            model=request.model or self.model,
                             messages=messages,
                             stream=True,
                             stream_options={"include_usage": True},
-                            max_tokens=self.max_output_tokens or openai.omit,
+                            max_tokens=(
+                                request.max_output_tokens or self.max_output_tokens or openai.omit
+                            ),
                             temperature=openai.omit
                             if self.temperature is None
                             else self.temperature,

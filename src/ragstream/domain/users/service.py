@@ -85,14 +85,3 @@ async def update_user(
             await RefreshTokenRepository(session).revoke_all_for_user(user.id)
     await session.flush()
     return user
-
-
-async def resolve_viewer(
-    session: AsyncSession, user_id: uuid.UUID, session_id: uuid.UUID
-) -> User | None:
-    """The signed-in user, fresh from the database, or None.
-
-    Deactivation, demotion and a revoked sign-in session (sign-out, refresh-token reuse, a
-    password change elsewhere) apply at once, not when the access token expires.
-    """
-    return await UserRepository(session).get_signed_in(user_id, session_id)

@@ -5,11 +5,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
+from strawberry.scalars import JSON
 
 from ragstream.db import models
 from ragstream.db.repositories.chat import TokenTotals
 from ragstream.domain.chat.quota import utc_day
 from ragstream.domain.evaluations import service as evaluations
+from ragstream.domain.flags.enums import FeatureSource
+from ragstream.domain.flags.features import Feature as FeatureValue
+from ragstream.domain.flags.features import Features
 from ragstream.domain.users.enums import Role
 from ragstream.schema.context import Info
 from ragstream.schema.enums import api_enum
@@ -31,6 +35,41 @@ api_enum(
     },
 )
 
+api_enum(
+    FeatureSource,
+    description="What decided a feature for an account.",
+    values={
+        FeatureSource.USER: "A flag on the account itself.",
+        FeatureSource.EVALUATION: "A flag on the evaluation of the conversation.",
+        FeatureSource.ROLE: "A flag on the account's role.",
+        FeatureSource.GLOBAL: "A global flag.",
+        FeatureSource.DEFAULT: "No flag: the built-in default (the server's settings).",
+    },
+)
+
+
+@strawberry.type(description="A feature as it applies to an account.")
+class Feature:
+    key: str = strawberry.field(description="The feature: chat, uploads or search.")
+    enabled: bool = strawberry.field(description="Whether the account may use it.")
+    metadata: JSON = strawberry.field(
+        description="Its settings with every field filled in (a flag's, else the default): "
+        "chat {dailyLimit (null: none), maxConcurrent, model, maxAnswerTokens}, uploads "
+        "{maxBytes, types}, search {}."
+    )
+    source: FeatureSource = strawberry.field(
+        description="The scope whose flag decided `enabled`, or DEFAULT."
+    )
+
+
+def to_feature(value: FeatureValue) -> Feature:
+    return Feature(
+        key=value.key.value,
+        enabled=value.enabled,
+        metadata=JSON(dict(value.metadata)),
+        source=value.source,
+    )
+
 
 @strawberry.type(description="Token usage and today's message quota of an account.")
 class Usage:
@@ -40,7 +79,8 @@ class Usage:
     answers: int = strawberry.field(description="Number of answers generated.")
     messages_today: int = strawberry.field(description="Messages sent since 00:00 UTC.")
     daily_message_limit: int | None = strawberry.field(
-        description="Messages allowed per UTC day; null when exempt (admins)."
+        description="Messages allowed per UTC day by the account's chat feature; null when it "
+        "has no daily limit (the default for admins)."
     )
     resets_at: datetime = strawberry.field(description="When messagesToday starts again.")
 
@@ -88,9 +128,30 @@ class User:
         totals = await info.context.loaders.token_totals.load(uuid.UUID(str(self.id)))
         if totals is None:
             return None
-        exempt = self.role == Role.ADMIN
-        limit = None if exempt else info.context.state.settings.daily_message_limit
+        # Usage is visible exactly where features are: your own account, anyone's for an admin.
+        features = await _account_features(info, uuid.UUID(str(self.id)))
+        limit = None if features is None else features.chat().daily_limit
         return to_usage(totals, daily_limit=limit)
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry leaves it untyped
+        description="Every feature (chat, uploads, search) as it applies to the account, and "
+        "which scope decided it; null unless it is your own account or you are an admin. In a "
+        "conversation linked to an evaluation, that evaluation's flags also apply to chat."
+    )
+    async def features(self, info: Info) -> list[Feature] | None:
+        features = await _account_features(info, uuid.UUID(str(self.id)))
+        return None if features is None else [to_feature(f) for f in features]
+
+
+async def _account_features(info: Info, user_id: uuid.UUID) -> Features | None:
+    """Your own features from the flags read with you; another account's (for an admin) through
+    a loader, one statement for all the accounts of the response; None otherwise."""
+    signed_in = await info.context.signed_in()
+    if user_id == signed_in.user.id:
+        return signed_in.flags.features()
+    if not signed_in.user.is_admin:
+        return None
+    return await info.context.loaders.flags.features.load(user_id)
 
 
 def to_user(row: models.User) -> User:

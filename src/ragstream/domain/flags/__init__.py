@@ -1,0 +1,1 @@
+"""Feature flags: which features an account may use, and with which limits."""
