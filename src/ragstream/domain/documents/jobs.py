@@ -19,6 +19,7 @@ from typing import Any
 
 import procrastinate
 from procrastinate import JobContext, RetryStrategy
+from procrastinate.worker import Worker
 from sqlalchemy.engine import make_url
 
 from ragstream.db.repositories.documents import DocumentRepository
@@ -33,6 +34,8 @@ from ragstream.domain.documents.pipeline import (
 from ragstream.settings import Settings
 
 logger = logging.getLogger(__name__)
+# How much longer than the jobs' grace a stopping worker gets to leave before it is cancelled.
+STOP_MARGIN_SECONDS = 5.0
 
 
 def libpq_conninfo(database_url: str) -> str:
@@ -160,14 +163,24 @@ async def running_worker(
     """
     app = build_job_app(settings, database_url, deps)
     async with app.open_async():
-        worker = asyncio.create_task(
-            app.run_worker_async(**worker_options(settings, in_process=in_process)),
+        worker = Worker(app=app, **worker_options(settings, in_process=in_process))
+        running = asyncio.create_task(
+            worker.run(),  # type: ignore[no-untyped-call]  # untyped upstream
             name="ingestion-worker",
         )
+        # The worker's first step clears its stop request: let it take that step now, so that
+        # a stop asked for at once (a server stopped as it starts) is not lost.
+        await asyncio.sleep(0)
         recovery = asyncio.create_task(_recovery_loop(app, deps, settings), name="recovery")
         try:
-            yield worker
+            yield running
         finally:
             recovery.cancel()
-            worker.cancel()
-            await asyncio.gather(recovery, worker, return_exceptions=True)
+            # Asked to stop rather than cancelled: a worker cancelled while it registers itself
+            # can hang in its database call; stopped, it finishes registering, then its jobs
+            # get the grace, then it leaves. Cancelled only if it does not.
+            worker.stop()  # type: ignore[no-untyped-call]  # untyped upstream
+            grace = settings.ingestion_shutdown_timeout_seconds + STOP_MARGIN_SECONDS
+            await asyncio.wait({running}, timeout=grace)
+            running.cancel()
+            await asyncio.gather(recovery, running, return_exceptions=True)
