@@ -145,9 +145,12 @@ def create_app(
     settings: Settings | None = None,
     *,
     early: EarlyStart | None = None,
+    alone: bool = False,
     span_exporter: SpanExporter | None = None,
 ) -> Starlette:
     """The application; ``early``: the embedded server, already starting, for the lifespan;
+    ``alone``: no other server can be using the database (serve holding the embedded
+    database's data-dir lock), so answers a crash left running are interrupted at once;
     ``span_exporter``: traces go there (tests pass an in-memory exporter)."""
     settings = settings or Settings()
     state = build_state(settings, span_exporter)
@@ -170,6 +173,7 @@ def create_app(
                         state.metrics,
                         state.tracing,
                     ),
+                    alone=alone,
                 ),
             ):
                 started = True  # serve logs the banner once it listens

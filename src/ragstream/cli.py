@@ -96,7 +96,8 @@ def _serve(settings: Settings, early: EarlyStart | None) -> int:
 
     from ragstream.app import create_app
 
-    app = create_app(settings, early=early)  # validates the configuration first
+    # With the embedded database, serve holds its data-dir lock: no other server uses it.
+    app = create_app(settings, early=early, alone=settings.database_url is None)
     state: AppState = app.state.ragstream
     config = uvicorn.Config(
         _config_errors_without_traceback(app, state),

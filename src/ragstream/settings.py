@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     chat_coalesce_window_ms: int = 30
     chat_flush_interval_ms: int = 500
     chat_shutdown_grace_seconds: float = 5.0
+    # Each server process holds a lease on the answers it generates and renews it every third
+    # of this; answers of a process killed without a shutdown become INTERRUPTED at most this
+    # plus a third of it after its last renewal (domain/chat/ownership.py).
+    chat_lease_seconds: float = 15.0
     extractive_word_delay_ms: int = 15
 
     @model_validator(mode="after")

@@ -71,9 +71,11 @@ async def store_exchange(
     conversation_id: uuid.UUID,
     content: str,
     model: str,
+    generator_id: uuid.UUID,
 ) -> service.NewExchange:
-    """Stores the viewer's question and the empty answer ``answer_id`` (STREAMING), in one
-    transaction, if the viewer's limits allow it (RATE_LIMITED otherwise)."""
+    """Stores the viewer's question and the empty answer ``answer_id`` (STREAMING, generated
+    by the process ``generator_id``), in one transaction, if the viewer's limits allow it
+    (RATE_LIMITED otherwise)."""
     async with sessionmaker.begin() as session:
         return await service.start_exchange(
             session,
@@ -84,4 +86,5 @@ async def store_exchange(
             limits=chat_limits(settings),
             max_chars=settings.chat_max_message_chars,
             model=model,
+            generator_id=generator_id,
         )

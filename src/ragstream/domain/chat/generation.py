@@ -6,7 +6,7 @@ Lifecycle of an answer (a `messages` row with role ASSISTANT):
             --cancelGeneration-----------------> CANCELLED   (partial text kept)
             --provider error/stall/timeout-----> FAILED      (partial text kept, a code)
             --shutdown past the grace period---> INTERRUPTED (partial text kept)
-            --crash, then the next start-up----> INTERRUPTED (text up to the last flush)
+            --crash, then its lease expires----> INTERRUPTED (text up to the last flush)
 
 The parts, each in its own module:
 
@@ -15,11 +15,13 @@ The parts, each in its own module:
 - answer.py      the provider call, its deltas, and how the answer ends
 - flusher.py     writes the text of running answers at a fixed interval
 - streams.py     the in-memory text of each answer, which followers read from any offset
+- ownership.py   this process's lease on its answers; interrupting those of expired leases
 
 This module ties them together: one task per answer, from admission to its stored end, and
-the commands and reads the API calls (submit, cancel, stop, watch). The server runs as one
-process per database (README, scaling out), so every answer still STREAMING in the database
-is either running here or was left by a crash.
+the commands and reads the API calls (submit, cancel, stop, watch). Several server processes
+may share the database: an answer still STREAMING in it is running here, in another process
+whose lease holds, or was left by a process that died (and is interrupted once its lease
+expires).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ragstream.db.models.users import User
-from ragstream.db.repositories.chat import MessageRepository
 from ragstream.domain.chat import service
 from ragstream.domain.chat.admission import ServerSlots, store_exchange
 from ragstream.domain.chat.answer import Answer, Collaborators
@@ -46,6 +47,7 @@ from ragstream.domain.chat.endings import (
     ending_code,
 )
 from ragstream.domain.chat.flusher import Flusher
+from ragstream.domain.chat.ownership import Ownership
 from ragstream.domain.chat.preparation import Retriever
 from ragstream.domain.chat.streams import (
     EndItem,
@@ -71,6 +73,7 @@ class GenerationManager:
     _tools: Collaborators | None = None
     # Every answer from its admission until its end is stored, by id.
     _answers: dict[uuid.UUID, Answer] = field(default_factory=dict)
+    _ownership: Ownership | None = None
 
     def __post_init__(self) -> None:
         self.slots = ServerSlots(self.settings.active_generation_cap)
@@ -90,17 +93,23 @@ class GenerationManager:
 
     @contextlib.asynccontextmanager
     async def running(
-        self, sessionmaker: async_sessionmaker[AsyncSession], retriever: Retriever
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        retriever: Retriever,
+        *,
+        alone: bool = False,
     ) -> AsyncIterator[None]:
-        """Recovery at start-up, then generation until shutdown (the app lifespan)."""
-        async with sessionmaker.begin() as session:
-            interrupted = await MessageRepository(session).interrupt_streaming()
-        if interrupted:
-            logger.warning("marked %d unfinished answers as INTERRUPTED", interrupted)
+        """Generation until shutdown (the app lifespan), under this process's lease.
+
+        ``alone``: no other server can be using the database (see ownership.py).
+        """
+        self._ownership = Ownership(
+            sessionmaker, self.settings.chat_lease_seconds, self._interrupted_elsewhere
+        )
         flusher = Flusher(sessionmaker, self.settings.chat_flush_interval_ms / 1000)
         self._tools = Collaborators(sessionmaker, self.settings, self.provider, retriever, flusher)
         try:
-            async with flusher.running():
+            async with self._ownership.running(alone=alone), flusher.running():
                 self.slots.accepting = True
                 try:
                     yield
@@ -108,6 +117,15 @@ class GenerationManager:
                     await self._shutdown()
         finally:
             await self.provider.aclose()
+
+    @property
+    def ownership(self) -> Ownership:
+        if self._ownership is None:
+            raise RuntimeError("chat is not started")
+        return self._ownership
+
+    async def _interrupted_elsewhere(self, message_ids: Sequence[uuid.UUID]) -> None:
+        """Answers of a stopped process were just marked INTERRUPTED."""
 
     async def _shutdown(self) -> None:
         """Lets running answers finish within the grace period, then interrupts the rest."""
@@ -170,6 +188,7 @@ class GenerationManager:
                     conversation_id=conversation_id,
                     content=content,
                     model=self.provider.model,
+                    generator_id=self.ownership.process_id,
                 )
             except Exception as exc:  # a refusal (limits, validation) or a fault: the sender's
                 stored.set_exception(exc)
@@ -214,10 +233,13 @@ class GenerationManager:
         async with self.tools.sessionmaker() as session:
             return await service.get_message(session, viewer, message_id)
 
-    async def stop(self, message_ids: Sequence[uuid.UUID], reason: str) -> None:
-        """Stops the given answers if they run, and waits until their ends are stored."""
+    async def stop(
+        self, answers: Sequence[tuple[uuid.UUID, uuid.UUID | None]], reason: str
+    ) -> None:
+        """Stops the given answers (each with the process generating it) if they run here,
+        and waits until their ends are stored."""
         tasks = []
-        for message_id in message_ids:
+        for message_id, _generator in answers:
             answer = self._answers.get(message_id)
             if answer is not None and answer.task is not None:
                 answer.stop(reason)
