@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from ragstream.backend import connect
+from ragstream.backend import connect, shared_events
 from ragstream.db.embedded import EarlyStart
 from ragstream.documents_worker import ingestion_worker
 from ragstream.domain.chat.generation import GenerationManager
@@ -163,6 +163,7 @@ def create_app(
         try:
             async with (
                 connect(state, early=early),
+                shared_events(state),
                 ingestion_worker(state),
                 state.chat.running(
                     state.sessionmaker,
@@ -173,6 +174,7 @@ def create_app(
                         state.metrics,
                         state.tracing,
                     ),
+                    broker=state.broker,
                     alone=alone,
                 ),
             ):
