@@ -72,14 +72,20 @@ def build_state(settings: Settings, span_exporter: SpanExporter | None = None) -
         max_operation_names=settings.metrics_max_operation_names,
     )
     tracing = build_tracing(settings, span_exporter)
-    limiter = SlidingWindowLimiter(settings.login_attempts_per_minute)
-    client_limiter = SlidingWindowLimiter(settings.login_attempts_per_minute_per_client)
+    # Counted in the database: every server process shares them.
+    limiter = SlidingWindowLimiter("login-email", settings.login_attempts_per_minute)
+    client_limiter = SlidingWindowLimiter(
+        "login-client", settings.login_attempts_per_minute_per_client
+    )
     too_many_accounts = "too many accounts created; try again later"
     register_limiter = SlidingWindowLimiter(
-        settings.registrations_per_hour, window=3600, message=too_many_accounts
+        "register", settings.registrations_per_hour, window=3600, message=too_many_accounts
     )
     register_client_limiter = SlidingWindowLimiter(
-        settings.registrations_per_hour_per_client, window=3600, message=too_many_accounts
+        "register-client",
+        settings.registrations_per_hour_per_client,
+        window=3600,
+        message=too_many_accounts,
     )
     return AppState(
         settings=settings,

@@ -12,6 +12,6 @@ from ragstream.db.models.chat import (  # noqa: F401
 )
 from ragstream.db.models.documents import Chunk, Document, DocumentContent  # noqa: F401
 from ragstream.db.models.evaluations import Evaluation  # noqa: F401
-from ragstream.db.models.users import RefreshToken, User
+from ragstream.db.models.users import RefreshToken, SignInAttempt, User
 
-__all__ = ["RefreshToken", "User"]
+__all__ = ["RefreshToken", "SignInAttempt", "User"]
