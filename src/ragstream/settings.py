@@ -239,9 +239,8 @@ def check_serving(settings: Settings) -> bytes:
     if settings.redis_url:
         # Refused rather than ignored: replicas without shared fan-out would silently lose events.
         raise ConfigurationError(
-            "RAGSTREAM_REDIS_URL is set, but this version fans out streams and events in-process "
-            "only; unset it and run a single server (add `ragstream worker` processes to scale "
-            "ingestion)"
+            "RAGSTREAM_REDIS_URL is set, but this version has no Redis fan-out: server processes "
+            "on one database reach each other through PostgreSQL LISTEN/NOTIFY; unset it"
         )
     from ragstream.domain.llm.openai_client import check_openai_key
 
