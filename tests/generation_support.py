@@ -4,6 +4,7 @@ documents written directly, and the collaborators an answer works with."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class ChatDatabase:
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     embedder: Embedder
+    # The server process the exchanges name as their generator (none holds a lease).
+    process_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
 
     async def user(self, name: str = "asker") -> User:
         async with self.sessionmaker.begin() as session:
@@ -95,6 +98,7 @@ class ChatDatabase:
             conversation_id=conversation_id,
             content=content,
             model_for=lambda model: model,
+            generator_id=self.process_id,
         )
 
     async def message(self, message_id: uuid.UUID) -> Message | None:

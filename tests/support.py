@@ -79,6 +79,7 @@ class LiveServer:
         self.server: uvicorn.Server | None = None
         self.task: asyncio.Task[None] | None = None
         self.port = 0
+        self.remote = False  # in another process: never served from here
         self._lifespan: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -120,9 +121,17 @@ class LiveServer:
             started.set()
             await stopping.wait()
 
+    @classmethod
+    def elsewhere(cls, port: int) -> LiveServer:
+        """A server running in another process (`ragstream serve`), reached at ``port``."""
+        server = cls(Starlette())
+        server.port = port
+        server.remote = True
+        return server
+
     async def listen(self) -> None:
         """Serve the running app on a loopback port too (for websockets)."""
-        if self.server is None:
+        if self.server is None and not self.remote:
             await self._serve(lifespan="off")
 
     async def _serve(self, *, lifespan: Literal["on", "off"]) -> None:

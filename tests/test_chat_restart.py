@@ -116,7 +116,9 @@ async def test_a_crash_mid_answer_leaves_it_interrupted_with_the_text_flushed_so
     process = await asyncio.create_subprocess_exec(
         *SERVE,
         str(port),
-        env=serve_environment(database_url, tmp_path / "crashing", chat_stub),
+        env=serve_environment(
+            database_url, tmp_path / "crashing", chat_stub, RAGSTREAM_CHAT_LEASE_SECONDS="1"
+        ),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -139,7 +141,9 @@ async def test_a_crash_mid_answer_leaves_it_interrupted_with_the_text_flushed_so
     left = await _row(database_url, answer["id"])
     assert left["status"] == "STREAMING"  # nothing ran after the kill
 
-    async with chat_server(database_url, tmp_path, chat_stub) as server:
+    # The next server interrupts it once the killed one's lease has expired.
+    async with chat_server(database_url, tmp_path, chat_stub, chat_lease_seconds=1) as server:
+        await eventually(lambda: _interrupted(server, answer["id"]))
         stored = await stored_message(server, answer["id"])
         assert stored["status"] == "INTERRUPTED"
         assert stored["content"] == left["content"]
@@ -250,6 +254,11 @@ async def _row(database_url: str, message_id: str) -> dict[str, str]:
         await conn.close()
     assert row is not None
     return {"status": row["status"], "content": row["content"]}
+
+
+async def _interrupted(server: LiveServer, message_id: str) -> bool:
+    status: str = (await stored_message(server, message_id))["status"]
+    return status == "INTERRUPTED"
 
 
 async def _stored_some(database_url: str, message_id: str) -> bool:

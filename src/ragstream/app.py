@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from ragstream.backend import connect
+from ragstream.backend import connect, shared_events
 from ragstream.db.embedded import EarlyStart
 from ragstream.documents_worker import ingestion_worker
 from ragstream.domain.chat.generation import GenerationManager
@@ -73,14 +73,20 @@ def build_state(settings: Settings, span_exporter: SpanExporter | None = None) -
         max_operation_names=settings.metrics_max_operation_names,
     )
     tracing = build_tracing(settings, span_exporter)
-    limiter = SlidingWindowLimiter(settings.login_attempts_per_minute)
-    client_limiter = SlidingWindowLimiter(settings.login_attempts_per_minute_per_client)
+    # Counted in the database: every server process shares them.
+    limiter = SlidingWindowLimiter("login-email", settings.login_attempts_per_minute)
+    client_limiter = SlidingWindowLimiter(
+        "login-client", settings.login_attempts_per_minute_per_client
+    )
     too_many_accounts = "too many accounts created; try again later"
     register_limiter = SlidingWindowLimiter(
-        settings.registrations_per_hour, window=3600, message=too_many_accounts
+        "register", settings.registrations_per_hour, window=3600, message=too_many_accounts
     )
     register_client_limiter = SlidingWindowLimiter(
-        settings.registrations_per_hour_per_client, window=3600, message=too_many_accounts
+        "register-client",
+        settings.registrations_per_hour_per_client,
+        window=3600,
+        message=too_many_accounts,
     )
     return AppState(
         settings=settings,
@@ -147,9 +153,12 @@ def create_app(
     settings: Settings | None = None,
     *,
     early: EarlyStart | None = None,
+    alone: bool = False,
     span_exporter: SpanExporter | None = None,
 ) -> Starlette:
     """The application; ``early``: the embedded server, already starting, for the lifespan;
+    ``alone``: no other server can be using the database (serve holding the embedded
+    database's data-dir lock), so answers a crash left running are interrupted at once;
     ``span_exporter``: traces go there (tests pass an in-memory exporter)."""
     settings = settings or Settings()
     state = build_state(settings, span_exporter)
@@ -162,6 +171,7 @@ def create_app(
         try:
             async with (
                 connect(state, early=early),
+                shared_events(state),
                 ingestion_worker(state),
                 state.chat.running(
                     state.sessionmaker,
@@ -172,6 +182,8 @@ def create_app(
                         state.metrics,
                         state.tracing,
                     ),
+                    broker=state.broker,
+                    alone=alone,
                 ),
             ):
                 started = True  # serve logs the banner once it listens

@@ -42,7 +42,8 @@ class Backend:
     embedder_: Embedder | None = None
     # Worker processes for CPU-heavy work (parsing, chunking, offline embedding).
     work_: WorkPool | None = None
-    # In-process pub/sub (document events, chat streams); a Redis broker can take its place.
+    # Pub/sub (document events, chat requests between processes): in-process until
+    # `shared_events` puts PostgreSQL LISTEN/NOTIFY in its place (the server does).
     broker: EventBroker = field(default_factory=InMemoryBroker)
     # Prometheus metrics, or a recorder that records nothing when they are off.
     metrics: Metrics = field(default_factory=Metrics)
@@ -132,3 +133,22 @@ async def connect(
         await backend.engine.dispose()
         if backend.embedded is not None:
             await asyncio.to_thread(backend.embedded.stop)
+
+
+@contextlib.asynccontextmanager
+async def shared_events(backend: Backend) -> AsyncIterator[None]:
+    """Events reach every process on the database (LISTEN/NOTIFY) for the block's duration."""
+    from ragstream.db.notify import PgBroker, asyncpg_dsn
+
+    if backend.database_url is None:
+        raise RuntimeError("the database is not connected yet")
+    broker = PgBroker(
+        asyncpg_dsn(backend.database_url), connect_timeout=backend.settings.db_pool_timeout
+    )
+    await broker.start()
+    previous, backend.broker = backend.broker, broker
+    try:
+        yield
+    finally:
+        backend.broker = previous
+        await broker.close()

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ragstream.documents_cli import add_commands as add_knowledge_commands
 from ragstream.persisted_cli import add_command as add_persisted_command
@@ -62,10 +62,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The embedded server starts while the application's modules are imported.
         early = EarlyStart(settings.data_dir) if settings.database_url is None else None
         try:
+            if args.workers > 1:
+                from ragstream.workers import serve_workers
+
+                return serve_workers(settings, early, args.workers)
             return _serve(settings, early)
         finally:
             if early is not None:
                 early.close()
+
+
+def _workers(value: str) -> int:
+    from ragstream.workers import worker_count
+
+    try:
+        return worker_count(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of workers (a positive number, or auto)"
+        ) from None
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -96,20 +111,11 @@ def _serve(settings: Settings, early: EarlyStart | None) -> int:
 
     from ragstream.app import create_app
 
-    app = create_app(settings, early=early)  # validates the configuration first
+    # With the embedded database, serve holds its data-dir lock: no other server uses it.
+    app = create_app(settings, early=early, alone=settings.database_url is None)
     state: AppState = app.state.ragstream
     config = uvicorn.Config(
-        _config_errors_without_traceback(app, state),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        # Logging is configured in cmd_serve (JSON or text); each request gets ragstream's line.
-        log_config=None,
-        access_log=not settings.log_requests,
-        proxy_headers=False,
-        lifespan="on",
-        # Larger frames are refused while read (1009); the app checks the same limit.
-        ws_max_size=settings.ws_message_limit,
+        _config_errors_without_traceback(app, state), **server_options(settings)
     )
     # uvicorn's own start-up lines repeat what the banner says; its errors still show.
     uvicorn_log = logging.getLogger("uvicorn.error")  # as the config above set it
@@ -136,6 +142,22 @@ def _serve(settings: Settings, early: EarlyStart | None) -> int:
     # A failed start-up exits inside run() (SystemExit 3) and a crash raises; a server that
     # started and got here has shut down cleanly, whether a signal asked it to or not.
     return 0 if server.started else STARTUP_FAILURE
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's configuration of a ragstream server, one process or several."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        # Logging is configured in cmd_serve (JSON or text); each request gets ragstream's line.
+        "log_config": None,
+        "access_log": not settings.log_requests,
+        "proxy_headers": False,
+        "lifespan": "on",
+        # Larger frames are refused while read (1009); the app checks the same limit.
+        "ws_max_size": settings.ws_message_limit,
+    }
 
 
 def startup_banner(state: AppState, server: uvicorn.Server) -> str:
@@ -288,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="migrate the database, then serve GraphQL")
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="server processes on the port: a number, or auto (one per core); default 1",
+    )
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)

@@ -1,8 +1,8 @@
 """Publish/subscribe of small JSON-shaped events between the parts of ragstream.
 
 Topics are plain strings (``document:<id>``, ``message:<id>``...). The in-memory broker serves one
-process; a Redis-backed broker can replace it behind the same interface when several replicas
-must see each other's events (payloads are JSON-compatible dicts for that reason).
+process; `db/notify.py: PgBroker` (PostgreSQL LISTEN/NOTIFY) serves every process on one
+database behind the same interface (payloads are JSON-compatible dicts for that reason).
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ class InMemoryBroker:
         self._max_pending = max_pending
 
     async def publish(self, topic: str, payload: Payload) -> None:
+        self.deliver(topic, payload)
+
+    def deliver(self, topic: str, payload: Payload) -> None:
+        """Publishes with no await: subscribers see events in the order they are delivered."""
         for stream in list(self._streams.get(topic, ())):
             stream._deliver(payload)
 

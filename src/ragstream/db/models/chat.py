@@ -83,6 +83,27 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
     # Set with FAILED / INTERRUPTED: a stable code, never provider text.
     error_code: Mapped[FailureCode | None] = mapped_column(StrEnumType(FailureCode, 64))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The server process generating the answer (`server_processes.id`); no foreign key, as the
+    # process's row goes when its lease has expired and its answers were interrupted.
+    generator_id: Mapped[uuid.UUID | None] = mapped_column()
+
+
+class ServerProcess(Base):
+    """A running `ragstream serve` process and the lease it renews while it lives.
+
+    Its running answers (`Message.generator_id`) are its own until the lease expires; then any
+    other process interrupts them (`ProcessRepository.interrupt_orphans`).
+    """
+
+    __tablename__ = "server_processes"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    lease_expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 class MessageSource(UUIDPrimaryKey, Base):

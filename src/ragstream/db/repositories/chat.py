@@ -237,21 +237,6 @@ class MessageRepository(ReadableRepository[Message]):
         )
         return result.one_or_none()
 
-    async def interrupt_streaming(self) -> int:
-        """Mark every running answer INTERRUPTED, text kept (at start-up)."""
-        stmt = (
-            update(Message)
-            .where(Message.status == MessageStatus.STREAMING)
-            .values(
-                status=MessageStatus.INTERRUPTED,
-                error_code=FailureCode.INTERRUPTED,
-                completed_at=func.now(),
-                updated_at=func.now(),
-            )
-        )
-        result = await self.session.execute(stmt.returning(Message.id))
-        return len(result.all())
-
     async def lock_owner(self, owner_id: uuid.UUID) -> None:
         """Serialise one user's sends until the transaction ends, so limits are exact."""
         await self.session.execute(
@@ -279,14 +264,17 @@ class MessageRepository(ReadableRepository[Message]):
         )
         return {row.id: row for row in rows}
 
-    async def streaming_in_conversation(self, conversation_id: uuid.UUID) -> list[uuid.UUID]:
-        rows = await self.session.scalars(
-            select(Message.id).where(
+    async def streaming_in_conversation(
+        self, conversation_id: uuid.UUID
+    ) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+        """The conversation's running answers, each with the process generating it."""
+        rows = await self.session.execute(
+            select(Message.id, Message.generator_id).where(
                 Message.conversation_id == conversation_id,
                 Message.status == MessageStatus.STREAMING,
             )
         )
-        return list(rows)
+        return [(row.id, row.generator_id) for row in rows]
 
 
 @dataclass(frozen=True)

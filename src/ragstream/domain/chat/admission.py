@@ -80,9 +80,11 @@ async def store_exchange(
     conversation_id: uuid.UUID,
     content: str,
     model_for: Callable[[str], str],
+    generator_id: uuid.UUID,
 ) -> service.NewExchange:
-    """Stores the viewer's question and the empty answer ``answer_id`` (STREAMING), in one
-    transaction, if the viewer's chat feature is on and its limits allow it.
+    """Stores the viewer's question and the empty answer ``answer_id`` (STREAMING, generated
+    by the process ``generator_id``), in one transaction, if the viewer's chat feature is on
+    and its limits allow it.
 
     The feature gives the limits, the model (``model_for`` maps it to the model that will
     answer) and the answer's token budget.
@@ -104,4 +106,5 @@ async def store_exchange(
             ),
             model=model_for(policy.model),
             max_answer_tokens=policy.max_answer_tokens,
+            generator_id=generator_id,
         )

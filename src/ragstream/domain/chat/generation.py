@@ -6,7 +6,7 @@ Lifecycle of an answer (a `messages` row with role ASSISTANT):
             --cancelGeneration-----------------> CANCELLED   (partial text kept)
             --provider error/stall/timeout-----> FAILED      (partial text kept, a code)
             --shutdown past the grace period---> INTERRUPTED (partial text kept)
-            --crash, then the next start-up----> INTERRUPTED (text up to the last flush)
+            --crash, then its lease expires----> INTERRUPTED (text up to the last flush)
 
 The parts, each in its own module:
 
@@ -15,11 +15,13 @@ The parts, each in its own module:
 - answer.py      the provider call, its deltas, and how the answer ends
 - flusher.py     writes the text of running answers at a fixed interval
 - streams.py     the in-memory text of each answer, which followers read from any offset
+- ownership.py   this process's lease on its answers; interrupting those of expired leases
 
 This module ties them together: one task per answer, from admission to its stored end, and
-the commands and reads the API calls (submit, cancel, stop, watch). The server runs as one
-process per database (README, scaling out), so every answer still STREAMING in the database
-is either running here or was left by a crash.
+the commands and reads the API calls (submit, cancel, stop, watch). Several server processes
+may share the database: an answer still STREAMING in it is running here, in another process
+whose lease holds, or was left by a process that died (and is interrupted once its lease
+expires).
 """
 
 from __future__ import annotations
@@ -34,19 +36,19 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ragstream.db.models.users import User
-from ragstream.db.repositories.chat import MessageRepository
 from ragstream.domain.chat import service
 from ragstream.domain.chat.admission import ServerSlots, store_exchange
 from ragstream.domain.chat.answer import Answer, Collaborators
 from ragstream.domain.chat.endings import (
     CANCELLED,
-    CONVERSATION_DELETED,
     INTERRUPTED,
     STREAMING,
     ending_code,
 )
 from ragstream.domain.chat.flusher import Flusher
+from ragstream.domain.chat.ownership import Ownership
 from ragstream.domain.chat.preparation import Retriever
+from ragstream.domain.chat.remote import Relay, RemoteAnswers, message_topic, process_topic
 from ragstream.domain.chat.streams import (
     EndItem,
     MemoryStreamHub,
@@ -56,6 +58,7 @@ from ragstream.domain.chat.streams import (
 )
 from ragstream.domain.chat.views import Ending, MessageView
 from ragstream.domain.errors import DomainError, InvalidInput
+from ragstream.domain.events import EventBroker, InMemoryBroker
 from ragstream.domain.flags.features import AccountFlags
 from ragstream.domain.llm.chat import ChatProvider
 from ragstream.domain.text import estimate_tokens
@@ -72,6 +75,9 @@ class GenerationManager:
     _tools: Collaborators | None = None
     # Every answer from its admission until its end is stored, by id.
     _answers: dict[uuid.UUID, Answer] = field(default_factory=dict)
+    _ownership: Ownership | None = None
+    _remote: RemoteAnswers | None = None
+    _broker: EventBroker = field(default_factory=InMemoryBroker)
 
     def __post_init__(self) -> None:
         self.slots = ServerSlots(self.settings.active_generation_cap)
@@ -91,24 +97,64 @@ class GenerationManager:
 
     @contextlib.asynccontextmanager
     async def running(
-        self, sessionmaker: async_sessionmaker[AsyncSession], retriever: Retriever
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        retriever: Retriever,
+        *,
+        broker: EventBroker | None = None,
+        alone: bool = False,
     ) -> AsyncIterator[None]:
-        """Recovery at start-up, then generation until shutdown (the app lifespan)."""
-        async with sessionmaker.begin() as session:
-            interrupted = await MessageRepository(session).interrupt_streaming()
-        if interrupted:
-            logger.warning("marked %d unfinished answers as INTERRUPTED", interrupted)
+        """Generation until shutdown (the app lifespan), under this process's lease.
+
+        ``broker``: reaches the other server processes on the database (remote.py); alone
+        when omitted. ``alone``: no other server can be using the database (ownership.py).
+        """
+        self._broker = broker if broker is not None else InMemoryBroker()
+        ownership = self._ownership = Ownership(
+            sessionmaker, self.settings.chat_lease_seconds, self._interrupted_elsewhere
+        )
+        window = self.settings.chat_coalesce_window_ms / 1000
+        relay = Relay(self._broker, self._answers, window)
+        self._remote = RemoteAnswers(
+            self._broker, sessionmaker, ownership, self.settings.chat_follow_poll_seconds
+        )
         flusher = Flusher(sessionmaker, self.settings.chat_flush_interval_ms / 1000)
         self._tools = Collaborators(sessionmaker, self.settings, self.provider, retriever, flusher)
         try:
-            async with flusher.running():
+            async with (
+                self._broker.subscribe(process_topic(ownership.process_id)) as requests,
+                ownership.running(alone=alone),
+                flusher.running(),
+            ):
+                relaying = asyncio.create_task(relay.serve(requests), name="chat-relay")
                 self.slots.accepting = True
                 try:
                     yield
                 finally:
                     await self._shutdown()
+                    relaying.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await relaying
+                    await relay.close()
         finally:
             await self.provider.aclose()
+
+    @property
+    def ownership(self) -> Ownership:
+        if self._ownership is None:
+            raise RuntimeError("chat is not started")
+        return self._ownership
+
+    @property
+    def remote(self) -> RemoteAnswers:
+        if self._remote is None:
+            raise RuntimeError("chat is not started")
+        return self._remote
+
+    async def _interrupted_elsewhere(self, message_ids: Sequence[uuid.UUID]) -> None:
+        """Answers of a stopped process were just marked INTERRUPTED: their followers end."""
+        for message_id in message_ids:
+            await self._broker.publish(message_topic(message_id), {"kind": "end"})
 
     async def _shutdown(self) -> None:
         """Lets running answers finish within the grace period, then interrupts the rest."""
@@ -173,6 +219,7 @@ class GenerationManager:
                     conversation_id=conversation_id,
                     content=content,
                     model_for=self.provider.model_for,
+                    generator_id=self.ownership.process_id,
                 )
             except Exception as exc:  # a refusal (limits, validation) or a fault: the sender's
                 stored.set_exception(exc)
@@ -193,38 +240,51 @@ class GenerationManager:
         """
         async with self.tools.sessionmaker() as session:
             row = await service.get_own_message(session, viewer, message_id)  # NOT_FOUND
-            status, content = row.status, row.content
+            status = row.status
         answer = self._answers.get(message_id)
         if answer is not None:
             answer.stop(CANCELLED)
             if answer.task is not None:
                 await asyncio.wait([answer.task])
         elif status == STREAMING:
-            # Nothing runs it: its end could not be stored. Stored now, as asked.
-            async with self.tools.sessionmaker.begin() as session:
-                await service.finish_answer(
-                    session,
-                    message_id,
-                    owner_id=row.owner_id,
-                    started_at=row.created_at,
-                    status=CANCELLED,
-                    content=content,
-                    model=row.model,
-                    prompt_tokens=None,
-                    completion_tokens=estimate_tokens(content),
-                    error_code=None,
-                )
+            # Another process generates it; one whose lease expired stores nothing any more.
+            await self.remote.cancel(message_id, self._store_cancelled)
         async with self.tools.sessionmaker() as session:
             return await service.get_message(session, viewer, message_id)
 
-    async def stop(self, message_ids: Sequence[uuid.UUID], reason: str) -> None:
-        """Stops the given answers if they run, and waits until their ends are stored."""
+    async def _store_cancelled(self, answer: MessageView) -> None:
+        """Stores the end of an answer nothing generates any more, as CANCELLED."""
+        content = answer.content
+        async with self.tools.sessionmaker.begin() as session:
+            await service.finish_answer(
+                session,
+                answer.id,
+                owner_id=answer.owner_id,
+                started_at=answer.created_at,
+                status=CANCELLED,
+                content=content,
+                model=answer.model,
+                prompt_tokens=None,
+                completion_tokens=estimate_tokens(content),
+                error_code=None,
+            )
+
+    async def stop(
+        self, answers: Sequence[tuple[uuid.UUID, uuid.UUID | None]], reason: str
+    ) -> None:
+        """Stops the given answers (each with the process generating it) if they run here,
+        and waits until their ends are stored."""
         tasks = []
-        for message_id in message_ids:
+        for message_id, generator in answers:
             answer = self._answers.get(message_id)
             if answer is not None and answer.task is not None:
                 answer.stop(reason)
                 tasks.append(answer.task)
+            elif generator is not None:
+                await self._broker.publish(
+                    process_topic(generator),
+                    {"op": "stop", "id": str(message_id), "reason": reason},
+                )
         if tasks:
             await asyncio.wait(tasks)
 
@@ -260,18 +320,15 @@ class GenerationManager:
                 async for item in live:
                     yield item
             return
-        view: MessageView | None = stored
         if stored.status == STREAMING:
-            # It ended between the read and now: read its end.
-            async with self.tools.sessionmaker() as session:
-                view = await service.load_message(session, stored.id)
-        if view is None:  # deleted meanwhile
-            yield EndItem(Ending(stored, CONVERSATION_DELETED))
+            # Running in another process, or it ended between the read and now.
+            async for item in self.remote.follow(stored, from_offset):
+                yield item
             return
-        yield SourcesItem(view.sources)
-        if len(view.content) > from_offset:
-            yield TextItem(from_offset, view.content[from_offset:])
-        yield EndItem(Ending(view, ending_code(view)))
+        yield SourcesItem(stored.sources)
+        if len(stored.content) > from_offset:
+            yield TextItem(from_offset, stored.content[from_offset:])
+        yield EndItem(Ending(stored, ending_code(stored)))
 
 
 def _unclaimed(stored: asyncio.Future[service.NewExchange]) -> None:

@@ -98,8 +98,9 @@ async def list_conversations(
 
 async def delete_conversation(
     session: AsyncSession, viewer: User, conversation_id: uuid.UUID
-) -> list[uuid.UUID]:
-    """Deletes an own conversation; returns its answers that were still being generated."""
+) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+    """Deletes an own conversation; returns its answers that were still being generated, each
+    with the server process generating it."""
     conversation = await ConversationRepository(session).get_owned(viewer, conversation_id)
     if conversation is None:
         raise not_found("conversation")
@@ -202,6 +203,7 @@ async def start_exchange(
     limits: ChatLimits,
     model: str,
     max_answer_tokens: int,
+    generator_id: uuid.UUID | None = None,
 ) -> NewExchange:
     """Stores the viewer's question ``text`` (normalized) and an empty answer ``answer_id``,
     after the quota checks.
@@ -231,6 +233,7 @@ async def start_exchange(
             content="",
             status=MessageStatus.STREAMING,
             model=model,
+            generator_id=generator_id,
         )
     )
     await usage.add_exchange(viewer.id, today, model=model)

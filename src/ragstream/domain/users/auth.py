@@ -75,6 +75,21 @@ class AuthService:
         self.register_limiter = register_limiter
         self.register_client_limiter = register_client_limiter
 
+    async def _limit(
+        self, database: Transactions, *checks: tuple[SlidingWindowLimiter | None, str]
+    ) -> None:
+        """Counts the attempt in each limit, in order; raises the first refusal once the
+        attempts counted before it are committed (a refused attempt counts in no later one)."""
+        refused = None
+        async with database.transaction() as session:
+            for limiter, key in checks:
+                if limiter is not None:
+                    refused = await limiter.hit(session, key)
+                    if refused is not None:
+                        break
+        if refused is not None:
+            raise refused
+
     async def register(
         self,
         database: Transactions,
@@ -88,10 +103,11 @@ class AuthService:
         display_name = normalize_display_name(display_name)
         check_password_policy(password)
         # Per address first, so one address cannot use up everyone's budget past its own.
-        if self.register_client_limiter is not None:
-            self.register_client_limiter.hit(f"client:{client}")
-        if self.register_limiter is not None:
-            self.register_limiter.hit("all")
+        await self._limit(
+            database,
+            (self.register_client_limiter, f"client:{client}"),
+            (self.register_limiter, "all"),
+        )
         async with database.transaction() as session:
             if await UserRepository(session).get_by_email(email) is not None:
                 raise Conflict("an account with this email already exists", field="email")
@@ -113,9 +129,12 @@ class AuthService:
         """Same message and comparable time for an unknown email and a wrong password."""
         # The client first: attempts from a client already blocked must not spend the email's
         # budget, or one address could lock the owner out from everywhere else.
-        self.client_limiter.hit(f"client:{client}")
-        # Capped: the limiter keeps a key per email tried, and the key must stay small.
-        self.login_limiter.hit(f"email:{email.strip().lower()[:320]}")
+        await self._limit(
+            database,
+            (self.client_limiter, f"client:{client}"),
+            # Capped: the limiter keeps a key per email tried, and the key must stay small.
+            (self.login_limiter, f"email:{email.strip().lower()[:320]}"),
+        )
         try:
             # Normalised exactly as at sign-up; an invalid address names no account.
             key: str | None = normalize_email(email)

@@ -1,0 +1,234 @@
+"""Events between server processes on one database: PostgreSQL LISTEN/NOTIFY.
+
+`PgBroker` is the event broker of a server process (`domain/events.py`). Each process keeps one
+dedicated connection (outside the pool): it LISTENs on a topic while a subscriber of that
+process follows it, and sends every published event as a NOTIFY on the topic's channel. An
+event reaches the subscribers of its own process at once, in memory, and those of the other
+processes through the database (each process ignores its own notifications).
+
+Notifications are sent in batches by one task, in the order they were published, so the
+subscribers of a topic see its events in that order. A lost connection is reopened (and its
+topics listened to again) with backoff; events published meanwhile wait in a bounded outbox,
+and a subscriber that must not miss one re-reads the state (the chat followers and
+`documentEvents` do). A NOTIFY payload is at most 8000 bytes: larger events are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from ragstream.domain.events import InMemoryBroker, Payload
+
+logger = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 7_999  # PostgreSQL's limit is 8000, terminator included
+MAX_OUTBOX = 10_000  # events kept while the connection is away; then the oldest are dropped
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The libpq form of a SQLAlchemy ``postgresql+asyncpg://`` URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PgBroker:
+    """Publish/subscribe across the processes of one database (see the module docstring)."""
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 5.0, max_pending: int = 1_000) -> None:
+        self.origin = uuid.uuid4().hex
+        self._dsn = dsn
+        self._timeout = connect_timeout
+        self._local = InMemoryBroker(max_pending)
+        self._listening: dict[str, int] = {}  # topic -> subscribers in this process
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._lock = asyncio.Lock()  # one operation at a time on the connection
+        self._outbox: list[tuple[str, str]] = []
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._chores: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        async with self._lock:
+            await self._live()
+        self._sender = asyncio.create_task(self._send_all(), name="events-notify")
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        for chore in list(self._chores):
+            chore.cancel()
+        await asyncio.gather(*self._chores, return_exceptions=True)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # closing a connection that already broke
+                await self._conn.close(timeout=self._timeout)
+            self._conn = None
+        await self._local.close()
+
+    # --- publishing --------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: Payload) -> None:
+        data = json.dumps({"o": self.origin, "d": payload}, separators=(",", ":"))
+        if len(data.encode()) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"an event on {topic} is larger than a notification can carry")
+        self._local.deliver(topic, payload)
+        self._outbox.append((topic, data))
+        if len(self._outbox) > MAX_OUTBOX:
+            del self._outbox[0]
+        self._wake.set()
+
+    async def _send_all(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._outbox = self._outbox, []
+            try:
+                async with self._lock:
+                    conn = await self._live()
+                    if batch:
+                        # One round trip, one transaction: delivered in this order.
+                        await conn.executemany("SELECT pg_notify($1, $2)", batch)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                logger.warning("could not send events to other processes; retrying", exc_info=True)
+                self._outbox[:0] = batch[-MAX_OUTBOX:]
+                await self._drop_connection()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._wake.set()
+            else:
+                backoff = 0.1
+
+    # --- subscribing -------------------------------------------------------------------------
+
+    def subscribe(self, topic: str) -> _PgStream:
+        return _PgStream(self, topic)
+
+    def subscriber_count(self, topic: str) -> int:
+        return self._local.subscriber_count(topic)
+
+    async def listening(self) -> set[str]:
+        """The channels the database has this process listening to."""
+        async with self._lock:
+            conn = await self._live()
+            return {row[0] for row in await conn.fetch("SELECT pg_listening_channels()")}
+
+    async def _listen(self, topic: str) -> None:
+        count = self._listening.get(topic, 0)
+        self._listening[topic] = count + 1
+        if count:
+            return
+        try:
+            async with self._lock:
+                conn = await self._live()
+                await conn.add_listener(topic, self._received)
+        except BaseException:
+            self._unlisten(topic)
+            raise
+
+    def _unlisten(self, topic: str) -> None:
+        """Synchronous, so a subscriber leaving on cancellation never leaks its count."""
+        count = self._listening.get(topic, 0) - 1
+        if count > 0:
+            self._listening[topic] = count
+            return
+        self._listening.pop(topic, None)
+        chore = asyncio.create_task(self._stop_listening(topic), name="events-unlisten")
+        self._chores.add(chore)
+        chore.add_done_callback(self._chores.discard)
+
+    async def _stop_listening(self, topic: str) -> None:
+        async with self._lock:
+            conn = self._conn
+            if topic in self._listening or conn is None or conn.is_closed():
+                return
+            try:
+                await conn.remove_listener(topic, self._received)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self._drop_connection()  # reopened without the topic
+
+    def _received(
+        self, conn: asyncpg.Connection[Any], pid: int, channel: str, payload: str
+    ) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return  # not one of ragstream's
+        if message.get("o") != self.origin:
+            self._local.deliver(channel, message["d"])
+
+    # --- the connection ----------------------------------------------------------------------
+
+    async def _live(self) -> asyncpg.Connection[Any]:
+        """The connection, reopened (listening to every current topic) if it was lost.
+        Called with the lock held."""
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(
+            self._dsn,
+            timeout=self._timeout,
+            server_settings={"application_name": "ragstream-events"},
+        )
+        try:
+            for topic in self._listening:
+                await conn.add_listener(topic, self._received)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._lost)
+        self._conn = conn
+        return conn
+
+    def _lost(self, conn: asyncpg.Connection[Any]) -> None:
+        if conn is self._conn:
+            logger.warning("lost the event connection to the database; reconnecting")
+            self._conn = None
+            self._wake.set()  # the sender reconnects
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+
+class _PgStream:
+    """One subscription: the topic's events from this process and, through the database,
+    from the others."""
+
+    def __init__(self, broker: PgBroker, topic: str) -> None:
+        self._broker = broker
+        self._topic = topic
+        self._memory = broker._local.subscribe(topic)
+
+    async def __aenter__(self) -> _PgStream:
+        await self._memory.__aenter__()
+        try:
+            await self._broker._listen(self._topic)
+        except BaseException:
+            await self._memory.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._memory.__aexit__(exc_type, exc, tb)
+        self._broker._unlisten(self._topic)
+
+    def __aiter__(self) -> _PgStream:
+        return self
+
+    async def __anext__(self) -> Payload:
+        return await self._memory.__anext__()

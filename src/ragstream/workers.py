@@ -1,0 +1,119 @@
+"""`ragstream serve --workers N`: one supervisor, N server processes on one port.
+
+The supervisor (this process) starts the embedded PostgreSQL once (when no database URL is
+configured), migrates it, interrupts what a crash left running, binds the port, and runs N
+worker processes through uvicorn's multiprocess supervisor. Each worker is a full server on
+the shared socket (the kernel spreads connections between them) with its own pool, lease and
+event connection; they reach each other through the database (LISTEN/NOTIFY). The
+supervisor replaces a worker that dies, restarts them one by one on SIGHUP, and on SIGTERM or
+SIGINT stops them gracefully (each lets its answers finish within the grace period) before it
+stops the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from ragstream.db.embedded import EarlyStart
+    from ragstream.settings import Settings
+
+STARTUP_FAILURE = 3  # uvicorn's exit status for a server that could not start
+logger = logging.getLogger("ragstream")
+
+
+def worker_count(value: str) -> int:
+    """``auto``: one per core this process may run on; else a positive number."""
+    if value == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+    count = int(value)
+    if count < 1:
+        raise ValueError("the number of workers must be at least 1")
+    return count
+
+
+def worker_app() -> Starlette:
+    """The application of one worker process (uvicorn calls it in each of them)."""
+    from ragstream.app import create_app
+    from ragstream.cli import configure_logging as configure_command_logging
+    from ragstream.observability.logs import configure_logging
+    from ragstream.settings import Settings
+
+    settings = Settings()
+    configure_command_logging()  # as `ragstream serve` has it before it configures its own
+    configure_logging(str(settings.log_format), settings.log_level)
+    uvicorn_log = logging.getLogger("uvicorn.error")  # its start-up lines: as serve has them
+    uvicorn_log.setLevel(max(logging.WARNING, uvicorn_log.level))
+    return create_app(settings)
+
+
+def serve_workers(settings: Settings, early: EarlyStart | None, workers: int) -> int:
+    """Serves with ``workers`` processes until SIGTERM or SIGINT; returns the exit status."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from ragstream.cli import server_options
+    from ragstream.db.migrate import upgrade_to_head
+
+    embedded = asyncio.run(early.take()) if early is not None else None
+    try:
+        url = embedded.url() if embedded is not None else settings.database_url
+        assert url is not None
+        upgrade_to_head(url, embedding_dimensions=settings.embedding_dimensions)
+        if embedded is not None:  # serve holds the data-dir lock: no other server runs on it
+            asyncio.run(_interrupt_left_answers(url, settings))
+        # The workers inherit the environment: they join this database and never stop it.
+        os.environ["RAGSTREAM_DATABASE_URL"] = url
+        config = uvicorn.Config(
+            "ragstream.workers:worker_app",
+            factory=True,
+            workers=workers,
+            **server_options(settings),
+            # A worker imports, migrates and connects before it is ready (restarts wait).
+            timeout_worker_healthcheck=60,
+        )
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        uvicorn_log.setLevel(max(logging.WARNING, uvicorn_log.level))
+        sock = config.bind_socket()
+        host, port = sock.getsockname()[:2]
+        supervisor = Multiprocess(config, sockets=[sock])
+        logger.info(
+            "ragstream is serving GraphQL at http://%s:%s/graphql with %d worker processes "
+            "(supervisor pid %d)",
+            host,
+            port,
+            workers,
+            os.getpid(),
+        )
+        supervisor.run()
+        failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+        logger.info("ragstream stopped")
+        return STARTUP_FAILURE if failed else 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _interrupt_left_answers(url: str, settings: Settings) -> None:
+    from ragstream.db.engine import make_engine, make_sessionmaker
+    from ragstream.db.repositories.processes import ProcessRepository
+
+    engine = make_engine(url, settings)
+    try:
+        async with make_sessionmaker(engine).begin() as session:
+            repository = ProcessRepository(session)
+            await repository.forget_all()
+            interrupted = await repository.interrupt_orphans()
+        if interrupted:
+            logger.warning("marked %d unfinished answers as INTERRUPTED", len(interrupted))
+    finally:
+        await engine.dispose()

@@ -1,0 +1,110 @@
+"""Events between processes through PostgreSQL LISTEN/NOTIFY (`db/notify.py: PgBroker`).
+
+Two brokers on one database stand for two server processes: each has its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from ragstream.db.notify import PgBroker, asyncpg_dsn
+from ragstream.domain.events import EventStream, Payload
+from tests.chat_support import WITHIN, eventually
+
+
+@contextlib.asynccontextmanager
+async def two_brokers(database_url: str) -> AsyncIterator[tuple[PgBroker, PgBroker]]:
+    a, b = PgBroker(asyncpg_dsn(database_url)), PgBroker(asyncpg_dsn(database_url))
+    await a.start()
+    await b.start()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _next(events: EventStream) -> Payload:
+    async with asyncio.timeout(WITHIN):
+        return await anext(events)
+
+
+async def test_an_event_reaches_subscribers_in_both_processes_once(database_url: str) -> None:
+    async with (
+        two_brokers(database_url) as (a, b),
+        a.subscribe("document:1") as here,
+        b.subscribe("document:1") as there,
+    ):
+        await a.publish("document:1", {"status": "READY"})
+        await a.publish("document:1", {"status": "DONE"})
+
+        assert await _next(there) == {"status": "READY"}
+        assert await _next(there) == {"status": "DONE"}
+        assert await _next(here) == {"status": "READY"}
+        assert await _next(here) == {"status": "DONE"}
+        # Its own notifications come back to A through the database, and are dropped.
+        await b.publish("document:1", {"status": "LAST"})
+        assert await _next(here) == {"status": "LAST"}
+
+
+async def test_events_arrive_in_the_order_they_were_published(database_url: str) -> None:
+    async with two_brokers(database_url) as (a, b), b.subscribe("message:x") as there:
+        for n in range(500):
+            await a.publish("message:x", {"n": n})
+
+        received = [(await _next(there))["n"] for _ in range(500)]
+
+    assert received == list(range(500))
+
+
+async def test_an_event_too_large_for_a_notification_is_refused(database_url: str) -> None:
+    async with two_brokers(database_url) as (a, b), b.subscribe("t") as there:
+        with pytest.raises(ValueError, match="larger than a notification"):
+            await a.publish("t", {"text": "x" * 8_000})
+        await a.publish("t", {"text": "small"})
+
+        assert await _next(there) == {"text": "small"}  # nothing of the refused one
+
+
+async def test_a_lost_connection_is_reopened_and_its_topics_listened_to_again(
+    database_url: str,
+) -> None:
+    async with two_brokers(database_url) as (a, b), b.subscribe("t") as there:
+        conn = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            # Every event connection of this database goes: both brokers lose theirs.
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'ragstream-events' AND datname = current_database()"
+            )
+        finally:
+            await conn.close()
+
+        async def delivered() -> bool:
+            await a.publish("t", {"ping": True})
+            try:
+                async with asyncio.timeout(0.2):
+                    return await anext(there) == {"ping": True}
+            except TimeoutError:
+                return False
+
+        await eventually(delivered)
+
+
+async def test_a_topic_is_listened_to_only_while_someone_here_follows_it(
+    database_url: str,
+) -> None:
+    async with two_brokers(database_url) as (a, _b):
+        async with a.subscribe("t"), a.subscribe("t"):
+            assert await a.listening() == {"t"}
+        # Unlistened in the background once the last subscriber left.
+        await eventually(lambda: _listens_to_nothing(a))
+
+
+async def _listens_to_nothing(broker: PgBroker) -> bool:
+    return await broker.listening() == set()

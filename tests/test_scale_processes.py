@@ -1,0 +1,200 @@
+"""`ragstream serve` processes on one database are one service (real processes, real kills).
+
+Each test starts its servers as subprocesses on the test's database; the chat provider is the
+stub in this process. RAGSTREAM_CHAT_LEASE_SECONDS is short where a test waits for a lease to
+expire (the wait is bounded, never measured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from tests.chat_stub import ChatScript, ChatStub
+from tests.chat_support import (
+    CANCEL,
+    WITHIN,
+    eventually,
+    joined,
+    kinds,
+    new_conversation,
+    send,
+    stream_all,
+)
+from tests.support import Account, LiveServer
+from tests.test_chat_restart import SERVE, _healthy, _row, free_port, serve_environment
+
+TOKENS = [f"part{i} " for i in range(300)]
+FULL = "".join(TOKENS)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    database_url: str, data_dir: Path, stub: ChatStub, *args: str, **env: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, LiveServer]]:
+    """A `ragstream serve` subprocess, healthy; stopped by SIGTERM at the end if still alive."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *SERVE,
+        str(port),
+        *args,
+        env=serve_environment(database_url, data_dir, stub, **env),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        server = LiveServer.elsewhere(port)
+        await eventually(lambda: _healthy(port), within=120)
+        yield process, server
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(WITHIN):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def two_processes(
+    database_url: str, tmp_path: Path, stub: ChatStub
+) -> AsyncIterator[tuple[LiveServer, LiveServer]]:
+    async with (
+        serving(database_url, tmp_path / "a", stub) as (_, a),
+        serving(database_url, tmp_path / "b", stub) as (_, b),
+    ):
+        yield a, b
+
+
+async def _answering(server: LiveServer, stub: ChatStub) -> tuple[Account, Any]:
+    account = await server.register()
+    conversation_id = await new_conversation(server, account.access_token)
+    answer = await send(server, account.access_token, conversation_id, "Go on")
+    await stub.wait_for_tokens(5)
+    return account, answer
+
+
+async def _leases(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM server_processes WHERE lease_expires_at > now()"
+        )
+    finally:
+        await conn.close()
+    return count
+
+
+async def _status_is(database_url: str, message_id: str, status: str) -> bool:
+    return (await _row(database_url, message_id))["status"] == status
+
+
+async def test_an_answer_streamed_by_one_process_is_resumed_on_another(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    async with two_processes(database_url, tmp_path, chat_stub) as (a, b):
+        account, answer = await _answering(a, chat_stub)
+
+        events = await stream_all(b, account.access_token, answer["id"], from_offset=5)
+
+        assert kinds(events)[0] == "SourcesRetrieved"
+        assert kinds(events)[-1] == "GenerationCompleted"
+        assert joined(events, start=5) == FULL[5:]  # no gap, no duplicate
+        assert kinds(events).count("TokenDelta") > 1  # followed live
+        assert (await _row(database_url, answer["id"]))["content"] == FULL
+
+
+async def test_an_answer_generated_by_one_process_is_cancelled_through_another(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    async with two_processes(database_url, tmp_path, chat_stub) as (a, b):
+        account, answer = await _answering(a, chat_stub)
+
+        result = await b.execute(CANCEL, {"id": answer["id"]}, token=account.access_token)
+
+        cancelled = result.ok()["cancelGeneration"]
+        assert cancelled["status"] == "CANCELLED"
+        assert cancelled["content"]
+        assert FULL.startswith(cancelled["content"])
+        assert await _row(database_url, answer["id"]) == {
+            "status": "CANCELLED",
+            "content": cancelled["content"],
+        }
+        await eventually(lambda: _abandoned(chat_stub))  # A stopped the provider call
+
+
+async def _abandoned(stub: ChatStub) -> bool:
+    return stub.abandoned == 1
+
+
+async def test_a_killed_process_answers_become_interrupted_through_another_once_its_lease_expires(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS * 10, delay=0.03)
+    lease = {"RAGSTREAM_CHAT_LEASE_SECONDS": "2"}
+    async with (
+        serving(database_url, tmp_path / "a", chat_stub, **lease) as (process_a, a),
+        serving(database_url, tmp_path / "b", chat_stub, **lease) as (_, b),
+    ):
+        account, answer = await _answering(a, chat_stub)
+        follower = asyncio.create_task(stream_all(b, account.access_token, answer["id"]))
+        await chat_stub.wait_for_tokens(20)
+
+        process_a.send_signal(signal.SIGKILL)
+        await process_a.wait()
+        assert (await _row(database_url, answer["id"]))["status"] == "STREAMING"
+
+        await eventually(lambda: _status_is(database_url, answer["id"], "INTERRUPTED"))
+        events = await follower
+        stored = await _row(database_url, answer["id"])
+        assert kinds(events)[-1] == "GenerationFailed"
+        assert events[-1]["code"] == "INTERRUPTED"
+        assert joined(events) == stored["content"]  # everything saved, once, in order
+        assert stored["content"]
+        assert (FULL * 10).startswith(stored["content"])
+
+
+async def test_a_process_starting_while_another_generates_interrupts_nothing(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    async with serving(database_url, tmp_path / "a", chat_stub) as (_, a):
+        _, answer = await _answering(a, chat_stub)
+        async with serving(database_url, tmp_path / "b", chat_stub):
+            # B has started (and swept once): A's answer still runs.
+            assert (await _row(database_url, answer["id"]))["status"] == "STREAMING"
+            assert await _leases(database_url) == 2
+        await eventually(lambda: _status_is(database_url, answer["id"], "COMPLETE"))
+        assert (await _row(database_url, answer["id"]))["content"] == FULL
+
+
+async def test_serve_with_two_workers_runs_two_servers_on_one_port_and_stops_gracefully(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS[:50], delay=0.01)
+    async with serving(database_url, tmp_path, chat_stub, "--workers", "2") as (process, server):
+        await eventually(lambda: _two_leases(database_url), within=120)
+        account, answer = await _answering(server, chat_stub)
+        events = await stream_all(server, account.access_token, answer["id"])
+        assert joined(events) == "".join(TOKENS[:50])
+
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WITHIN * 2):
+            code = await process.wait()
+
+    assert code == 0
+    assert await _leases(database_url) == 0  # both workers gave theirs up
+
+
+async def _two_leases(database_url: str) -> bool:
+    return await _leases(database_url) == 2
