@@ -16,6 +16,8 @@ from sqlalchemy import func, select
 
 from ragstream.app import create_app
 from ragstream.db.models.chat import Message, ServerProcess
+from ragstream.domain.chat.enums import MessageStatus
+from ragstream.domain.chat.service import keep_followed_text
 from tests.chat_stub import ChatStub
 from tests.chat_support import new_conversation, openai_settings, send
 from tests.conftest import make_settings
@@ -146,3 +148,36 @@ async def test_answers_name_the_process_generating_them(
                 select(Message.generator_id).where(Message.id == uuid.UUID(answer["id"]))
             )
         assert generator == server.state.chat.ownership.process_id
+
+
+async def _status_and_text(db: ChatDatabase, message_id: uuid.UUID, status: str) -> str:
+    async with db.sessionmaker.begin() as session:
+        answer = await session.get(Message, message_id)
+        assert answer is not None
+        answer.status = MessageStatus(status)
+    async with db.sessionmaker() as session:
+        view = await keep_followed_text(db.sessionmaker, message_id, "saved so far, and more")
+        assert view is not None
+        stored = await session.get(Message, message_id)
+        assert stored is not None
+        assert view.content == stored.content
+        return stored.content
+
+
+async def test_an_interrupted_answer_keeps_the_longer_text_a_follower_received(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        # Text a follower received beyond what the dead process saved is kept...
+        answer_id = await _running_answer(db, "saved so far")
+        assert await _status_and_text(db, answer_id, "INTERRUPTED") == "saved so far, and more"
+
+        # ...only over a saved text it continues, and only for an interrupted answer.
+        other = await _running_answer(db, "something else")
+        assert await _status_and_text(db, other, "INTERRUPTED") == "something else"
+        running = await _running_answer(db, "saved so far")
+        assert await _status_and_text(db, running, "STREAMING") == "saved so far"
+        longer = await _running_answer(db, "saved so far, and more, and then some")
+        assert await _status_and_text(db, longer, "INTERRUPTED") == (
+            "saved so far, and more, and then some"
+        )

@@ -207,6 +207,19 @@ class MessageRepository(ReadableRepository[Message]):
             {"ids": [i for i, _ in contents], "contents": [c for _, c in contents]},
         )
 
+    async def extend_interrupted(self, message_id: uuid.UUID, content: str) -> bool:
+        """Store ``content`` for an interrupted answer whose saved text is a shorter start of it
+        (text a follower received but its dead process never saved); False if it was not."""
+        result = await self.session.execute(
+            text(
+                "UPDATE messages SET content = :content, updated_at = now() "
+                "WHERE id = :id AND status = 'INTERRUPTED' "
+                "AND length(content) < length(:content) AND starts_with(:content, content)"
+            ),
+            {"id": message_id, "content": content},
+        )
+        return bool(getattr(result, "rowcount", 0))
+
     async def finish(
         self,
         message_id: uuid.UUID,

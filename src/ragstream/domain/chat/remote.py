@@ -37,6 +37,7 @@ from ragstream.domain.chat import service
 from ragstream.domain.chat.endings import (
     CANCELLED,
     CONVERSATION_DELETED,
+    INTERRUPTED,
     STREAMING,
     ending_code,
 )
@@ -195,10 +196,14 @@ class RemoteAnswers:
             view = await self._load(message_id)  # after subscribing: nothing falls in between
             offset = from_offset
             sources_sent = False
+            # The whole text sent so far, when known from its start (len(sent) == offset).
+            sent: str | None = None
             if view is not None and view.status == STREAMING:
                 if view.sources or view.content:  # text comes only after the sources
                     sources_sent = True
                     yield SourcesItem(view.sources)
+                if len(view.content) >= offset:
+                    sent = view.content
                 if len(view.content) > offset:
                     yield TextItem(offset, view.content[offset:])
                     offset = len(view.content)
@@ -230,8 +235,18 @@ class RemoteAnswers:
                                 asked_at = offset
                                 await self._ask(message_id, {"op": "follow", "from": offset})
                         elif start + len(text) > offset:
-                            yield TextItem(offset, text[offset - start :])
+                            piece = text[offset - start :]
+                            yield TextItem(offset, piece)
                             offset = start + len(text)
+                            sent = None if sent is None else sent + piece
+        # Its process died after sending text it never saved: kept, as the follower saw it.
+        if (
+            view is not None
+            and view.status == INTERRUPTED
+            and sent is not None
+            and len(sent) > len(view.content)
+        ):
+            view = await service.keep_followed_text(self._sessionmaker, message_id, sent)
         async for item in _ended(stored, view, offset, sources_sent):
             yield item
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ragstream.db.models.chat import Conversation, Message, MessageSource
 from ragstream.db.models.documents import Chunk, Document
@@ -168,6 +168,16 @@ async def load_message(session: AsyncSession, message_id: uuid.UUID) -> MessageV
     """Unfiltered, for the generation task acting for the owner who started it."""
     row = await MessageRepository(session).get(message_id)
     return None if row is None else (await _views(session, [row]))[0]
+
+
+async def keep_followed_text(
+    sessionmaker: async_sessionmaker[AsyncSession], message_id: uuid.UUID, content: str
+) -> MessageView | None:
+    """An interrupted answer with ``content`` kept if a follower received more than was saved
+    (so what was streamed and what is stored agree); the answer as stored."""
+    async with sessionmaker.begin() as session:
+        await MessageRepository(session).extend_interrupted(message_id, content)
+        return await load_message(session, message_id)
 
 
 @dataclass(frozen=True)
