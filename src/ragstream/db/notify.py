@@ -179,7 +179,9 @@ class PgBroker:
             server_settings={"application_name": "ragstream-events"},
         )
         try:
-            for topic in self._listening:
+            # A copy: subscribers come and go while this waits (their own calls then wait for
+            # the lock, and find this connection).
+            for topic in list(self._listening):
                 await conn.add_listener(topic, self._received)
         except BaseException:
             await conn.close()
