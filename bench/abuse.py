@@ -17,6 +17,7 @@ close code). Target: bystander p99 <= 100 ms and no INTERNAL_SERVER_ERROR anywhe
 
     python -m bench.abuse                 # 3 rounds
     python -m bench.abuse --rounds 5
+    python -m bench.abuse --floods logins registrations   # only these floods
 
 Loopback only; every phase is bounded in requests and time.
 """
@@ -56,6 +57,7 @@ DOCUMENT = """query($id: ID!) { document(id: $id) { status error } }"""
 FIFTEEN_MB = 15 * 1024 * 1024
 QUIET_SECONDS = 4.0
 PHASE_LIMIT_SECONDS = 300.0
+FLOODS = ("logins", "registrations", "ws-frames", "upload")
 
 
 @dataclass
@@ -308,10 +310,14 @@ async def run(args: argparse.Namespace) -> None:
         token = await sign_up(url)
         uploader = await sign_up(url)
         floods: dict[str, Callable[[str, Phase], Awaitable[None]]] = {
-            "logins": logins,
-            "registrations": registrations,
-            "ws-frames": ws_frames,
-            "upload": lambda u, p: upload(u, p, uploader),
+            name: flood
+            for name, flood in {
+                "logins": logins,
+                "registrations": registrations,
+                "ws-frames": ws_frames,
+                "upload": lambda u, p: upload(u, p, uploader),
+            }.items()
+            if name in args.floods
         }
         phases = {name: Phase(name) for name in ["quiet", *floods]}
         load_before = os.getloadavg()[0]
@@ -326,6 +332,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--floods", nargs="+", choices=FLOODS, default=list(FLOODS))
     asyncio.run(run(parser.parse_args()))
 
 

@@ -4,6 +4,7 @@ limited per address and overall, and an exhausted pool answers a clean error."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from ragstream.domain.users.passwords import PasswordHasher
 from tests import raw
 from tests.conftest import make_settings
 from tests.support import PASSWORD, LiveServer, Result, running_server
@@ -165,3 +167,28 @@ async def test_sign_ups_are_limited_overall(database_url: str, tmp_path: Path) -
         assert limited.code == "RATE_LIMITED"
         assert "resetAt" in limited.errors[0]["extensions"]
         assert await user_count(server) == 2
+
+
+async def test_a_burst_of_unknown_emails_shares_one_dummy_hash() -> None:
+    """Every unknown email is checked against the same dummy hash, made once for the burst."""
+    hasher = PasswordHasher(time_cost=1, memory_kib=64, parallelism=1, concurrency=2)
+    made: list[str] = []
+    real_hash = hasher.hash
+
+    async def counted_hash(password: str) -> str:
+        made.append(password)
+        return await real_hash(password)
+
+    hasher.hash = counted_hash  # type: ignore[method-assign]
+    try:
+        await asyncio.gather(*(hasher.burn(f"guess number {i}") for i in range(12)))
+        await hasher.burn("a later guess")
+    finally:
+        hasher.close()
+    assert len(made) == 1
+
+
+def test_hashes_leave_a_core_to_serving_by_default() -> None:
+    hasher = PasswordHasher(time_cost=1, memory_kib=64, parallelism=1)
+    assert hasher.concurrency == max(1, (os.cpu_count() or 1) - 1)
+    assert PasswordHasher(time_cost=1, memory_kib=64, parallelism=1, concurrency=3).concurrency == 3

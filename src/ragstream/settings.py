@@ -49,8 +49,10 @@ class Settings(BaseSettings):
     # argon2id cost; the defaults are above the OWASP minimum (19 MiB, t=2, p=1).
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65_536
-    argon2_parallelism: int = 4
-    password_hash_concurrency: int = 4
+    # One lane per hash: a hash then keeps to one core, and the hashes running at once (one
+    # fewer than the cores by default, None) leave a core to the event loop and PostgreSQL.
+    argon2_parallelism: int = 1
+    password_hash_concurrency: int | None = None
     # A sign-in whose hash cannot start within this wait is RATE_LIMITED (SERVER_BUSY).
     password_hash_wait_seconds: float = 2.0
     login_attempts_per_minute: int = 10

@@ -62,17 +62,18 @@ class PasswordHasher:
         time_cost: int,
         memory_kib: int,
         parallelism: int,
-        concurrency: int,
+        concurrency: int | None = None,
         wait_seconds: float = 2.0,
     ) -> None:
         self._argon2 = Argon2Hasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID
         )
-        self.concurrency = max(1, concurrency)
+        # Default: one fewer than the cores, so a flood of sign-ins leaves one to serving.
+        self.concurrency = max(1, concurrency or (os.cpu_count() or 1) - 1)
         self.wait_seconds = wait_seconds
         self.slots = asyncio.Semaphore(self.concurrency)
         self.waiting = 0
-        self._dummy_hash: str | None = None
+        self._dummy_hash: asyncio.Task[str] | None = None
         self._threads: ThreadPoolExecutor | None = None
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -136,9 +137,11 @@ class PasswordHasher:
 
     async def burn(self, password: str) -> None:
         """Spend a real verification's time, so an unknown email answers like a wrong password."""
-        if self._dummy_hash is None:
-            self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
-        await self.verify(self._dummy_hash, password)
+        # One shared hash: a burst of unknown emails must not each pay for a hash of its own.
+        shared = self._dummy_hash
+        if shared is None or (shared.done() and (shared.cancelled() or shared.exception())):
+            shared = self._dummy_hash = asyncio.ensure_future(self.hash(secrets.token_urlsafe(16)))
+        await self.verify(await asyncio.shield(shared), password)
 
     def needs_rehash(self, password_hash: str) -> bool:
         try:
