@@ -1,10 +1,15 @@
 """Websocket limits: message size (1009) and nesting (4400) before parsing, open sockets per
-address and per user (4429), a database outage at connection_init (1011, logged)."""
+address and per user (4429), a database outage at connection_init (1011, logged), a client that
+stops reading (1008) and messages handed over one at a time."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
+import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,12 +19,15 @@ import pytest
 from sqlalchemy import text
 from starlette.types import Message, Receive, Scope, Send
 
-from ragstream.socket_limits import SocketRegistry, WebSocketLimitMiddleware
+from ragstream.socket_limits import SUBPROTOCOL, SocketRegistry, WebSocketLimitMiddleware
+from tests.chat_stub import ChatScript, ChatStub
+from tests.chat_support import chat_all, new_conversation, openai_settings
 from tests.conftest import make_settings
 from tests.database_faults import database_unreachable
 from tests.support import LiveServer, running_server
 from tests.test_websockets import close_code, init, raw_socket, receive, send, sign_in, subscribe
 
+ME_ID = "{ me { id } }"
 CREATE = """mutation($input: CreateEvaluationInput!) { createEvaluation(input: $input) { id } }"""
 
 
@@ -219,7 +227,11 @@ async def test_a_reader_that_makes_no_room_is_closed_and_its_operations_end() ->
 
     registry = SocketRegistry(per_address=5, per_user=5)
     middleware = WebSocketLimitMiddleware(
-        app, registry=registry, max_message_bytes=1_000, send_timeout_seconds=0.2
+        app,
+        registry=registry,
+        max_message_bytes=1_000,
+        send_timeout_seconds=0.2,
+        close_wait_seconds=0.2,  # this transport never drains
     )
     scope: Scope = {"type": "websocket", "client": ("127.0.0.9", 5000), "subprotocols": []}
     async with asyncio.timeout(30):  # without the rule, the app would wait forever
@@ -229,3 +241,182 @@ async def test_a_reader_that_makes_no_room_is_closed_and_its_operations_end() ->
     closes = [m for m in attempted if m["type"] == "websocket.close"]
     assert closes == [{"type": "websocket.close", "code": 1008, "reason": "Client too slow"}]
     assert registry.open_at("127.0.0.9") == 0
+
+
+STREAM_TEXT = """subscription($id: ID!) {
+  messageStream(messageId: $id, fromOffset: 0) { ... on TokenDelta { offset delta } }
+}"""
+
+
+class StalledReader:
+    """A websocket client on a bare socket with a small receive buffer: it reads nothing unless
+    asked, so what the server sends piles up (as with a client that stopped reading)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, server: LiveServer) -> StalledReader:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: stays small
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=16_384)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /graphql HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n"
+            ).encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        payload = json.dumps(message).encode()
+        assert len(payload) < 65_536
+        mask = os.urandom(4)
+        header = bytes([0x81]) + (
+            bytes([0x80 | len(payload)])
+            if len(payload) < 126
+            else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+        )
+        self.writer.write(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        await self.writer.drain()
+
+    async def frame(self) -> tuple[int, bytes]:
+        """The next frame the server sent: (opcode, payload)."""
+        first, second = await self.reader.readexactly(2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await self.reader.readexactly(8), "big")
+        return first & 0x0F, await self.reader.readexactly(length)
+
+    async def message(self) -> dict[str, Any]:
+        while True:
+            opcode, payload = await self.frame()
+            if opcode == 0x1:
+                message: dict[str, Any] = json.loads(payload)
+                return message
+
+    async def close_code(self) -> tuple[int, int]:
+        """Reads on until the close frame: its code, and how many messages came first."""
+        messages = 0
+        while True:
+            opcode, payload = await self.frame()
+            if opcode == 0x8:
+                return int.from_bytes(payload[:2], "big"), messages
+            messages += opcode == 0x1
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_a_client_that_stops_reading_is_closed_1008_while_others_are_served(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    # A 200,000-character answer; the stalled client asks for all of it 50 times over (10 MB).
+    chat_stub.script = ChatScript(tokens=["0123456789" * 100] * 200)
+    values = openai_settings(
+        database_url,
+        tmp_path,
+        chat_stub,
+        chat_max_answer_chars=200_000,
+        ws_send_timeout_seconds=1.0,
+        ws_max_operations=60,
+    )
+    settings = make_settings(database_url, tmp_path, **values)
+    async with running_server(settings, listen=True) as server:
+        account = await server.register()
+        conversation_id = await new_conversation(server, account.access_token)
+        answer = (await chat_all(server, account.access_token, conversation_id, "Go on"))[-1]
+        message_id, text_ = answer["message"]["id"], answer["message"]["content"]
+        assert len(text_) == 200_000
+
+        authorization = {"authorization": f"Bearer {account.access_token}"}
+        async with raw_socket(server) as healthy:
+            await sign_in(healthy, account)
+            slow = await StalledReader.connect(server)
+            try:
+                await slow.send({"type": "connection_init", "payload": authorization})
+                assert (await slow.message())["type"] == "connection_ack"
+                for op in range(50):
+                    await slow.send(subscribe(str(op), STREAM_TEXT, {"id": message_id}))
+
+                # Served meanwhile: the other socket reads the whole answer, HTTP answers.
+                await send(healthy, subscribe("2", STREAM_TEXT, {"id": message_id}))
+                events = []
+                while (message := await receive(healthy))["type"] != "complete":
+                    events.append(message["payload"]["data"]["messageStream"])
+                # Sources and completion carry none of the selected fields.
+                assert events == [{}, {"offset": 0, "delta": text_}, {}]
+                me = await server.execute("{ me { id } }", token=account.access_token)
+                assert me.ok()["me"]["id"] == account.id
+
+                # The server gives the stalled socket up (only the healthy one is still open);
+                # once the client reads again, what was queued arrives, then the close frame.
+                await counted_out(lambda: server.state.sockets.open_at("127.0.0.1") - 1)
+                code, messages = await slow.close_code()
+                assert code == 1008
+                assert messages < 200  # 50 operations of 4 messages: not all were sent
+            finally:
+                slow.close()
+
+            # The healthy socket is still served after the other one was closed.
+            await send(healthy, subscribe("3", ME_ID))
+            assert (await receive(healthy))["payload"]["data"]["me"]["id"] == account.id
+        await released(server, "127.0.0.1")
+
+
+async def test_operations_hand_their_messages_over_one_at_a_time() -> None:
+    # uvicorn's transport: a send waits while the backlog is over its high-water mark, and when
+    # the client has read, every waiting send goes through at once.
+    writable = asyncio.Event()
+    writable.set()
+    backlog: list[str] = []
+    stays_full = True
+
+    async def server_receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def server_send(message: Message) -> None:
+        await writable.wait()
+        if message["type"] == "websocket.send":
+            backlog.append(message["text"])
+            if stays_full:
+                writable.clear()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.gather(
+            *(send({"type": "websocket.send", "text": f"answer {i}"}) for i in range(5))
+        )
+
+    middleware = WebSocketLimitMiddleware(
+        app,
+        registry=SocketRegistry(per_address=5, per_user=5),
+        max_message_bytes=1_000,
+        send_timeout_seconds=60,
+    )
+    scope: Scope = {"type": "websocket", "client": ("127.0.0.9", 5000), "subprotocols": []}
+    running = asyncio.create_task(middleware(scope, server_receive, server_send))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert len(backlog) == 1
+    writable.set()  # the client read: room for one more message, not for all four
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert len(backlog) == 2
+
+    stays_full = False
+    writable.set()
+    async with asyncio.timeout(30):
+        await running
+    assert sorted(backlog) == [f"answer {i}" for i in range(5)]

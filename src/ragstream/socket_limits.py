@@ -6,10 +6,15 @@
 - Open sockets are counted per client address (checked on connect) and per signed-in user
   (checked at ``connection_init``); one too many is closed with 4429 ("Too many open sockets").
 - A slow reader: the server sends a message only while the socket's unsent data is under the
-  transport's high-water mark (64 KiB); the chat stream merges what arrives meanwhile into the
-  next message (coalesced catch-up), so a reader that lags costs one pending message, not a
-  queue. A message that still cannot be handed over after ``ws_send_timeout_seconds`` ends the
-  socket's operations and closes it with 1008 ("Client too slow").
+  transport's high-water mark (64 KiB), one message at a time whatever the number of operations
+  on the socket (the transport lets every waiting sender through at once when it drains, so
+  without the turn taking, 50 operations would each add a message to the backlog); the chat
+  stream merges what arrives meanwhile into the next message (coalesced catch-up), so a reader
+  that lags costs one pending message, not a queue. A message that still cannot be handed over
+  after ``ws_send_timeout_seconds`` (its wait for its turn included) ends the socket's
+  operations and closes it with 1008 ("Client too slow"). The close frame queues behind the
+  unread data: a client that reads again gets it after that data; one that never does is ended
+  by the transport's ping timeout (or after ``CLOSE_WAIT_SECONDS``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ TOO_SLOW_REASON = "Client too slow"
 TOO_MANY_SOCKETS = 4429
 TOO_MANY_SOCKETS_REASON = "Too many open sockets"
 SUBPROTOCOL = "graphql-transport-ws"
+# Longest wait for a slow reader's close frame to be handed over after its operations ended.
+CLOSE_WAIT_SECONDS = 60.0
 
 
 class SocketRegistry:
@@ -85,11 +92,13 @@ class WebSocketLimitMiddleware:
         registry: SocketRegistry,
         max_message_bytes: int,
         send_timeout_seconds: float = 30.0,
+        close_wait_seconds: float = CLOSE_WAIT_SECONDS,
     ) -> None:
         self.app = app
         self.registry = registry
         self.max_message_bytes = max_message_bytes
         self.send_timeout_seconds = send_timeout_seconds
+        self.close_wait_seconds = close_wait_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -105,7 +114,7 @@ class WebSocketLimitMiddleware:
             await self.app(scope, socket.receive, socket.send)
         finally:
             self.registry.close_address(address)
-            await socket.finish()
+            await socket.finish(self.close_wait_seconds)
 
 
 class _Socket:
@@ -119,6 +128,7 @@ class _Socket:
         self.closed_with: int | None = None  # set once this side closed the socket
         self._given_up = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
+        self._turn = asyncio.Lock()  # one message handed to the transport at a time
 
     def _disconnect(self) -> Message:
         return {"type": "websocket.disconnect", "code": self.closed_with}
@@ -153,10 +163,12 @@ class _Socket:
             return
         try:
             # The server waits while the client has not read what it was sent before.
-            async with asyncio.timeout(self.send_timeout):
-                await self._send(message)
+            async with asyncio.timeout(self.send_timeout), self._turn:
+                if self.closed_with is None:  # given up while this message waited its turn
+                    await self._send(message)
         except TimeoutError:
-            self._give_up()
+            if self.closed_with is None:
+                self._give_up()
 
     def _give_up(self) -> None:
         self.closed_with = TOO_SLOW
@@ -168,10 +180,15 @@ class _Socket:
     async def _close_when_writable(self) -> None:
         await self._send({"type": "websocket.close", "code": TOO_SLOW, "reason": TOO_SLOW_REASON})
 
-    async def finish(self) -> None:
-        if self._closing is not None and not self._closing.done():
+    async def finish(self, close_wait_seconds: float) -> None:
+        """Waits (bounded) for the close frame of a slow reader to be handed over."""
+        if self._closing is None:
+            return
+        with contextlib.suppress(Exception):  # the client went away: nothing left to tell it
+            async with asyncio.timeout(close_wait_seconds):
+                await asyncio.shield(self._closing)
+        if not self._closing.done():
             self._closing.cancel()
-        if self._closing is not None:
             with contextlib.suppress(BaseException):
                 await self._closing
 
