@@ -4,13 +4,31 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, text
 
 from ragstream.db.models.users import SignInAttempt
 from ragstream.db.repositories.base import Repository
 
 # First key of the two-key advisory locks taken per limited key ("si").
 _ATTEMPTS_LOCK_SPACE = 0x7369
+# The DELETE runs on the statement's snapshot like the rest, so `live` filters by time itself.
+_HIT = text(
+    """
+    WITH gone AS (
+        DELETE FROM sign_in_attempts
+        WHERE scope = CAST(:scope AS varchar) AND key = CAST(:key AS varchar)
+          AND at <= now() - make_interval(secs => :window)
+    ), live AS (
+        SELECT count(*) AS n, min(at) AS oldest FROM sign_in_attempts
+        WHERE scope = CAST(:scope AS varchar) AND key = CAST(:key AS varchar)
+          AND at > now() - make_interval(secs => :window)
+    ), counted AS (
+        INSERT INTO sign_in_attempts (scope, key)
+        SELECT CAST(:scope AS varchar), CAST(:key AS varchar) FROM live WHERE n < :limit
+    )
+    SELECT n, extract(epoch FROM clock_timestamp() - oldest) FROM live
+    """
+)
 
 
 class AttemptRepository(Repository):
@@ -25,23 +43,16 @@ class AttemptRepository(Repository):
             text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))"),
             {"space": _ATTEMPTS_LOCK_SPACE, "key": f"{scope}/{key}"},
         )
-        this_key = (SignInAttempt.scope == scope, SignInAttempt.key == key)
-        since = func.now() - timedelta(seconds=window)
-        await self.session.execute(
-            delete(SignInAttempt).where(*this_key, SignInAttempt.at <= since)
-        )
+        # The rest in one statement (one round trip): forget attempts past the window, count
+        # those within it, and count this one when there is room. Its snapshot is taken after
+        # the lock, so it sees every attempt committed before.
         count, oldest_age = (
             await self.session.execute(
-                select(
-                    func.count(),
-                    func.extract("epoch", func.clock_timestamp() - func.min(SignInAttempt.at)),
-                ).where(*this_key)
+                _HIT, {"scope": scope, "key": key, "limit": limit, "window": float(window)}
             )
         ).one()
         if count >= limit:
             return max(window - float(oldest_age or 0), 0.0)
-        self.session.add(SignInAttempt(scope=scope, key=key))
-        await self.session.flush()
         return None
 
     async def prune(self, scope: str, window: float) -> None:
