@@ -55,19 +55,19 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self._second = (-1, "")  # the last whole second formatted, and its text
 
-    def utc_time(self, created: float) -> str:
+    def utc_time(self, record: logging.LogRecord) -> str:
         """ISO 8601 with milliseconds, e.g. ``2025-01-31T12:00:00.123+00:00``."""
-        second = int(created)
+        second = int(record.created)
         cached, text = self._second
         if second != cached:
             text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = (second, text)
-        return f"{text}.{int((created - second) * 1000):03d}+00:00"
+        return f"{text}.{int(record.msecs):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         values = record.__dict__
         line: dict[str, Any] = {
-            "time": self.utc_time(record.created),
+            "time": self.utc_time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

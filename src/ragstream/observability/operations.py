@@ -41,6 +41,7 @@ class ObserveOperations(SchemaExtension):
     _codes: list[str] | None = None
     _metrics: Metrics = Metrics()
     _log_requests = False
+    _kind_seen: str | None = None  # the operation's type, once validation has passed
 
     def on_operation(self) -> Iterator[None]:
         self._started = time.perf_counter()
@@ -74,7 +75,9 @@ class ObserveOperations(SchemaExtension):
         yield
         # The last validation hook to end: every other one has had its say.
         self._accepted = not self.execution_context.pre_execution_errors
-        if self._accepted and self._kind() == "subscription":
+        if self._accepted:
+            self._kind_seen = self._kind()
+        if self._kind_seen == "subscription":
             self._subscription = True
             self._metrics.subscription(1)
 
@@ -119,7 +122,7 @@ class ObserveOperations(SchemaExtension):
                 self._count(error_codes(errors))
         outcome = "rejected" if rejected else ("error" if self._codes else "ok")
         seconds = time.perf_counter() - self._started
-        kind, name = self._kind(), self._name()
+        kind, name = self._kind_seen or self._kind(), self._name()
         if metrics.enabled:
             metrics.operation(
                 "-" if rejected else metrics.operation_label(name), kind, outcome, seconds
