@@ -5,13 +5,13 @@
 
 Two apps run in this process over one migrated database (the embedded PostgreSQL): "off"
 (RAGSTREAM_METRICS=false, RAGSTREAM_LOG_REQUESTS=false) and "on" (metrics, and a JSON line
-per request written to a file through the JSON formatter, as `RAGSTREAM_LOG_FORMAT=json`
-does). Requests go one at a time through httpx's ASGI transport, in small blocks that
-alternate between the two apps (the order rotates each round); each block measures this
-process's CPU time per request. The client's share of that time is the same for both apps, so
-"added" (on minus off, medians over the blocks) is the price of the observability itself;
-compare it with a request's CPU in `python -m bench.peers` for the share it adds to a served
-request.
+per request written to a file, logging set up as `ragstream serve` sets it up with
+`RAGSTREAM_LOG_FORMAT=json`). Requests go one at a time through httpx's ASGI transport, in
+small blocks that alternate between the two apps (the order rotates each round); each block
+measures this process's CPU time per request. The client's share of that time is the same for
+both apps, so "added" (on minus off, medians over the blocks) is the price of the
+observability itself; compare it with a request's CPU in `python -m bench.peers` for the share
+it adds to a served request.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import statistics
 import time
@@ -31,7 +32,7 @@ from starlette.applications import Starlette
 
 from bench.common import bench_settings, embedded_database
 from ragstream.app import create_app
-from ragstream.observability.logs import JsonFormatter, RequestIdFilter
+from ragstream.observability.logs import configure_logging
 
 QUERIES = {
     "me": "{ me { id } }",
@@ -96,12 +97,8 @@ def load_average() -> str:
 async def run(args: argparse.Namespace) -> None:
     async with embedded_database() as (database, name, tmp):
         url = database.url(name)
-        handler = logging.FileHandler(tmp / "requests.log")
-        handler.addFilter(RequestIdFilter())
-        handler.setFormatter(JsonFormatter())
-        root = logging.getLogger()
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        log_file = (tmp / "requests.log").open("w")
+        configure_logging("json", "info", log_file)  # as `serve` does, into a file
         logging.getLogger("httpx").setLevel(logging.WARNING)  # the bench client's own lines
         apps = {
             variant: create_app(
@@ -135,8 +132,12 @@ async def run(args: argparse.Namespace) -> None:
                             )
                             runs.setdefault((query, variant), []).append(cpu)
                 loads.append(load_average())
-        root.removeHandler(handler)
-        lines = (tmp / "requests.log").read_text().count('"logger": "ragstream.requests"')
+        configure_logging("json", "warning")
+        log_file.close()
+        lines = sum(
+            json.loads(line)["logger"] == "ragstream.requests"
+            for line in (tmp / "requests.log").read_text().splitlines()
+        )
     print(
         f"{args.rounds} rounds x {args.requests} sequential requests per (query, variant) in "
         f"alternating blocks of {args.block}, in-process; medians over blocks; {lines} JSON "

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,39 @@ async def test_each_websocket_operation_has_its_line(
     ]
     assert lines[0]["user_id"] == account.id
     assert lines[1]["error_codes"] == ["BAD_USER_INPUT"]
+
+
+def _record(created: float, message: str, **fields: Any) -> logging.LogRecord:
+    record = logging.LogRecord("ragstream.requests", logging.INFO, __file__, 1, message, (), None)
+    record.created, record.msecs = created, (created - int(created)) * 1000
+    record.__dict__.update(fields)
+    return record
+
+
+def test_a_json_line_has_the_iso_time_and_only_the_listed_fields() -> None:
+    formatter = JsonFormatter()
+    # Two records in one second, then one in the next: the second's text is reused, not kept.
+    # (Binary fractions: the float is the instant, so no rounding question arises.)
+    instants = [1_738_324_800.125, 1_738_324_800.5, 1_738_324_801.0625]
+    lines = [
+        json.loads(
+            formatter.format(
+                _record(at, "POST /graphql 200 ⟨é⟩", request_id="r-1", status=200, token="secret")
+            )
+        )
+        for at in instants
+    ]
+    assert [line["time"] for line in lines] == [
+        datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds") for at in instants
+    ]
+    assert lines[0] == {
+        "time": "2025-01-31T12:00:00.125+00:00",
+        "level": "info",
+        "logger": "ragstream.requests",
+        "message": "POST /graphql 200 ⟨é⟩",
+        "request_id": "r-1",
+        "status": 200,
+    }
 
 
 def test_json_is_the_production_default() -> None:

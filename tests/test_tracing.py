@@ -92,8 +92,29 @@ async def test_chat_and_ingestion_have_their_spans(
 
     spans = exporter.get_finished_spans()
     [job] = named(spans, "ingestion.job")
+    steps = [
+        one
+        for name in ("ingestion.read", "ingestion.embed", "ingestion.store")
+        for one in named(spans, name)
+    ]
+    assert len(steps) == 3
+    assert all(s.parent is not None and s.parent.span_id == job.context.span_id for s in steps)
+    read, embed, store = steps
+    # One after the other: each step starts once the one before has ended.
+    assert (read.end_time or 0) <= (embed.start_time or 0)
+    assert (embed.end_time or 0) <= (store.start_time or 0)
+    assert store.end_time is not None
+    assert (store.attributes or {}).get("ingestion.chunks") == (embed.attributes or {}).get(
+        "ingestion.chunks"
+    )
     embeddings = named(spans, "embeddings")
-    assert any(s.parent is not None and s.parent.span_id == job.context.span_id for s in embeddings)
+    assert any(
+        s.parent is not None and s.parent.span_id == embed.context.span_id for s in embeddings
+    )
+    assert any(
+        s.parent is not None and s.parent.span_id == store.context.span_id
+        for s in named(spans, "db.query")
+    )
     [chat] = named(spans, "llm.chat")
     assert chat.attributes is not None
     assert (chat.attributes["llm.provider"], chat.attributes["llm.model"]) == (

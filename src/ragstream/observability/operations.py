@@ -29,34 +29,42 @@ def error_codes(errors: list[GraphQLError] | None) -> list[str]:
 
 
 class ObserveOperations(SchemaExtension):
-    """Duration, outcome and error codes of each operation (a subscription: its lifetime)."""
+    """Duration, outcome and error codes of each operation (a subscription: its lifetime).
+
+    Runs on every request: what it needs from the context is read once per operation.
+    """
 
     _started = 0.0
     _streamed = False
     _subscription = False
     _accepted = False  # parsed and validated (every limit included)
     _codes: list[str] | None = None
-
-    def _metrics(self) -> Metrics:
-        state = getattr(self.execution_context.context, "state", None)
-        metrics: Metrics = getattr(state, "metrics", None) or Metrics()
-        return metrics
+    _metrics: Metrics = Metrics()
+    _log_requests = False
+    _kind_seen: str | None = None  # the operation's type, once validation has passed
 
     def on_operation(self) -> Iterator[None]:
         self._started = time.perf_counter()
         self._codes = []
         state = getattr(self.execution_context.context, "state", None)
-        tracing: Tracing = getattr(state, "tracing", None) or Tracing()
-        with current_span(tracing, "graphql.operation") as span:
+        if state is not None:
+            self._metrics = state.metrics
+            self._log_requests = state.settings.log_requests
+        tracing: Tracing | None = getattr(state, "tracing", None)
+        if tracing is None or not tracing.enabled:
             try:
                 yield
             finally:
                 self._finish()
-                if span is not None:
-                    self._describe(span)
+            return
+        with current_span(tracing, "graphql.operation") as span:
+            try:
+                yield
+            finally:
+                kind, name = self._finish()
+                self._describe(span, kind, name)
 
-    def _describe(self, span: Any) -> None:
-        kind, name = self._kind(), self._name()
+    def _describe(self, span: Any, kind: str, name: str | None) -> None:
         span.update_name(f"graphql.{kind} {name or 'anonymous'}")
         span.set_attribute("graphql.operation.type", kind)
         span.set_attribute("graphql.operation.name", name or "")
@@ -67,9 +75,11 @@ class ObserveOperations(SchemaExtension):
         yield
         # The last validation hook to end: every other one has had its say.
         self._accepted = not self.execution_context.pre_execution_errors
-        if self._accepted and self._kind() == "subscription":
+        if self._accepted:
+            self._kind_seen = self._kind()
+        if self._kind_seen == "subscription":
             self._subscription = True
-            self._metrics().subscription(1)
+            self._metrics.subscription(1)
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
         self._streamed = True
@@ -81,9 +91,8 @@ class ObserveOperations(SchemaExtension):
 
     def _count(self, codes: list[str]) -> None:
         assert self._codes is not None
-        metrics = self._metrics()
         for code in codes:
-            metrics.error(code)
+            self._metrics.error(code)
         self._codes.extend(codes)
 
     def _name(self) -> str | None:
@@ -97,9 +106,10 @@ class ObserveOperations(SchemaExtension):
             return "unknown"
         return kind.value
 
-    def _finish(self) -> None:
+    def _finish(self) -> tuple[str, str | None]:
+        """Counts and logs the operation; returns its type and name."""
         context = self.execution_context
-        metrics = self._metrics()
+        metrics = self._metrics
         if self._subscription:
             metrics.subscription(-1)
         rejected = not self._accepted
@@ -108,23 +118,24 @@ class ObserveOperations(SchemaExtension):
             errors = context.pre_execution_errors
             if not errors and context.result is not None:
                 errors = context.result.errors
-            self._count(error_codes(errors))
+            if errors:
+                self._count(error_codes(errors))
         outcome = "rejected" if rejected else ("error" if self._codes else "ok")
         seconds = time.perf_counter() - self._started
-        kind = self._kind()
+        kind, name = self._kind_seen or self._kind(), self._name()
         if metrics.enabled:
-            name = "-" if rejected else metrics.operation_label(self._name())
-            metrics.operation(name, kind, outcome, seconds)
-        self._log(kind, outcome, seconds)
+            metrics.operation(
+                "-" if rejected else metrics.operation_label(name), kind, outcome, seconds
+            )
+        if self._log_requests:
+            self._log(kind, name, outcome, seconds)
+        return kind, name
 
-    def _log(self, kind: str, outcome: str, seconds: float) -> None:
+    def _log(self, kind: str, name: str | None, outcome: str, seconds: float) -> None:
         context = self.execution_context.context
-        state = getattr(context, "state", None)
-        if state is None or not state.settings.log_requests:
-            return
         claims = None if context.token_invalid else context.claims
         fields = operation_fields(
-            name=(self._name() or "")[:MAX_LOGGED_NAME] or None,
+            name=(name or "")[:MAX_LOGGED_NAME] or None,
             kind=kind,
             outcome=outcome,
             codes=list(self._codes or ()),

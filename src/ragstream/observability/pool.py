@@ -28,6 +28,8 @@ def metered_pool_class(metrics: Metrics) -> type[AsyncAdaptedQueuePool]:
         _getting: set[asyncio.Task[Any] | None]
 
         def _do_get(self) -> ConnectionPoolEntry:
+            if not self._pool.empty():  # an idle connection: taken at once, never waits
+                return super()._do_get()
             getting = self.__dict__.setdefault("_getting", set())
             current = asyncio.current_task()  # the checkout's own task, inside its greenlet
             if current in getting:

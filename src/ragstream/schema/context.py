@@ -47,13 +47,12 @@ class Context:
     _closed: bool = field(default=False, repr=False)
     # DataLoaders for nested fields; see schema/loaders.py for why websockets do not cache.
     loaders: Loaders = field(init=False, repr=False)
+    # Asked several times per request; an isinstance check through Starlette's ABCs each time.
+    is_websocket: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.is_websocket = isinstance(self.request, WebSocket)
         self.loaders = Loaders(self, cache=not self.is_websocket)
-
-    @property
-    def is_websocket(self) -> bool:
-        return isinstance(self.request, WebSocket)
 
     @property
     def client_address(self) -> str:

@@ -108,9 +108,10 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
         return DocumentStatus.FAILED
     limits = deps.limits
     try:
-        drafts = await deps.work.run(
-            read_document, mime_type, data, limits, time_limit=limits.timeout_seconds
-        )
+        with deps.tracing.span("ingestion.read", **{"document.mime_type": mime_type}):
+            drafts = await deps.work.run(
+                read_document, mime_type, data, limits, time_limit=limits.timeout_seconds
+            )
     except ParseError as exc:
         await mark_failed(deps, document_id, str(exc))
         return DocumentStatus.FAILED
@@ -124,10 +125,11 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
     vectors: list[list[float]] = []
     texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
     try:
-        for start in range(0, len(texts), deps.embedding_batch_size):
-            vectors.extend(
-                await deps.embedder.embed(texts[start : start + deps.embedding_batch_size])
-            )
+        with deps.tracing.span("ingestion.embed", **{"ingestion.chunks": len(texts)}):
+            for start in range(0, len(texts), deps.embedding_batch_size):
+                vectors.extend(
+                    await deps.embedder.embed(texts[start : start + deps.embedding_batch_size])
+                )
     except EmbeddingError as exc:
         if exc.transient:
             raise RetryableIngestionError(str(exc)) from exc
@@ -151,14 +153,15 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
         )
         for draft, vector in zip(drafts, vectors, strict=True)
     ]
-    async with deps.sessionmaker.begin() as session:
-        repo = DocumentRepository(session)
-        # Locked first: a concurrent delete either waits for us or has already won.
-        document = await repo.get_for_ingestion(document_id, for_update=True)
-        if document is None:
-            return None
-        await repo.replace_chunks(document_id, chunks)
-        await repo.set_status(document, DocumentStatus.READY, chunk_count=len(chunks))
+    with deps.tracing.span("ingestion.store", **{"ingestion.chunks": len(chunks)}):
+        async with deps.sessionmaker.begin() as session:
+            repo = DocumentRepository(session)
+            # Locked first: a concurrent delete either waits for us or has already won.
+            document = await repo.get_for_ingestion(document_id, for_update=True)
+            if document is None:
+                return None
+            await repo.replace_chunks(document_id, chunks)
+            await repo.set_status(document, DocumentStatus.READY, chunk_count=len(chunks))
     await publish_status(deps.broker, document)
     logger.info("document %s ready: %d chunks", document_id, len(chunks))
     return DocumentStatus.READY
