@@ -13,8 +13,11 @@ stops the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import tempfile
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -58,10 +61,6 @@ def worker_app() -> Starlette:
 
 def serve_workers(settings: Settings, early: EarlyStart | None, workers: int) -> int:
     """Serves with ``workers`` processes until SIGTERM or SIGINT; returns the exit status."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    from ragstream.cli import server_options
     from ragstream.db.migrate import upgrade_to_head
 
     embedded = asyncio.run(early.take()) if early is not None else None
@@ -73,34 +72,62 @@ def serve_workers(settings: Settings, early: EarlyStart | None, workers: int) ->
             asyncio.run(_interrupt_left_answers(url, settings))
         # The workers inherit the environment: they join this database and never stop it.
         os.environ["RAGSTREAM_DATABASE_URL"] = url
-        config = uvicorn.Config(
-            "ragstream.workers:worker_app",
-            factory=True,
-            workers=workers,
-            **server_options(settings),
-            # A worker imports, migrates and connects before it is ready (restarts wait).
-            timeout_worker_healthcheck=60,
-        )
-        uvicorn_log = logging.getLogger("uvicorn.error")
-        uvicorn_log.setLevel(max(logging.WARNING, uvicorn_log.level))
-        sock = config.bind_socket()
-        host, port = sock.getsockname()[:2]
-        supervisor = Multiprocess(config, sockets=[sock])
-        logger.info(
-            "ragstream is serving GraphQL at http://%s:%s/graphql with %d worker processes "
-            "(supervisor pid %d)",
-            host,
-            port,
-            workers,
-            os.getpid(),
-        )
-        supervisor.run()
-        failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
-        logger.info("ragstream stopped")
-        return STARTUP_FAILURE if failed else 0
+        with _shared_metrics(settings):
+            return _supervise(settings, workers)
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+@contextlib.contextmanager
+def _shared_metrics(settings: Settings) -> Iterator[None]:
+    """With metrics on, the workers write them to one fresh folder that `/metrics` merges (any
+    worker answers for all); an operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used as given."""
+    from ragstream.observability.metrics import MULTIPROC_ENV
+
+    if not settings.metrics_enabled or os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="ragstream-metrics-") as folder:
+        os.environ[MULTIPROC_ENV] = folder
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_ENV]
+
+
+def _supervise(settings: Settings, workers: int) -> int:
+    """Binds the port and runs the worker processes until they are stopped."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from ragstream.cli import server_options
+
+    config = uvicorn.Config(
+        "ragstream.workers:worker_app",
+        factory=True,
+        workers=workers,
+        **server_options(settings),
+        # A worker imports, migrates and connects before it is ready (restarts wait).
+        timeout_worker_healthcheck=60,
+    )
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.setLevel(max(logging.WARNING, uvicorn_log.level))
+    sock = config.bind_socket()
+    host, port = sock.getsockname()[:2]
+    supervisor = Multiprocess(config, sockets=[sock])
+    logger.info(
+        "ragstream is serving GraphQL at http://%s:%s/graphql with %d worker processes "
+        "(supervisor pid %d)",
+        host,
+        port,
+        workers,
+        os.getpid(),
+    )
+    supervisor.run()
+    failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+    logger.info("ragstream stopped")
+    return STARTUP_FAILURE if failed else 0
 
 
 async def _interrupt_left_answers(url: str, settings: Settings) -> None:
