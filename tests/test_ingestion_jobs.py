@@ -33,6 +33,8 @@ def _online(settings: Settings, stub: OpenAIStub, **overrides: object) -> Settin
         "openai_max_retries": 0,
         "ingestion_retry_base_seconds": 1,
         "ingestion_shutdown_timeout_seconds": 0.2,
+        # Retried jobs are found by polling: look often, so retries are not waited for.
+        "ingestion_poll_seconds": 0.1,
     }
     values.update(overrides)
     return settings.model_copy(update=values)

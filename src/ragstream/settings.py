@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     ingestion_retry_base_seconds: int = 2
     ingestion_stalled_seconds: float = 30.0
     ingestion_recovery_interval_seconds: float = 30.0
+    # How often the worker looks for jobs whose retry time has come (new jobs wake it at once).
+    ingestion_poll_seconds: float = 5.0
     ingestion_shutdown_timeout_seconds: float = 10.0
     chunk_target_tokens: int = 500
     chunk_overlap_tokens: int = 50

@@ -147,6 +147,7 @@ def worker_options(settings: Settings, *, in_process: bool) -> dict[str, Any]:
         "install_signal_handlers": not in_process,
         "shutdown_graceful_timeout": settings.ingestion_shutdown_timeout_seconds,
         "delete_jobs": "successful",
+        "fetch_job_polling_interval": settings.ingestion_poll_seconds,
         "update_heartbeat_interval": max(0.2, min(10.0, stalled / 3)),
         "stalled_worker_timeout": stalled,
     }
