@@ -30,7 +30,7 @@ from tests.chat_support import (
     stream_all,
 )
 from tests.conftest import TEST_JWT_SECRET, argon2_environment
-from tests.support import LiveServer
+from tests.support import LOOPBACK_TLS, LiveServer
 
 TOKENS = [f"piece{i} " for i in range(400)]
 FULL = "".join(TOKENS)
@@ -235,8 +235,10 @@ async def test_serve_that_cannot_start_exits_non_zero(tmp_path: Path, chat_stub:
 
 
 async def _healthy(port: int) -> bool:
+    # Polled every 10 ms while a server starts: a client of its own TLS context would take
+    # the CPU that start-up needs.
     try:
-        async with httpx.AsyncClient(timeout=1) as client:
+        async with httpx.AsyncClient(timeout=1, verify=LOOPBACK_TLS) as client:
             response = await client.get(f"http://127.0.0.1:{port}/healthz")
     except httpx.HTTPError:
         return False
