@@ -146,10 +146,16 @@ class RedisBroker:
             return "$"  # Redis away: from the first entry the reader sees once it is back
         return str(last[0][0]) if last else "0-0"
 
-    async def _read(self, key: str, after: str, deliver: Callable[[Payload], None]) -> None:
-        """Delivers the entries of other processes after ``after`` until cancelled."""
+    async def _read(
+        self,
+        key: str,
+        after: str,
+        deliver: Callable[[Payload], None],
+        wanted: Callable[[], bool],
+    ) -> None:
+        """Delivers the entries of other processes after ``after`` while ``wanted()``."""
         backoff = 0.1
-        while True:
+        while wanted():
             try:
                 response = cast(
                     "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
@@ -182,13 +188,18 @@ class _RedisStream:
         self._replay = replay
         self._memory = broker._local.subscribe(topic)
         self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _open(self) -> bool:
+        return not self._closed
 
     async def __aenter__(self) -> _RedisStream:
         await self._memory.__aenter__()
         key = stream_key(self._topic)
         after = "0-0" if self._replay else await self._broker._start_id(key)
         self._reader = asyncio.create_task(
-            self._broker._read(key, after, self._memory._deliver), name=f"events-{self._topic}"
+            self._broker._read(key, after, self._memory._deliver, self._open),
+            name=f"events-{self._topic}",
         )
         return self
 
@@ -198,9 +209,12 @@ class _RedisStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closed = True
         if self._reader is not None:
             self._reader.cancel()
-            await asyncio.wait([self._reader])  # lets a cancellation of this task through
+            # The client can absorb a cancellation while it reconnects: then the reader stops
+            # after its current read (at most BLOCK_MS), and nobody waits for it.
+            await asyncio.wait([self._reader], timeout=1.0)
         await self._memory.__aexit__(exc_type, exc, tb)
 
     def __aiter__(self) -> _RedisStream:
