@@ -7,7 +7,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from ragstream import cli
 from ragstream.app import create_app
@@ -116,11 +115,3 @@ def test_a_second_server_on_one_data_dir_is_refused(tmp_path: Path) -> None:
     # Released on exit: the next server may start.
     with exclusive_server_lock(data_dir):
         pass
-
-
-def test_a_redis_url_is_refused_until_fan_out_exists(tmp_path: Path) -> None:
-    settings = Settings(
-        data_dir=tmp_path, jwt_secret=SecretStr("s" * 40), redis_url="redis://localhost:6379/0"
-    )
-    with pytest.raises(ConfigurationError, match="RAGSTREAM_REDIS_URL"):
-        create_app(settings)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -27,6 +27,10 @@ from ragstream.observability.providers import observed_embedder
 from ragstream.observability.tracing import Tracing
 from ragstream.settings import ConfigurationError, Settings
 from ragstream.workpool import WorkPool
+
+if TYPE_CHECKING:
+    from ragstream.db.notify import PgBroker
+    from ragstream.redis_events import RedisBroker
 
 
 @dataclass(kw_only=True)
@@ -137,14 +141,20 @@ async def connect(
 
 @contextlib.asynccontextmanager
 async def shared_events(backend: Backend) -> AsyncIterator[None]:
-    """Events reach every process on the database (LISTEN/NOTIFY) for the block's duration."""
-    from ragstream.db.notify import PgBroker, asyncpg_dsn
-
+    """Events reach every process on the database for the block's duration: through Redis
+    Streams when `RAGSTREAM_REDIS_URL` is set, else through LISTEN/NOTIFY."""
     if backend.database_url is None:
         raise RuntimeError("the database is not connected yet")
-    broker = PgBroker(
-        asyncpg_dsn(backend.database_url), connect_timeout=backend.settings.db_pool_timeout
-    )
+    broker: PgBroker | RedisBroker
+    timeout = backend.settings.db_pool_timeout
+    if backend.settings.redis_url:
+        from ragstream.redis_events import RedisBroker
+
+        broker = RedisBroker(backend.settings.redis_url, connect_timeout=timeout)
+    else:
+        from ragstream.db.notify import PgBroker, asyncpg_dsn
+
+        broker = PgBroker(asyncpg_dsn(backend.database_url), connect_timeout=timeout)
     await broker.start()
     previous, backend.broker = backend.broker, broker
     try:

@@ -240,12 +240,6 @@ class ConfigurationError(RuntimeError):
 def check_serving(settings: Settings) -> bytes:
     """What the server refuses to start without, checked before anything starts (serve starts
     the embedded database early); returns the JWT signing key."""
-    if settings.redis_url:
-        # Refused rather than ignored: replicas without shared fan-out would silently lose events.
-        raise ConfigurationError(
-            "RAGSTREAM_REDIS_URL is set, but this version has no Redis fan-out: server processes "
-            "on one database reach each other through PostgreSQL LISTEN/NOTIFY; unset it"
-        )
     from ragstream.domain.llm.openai_client import check_openai_key
 
     check_openai_key(settings)

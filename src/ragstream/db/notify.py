@@ -42,6 +42,8 @@ def asyncpg_dsn(url: str) -> str:
 class PgBroker:
     """Publish/subscribe across the processes of one database (see the module docstring)."""
 
+    retains_history = False
+
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0, max_pending: int = 1_000) -> None:
         self.origin = uuid.uuid4().hex
         self._dsn = dsn
@@ -110,7 +112,10 @@ class PgBroker:
 
     # --- subscribing -------------------------------------------------------------------------
 
-    def subscribe(self, topic: str) -> _PgStream:
+    async def retire(self, topic: str) -> None:
+        """Notifications keep no history."""
+
+    def subscribe(self, topic: str, *, replay: bool = False) -> _PgStream:
         return _PgStream(self, topic)
 
     def subscriber_count(self, topic: str) -> int:

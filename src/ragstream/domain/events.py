@@ -2,7 +2,10 @@
 
 Topics are plain strings (``document:<id>``, ``message:<id>``...). The in-memory broker serves one
 process; `db/notify.py: PgBroker` (PostgreSQL LISTEN/NOTIFY) serves every process on one
-database behind the same interface (payloads are JSON-compatible dicts for that reason).
+database, and `redis_events.py: RedisBroker` (Redis Streams) replicas on many machines, behind
+the same interface (payloads are JSON-compatible dicts for that reason). Only the Redis broker
+keeps history (`retains_history`): there ``subscribe(topic, replay=True)`` starts at the topic's
+first event, elsewhere ``replay`` changes nothing.
 """
 
 from __future__ import annotations
@@ -34,12 +37,22 @@ class EventStream(Protocol):
 
 
 class EventBroker(Protocol):
+    @property
+    def retains_history(self) -> bool:
+        """Whether ``subscribe(topic, replay=True)`` replays the topic's past events."""
+        ...
+
     async def publish(self, topic: str, payload: Payload) -> None:
         """Deliver ``payload`` to every current subscriber of ``topic`` (fire and forget)."""
         ...
 
-    def subscribe(self, topic: str) -> EventStream:
-        """A stream of the events published on ``topic`` from the moment it is entered."""
+    async def retire(self, topic: str) -> None:
+        """Nothing more will be published on ``topic``: its history may go."""
+        ...
+
+    def subscribe(self, topic: str, *, replay: bool = False) -> EventStream:
+        """A stream of the events published on ``topic`` from the moment it is entered (or,
+        with ``replay`` on a broker that retains history, from its first event)."""
         ...
 
     async def close(self) -> None: ...
@@ -85,6 +98,8 @@ class _MemoryStream:
 class InMemoryBroker:
     """Fan-out inside one process and one event loop."""
 
+    retains_history = False
+
     def __init__(self, max_pending: int = 1_000) -> None:
         self._streams: dict[str, set[_MemoryStream]] = {}
         self._max_pending = max_pending
@@ -92,12 +107,15 @@ class InMemoryBroker:
     async def publish(self, topic: str, payload: Payload) -> None:
         self.deliver(topic, payload)
 
+    async def retire(self, topic: str) -> None:
+        """No history to drop."""
+
     def deliver(self, topic: str, payload: Payload) -> None:
         """Publishes with no await: subscribers see events in the order they are delivered."""
         for stream in list(self._streams.get(topic, ())):
             stream._deliver(payload)
 
-    def subscribe(self, topic: str) -> _MemoryStream:
+    def subscribe(self, topic: str, *, replay: bool = False) -> _MemoryStream:
         return _MemoryStream(self, topic, self._max_pending)
 
     def subscriber_count(self, topic: str) -> int:

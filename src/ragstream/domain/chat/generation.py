@@ -77,6 +77,7 @@ class GenerationManager:
     _answers: dict[uuid.UUID, Answer] = field(default_factory=dict)
     _ownership: Ownership | None = None
     _remote: RemoteAnswers | None = None
+    _relay: Relay | None = None
     _broker: EventBroker = field(default_factory=InMemoryBroker)
 
     def __post_init__(self) -> None:
@@ -114,7 +115,7 @@ class GenerationManager:
             sessionmaker, self.settings.chat_lease_seconds, self._interrupted_elsewhere
         )
         window = self.settings.chat_coalesce_window_ms / 1000
-        relay = Relay(self._broker, self._answers, window)
+        relay = self._relay = Relay(self._broker, self._answers, window)
         self._remote = RemoteAnswers(
             self._broker, sessionmaker, ownership, self.settings.chat_follow_poll_seconds
         )
@@ -225,10 +226,14 @@ class GenerationManager:
                 stored.set_exception(exc)
                 return
             stored.set_result(exchange)
+            if self._relay is not None:
+                self._relay.started(answer.id, answer.stream)
             await answer.generate(exchange)
         finally:
             if not stored.done():  # cancelled while storing (the event loop is closing)
                 stored.cancel()
+            if self._relay is not None:
+                self._relay.ended(answer.id, answer.stream)
             del self._answers[answer.id]
             self.hub.close(answer.id)
             self.slots.give_back()

@@ -16,6 +16,11 @@ The follower (`follow_remote`), on any process:
    and no duplicate;
 4. at `end` reads the stored answer and ends with it (any text it lacks comes from there).
 
+On a broker that keeps history (Redis Streams), the owner publishes every answer from its start
+(`Relay.started`) into its stream, retired once the end is stored; the follower replays that
+stream from its first entry instead of asking (step 2), cutting what the saved text already
+gave it. It asks only past a gap (history lost with a Redis restart).
+
 With no event for `chat_follow_poll_seconds` it reads the answer again: one that ended (or
 whose process died and was interrupted by the lease sweep) ends the stream, and otherwise it
 asks again. `cancel_remote` asks the owner to stop, and stores the cancellation itself when the
@@ -115,20 +120,38 @@ class Relay:
                 topic, {"kind": "text", "offset": offset + start, "text": chunk}
             )
 
-    def _publish_on(self, message_id: uuid.UUID, stream: GenerationStream) -> None:
+    def started(self, message_id: uuid.UUID, stream: GenerationStream) -> None:
+        """An answer was stored and is generated here: on a broker that keeps history, all of
+        its events go there from the start, followed or not."""
+        if self._broker.retains_history:
+            self._publish_on(message_id, stream, from_start=True)
+
+    def ended(self, message_id: uuid.UUID, stream: GenerationStream) -> None:
+        """The answer's task is over: a stream that never finished (its end could not be
+        stored) publishes nothing more."""
+        task = self._publishers.get(message_id)
+        if task is not None and not stream.finished:
+            task.cancel()
+
+    def _publish_on(
+        self, message_id: uuid.UUID, stream: GenerationStream, *, from_start: bool = False
+    ) -> None:
         """From now on, the answer's new text (coalesced), and `end` once it is stored."""
         if message_id in self._publishers:
             return
         task = asyncio.create_task(
-            self._publish(message_id, stream), name=f"answer-events-{message_id}"
+            self._publish(message_id, stream, from_start), name=f"answer-events-{message_id}"
         )
         self._publishers[message_id] = task
         task.add_done_callback(lambda _: self._publishers.pop(message_id, None))
 
-    async def _publish(self, message_id: uuid.UUID, stream: GenerationStream) -> None:
+    async def _publish(
+        self, message_id: uuid.UUID, stream: GenerationStream, from_start: bool
+    ) -> None:
         topic = message_topic(message_id)
-        sent = stream.length  # what came before was sent to whoever asked
-        sources_sent = stream.sources is not None
+        # What came before was sent to whoever asked, unless this is the answer's history.
+        sent = 0 if from_start else stream.length
+        sources_sent = not from_start and stream.sources is not None
         while True:
             if not sources_sent and stream.sources is not None:
                 sources_sent = True
@@ -139,6 +162,7 @@ class Relay:
                 sent += len(text)
             elif stream.finished:  # finished after its end was stored
                 await self._broker.publish(topic, {"kind": "end"})
+                await self._broker.retire(topic)
                 return
             else:
                 await stream.changed()
@@ -170,10 +194,10 @@ class RemoteAnswers:
         async with self._sessionmaker() as session:
             return await service.load_message(session, message_id)
 
-    async def _ask(self, message_id: uuid.UUID, request: Payload) -> bool:
-        """Sends ``request`` to the answer's process; False when nothing generates it: its
-        process's lease has expired, or it is this process, which no longer runs it (its end
-        could not be stored)."""
+    async def _ask(self, message_id: uuid.UUID, request: Payload | None) -> bool:
+        """Sends ``request`` (if any) to the answer's process; False when nothing generates it:
+        its process's lease has expired, or it is this process, which no longer runs it (its
+        end could not be stored)."""
         generator = await self._ownership.generator_of(message_id)
         if (
             generator.process_id is None
@@ -181,9 +205,10 @@ class RemoteAnswers:
             or not generator.alive
         ):
             return False
-        await self._broker.publish(
-            process_topic(generator.process_id), {**request, "id": str(message_id)}
-        )
+        if request is not None:
+            await self._broker.publish(
+                process_topic(generator.process_id), {**request, "id": str(message_id)}
+            )
         return True
 
     async def follow(
@@ -192,7 +217,8 @@ class RemoteAnswers:
         """Sources, the text from ``from_offset``, then the end, of an answer that another
         process generates (or generated: then all of it from the database)."""
         message_id = stored.id
-        async with self._broker.subscribe(message_topic(message_id)) as events:
+        replayed = self._broker.retains_history
+        async with self._broker.subscribe(message_topic(message_id), replay=replayed) as events:
             view = await self._load(message_id)  # after subscribing: nothing falls in between
             offset = from_offset
             sources_sent = False
@@ -207,9 +233,11 @@ class RemoteAnswers:
                 if len(view.content) > offset:
                     yield TextItem(offset, view.content[offset:])
                     offset = len(view.content)
-                asked_at = offset
+                asked_at = -1 if replayed else offset  # replayed: a first gap asks
                 # Nothing generates it any more: it ends now as interrupted, as it will be.
-                running = await self._ask(message_id, {"op": "follow", "from": offset})
+                running = await self._ask(
+                    message_id, None if replayed else {"op": "follow", "from": offset}
+                )
                 while running:
                     try:
                         async with asyncio.timeout(self._poll):

@@ -3,11 +3,9 @@
 A running generation writes its text deltas to a `GenerationStream`; followers read from any
 character offset and are woken when more arrives. Nothing here touches the database.
 
-`MemoryStreamHub` serves one process (`open`, `follow`, `close`). A Redis hub could offer the
-same calls with one Redis Stream per message: the writer XADDs one entry
-per coalesced delta (offset and text), the sources and a terminal entry, and sets an EXPIRE once
-finished; `follow` replays from the entry holding ``from_offset`` and then XREADs with BLOCK. A
-client can then resume on any replica.
+`MemoryStreamHub` serves one process (`open`, `follow`, `close`); other processes and replicas
+follow an answer through the event broker (`remote.py`: with Redis, one Redis Stream per
+answer holding its coalesced deltas with their offsets).
 """
 
 from __future__ import annotations

@@ -1,0 +1,156 @@
+"""List throughput of `ragstream serve --workers 2` against `--workers 1` on one database.
+
+Starts one embedded PostgreSQL, then two servers on it at once (each on its own port, through
+RAGSTREAM_DATABASE_URL): one with `--workers 1`, one with `--workers 2`. Seeds evaluations
+through the first (both see them), then `wrk` (one thread, C: the client costs little CPU)
+keeps N connections busy with `evaluations(first: 20)` and owners, alternating between the two
+servers for several rounds (the idle one only renews its lease). Prints each round, the medians,
+the load average before and after, and the ratio of the medians.
+
+    python -m bench.workers                          # 5 rounds of 10 s, 32 connections
+    python -m bench.workers --rounds 7 --duration 15 --workers 2
+
+The servers register accounts from one loopback address: their sign-in limits live in
+PostgreSQL now, so RAGSTREAM_REGISTRATIONS_PER_HOUR_PER_CLIENT (and the login limits) are
+raised for them (bench/queries.py: _server_env), as every benchmark that registers must.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+
+import orjson
+
+from bench.common import embedded_database
+from bench.peers import WRK_SCRIPT
+from bench.queries import LIST_QUERY, Api, _server_env, client_for, free_port, seed, wait_ready
+
+
+@contextlib.contextmanager
+def serve(database_url: str, workers: int, jwt_secret: str) -> Iterator[str]:
+    """`ragstream serve --workers N` on the database; yields its GraphQL URL."""
+    with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as data_dir:
+        port = free_port()
+        env = {
+            **_server_env(data_dir, port),
+            "RAGSTREAM_DATABASE_URL": database_url,
+            # One secret: a token signed by either server is good on both.
+            "RAGSTREAM_JWT_SECRET": jwt_secret,
+        }
+        process = subprocess.Popen(  # noqa: S603  (our own CLI, fixed arguments)
+            [sys.executable, "-m", "ragstream.cli", "serve", "--workers", str(workers)], env=env
+        )
+        try:
+            yield f"http://127.0.0.1:{port}/graphql"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def wrk(url: str, token: str, connections: int, seconds: float) -> float:
+    """Requests per second of the list query; any failed answer stops the benchmark."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".json") as body:
+        body.write(orjson.dumps({"query": LIST_QUERY, "variables": {"first": 20}}))
+        body.flush()
+        env = {**os.environ, "BENCH_BODY_FILE": body.name, "BENCH_AUTHORIZATION": f"Bearer {token}"}
+        process = await asyncio.create_subprocess_exec(
+            "wrk",
+            *("-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "30s"),
+            *("-s", str(WRK_SCRIPT), url),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+    lines = [text for text in out.decode().splitlines() if text.startswith("{")]
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed: {out.decode()} {err.decode()}")
+    result: dict[str, int] = orjson.loads(lines[-1])
+    if result["bad"] or result["socket_errors"]:
+        raise RuntimeError(f"failed requests on {url}: {result}")
+    return float(result["requests"]) / (result["duration_us"] / 1e6)
+
+
+@contextlib.asynccontextmanager
+async def database_url() -> AsyncIterator[str]:
+    async with embedded_database() as (database, name, _):
+        yield database.url(name)
+
+
+async def run(args: argparse.Namespace) -> None:
+    async with database_url() as url:
+        secret = secrets.token_urlsafe(48)
+        with serve(url, 1, secret) as one, serve(url, args.workers, secret) as many:
+            await asyncio.gather(wait_ready(one), wait_ready(many))
+            async with client_for(16) as client:
+                tokens = await seed(Api(client, one), args.owners, args.per_owner)
+            token = tokens[0]
+            servers = {"--workers 1": one, f"--workers {args.workers}": many}
+            for server in servers.values():  # warm both (pools, caches, code paths)
+                await wrk(server, token, args.connections, args.warmup)
+            load_before = os.getloadavg()
+            rates: dict[str, list[float]] = {name: [] for name in servers}
+            for round_ in range(args.rounds):
+                # Interleaved, and alternating which goes first: drift hits both alike.
+                order = list(servers.items())
+                for name, server in order if round_ % 2 == 0 else order[::-1]:
+                    rate = await wrk(server, token, args.connections, args.duration)
+                    rates[name].append(rate)
+                    print(f"round {round_ + 1}: {name:<12} {rate:8.1f} req/s", flush=True)
+            load_after = os.getloadavg()
+    single, multi = (statistics.median(values) for values in rates.values())
+    print(
+        f"\nevaluations(first: 20) + owner, {args.owners * args.per_owner} evaluations, "
+        f"{args.connections} connections (wrk, 1 thread), {args.rounds} interleaved rounds of "
+        f"{args.duration:g} s; {os.cpu_count()} CPUs; load average (1/5/15 min) before "
+        f"{'/'.join(f'{x:.2f}' for x in load_before)}, after "
+        f"{'/'.join(f'{x:.2f}' for x in load_after)}\n"
+    )
+    print("| server       | median req/s | min req/s | max req/s |")
+    print("|--------------|--------------|-----------|-----------|")
+    for name, values in rates.items():
+        print(
+            f"| {name:<12} | {statistics.median(values):12.1f} | {min(values):9.1f} "
+            f"| {max(values):9.1f} |"
+        )
+    print(f"\nratio --workers {args.workers} / --workers 1 (medians): {multi / single:.2f}x")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2, help="workers of the second server")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--owners", type=int, default=4)
+    parser.add_argument("--per-owner", type=int, default=25)
+    args = parser.parse_args()
+    if not 2 <= args.workers <= 64 or not 1 <= args.rounds <= 50:
+        parser.error("workers must be 2..64 and rounds 1..50")
+    if shutil.which("wrk") is None:
+        parser.error("wrk is needed (Debian: apt-get install wrk)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Events between server processes and replicas through Redis Streams (`RAGSTREAM_REDIS_URL`).
+
+`RedisBroker` is the event broker of a server process (`domain/events.py`), like `PgBroker`,
+for replicas on many machines. Every topic is one Redis Stream (``ragstream:<topic>``):
+publishing is an ``XADD`` (capped with ``MAXLEN ~``, and expiring an hour after its last
+event), subscribing reads the stream with ``XREAD BLOCK`` from where the subscription started.
+An event reaches the subscribers of its own process at once, in memory, and those of the other
+processes through Redis (each process skips its own entries).
+
+The broker keeps history: ``subscribe(topic, replay=True)`` reads the stream from its first
+entry, so a follower of an answer gets every delta the generating process added since the
+answer started (`remote.py`), and `retire` trims a topic's stream to its last entry and lets it
+expire soon after (an answer that ended: its text is in PostgreSQL).
+
+Entries are sent in batches by one task, in the order they were published. Redis away: entries
+wait in a bounded outbox and readers retry with backoff; nothing blocks on Redis, and the chat
+followers and `documentEvents` re-read PostgreSQL while they hear nothing, so a subscriber gets
+the rest of an answer from the database (at its poll interval) until Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import cast
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from ragstream.domain.events import InMemoryBroker, Payload
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "ragstream:"
+MAX_ENTRIES = 10_000  # per stream (approximately): far above an answer's coalesced deltas
+IDLE_EXPIRY_SECONDS = 3_600  # a stream nobody writes to for this long goes
+RETIRED_EXPIRY_SECONDS = 60  # a retired stream's last entry stays this long for late readers
+MAX_OUTBOX = 10_000  # entries kept while Redis is away; then the oldest are dropped
+BLOCK_MS = 2_000  # one XREAD waits at most this long, so a reader notices a closed broker
+
+
+def stream_key(topic: str) -> str:
+    return KEY_PREFIX + topic
+
+
+class RedisBroker:
+    """Publish/subscribe across processes and machines (see the module docstring)."""
+
+    retains_history = True
+
+    def __init__(self, url: str, *, connect_timeout: float = 5.0, max_pending: int = 1_000) -> None:
+        self.origin = uuid.uuid4().hex
+        self._client: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            # Above BLOCK_MS: a blocking read that never answers fails instead of hanging.
+            socket_timeout=BLOCK_MS / 1000 + connect_timeout,
+            decode_responses=True,
+        )
+        self._local = InMemoryBroker(max_pending)
+        self._outbox: list[tuple[str, str | None]] = []  # (topic, entry), None: retire
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        try:
+            await self._client.ping()
+        except (RedisError, OSError):
+            # Not fatal: answers are generated and stored without Redis; events wait for it.
+            logger.warning("Redis is not reachable yet; events will wait for it", exc_info=True)
+        self._sender = asyncio.create_task(self._send_all(), name="events-redis")
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        await self._client.aclose()
+        await self._local.close()
+
+    # --- publishing --------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: Payload) -> None:
+        self._local.deliver(topic, payload)
+        self._queue(topic, json.dumps({"o": self.origin, "d": payload}, separators=(",", ":")))
+
+    async def retire(self, topic: str) -> None:
+        """The topic's stream is done (after what was published before): trimmed to its last
+        entry, which expires after `RETIRED_EXPIRY_SECONDS`."""
+        self._queue(topic, None)
+
+    def _queue(self, topic: str, entry: str | None) -> None:
+        self._outbox.append((topic, entry))
+        if len(self._outbox) > MAX_OUTBOX:
+            del self._outbox[0]
+        self._wake.set()
+
+    async def _send_all(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._outbox = self._outbox, []
+            if not batch:
+                continue
+            try:
+                # One round trip; commands run in this order.
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for topic, entry in batch:
+                        key = stream_key(topic)
+                        if entry is None:
+                            pipe.xtrim(key, maxlen=1, approximate=False)
+                            pipe.expire(key, RETIRED_EXPIRY_SECONDS)
+                        else:
+                            pipe.xadd(key, {"e": entry}, maxlen=MAX_ENTRIES, approximate=True)
+                            pipe.expire(key, IDLE_EXPIRY_SECONDS)
+                    await pipe.execute()
+            except (RedisError, OSError):
+                logger.warning("could not send events to Redis; retrying", exc_info=True)
+                self._outbox[:0] = batch[-MAX_OUTBOX:]
+                del self._outbox[: max(0, len(self._outbox) - MAX_OUTBOX)]
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._wake.set()
+            else:
+                backoff = 0.1
+
+    # --- subscribing -------------------------------------------------------------------------
+
+    def subscribe(self, topic: str, *, replay: bool = False) -> _RedisStream:
+        return _RedisStream(self, topic, replay)
+
+    def subscriber_count(self, topic: str) -> int:
+        return self._local.subscriber_count(topic)
+
+    async def _start_id(self, key: str) -> str:
+        """The id of the stream's last entry: a subscription reads what comes after it."""
+        try:
+            last = await self._client.xrevrange(key, count=1)
+        except (RedisError, OSError):
+            return "$"  # Redis away: from the first entry the reader sees once it is back
+        return str(last[0][0]) if last else "0-0"
+
+    async def _read(
+        self,
+        key: str,
+        after: str,
+        deliver: Callable[[Payload], None],
+        wanted: Callable[[], bool],
+    ) -> None:
+        """Delivers the entries of other processes after ``after`` while ``wanted()``."""
+        backoff = 0.1
+        while wanted():
+            try:
+                response = cast(
+                    "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
+                    await self._client.xread({key: after}, block=BLOCK_MS, count=500),
+                )
+            except (RedisError, OSError):
+                logger.warning("could not read events from Redis; retrying", exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            for _, entries in response:
+                for entry_id, fields in entries:
+                    after = entry_id
+                    try:
+                        message = json.loads(fields["e"])
+                    except (KeyError, ValueError):
+                        continue  # not one of ragstream's
+                    if message.get("o") != self.origin:
+                        deliver(message["d"])
+
+
+class _RedisStream:
+    """One subscription: the topic's events from this process (in memory) and, through its
+    Redis Stream, from the others."""
+
+    def __init__(self, broker: RedisBroker, topic: str, replay: bool) -> None:
+        self._broker = broker
+        self._topic = topic
+        self._replay = replay
+        self._memory = broker._local.subscribe(topic)
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _open(self) -> bool:
+        return not self._closed
+
+    async def __aenter__(self) -> _RedisStream:
+        await self._memory.__aenter__()
+        key = stream_key(self._topic)
+        after = "0-0" if self._replay else await self._broker._start_id(key)
+        self._reader = asyncio.create_task(
+            self._broker._read(key, after, self._memory._deliver, self._open),
+            name=f"events-{self._topic}",
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            # The client can absorb a cancellation while it reconnects: then the reader stops
+            # after its current read (at most BLOCK_MS), and nobody waits for it.
+            await asyncio.wait([self._reader], timeout=1.0)
+        await self._memory.__aexit__(exc_type, exc, tb)
+
+    def __aiter__(self) -> _RedisStream:
+        return self
+
+    async def __anext__(self) -> Payload:
+        return await self._memory.__anext__()

@@ -1,0 +1,191 @@
+"""Servers on one database fan out through a real Redis (`RAGSTREAM_REDIS_URL`): an answer
+generated on one is resumed and cancelled through another, and survives Redis going away.
+
+Two servers run in this test process (each its own state, lease, pool and Redis connections);
+the last test runs `ragstream serve` processes. Redis is a real `redis-server` started per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from ragstream.domain.chat.remote import message_topic
+from ragstream.redis_events import RETIRED_EXPIRY_SECONDS, RedisBroker, stream_key
+from tests.chat_stub import ChatScript, ChatStub
+from tests.chat_support import (
+    CANCEL,
+    WITHIN,
+    chat_server,
+    eventually,
+    joined,
+    kinds,
+    new_conversation,
+    send,
+    stored_message,
+    stream_all,
+)
+from tests.redis_support import RedisServer, redis_server
+from tests.support import LiveServer
+from tests.test_chat_replicas import _abandoned, _answering
+from tests.test_chat_restart import _row
+from tests.test_scale_processes import serving
+
+TOKENS = [f"word{i} " for i in range(200)]
+FULL = "".join(TOKENS)
+
+
+@pytest.fixture
+async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    async with redis_server(tmp_path / "redis") as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def two_servers(
+    database_url: str, tmp_path: Path, stub: ChatStub, redis: RedisServer
+) -> AsyncIterator[tuple[LiveServer, LiveServer]]:
+    async with (
+        chat_server(database_url, tmp_path / "a", stub, redis_url=redis.url) as a,
+        chat_server(database_url, tmp_path / "b", stub, redis_url=redis.url) as b,
+    ):
+        assert isinstance(a.state.broker, RedisBroker)
+        assert isinstance(b.state.broker, RedisBroker)
+        yield a, b
+
+
+async def _stream_entries(redis: RedisServer, message_id: str) -> list[dict[str, str]]:
+    client = redis.client()
+    try:
+        entries = cast(
+            "list[tuple[str, dict[str, str]]]",
+            await client.xrange(_key(message_id)),
+        )
+    finally:
+        await client.aclose()
+    return [fields for _, fields in entries]
+
+
+def _key(message_id: str) -> str:
+    return stream_key(message_topic(uuid.UUID(message_id)))
+
+
+async def _ttl(redis: RedisServer, message_id: str) -> int:
+    client = redis.client()
+    try:
+        ttl: int = await client.ttl(_key(message_id))
+    finally:
+        await client.aclose()
+    return ttl
+
+
+async def test_an_answer_generated_on_one_server_is_resumed_on_another_through_redis(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub, redis: RedisServer
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    async with two_servers(database_url, tmp_path, chat_stub, redis) as (a, b):
+        account, answer = await _answering(a, chat_stub, tokens=5)
+        # The answer has its Redis Stream from its start, before anyone follows it.
+        await eventually(lambda: _has_entries(redis, answer["id"]))
+
+        events = await stream_all(b, account.access_token, answer["id"], from_offset=7)
+
+        assert kinds(events)[0] == "SourcesRetrieved"
+        assert kinds(events)[-1] == "GenerationCompleted"
+        assert joined(events, start=7) == FULL[7:]  # no gap, no duplicate
+        assert kinds(events).count("TokenDelta") > 1  # followed live
+        assert (await stored_message(a, answer["id"]))["content"] == FULL
+        # Once ended, the stream is trimmed to its last entry (the end) and expires.
+        await eventually(lambda: _retired(redis, answer["id"]))
+        assert 0 < await _ttl(redis, answer["id"]) <= RETIRED_EXPIRY_SECONDS
+
+
+async def _has_entries(redis: RedisServer, message_id: str) -> bool:
+    return len(await _stream_entries(redis, message_id)) > 0
+
+
+async def _retired(redis: RedisServer, message_id: str) -> bool:
+    entries = await _stream_entries(redis, message_id)
+    return len(entries) == 1 and '"kind":"end"' in entries[0]["e"]
+
+
+async def test_an_answer_generated_on_one_server_is_cancelled_through_another_via_redis(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub, redis: RedisServer
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    async with two_servers(database_url, tmp_path, chat_stub, redis) as (a, b):
+        account, answer = await _answering(a, chat_stub, tokens=5)
+
+        result = await b.execute(CANCEL, {"id": answer["id"]}, token=account.access_token)
+
+        cancelled = result.ok()["cancelGeneration"]
+        assert cancelled["status"] == "CANCELLED"
+        assert cancelled["content"]
+        assert FULL.startswith(cancelled["content"])
+        assert cancelled["content"] != FULL
+        stored = await stored_message(a, answer["id"])
+        assert (stored["status"], stored["content"]) == ("CANCELLED", cancelled["content"])
+        await eventually(lambda: _abandoned(chat_stub))  # the provider call was stopped on A
+        assert not a.state.chat.active
+
+
+@pytest.mark.parametrize("back", [True, False], ids=["restarted", "gone"])
+async def test_redis_lost_mid_answer_the_answer_is_stored_and_the_follower_gets_the_rest(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub, redis: RedisServer, back: bool
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    async with two_servers(database_url, tmp_path, chat_stub, redis) as (a, b):
+        account, answer = await _answering(a, chat_stub, tokens=5)
+        follower = asyncio.create_task(stream_all(b, account.access_token, answer["id"]))
+        await chat_stub.wait_for_tokens(20)
+
+        await redis.kill()
+        if back:
+            await chat_stub.wait_for_tokens(60)
+            await redis.start()  # empty: what it held is gone
+
+        # Never a hang: the rest comes through Redis once back, or from the database.
+        async with asyncio.timeout(WITHIN):
+            events = await follower
+        assert kinds(events)[-1] == "GenerationCompleted"
+        assert joined(events) == FULL  # no gap and no duplicate
+        stored = await stored_message(a, answer["id"])
+        assert (stored["status"], stored["content"]) == ("COMPLETE", FULL)
+
+
+async def test_serve_processes_resume_and_cancel_through_redis(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub, redis: RedisServer
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    env = {"RAGSTREAM_REDIS_URL": redis.url}
+    async with (
+        serving(database_url, tmp_path / "a", chat_stub, **env) as (_, a),
+        serving(database_url, tmp_path / "b", chat_stub, **env) as (_, b),
+    ):
+        account, answer = await _answering(a, chat_stub, tokens=5)
+        events = await stream_all(b, account.access_token, answer["id"], from_offset=3)
+        assert joined(events, start=3) == FULL[3:]
+        assert kinds(events).count("TokenDelta") > 1
+        assert await _has_entries(redis, answer["id"])  # it went through Redis
+
+        conversation_id = await new_conversation(a, account.access_token)
+        second = await send(a, account.access_token, conversation_id, "Again")
+        await eventually(lambda: _streams(chat_stub, 2))
+        await chat_stub.wait_for_tokens(5, stream=1)
+        result = await b.execute(CANCEL, {"id": second["id"]}, token=account.access_token)
+        cancelled = result.ok()["cancelGeneration"]
+        assert cancelled["status"] == "CANCELLED"
+        assert await _row(database_url, second["id"]) == {
+            "status": "CANCELLED",
+            "content": cancelled["content"],
+        }
+
+
+async def _streams(stub: ChatStub, count: int) -> bool:
+    return len(stub.streams) == count

@@ -1,0 +1,100 @@
+"""Events between processes through Redis Streams (`redis_events.py: RedisBroker`).
+
+Two brokers on one real `redis-server` stand for two server processes on two machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ragstream.domain.events import EventStream, Payload
+from ragstream.redis_events import RETIRED_EXPIRY_SECONDS, RedisBroker, stream_key
+from tests.chat_support import WITHIN, eventually
+from tests.redis_support import RedisServer, redis_server
+
+
+@contextlib.asynccontextmanager
+async def two_brokers(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[RedisServer, RedisBroker, RedisBroker]]:
+    async with redis_server(tmp_path / "redis") as redis:
+        a, b = RedisBroker(redis.url), RedisBroker(redis.url)
+        await a.start()
+        await b.start()
+        try:
+            yield redis, a, b
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def _next(events: EventStream) -> Payload:
+    async with asyncio.timeout(WITHIN):
+        return await anext(events)
+
+
+async def test_a_document_event_reaches_subscribers_in_both_processes_once(
+    tmp_path: Path,
+) -> None:
+    async with (
+        two_brokers(tmp_path) as (_, a, b),
+        a.subscribe("document:1") as here,
+        b.subscribe("document:1") as there,
+    ):
+        for n in range(300):
+            await a.publish("document:1", {"n": n})
+
+        assert [(await _next(there))["n"] for _ in range(300)] == list(range(300))
+        assert [(await _next(here))["n"] for _ in range(300)] == list(range(300))
+        # A skips its own entries when they come back through Redis.
+        await b.publish("document:1", {"n": "last"})
+        assert await _next(here) == {"n": "last"}
+
+
+async def test_a_replaying_subscriber_gets_the_topic_from_its_first_event(tmp_path: Path) -> None:
+    async with two_brokers(tmp_path) as (redis, a, b):
+        for n in range(3):
+            await a.publish("message:1", {"n": n})
+        await eventually(lambda: _length(redis, "message:1", 3))
+
+        async with (
+            b.subscribe("message:1", replay=True) as replayed,
+            b.subscribe("message:1") as now,
+        ):
+            await a.publish("message:1", {"n": 3})
+            assert [(await _next(replayed))["n"] for _ in range(4)] == [0, 1, 2, 3]
+            assert await _next(now) == {"n": 3}  # without replay: only what came after
+
+
+async def test_a_retired_topic_keeps_only_its_last_event_and_expires(tmp_path: Path) -> None:
+    async with two_brokers(tmp_path) as (redis, a, _):
+        for n in range(5):
+            await a.publish("message:2", {"n": n})
+        await a.retire("message:2")
+
+        await eventually(lambda: _length(redis, "message:2", 1))
+        client = redis.client()
+        try:
+            assert 0 < await client.ttl(stream_key("message:2")) <= RETIRED_EXPIRY_SECONDS
+        finally:
+            await client.aclose()
+
+
+async def test_events_published_while_redis_is_away_arrive_once_it_is_back(tmp_path: Path) -> None:
+    async with two_brokers(tmp_path) as (redis, a, b), b.subscribe("document:3") as there:
+        await redis.kill()
+        await a.publish("document:3", {"n": 1})  # never blocks on Redis
+        await redis.start()
+
+        assert await _next(there) == {"n": 1}
+
+
+async def _length(redis: RedisServer, topic: str, length: int) -> bool:
+    client = redis.client()
+    try:
+        return bool(await client.xlen(stream_key(topic)) == length)
+    finally:
+        await client.aclose()
