@@ -10,8 +10,8 @@ from pydantic import SecretStr
 
 from ragstream import cli
 from ragstream.domain.llm.chat import ChatRequest, PromptMessage
-from ragstream.domain.llm.embeddings import build_embedder
 from ragstream.domain.llm.openai_chat import OpenAIChatProvider
+from ragstream.domain.llm.providers import build_embedder
 from ragstream.settings import Settings
 from tests.chat_stub import CHAT_COMPLETIONS, ChatStub
 from tests.openai_stub import EMBEDDINGS

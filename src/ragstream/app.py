@@ -23,7 +23,7 @@ from ragstream.domain.chat.generation import GenerationManager
 from ragstream.domain.chat.preparation import knowledge_base_retriever
 from ragstream.domain.errors import InvalidInput
 from ragstream.domain.flags.features import defaults_from_settings
-from ragstream.domain.llm.chat import build_chat_provider
+from ragstream.domain.llm.providers import build_chat_provider
 from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.domain.users.auth import AuthService
 from ragstream.domain.users.passwords import PasswordHasher

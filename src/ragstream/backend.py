@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ragstream.db.embedded import EarlyStart, EmbeddedDatabase, start_embedded
 from ragstream.db.engine import make_engine, make_sessionmaker
 from ragstream.domain.events import EventBroker, InMemoryBroker
-from ragstream.domain.llm.embeddings import Embedder, build_embedder
+from ragstream.domain.llm.embeddings import Embedder
+from ragstream.domain.llm.providers import build_embedder
 from ragstream.observability.metrics import Metrics
 from ragstream.observability.pool import metered_pool_class, observe_pool
 from ragstream.observability.providers import observed_embedder

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from ragstream.db.repositories.jobs import JobRepository
 
 if TYPE_CHECKING:
-    from ragstream.app import AppState
+    from ragstream.state import AppState
 
 logger = logging.getLogger(__name__)
 

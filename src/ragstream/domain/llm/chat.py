@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ragstream.domain.chat.enums import FailureCode
-from ragstream.settings import Settings
 
 Role = Literal["system", "user", "assistant"]
 
@@ -111,14 +110,3 @@ class ChatProvider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-def build_chat_provider(settings: Settings) -> ChatProvider:
-    """The configured provider; builds clients but opens no connection."""
-    if settings.chat_provider == "openai":
-        from ragstream.domain.llm.openai_chat import OpenAIChatProvider
-
-        return OpenAIChatProvider.from_settings(settings)
-    from ragstream.domain.llm.extractive import ExtractiveChatProvider
-
-    return ExtractiveChatProvider(word_delay=settings.extractive_word_delay_ms / 1000)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from ragstream.domain.text import STOPWORDS
 from ragstream.domain.text import stem as text_stem
 from ragstream.domain.text import words as text_words
-from ragstream.settings import ConfigurationError, Settings
+from ragstream.settings import ConfigurationError
 from ragstream.workpool import WorkPool
 
 if TYPE_CHECKING:
@@ -352,21 +352,3 @@ def embed_in_worker(dimensions: int, texts: list[str]) -> list[list[float]]:
     if embedder is None:
         embedder = _worker_embedders[dimensions] = HashingEmbedder(dimensions)
     return embedder.embed_sync(texts)
-
-
-def build_embedder(settings: Settings, pool: WorkPool | None = None) -> Embedder:
-    if settings.embedding_provider == "openai":
-        # Imported only when configured: the OpenAI client library is slow to import.
-        from ragstream.domain.llm.openai_client import openai_client
-        from ragstream.domain.llm.openai_embeddings import OpenAIEmbedder
-
-        return OpenAIEmbedder(
-            openai_client(settings),
-            model=settings.embedding_model,
-            dimensions=settings.embedding_dimensions,
-            batch_size=settings.embedding_batch_size,
-            request_dimensions=settings.embedding_request_dimensions,
-        )
-    return HashingEmbedder(
-        settings.embedding_dimensions, pool=pool, time_limit=settings.ingestion_timeout_seconds
-    )
