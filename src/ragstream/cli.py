@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ragstream.documents_cli import add_commands as add_knowledge_commands
 from ragstream.persisted_cli import add_command as add_persisted_command
@@ -111,6 +111,7 @@ def _serve(settings: Settings, early: EarlyStart | None) -> int:
     import uvicorn
 
     from ragstream.app import create_app
+    from ragstream.workers import server_options
 
     # With the embedded database, serve holds its data-dir lock: no other server uses it.
     app = create_app(settings, early=early, alone=settings.database_url is None)
@@ -148,22 +149,6 @@ def _serve(settings: Settings, early: EarlyStart | None) -> int:
     # A failed start-up exits inside run() (SystemExit 3) and a crash raises; a server that
     # started and got here has shut down cleanly, whether a signal asked it to or not.
     return 0 if server.started else STARTUP_FAILURE
-
-
-def server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's configuration of a ragstream server, one process or several."""
-    return {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        # Logging is configured in cmd_serve (JSON or text); each request gets ragstream's line.
-        "log_config": None,
-        "access_log": not settings.log_requests,
-        "proxy_headers": False,
-        "lifespan": "on",
-        # Larger frames are refused while read (1009); the app checks the same limit.
-        "ws_max_size": settings.ws_message_limit,
-    }
 
 
 def startup_banner(state: AppState, server: uvicorn.Server) -> str:
@@ -343,21 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging() -> None:
-    """INFO from ragstream (the banner, what a command did); warnings and errors from the rest."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # The job queue logs each worker start, stop and job at INFO.
-    logging.getLogger("procrastinate").setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ragstream.domain.errors import DomainError
+    from ragstream.observability.logs import configure_command_logging
     from ragstream.settings import ConfigurationError
 
-    configure_logging()
+    configure_command_logging()
     try:
         return int(args.func(args))
     except ConfigurationError as exc:

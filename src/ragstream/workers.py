@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -47,8 +47,7 @@ def worker_count(value: str) -> int:
 def worker_app() -> Starlette:
     """The application of one worker process (uvicorn calls it in each of them)."""
     from ragstream.app import create_app
-    from ragstream.cli import configure_logging as configure_command_logging
-    from ragstream.observability.logs import configure_logging
+    from ragstream.observability.logs import configure_command_logging, configure_logging
     from ragstream.settings import Settings
 
     settings = Settings()
@@ -57,6 +56,22 @@ def worker_app() -> Starlette:
     uvicorn_log = logging.getLogger("uvicorn.error")  # its start-up lines: as serve has them
     uvicorn_log.setLevel(max(logging.WARNING, uvicorn_log.level))
     return create_app(settings)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's configuration of a ragstream server, one process or several."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        # Logging is configured in cmd_serve (JSON or text); each request gets ragstream's line.
+        "log_config": None,
+        "access_log": not settings.log_requests,
+        "proxy_headers": False,
+        "lifespan": "on",
+        # Larger frames are refused while read (1009); the app checks the same limit.
+        "ws_max_size": settings.ws_message_limit,
+    }
 
 
 def serve_workers(settings: Settings, early: EarlyStart | None, workers: int) -> int:
@@ -100,8 +115,6 @@ def _supervise(settings: Settings, workers: int) -> int:
     """Binds the port and runs the worker processes until they are stopped."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
-
-    from ragstream.cli import server_options
 
     config = uvicorn.Config(
         "ragstream.workers:worker_app",

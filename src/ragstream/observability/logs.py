@@ -127,6 +127,16 @@ def configure_logging(log_format: str, level: str = "info", stream: IO[str] | No
         uvicorn_logger.propagate = True
 
 
+def configure_command_logging() -> None:
+    """What every command starts with: INFO from ragstream (the banner, what a command did);
+    warnings and errors from the rest. `serve` then sets up its own format."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # The job queue logs each worker start, stop and job at INFO.
+    logging.getLogger("procrastinate").setLevel(logging.WARNING)
+
+
 def operation_fields(
     *, name: str | None, kind: str, outcome: str, codes: list[str], user_id: str | None
 ) -> dict[str, Any]:
