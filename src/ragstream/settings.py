@@ -240,10 +240,35 @@ class ConfigurationError(RuntimeError):
 def check_serving(settings: Settings) -> bytes:
     """What the server refuses to start without, checked before anything starts (serve starts
     the embedded database early); returns the JWT signing key."""
-    from ragstream.domain.llm.openai_client import check_openai_key
-
     check_openai_key(settings)
     return resolve_jwt_secret(settings)
+
+
+def check_openai_key(settings: Settings) -> None:
+    """Refuses a configuration where a provider is `openai` but no key is set.
+
+    Without this the server would start and then fail every answer or every ingestion. Local
+    OpenAI-compatible servers (Ollama, vLLM) accept any key, so they need one set too.
+    """
+    if settings.openai_api_key is None and _openai_providers(settings):
+        raise missing_openai_key(settings)
+
+
+def _openai_providers(settings: Settings) -> list[str]:
+    providers = (
+        ("RAGSTREAM_CHAT_PROVIDER", settings.chat_provider),
+        ("RAGSTREAM_EMBEDDING_PROVIDER", settings.embedding_provider),
+    )
+    return [f"{name}=openai" for name, provider in providers if provider == "openai"]
+
+
+def missing_openai_key(settings: Settings) -> ConfigurationError:
+    needing = " and ".join(_openai_providers(settings)) or "an openai provider"
+    return ConfigurationError(
+        f"OPENAI_API_KEY is required by {needing}; set it (a local OpenAI-compatible server "
+        "accepts any value, e.g. OPENAI_API_KEY=local) or choose the offline providers "
+        "(extractive, hashing)"
+    )
 
 
 def resolve_jwt_secret(settings: Settings) -> bytes:
