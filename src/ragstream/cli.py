@@ -153,32 +153,21 @@ def _serve(settings: Settings, early: EarlyStart | None) -> int:
 
 def startup_banner(state: AppState, server: uvicorn.Server) -> str:
     """Where the server listens and what it runs with, in one block."""
+    from ragstream.workers import serving_banner
+
     settings = state.settings
     host, port = (
         server.servers[0].sockets[0].getsockname()[:2]
         if server.servers
-        else (
-            settings.host,
-            settings.port,
-        )
+        else (settings.host, settings.port)
     )
-    url = f"http://{host}:{port}/graphql"
-    graphiql = f"{url} (open it in a browser)" if settings.graphiql_enabled else "off"
-    database = "embedded PostgreSQL" if state.embedded is not None else "RAGSTREAM_DATABASE_URL"
-    chat = f"openai ({settings.chat_model})" if settings.chat_provider == "openai" else "extractive"
-    workers = (
-        f"ingestion in this process, {settings.ingestion_concurrency} jobs at a time"
-        if settings.ingestion_worker
-        else "ingestion by `ragstream worker` processes only"
-    )
-    return "\n".join(
-        [
-            f"ragstream is serving GraphQL at {url}",
-            f"  GraphiQL   {graphiql}",
-            f"  data dir   {settings.data_dir} (database: {database})",
-            f"  providers  chat {chat}, embeddings {state.embedder.name}",
-            f"  workers    {workers}",
-        ]
+    return serving_banner(
+        settings,
+        host,
+        port,
+        embedded=state.embedded is not None,
+        embeddings=state.embedder.name,
+        processes=1,
     )
 
 

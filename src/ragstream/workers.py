@@ -55,6 +55,10 @@ def worker_app() -> Starlette:
     configure_logging(str(settings.log_format), settings.log_level)
     uvicorn_log = logging.getLogger("uvicorn.error")  # its start-up lines: as serve has them
     uvicorn_log.setLevel(max(logging.WARNING, uvicorn_log.level))
+    if settings.log_requests:  # ragstream writes each request's line: none from uvicorn
+        access = logging.getLogger("uvicorn.access")
+        access.handlers.clear()
+        access.propagate = False
     return create_app(settings)
 
 
@@ -72,6 +76,34 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # Larger frames are refused while read (1009); the app checks the same limit.
         "ws_max_size": settings.ws_message_limit,
     }
+
+
+def serving_banner(
+    settings: Settings, host: str, port: int, *, embedded: bool, embeddings: str, processes: int
+) -> str:
+    """Where the server listens and what it runs with, in one block."""
+    url = f"http://{host}:{port}/graphql"
+    graphiql = f"{url} (open it in a browser)" if settings.graphiql_enabled else "off"
+    database = "embedded PostgreSQL" if embedded else "RAGSTREAM_DATABASE_URL"
+    chat = f"openai ({settings.chat_model})" if settings.chat_provider == "openai" else "extractive"
+    ingestion = (
+        f"ingestion in {'each server process' if processes > 1 else 'this process'}, "
+        f"{settings.ingestion_concurrency} jobs at a time"
+        if settings.ingestion_worker
+        else "ingestion by `ragstream worker` processes only"
+    )
+    servers = (
+        f"{processes} server processes (supervisor pid {os.getpid()}), " if processes > 1 else ""
+    )
+    return "\n".join(
+        [
+            f"ragstream is serving GraphQL at {url}",
+            f"  GraphiQL   {graphiql}",
+            f"  data dir   {settings.data_dir} (database: {database})",
+            f"  providers  chat {chat}, embeddings {embeddings}",
+            f"  workers    {servers}{ingestion}",
+        ]
+    )
 
 
 def serve_workers(settings: Settings, early: EarlyStart | None, workers: int) -> int:
@@ -129,14 +161,17 @@ def _supervise(settings: Settings, workers: int) -> int:
     sock = config.bind_socket()
     host, port = sock.getsockname()[:2]
     supervisor = Multiprocess(config, sockets=[sock])
-    logger.info(
-        "ragstream is serving GraphQL at http://%s:%s/graphql with %d worker processes "
-        "(supervisor pid %d)",
+    from ragstream.domain.llm.providers import build_embedder
+
+    banner = serving_banner(
+        settings,
         host,
         port,
-        workers,
-        os.getpid(),
+        embedded=settings.database_url is None,
+        embeddings=build_embedder(settings).name,
+        processes=workers,
     )
+    logger.info("%s", banner)
     supervisor.run()
     failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
     logger.info("ragstream stopped")
