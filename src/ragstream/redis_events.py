@@ -32,7 +32,7 @@ from typing import cast
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from ragstream.domain.events import InMemoryBroker, Payload
+from ragstream.domain.events import InMemoryBroker, Outbox, Payload
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ class RedisBroker:
             decode_responses=True,
         )
         self._local = InMemoryBroker(max_pending)
-        self._outbox: list[tuple[str, str | None]] = []  # (topic, entry), None: retire
-        self._wake = asyncio.Event()
+        # (topic, entry); None: retire the topic
+        self._outbox: Outbox[tuple[str, str | None]] = Outbox(MAX_OUTBOX)
         self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -73,7 +73,9 @@ class RedisBroker:
         except (RedisError, OSError):
             # Not fatal: answers are generated and stored without Redis; events wait for it.
             logger.warning("Redis is not reachable yet; events will wait for it", exc_info=True)
-        self._sender = asyncio.create_task(self._send_all(), name="events-redis")
+        self._sender = asyncio.create_task(
+            self._outbox.send_forever(self._send, (RedisError, OSError)), name="events-redis"
+        )
 
     async def close(self) -> None:
         if self._sender is not None:
@@ -87,48 +89,29 @@ class RedisBroker:
 
     async def publish(self, topic: str, payload: Payload) -> None:
         self._local.deliver(topic, payload)
-        self._queue(topic, json.dumps({"o": self.origin, "d": payload}, separators=(",", ":")))
+        self._outbox.put(
+            (topic, json.dumps({"o": self.origin, "d": payload}, separators=(",", ":")))
+        )
 
     async def retire(self, topic: str) -> None:
         """The topic's stream is done (after what was published before): trimmed to its last
         entry, which expires after `RETIRED_EXPIRY_SECONDS`."""
-        self._queue(topic, None)
+        self._outbox.put((topic, None))
 
-    def _queue(self, topic: str, entry: str | None) -> None:
-        self._outbox.append((topic, entry))
-        if len(self._outbox) > MAX_OUTBOX:
-            del self._outbox[0]
-        self._wake.set()
-
-    async def _send_all(self) -> None:
-        backoff = 0.1
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._outbox = self._outbox, []
-            if not batch:
-                continue
-            try:
-                # One round trip; commands run in this order.
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for topic, entry in batch:
-                        key = stream_key(topic)
-                        if entry is None:
-                            pipe.xtrim(key, maxlen=1, approximate=False)
-                            pipe.expire(key, RETIRED_EXPIRY_SECONDS)
-                        else:
-                            pipe.xadd(key, {"e": entry}, maxlen=MAX_ENTRIES, approximate=True)
-                            pipe.expire(key, IDLE_EXPIRY_SECONDS)
-                    await pipe.execute()
-            except (RedisError, OSError):
-                logger.warning("could not send events to Redis; retrying", exc_info=True)
-                self._outbox[:0] = batch[-MAX_OUTBOX:]
-                del self._outbox[: max(0, len(self._outbox) - MAX_OUTBOX)]
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                self._wake.set()
-            else:
-                backoff = 0.1
+    async def _send(self, batch: list[tuple[str, str | None]]) -> None:
+        if not batch:
+            return
+        # One round trip; commands run in this order.
+        async with self._client.pipeline(transaction=False) as pipe:
+            for topic, entry in batch:
+                key = stream_key(topic)
+                if entry is None:
+                    pipe.xtrim(key, maxlen=1, approximate=False)
+                    pipe.expire(key, RETIRED_EXPIRY_SECONDS)
+                else:
+                    pipe.xadd(key, {"e": entry}, maxlen=MAX_ENTRIES, approximate=True)
+                    pipe.expire(key, IDLE_EXPIRY_SECONDS)
+            await pipe.execute()
 
     # --- subscribing -------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from ragstream.domain.events import InMemoryBroker, Payload
+from ragstream.domain.events import InMemoryBroker, Outbox, Payload
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +52,21 @@ class PgBroker:
         self._listening: dict[str, int] = {}  # topic -> subscribers in this process
         self._conn: asyncpg.Connection[Any] | None = None
         self._lock = asyncio.Lock()  # one operation at a time on the connection
-        self._outbox: list[tuple[str, str]] = []
-        self._wake = asyncio.Event()
+        self._outbox: Outbox[tuple[str, str]] = Outbox(MAX_OUTBOX)
         self._sender: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         async with self._lock:
             await self._live()
-        self._sender = asyncio.create_task(self._send_all(), name="events-notify")
+        self._sender = asyncio.create_task(
+            self._outbox.send_forever(
+                self._send,
+                (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError),
+                retry=self._drop_connection,
+            ),
+            name="events-notify",
+        )
 
     async def close(self) -> None:
         if self._sender is not None:
@@ -83,32 +89,14 @@ class PgBroker:
         if len(data.encode()) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"an event on {topic} is larger than a notification can carry")
         self._local.deliver(topic, payload)
-        self._outbox.append((topic, data))
-        if len(self._outbox) > MAX_OUTBOX:
-            del self._outbox[0]
-        self._wake.set()
+        self._outbox.put((topic, data))
 
-    async def _send_all(self) -> None:
-        backoff = 0.1
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._outbox = self._outbox, []
-            try:
-                async with self._lock:
-                    conn = await self._live()
-                    if batch:
-                        # One round trip, one transaction: delivered in this order.
-                        await conn.executemany("SELECT pg_notify($1, $2)", batch)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                logger.warning("could not send events to other processes; retrying", exc_info=True)
-                self._outbox[:0] = batch[-MAX_OUTBOX:]
-                await self._drop_connection()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                self._wake.set()
-            else:
-                backoff = 0.1
+    async def _send(self, batch: list[tuple[str, str]]) -> None:
+        async with self._lock:
+            conn = await self._live()  # also after a lost connection, with nothing to send
+            if batch:
+                # One round trip, one transaction: delivered in this order.
+                await conn.executemany("SELECT pg_notify($1, $2)", batch)
 
     # --- subscribing -------------------------------------------------------------------------
 
@@ -199,7 +187,7 @@ class PgBroker:
         if conn is self._conn:
             logger.warning("lost the event connection to the database; reconnecting")
             self._conn = None
-            self._wake.set()  # the sender reconnects
+            self._outbox.wake()  # the sender reconnects
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None

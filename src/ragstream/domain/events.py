@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 Payload = dict[str, Any]
 
@@ -123,3 +124,58 @@ class InMemoryBroker:
 
     async def close(self) -> None:
         self._streams.clear()
+
+
+Entry = TypeVar("Entry")
+logger = logging.getLogger(__name__)
+
+
+class Outbox(Generic[Entry]):
+    """What a process has yet to send to the others, in order, sent in batches by one task.
+
+    A batch that fails goes back to the front and is retried after a pause that grows up to 5 s;
+    past ``limit`` entries the oldest are dropped, so a broker that is away costs bounded memory.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._entries: list[Entry] = []
+        self._wake = asyncio.Event()
+
+    def put(self, entry: Entry) -> None:
+        self._entries.append(entry)
+        if len(self._entries) > self.limit:
+            del self._entries[0]
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Runs the sender once more even with nothing to send (e.g. to reconnect)."""
+        self._wake.set()
+
+    async def send_forever(
+        self,
+        send: Callable[[list[Entry]], Awaitable[None]],
+        failures: tuple[type[BaseException], ...],
+        *,
+        retry: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Calls ``send`` with each batch (possibly empty, after `wake`) until cancelled;
+        ``retry`` runs after a failed batch, before the pause."""
+        backoff = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._entries = self._entries, []
+            try:
+                await send(batch)
+            except failures:
+                logger.warning("could not send events to other processes; retrying", exc_info=True)
+                self._entries[:0] = batch
+                del self._entries[: max(0, len(self._entries) - self.limit)]
+                if retry is not None:
+                    await retry()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._wake.set()
+            else:
+                backoff = 0.1
