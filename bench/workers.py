@@ -37,7 +37,7 @@ from bench.queries import LIST_QUERY, Api, _server_env, client_for, free_port, s
 
 
 @contextlib.contextmanager
-def serve(database_url: str, workers: int, jwt_secret: str) -> Iterator[str]:
+def serve(database_url: str, workers: int, jwt_secret: str, extra: dict[str, str]) -> Iterator[str]:
     """`ragstream serve --workers N` on the database; yields its GraphQL URL."""
     with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as data_dir:
         port = free_port()
@@ -46,6 +46,7 @@ def serve(database_url: str, workers: int, jwt_secret: str) -> Iterator[str]:
             "RAGSTREAM_DATABASE_URL": database_url,
             # One secret: a token signed by either server is good on both.
             "RAGSTREAM_JWT_SECRET": jwt_secret,
+            **extra,
         }
         process = subprocess.Popen(  # noqa: S603  (our own CLI, fixed arguments)
             [sys.executable, "-m", "ragstream.cli", "serve", "--workers", str(workers)], env=env
@@ -94,7 +95,11 @@ async def database_url() -> AsyncIterator[str]:
 async def run(args: argparse.Namespace) -> None:
     async with database_url() as url:
         secret = secrets.token_urlsafe(48)
-        with serve(url, 1, secret) as one, serve(url, args.workers, secret) as many:
+        extra = dict(item.split("=", 1) for item in args.server_env)
+        with (
+            serve(url, 1, secret, extra) as one,
+            serve(url, args.workers, secret, extra) as many,
+        ):
             await asyncio.gather(wait_ready(one), wait_ready(many))
             async with client_for(16) as client:
                 tokens = await seed(Api(client, one), args.owners, args.per_owner)
@@ -134,6 +139,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="workers of the second server")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a RAGSTREAM_* setting for both servers (repeatable)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=32)
