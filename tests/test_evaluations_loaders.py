@@ -78,8 +78,8 @@ async def test_statement_count_does_not_grow_with_the_page(server: LiveServer) -
     assert len(large["evaluations"]["edges"]) == 50
     owners = {e["node"]["owner"]["id"] for e in large["evaluations"]["edges"]}
     assert owners == {a.id for a in accounts}
-    # The viewer, the count, the page, and one batched read of every owner on the page.
-    assert len(small_sql) == len(large_sql) == 4, large_sql
+    # The viewer, the count, and the page with every owner on it joined in (a compiled read).
+    assert len(small_sql) == len(large_sql) == 3, large_sql
 
 
 async def test_nested_user_evaluations_are_one_query_per_level(server: LiveServer) -> None:
@@ -355,8 +355,9 @@ async def test_a_read_only_request_is_one_connection_and_never_commits(
     with feature_transactions(server) as seen:
         await run_counted(server, PAGE_WITH_OWNERS, {"first": 5}, admin.access_token)
 
-    # The viewer, the count, the page and the owners share one connection; nothing commits.
-    assert [kind for _, kind in seen] == ["statement"] * 4 + ["rollback"], seen
+    # The viewer, the count and the page with its owners (a compiled read, owners joined)
+    # share one connection; nothing commits.
+    assert [kind for _, kind in seen] == ["statement"] * 3 + ["rollback"], seen
     assert len({key for key, _ in seen}) == 1, seen
 
 

@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     otel_service_name: str | None = None  # None: OTEL_SERVICE_NAME, else "ragstream"
     # Cache-Control max-age of GET queries that no viewer can change (anonymous, no errors).
     get_cache_max_age_seconds: int = 60
+    # The hottest reads (`me`, the evaluations list) answered from a compiled plan, with the
+    # same bytes and errors as field-by-field execution (schema/compiled.py); off: always execute.
+    compiled_reads: bool = True
 
     # Chat (see domain/chat): generation, streaming and persistence
     chat_system_prompt: str | None = None  # None: the built-in prompt in domain/chat/prompt.py

@@ -108,8 +108,12 @@ async def paginate(
     cursor_of: Callable[[T], Sequence[Any]],
     request: PageRequest,
     descending: bool = False,
+    columns: bool = False,
 ) -> Page[T]:
-    """One page of ``stmt`` ordered by ``keys`` (the last key must be unique, e.g. the id)."""
+    """One page of ``stmt`` ordered by ``keys`` (the last key must be unique, e.g. the id).
+
+    The page's items are the statement's entities, or with ``columns`` its plain rows.
+    """
     total = (
         await session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
         if request.count
@@ -120,8 +124,8 @@ async def paginate(
         bound = tuple_(*(literal(v, k.type) for v, k in zip(after, keys, strict=True)))
         stmt = stmt.where(tuple_(*keys) < bound if descending else tuple_(*keys) > bound)
     ordering = [k.desc() if descending else k.asc() for k in keys]
-    result = await session.scalars(stmt.order_by(*ordering).limit(request.first + 1))
-    rows: list[T] = list(result.all())
+    result = await session.execute(stmt.order_by(*ordering).limit(request.first + 1))
+    rows: list[T] = list(result.all() if columns else result.scalars().all())
     items = rows[: request.first]
     return Page(
         items=items,

@@ -16,10 +16,10 @@ from ragstream.domain.errors import DomainError
 from ragstream.observability.operations import ObserveOperations
 from ragstream.observability.tracing import tracing_wanted
 from ragstream.persisted import persisted_of, wants_resolving
+from ragstream.schema.compiled import CompiledReadsExecutor
 from ragstream.schema.errors import ErrorContract, shape_result
 from ragstream.schema.limits import Limits, ParserCache, QueryLimits, ValidationCache
 from ragstream.schema.list_size import ListSizeLimit
-from ragstream.schema.rendering import RenderingExecutor
 from ragstream.schema.root import Mutation, Query, Subscription
 from ragstream.schema.strings import StringGuard
 from ragstream.settings import Settings
@@ -115,8 +115,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=True),
-        # Subscription events are rendered from a plan made once per subscription.
-        execution_context_class=RenderingExecutor,
+        # The hottest reads run from a compiled plan; subscription events are rendered from a
+        # plan made once per subscription.
+        execution_context_class=CompiledReadsExecutor,
     )
 
 

@@ -45,6 +45,7 @@ class Context:
     _session: AsyncSession | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
+    _autocommit: bool = field(default=False, repr=False)
     # DataLoaders for nested fields; see schema/loaders.py for why websockets do not cache.
     loaders: Loaders = field(init=False, repr=False)
     # Asked several times per request; an isinstance check through Starlette's ABCs each time.
@@ -78,8 +79,17 @@ class Context:
         async with self._lock:
             if self._session is None:
                 self._session = self.state.sessionmaker()
+                if self._autocommit:
+                    await self._session.connection(execution_options=_AUTOCOMMIT)
             async with _unit_of_work(self._session):
                 yield self._session
+
+    def read_only(self) -> None:
+        """Declare that this HTTP request only reads. Its session, opened by the first read,
+        then runs each statement on its own: no BEGIN and no ROLLBACK, two round trips fewer.
+        Reads see what they would in a transaction: under READ COMMITTED every statement takes
+        its own snapshot anyway. No effect once the session is open."""
+        self._autocommit = True
 
     async def release(self) -> None:
         """End the request's transaction now (a read-only one rolls back: every write was
@@ -148,6 +158,9 @@ class Context:
                 environment=self.state.settings.environment,
                 defaults=self.state.feature_defaults,
             )
+
+
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
 @contextlib.asynccontextmanager

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -13,9 +15,12 @@ from sqlalchemy import (
     Select,
     SQLColumnExpression,
     String,
+    and_,
     delete,
     func,
     literal,
+    null,
+    select,
     true,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,7 +38,9 @@ from ragstream.db.pagination import (
     parent_page_key,
 )
 from ragstream.db.repositories.base import ReadableRepository
+from ragstream.db.repositories.users import UserRepository
 from ragstream.domain.evaluations.enums import EvaluationStatus, ProjectType
+from ragstream.domain.users.enums import Role
 
 OrderField = Literal["CREATED_AT", "UPDATED_AT", "TITLE", "OVERALL_SCORE"]
 
@@ -67,6 +74,52 @@ def _sort_key(order: EvaluationOrder) -> SQLColumnExpression[Any]:
         unscored = _UNSCORED_LAST_DESC if order.descending else _UNSCORED_LAST_ASC
         return func.coalesce(Evaluation.overall_score, literal(unscored, Double), type_=Double)
     return Evaluation.created_at
+
+
+class ListedEvaluation(NamedTuple):
+    """An evaluation of a list as plain values, named as the model's attributes (no ORM object)."""
+
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    title: str
+    company_name: str
+    project_type: ProjectType
+    status: EvaluationStatus
+    criteria: list[Any] | None  # None when the caller did not ask for them
+    overall_score: float | None
+    notes: str | None
+    created_at: datetime
+    updated_at: datetime
+    sort_key: Any
+
+
+class ListedOwner(NamedTuple):
+    """The owner of a listed evaluation, named as the User model's attributes."""
+
+    id: uuid.UUID
+    email: str
+    display_name: str
+    role: Role
+    is_active: bool
+    created_at: datetime
+
+
+_LISTED = (
+    Evaluation.id,
+    Evaluation.owner_id,
+    Evaluation.title,
+    Evaluation.company_name,
+    Evaluation.project_type,
+    Evaluation.status,
+)
+_LISTED_AFTER_CRITERIA = (
+    Evaluation.overall_score,
+    Evaluation.notes,
+    Evaluation.created_at,
+    Evaluation.updated_at,
+)
+_OWNER = (User.id, User.email, User.display_name, User.role, User.is_active, User.created_at)
+ListedRow = tuple[ListedEvaluation, ListedOwner | None]
 
 
 # The cursor of User.evaluations (and of the default list order): newest first.
@@ -137,6 +190,46 @@ class EvaluationRepository(ReadableRepository[Evaluation]):
             cursor_of=lambda e: (e.sort_key, e.id),
             request=request,
             descending=order.descending,
+        )
+
+    async def page_rows(
+        self, request: PageRequest, order: EvaluationOrder, *, criteria: bool, owners: bool
+    ) -> Page[ListedRow]:
+        """`page` with no filter, as plain rows: the same items and cursors, no ORM objects.
+
+        ``criteria``: read the stored criteria (else they are None). ``owners``: each row's owner
+        in the same statement, joined with the accounts the viewer may read (None for one it
+        may not).
+        """
+        key = _sort_key(order)
+        stored = Evaluation.criteria if criteria else null()
+        stmt = select(
+            *_LISTED, stored.label("criteria"), *_LISTED_AFTER_CRITERIA, key.label("sort_key")
+        ).where(self.readable_by(self.viewer))
+        if owners:
+            readable_owner = and_(
+                User.id == Evaluation.owner_id, UserRepository.readable_by(self.viewer)
+            )
+            stmt = stmt.add_columns(*_OWNER).outerjoin(User, readable_owner)
+        page: Page[Any] = await paginate(
+            self.session,
+            stmt,
+            keys=[key, Evaluation.id],
+            cursor_of=lambda row: (row.sort_key, row.id),
+            request=request,
+            descending=order.descending,
+            columns=True,
+        )
+        split = len(ListedEvaluation._fields)
+        return dataclasses.replace(
+            page,
+            items=[
+                (
+                    ListedEvaluation._make(row[:split]),
+                    ListedOwner._make(row[split:]) if owners and row[split] is not None else None,
+                )
+                for row in page.items
+            ],
         )
 
     @staticmethod

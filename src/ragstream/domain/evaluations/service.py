@@ -19,6 +19,7 @@ from ragstream.db.repositories.evaluations import (
     EvaluationFilter,
     EvaluationOrder,
     EvaluationRepository,
+    ListedRow,
     OrderField,
 )
 from ragstream.domain.changes import KEEP, Change, updated
@@ -228,3 +229,22 @@ __all__ = [
     "owner_page_key",
     "pages_by_owner",
 ]
+
+
+async def list_evaluation_rows(
+    session: AsyncSession,
+    viewer: User,
+    *,
+    first: int | None,
+    after: str | None,
+    count: bool,
+    criteria: bool,
+    owners: bool,
+) -> Page[ListedRow]:
+    """`list_evaluations` with no filter in the default order, as plain rows; see
+    `EvaluationRepository.page_rows` for ``criteria`` and ``owners``."""
+    request = page_request(first, after, count=count)
+    with cursor_errors():
+        return await EvaluationRepository(session, viewer).page_rows(
+            request, EvaluationOrder(), criteria=criteria, owners=owners
+        )

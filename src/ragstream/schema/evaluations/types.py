@@ -3,11 +3,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import strawberry
 
-from ragstream.db.models.evaluations import Evaluation as EvaluationRow
 from ragstream.domain.evaluations.enums import EvaluationStatus, ProjectType
 from ragstream.domain.evaluations.rules import Criterion as CriterionData
 from ragstream.schema.context import Info
@@ -67,6 +66,8 @@ async def resolve_owner(root: Evaluation, info: Info) -> User:
 
 def resolve_criteria(root: Evaluation) -> list[Criterion]:
     # Decoded only when selected.
+    if root.stored_criteria is None:
+        raise RuntimeError("the criteria were not read")
     return [to_criterion(CriterionData.from_json(value)) for value in root.stored_criteria]
 
 
@@ -92,11 +93,38 @@ class Evaluation:
     )
     owner_id: strawberry.Private[uuid.UUID]
     # As stored (JSON); see `resolve_criteria`.
-    stored_criteria: strawberry.Private[list[Any]]
+    stored_criteria: strawberry.Private[list[Any] | None]
 
 
 def to_criterion(data: CriterionData) -> Criterion:
     return Criterion(name=data.name, weight=data.weight, score=data.score, notes=data.notes)
+
+
+class EvaluationRow(Protocol):
+    """What `to_evaluation` reads: an ORM evaluation, or a listed one (plain values)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def owner_id(self) -> uuid.UUID: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def company_name(self) -> str: ...
+    @property
+    def project_type(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def criteria(self) -> list[Any] | None: ...
+    @property
+    def overall_score(self) -> float | None: ...
+    @property
+    def notes(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
 
 
 def to_evaluation(row: EvaluationRow) -> Evaluation:

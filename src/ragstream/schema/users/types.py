@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import strawberry
 from strawberry.scalars import JSON
 
-from ragstream.db import models
 from ragstream.db.repositories.chat import TokenTotals
 from ragstream.domain.chat.quota import utc_day
 from ragstream.domain.evaluations import service as evaluations
@@ -154,7 +153,24 @@ async def _account_features(info: Info, user_id: uuid.UUID) -> Features | None:
     return await info.context.loaders.flags.features.load(user_id)
 
 
-def to_user(row: models.User) -> User:
+class UserRow(Protocol):
+    """What `to_user` reads: an ORM account, or a listed owner (plain values)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def is_active(self) -> bool: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+def to_user(row: UserRow) -> User:
     return User(
         id=strawberry.ID(str(row.id)),
         email=row.email,

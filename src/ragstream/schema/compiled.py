@@ -1,0 +1,518 @@
+"""The hottest reads answered from a compiled plan instead of field-by-field execution.
+
+A frontend sends `{ me { ... } }` and the evaluations list on every page load. graphql-core
+resolves such a response one field at a time, through Strawberry's wrappers, and the list reads
+its owners through a DataLoader in a statement of their own. Here an operation made only of
+those root fields is compiled once (per parsed document; the parser cache keeps the document) into
+a plan: which statements to run and how to render each selected field. The plan reads the same
+rows through the same domain services and repositories (the owners joined into the page
+statement, the viewer check first, no BEGIN or ROLLBACK: see `Context.read_only`), maps them
+with the same mappers to the same Strawberry objects and serializes every leaf with the schema's
+own scalar and enum types, so the data is the same dictionary execution builds, key for key.
+
+Parsing, validation, every limit, trusted documents, metrics and logs are untouched: the plan
+takes over only where graphql-core would start executing the root fields. What it supports:
+
+- query operations whose root fields are `me` and `evaluations` (with `first` and `after` only),
+  any aliases, `__typename`, fragments and inline fragments;
+- below them, plain fields (no resolver, no arguments, no permissions, no field extensions),
+  `Evaluation.owner`, `Evaluation.criteria` and `totalCount`.
+
+Anything else is executed as before: another root field or argument, any directive anywhere in
+the operation (`@skip`/`@include` make the selection depend on variables), `@defer`, resolver
+middleware, a field this module does not know. At run time, a value execution would report as
+an error (a null in a non-null field, an owner the viewer may not read) makes the plan give way
+to execution too, which then reports it: nothing is guessed. An error raised while reading
+(UNAUTHENTICATED, a bad `first` or cursor, a database failure) is located and propagated exactly
+as execution would locate and propagate it from that root field; with several root fields
+(which graphql-core resolves concurrently) the operation is executed instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import (
+    DirectiveNode,
+    DocumentNode,
+    GraphQLEnumType,
+    GraphQLError,
+    GraphQLField,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLScalarType,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    Undefined,
+    Visitor,
+    get_argument_values,
+    visit,
+)
+from graphql.execution.collect_fields import (
+    FieldDetails,
+    GroupedFieldSet,
+    collect_fields,
+    collect_subfields,
+)
+from graphql.pyutils import Path
+from strawberry.permission import PermissionExtension
+
+from ragstream.domain.evaluations import service as evaluations
+from ragstream.resolvers import evaluations as evaluation_resolvers
+from ragstream.resolvers import users as user_resolvers
+from ragstream.schema.context import Context
+from ragstream.schema.evaluations.types import (
+    Evaluation,
+    resolve_criteria,
+    resolve_owner,
+    to_evaluation,
+)
+from ragstream.schema.pagination import Connection, to_connection
+from ragstream.schema.permissions import signed_in
+from ragstream.schema.rendering import RenderingExecutor
+from ragstream.schema.users.types import User, to_user
+
+_DEFINITION = "strawberry-definition"
+_PLANS_KEPT = 512
+_LIST_ARGUMENTS = frozenset({"first", "after"})
+# Arguments of the list the plan serves only when their value is null (the defaults).
+_LIST_DEFAULTED = frozenset({"filter", "orderBy"})
+
+
+class Unsupported(Exception):
+    """The plan cannot reproduce what execution would produce; execute instead."""
+
+
+@dataclass
+class Reads:
+    """What a list's selection needs read, found while compiling it."""
+
+    count: bool = False
+    criteria: bool = False
+    owners: bool = False
+
+
+@dataclass
+class Env:
+    """Per-request values a rendering reads besides its source object."""
+
+    owners: dict[uuid.UUID, User] = field(default_factory=dict)
+
+
+# Renders one response value from its parent object (or, for a root, from what was read).
+Render = Callable[[Any, Env], Any]
+# A resolver this module knows, as the function reading the field's value from its parent.
+Known = Callable[[Any, Env], Any]
+
+
+def _resolver(definition: Any) -> Callable[..., Any] | None:
+    resolver = definition.base_resolver
+    wrapped: Callable[..., Any] | None = None if resolver is None else resolver.wrapped_func
+    return wrapped
+
+
+def _total_count() -> Callable[..., Any] | None:
+    definition = Connection.__strawberry_definition__  # type: ignore[attr-defined]
+    return _resolver(definition.get_field("total_count"))
+
+
+class _Compiler:
+    def __init__(self, executor: RenderingExecutor) -> None:
+        self.executor = executor
+        self.reads = Reads()
+        total_count = _total_count()
+        self.known: dict[Callable[..., Any] | None, tuple[str, Known]] = {
+            resolve_owner: ("owners", lambda source, env: env.owners[source.owner_id]),
+            resolve_criteria: ("criteria", lambda source, env: resolve_criteria(source)),
+            total_count: ("count", lambda source, env: source.counted),
+        }
+
+    def _fields(
+        self, parent: GraphQLObjectType, details: Sequence[FieldDetails]
+    ) -> GroupedFieldSet:
+        e = self.executor
+        collected = collect_subfields(
+            e.schema, e.fragments, e.variable_values, e.operation, parent, list(details)
+        )
+        if collected.new_defer_usages:
+            raise Unsupported("defer")
+        for group in collected.grouped_field_set.values():
+            for detail in group:
+                if detail.defer_usage is not None or detail.fragment_variable_values is not None:
+                    raise Unsupported("defer or fragment variables")
+                if detail.node.arguments:
+                    raise Unsupported("arguments below the root")
+        return collected.grouped_field_set
+
+    def object(self, parent: GraphQLObjectType, details: Sequence[FieldDetails]) -> Render:
+        """Renders the selection of ``details`` on an object of type ``parent``."""
+        entries: list[tuple[str, Render]] = []
+        for key, group in self._fields(parent, details).items():
+            name = group[0].node.name.value
+            if name == "__typename":
+                entries.append((key, _constant(parent.name)))
+                continue
+            graphql_field = parent.fields.get(name)
+            if graphql_field is None:
+                raise Unsupported(name)
+            read = self._read(graphql_field)
+            entries.append((key, self._value(read, graphql_field.type, group)))
+
+        def render(source: Any, env: Env) -> dict[str, Any]:
+            return {key: entry(source, env) for key, entry in entries}
+
+        return render
+
+    def _read(self, graphql_field: GraphQLField) -> Known:
+        definition = graphql_field.extensions.get(_DEFINITION)
+        if (
+            definition is None
+            or graphql_field.args
+            or definition.permission_classes
+            or definition.extensions
+        ):
+            raise Unsupported("a field that is not plain")
+        resolver = _resolver(definition)
+        if resolver is None:
+            attribute = definition.python_name
+            return lambda source, env: getattr(source, attribute)
+        if resolver not in self.known:
+            raise Unsupported("a resolver")
+        need, read = self.known[resolver]
+        setattr(self.reads, need, True)
+        return read
+
+    def _value(self, read: Known, type_: GraphQLOutputType, group: list[FieldDetails]) -> Render:
+        nullable = not isinstance(type_, GraphQLNonNull)
+        inner = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
+        complete = self._complete(inner, group)
+
+        def render(source: Any, env: Env) -> Any:
+            value = read(source, env)
+            if value is None:
+                if nullable:
+                    return None
+                raise Unsupported("null in a non-null field")
+            return complete(value, env)
+
+        return render
+
+    def _complete(self, type_: GraphQLOutputType, group: list[FieldDetails]) -> Render:
+        """Renders a value known not to be None, as graphql-core's `complete_value` would."""
+        if isinstance(type_, GraphQLScalarType | GraphQLEnumType):
+            return _leaf(type_.serialize)
+        if isinstance(type_, GraphQLObjectType):
+            if type_.is_type_of is not None:
+                raise Unsupported("is_type_of")
+            return self.object(type_, group)
+        if isinstance(type_, GraphQLList):
+            item = type_.of_type
+            item_nullable = not isinstance(item, GraphQLNonNull)
+            complete_item = self._complete(
+                item.of_type if isinstance(item, GraphQLNonNull) else item, group
+            )
+
+            def render(value: Any, env: Env) -> list[Any]:
+                items: list[Any] = []
+                for each in value:
+                    if each is None:
+                        if not item_nullable:
+                            raise Unsupported("null in a non-null list item")
+                        items.append(None)
+                    else:
+                        items.append(complete_item(each, env))
+                return items
+
+            return render
+        raise Unsupported("an abstract type")
+
+
+def _constant(value: str) -> Render:
+    return lambda source, env: value
+
+
+def _leaf(serialize: Callable[[Any], Any]) -> Render:
+    def render(value: Any, env: Env) -> Any:
+        out = serialize(value)
+        if out is None or out is Undefined:
+            raise Unsupported("serialized to nothing")  # execution reports a field error
+        return out
+
+    return render
+
+
+@dataclass(frozen=True)
+class _Root:
+    key: str
+    details: list[FieldDetails]
+    field: GraphQLField
+    # Reads what the field resolves to: (its value, what rendering it needs besides).
+    read: Callable[[Context, dict[str, Any]], Awaitable[tuple[Any, Env]]]
+    render: Render
+    # Whether the plan serves these argument values (else the operation is executed).
+    accepts: Callable[[dict[str, Any]], bool] = lambda arguments: True
+
+    def arguments(self, executor: RenderingExecutor) -> dict[str, Any]:
+        node = self.details[0].node
+        if not node.arguments:
+            return {}
+        return get_argument_values(self.field, node, executor.variable_values)
+
+
+async def _read_me(context: Context, arguments: dict[str, Any]) -> tuple[Any, Env]:
+    # What the permission (IsAuthenticated) and the resolver (`users.me`) do, in one call.
+    return to_user(await context.viewer()), Env()
+
+
+def _list_reader(
+    reads: Reads,
+) -> Callable[[Context, dict[str, Any]], Awaitable[tuple[Any, Env]]]:
+    async def read(context: Context, arguments: dict[str, Any]) -> tuple[Any, Env]:
+        # As IsAuthenticated and `resolvers.evaluations.evaluations` do, in the same order:
+        # the viewer first, then the page size and the cursor.
+        viewer = await context.viewer()
+        async with context.transaction() as session:
+            page = await evaluations.list_evaluation_rows(
+                session,
+                viewer,
+                first=arguments.get("first"),
+                after=arguments.get("after"),
+                count=reads.count,
+                criteria=reads.criteria,
+                owners=reads.owners,
+            )
+        env = Env()
+        if reads.owners:
+            for _, owner in page.items:
+                if owner is None:
+                    # Execution reports this owner as NOT_FOUND (its loader's answer).
+                    raise Unsupported("an owner the viewer may not read")
+                if owner.id not in env.owners:
+                    env.owners[owner.id] = to_user(owner)
+        connection: Connection[Evaluation] = to_connection(page, lambda row: to_evaluation(row[0]))
+        return connection, env
+
+    return read
+
+
+def _list_defaulted(arguments: dict[str, Any]) -> bool:
+    return all(arguments.get(name) is None for name in _LIST_DEFAULTED)
+
+
+def _is_signed_in_field(graphql_field: GraphQLField, resolver: Callable[..., Any]) -> bool:
+    definition = graphql_field.extensions.get(_DEFINITION)
+    return (
+        definition is not None
+        and _resolver(definition) is resolver
+        and list(definition.permission_classes) == signed_in
+        and all(isinstance(e, PermissionExtension) for e in definition.extensions)
+    )
+
+
+def _compile_root(
+    executor: RenderingExecutor, root_type: GraphQLObjectType, key: str, group: list[FieldDetails]
+) -> _Root:
+    name = group[0].node.name.value
+    graphql_field = root_type.fields.get(name)
+    if graphql_field is None:
+        raise Unsupported(name)
+    for detail in group:
+        if detail.defer_usage is not None or detail.fragment_variable_values is not None:
+            raise Unsupported("defer or fragment variables")
+    compiler = _Compiler(executor)
+    type_ = graphql_field.type
+    if not isinstance(type_, GraphQLNonNull) or not isinstance(type_.of_type, GraphQLObjectType):
+        raise Unsupported("root type")
+    render = compiler.object(type_.of_type, group)
+    if name == "me" and _is_signed_in_field(graphql_field, user_resolvers.me):
+        if group[0].node.arguments:
+            raise Unsupported("arguments")
+        return _Root(key, group, graphql_field, _read_me, render)
+    if name == "evaluations" and _is_signed_in_field(
+        graphql_field, evaluation_resolvers.evaluations
+    ):
+        given = {argument.name.value for argument in group[0].node.arguments or ()}
+        if not given <= _LIST_ARGUMENTS | _LIST_DEFAULTED:
+            raise Unsupported("list arguments")
+        return _Root(
+            key, group, graphql_field, _list_reader(compiler.reads), render, _list_defaulted
+        )
+    raise Unsupported(name)
+
+
+class _HasDirective(Visitor):
+    found = False
+
+    def enter_directive(self, node: DirectiveNode, *args: Any) -> Any:
+        self.found = True
+        return self.BREAK
+
+
+def _has_directives(executor: RenderingExecutor) -> bool:
+    """Whether the operation or any fragment of its document carries a directive."""
+    for node in (executor.operation, *executor.fragment_definitions.values()):
+        visitor = _HasDirective()
+        visit(node, visitor)
+        if visitor.found:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Plan:
+    roots: tuple[_Root, ...]
+
+
+# Plans by (schema, operation) identity; each entry keeps both alive, so an id is never reused
+# while its entry stands. None: the operation is executed.
+_plans: OrderedDict[tuple[int, int], tuple[object, object, Plan | None]] = OrderedDict()
+
+
+def _compile(
+    executor: RenderingExecutor, root_type: GraphQLObjectType, grouped: GroupedFieldSet
+) -> Plan | None:
+    if _has_directives(executor):
+        return None
+    try:
+        roots = tuple(
+            _compile_root(executor, root_type, key, group) for key, group in grouped.items()
+        )
+    except Unsupported:
+        return None
+    return Plan(roots) if roots else None
+
+
+def plan_for(
+    executor: RenderingExecutor, root_type: GraphQLObjectType, grouped: GroupedFieldSet
+) -> Plan | None:
+    """The operation's plan, compiled on first use; None when it must be executed."""
+    operation: OperationDefinitionNode = executor.operation
+    if operation.operation is not OperationType.QUERY:
+        return None
+    manager = executor.middleware_manager
+    if manager is not None and manager.middlewares:
+        return None
+    identity = (id(executor.schema), id(operation))
+    entry = _plans.get(identity)
+    if entry is not None and entry[0] is executor.schema and entry[1] is operation:
+        _plans.move_to_end(identity)
+        return entry[2]
+    plan = _compile(executor, root_type, grouped)
+    _plans[identity] = (executor.schema, operation, plan)
+    if len(_plans) > _PLANS_KEPT:
+        _plans.popitem(last=False)
+    return plan
+
+
+def compiled_reads_enabled(context: object) -> bool:
+    return isinstance(context, Context) and context.state.settings.compiled_reads
+
+
+async def run_plan(
+    executor: RenderingExecutor,
+    plan: Plan,
+    root_type: GraphQLObjectType,
+    execute: Callable[[], Any],
+) -> dict[str, Any]:
+    """The data of the operation; ``execute`` runs graphql-core's execution instead."""
+    context = executor.context_value
+    assert isinstance(context, Context)
+    given: list[dict[str, Any]] = []
+    for root in plan.roots:
+        try:
+            arguments = root.arguments(executor)
+        except Exception:  # execution reports it, located at its field
+            return await _executed(executor, execute)
+        if not root.accepts(arguments):
+            return await _executed(executor, execute)
+        given.append(arguments)
+    if not context.is_websocket:
+        context.read_only()
+    data: dict[str, Any] = {}
+    for root, arguments in zip(plan.roots, given, strict=True):
+        try:
+            value, env = await root.read(context, arguments)
+        except Unsupported:
+            return await _executed(executor, execute)
+        except Exception as error:
+            if len(plan.roots) > 1:
+                return await _executed(executor, execute)
+            # Located and raised as graphql-core does for a failing non-null root field.
+            path = Path(None, root.key, root_type.name)
+            executor.handle_field_error(error, root.field.type, root.details, path)
+            raise
+        try:
+            data[root.key] = root.render(value, env)
+        except Exception:  # Unsupported, or anything rendering did not expect
+            return await _executed(executor, execute)
+    return data
+
+
+async def _executed(executor: RenderingExecutor, execute: Callable[[], Any]) -> dict[str, Any]:
+    result = execute()
+    if executor.is_awaitable(result):
+        result = await result
+    data: dict[str, Any] = result
+    return data
+
+
+class CompiledReadsExecutor(RenderingExecutor):
+    """The schema's executor: compiled reads (above) and rendered subscription events."""
+
+    def execute_collected_root_fields(
+        self,
+        root_type: GraphQLObjectType,
+        root_value: Any,
+        grouped_field_set: GroupedFieldSet,
+        serially: bool,
+        new_defer_usages: Sequence[Any],
+    ) -> Any:
+        def execute() -> Any:
+            return super(CompiledReadsExecutor, self).execute_collected_root_fields(
+                root_type, root_value, grouped_field_set, serially, new_defer_usages
+            )
+
+        if not new_defer_usages and compiled_reads_enabled(self.context_value):
+            plan = plan_for(self, root_type, grouped_field_set)
+            if plan is not None:
+                return run_plan(self, plan, root_type, execute)
+        return execute()
+
+
+def compiles(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    *,
+    operation_name: str | None = None,
+    variables: dict[str, Any] | None = None,
+) -> bool:
+    """Whether an operation with these variables is answered from a plan (unless what it reads
+    makes the plan give way, see the module's docstring)."""
+    executor = CompiledReadsExecutor.build(
+        schema, document, raw_variable_values=variables, operation_name=operation_name
+    )
+    if isinstance(executor, list):  # the variables do not fit: nothing runs
+        return False
+    assert isinstance(executor, CompiledReadsExecutor)
+    root_type = schema.get_root_type(executor.operation.operation)
+    if root_type is None:
+        return False
+    collected = collect_fields(
+        schema, executor.fragments, executor.variable_values, root_type, executor.operation
+    )
+    if collected.new_defer_usages:
+        return False
+    plan = plan_for(executor, root_type, collected.grouped_field_set)
+    if plan is None:
+        return False
+    try:
+        return all(root.accepts(root.arguments(executor)) for root in plan.roots)
+    except GraphQLError:
+        return False

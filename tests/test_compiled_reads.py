@@ -1,0 +1,407 @@
+"""Compiled reads answer exactly as execution does: every query of the test suite and a matrix
+of list and `me` shapes, sent to two servers over one database (one compiling, one executing
+everything), must get the same status, headers that matter and body, byte for byte."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from graphql import (
+    GraphQLError,
+    ListTypeNode,
+    NamedTypeNode,
+    NonNullTypeNode,
+    OperationDefinitionNode,
+    OperationType,
+    TypeNode,
+    parse,
+)
+
+from ragstream.schema.compiled import compiles
+from tests.conftest import make_settings
+from tests.evaluations_support import count_statements, create_evaluation
+from tests.support import Account, LiveServer, running_server
+
+TESTS = Path(__file__).resolve().parent
+REQUEST_ID = "equivalence-check"
+BENCH_LIST = (
+    "{ evaluations(first: 20) { edges { node { id title companyName status overallScore "
+    "createdAt owner { displayName } } } } }"
+)
+
+
+@dataclass
+class Pair:
+    compiled: LiveServer
+    executed: LiveServer
+
+
+@pytest.fixture
+async def pair(database_url: str, tmp_path: Path) -> AsyncIterator[Pair]:
+    compiled_settings = make_settings(database_url, tmp_path / "compiled")
+    executed_settings = make_settings(database_url, tmp_path / "executed", compiled_reads=False)
+    async with (
+        running_server(compiled_settings) as compiled,
+        running_server(executed_settings) as executed,
+    ):
+        yield Pair(compiled, executed)
+
+
+@dataclass
+class World:
+    admin: Account
+    user: Account
+    other: Account
+    cursor: str  # a cursor of the admin's list
+    evaluation_id: str
+
+
+async def seed(server: LiveServer) -> World:
+    admin = await server.register(name="Ada Admin")
+    await server.make_admin(admin)
+    user = await server.register(name="Uma User")
+    other = await server.register(name="Otto Other")
+    ids = []
+    for account, count in ((admin, 2), (user, 4), (other, 3)):
+        for index in range(count):
+            scored = index % 2 == 0
+            created = await create_evaluation(
+                server,
+                account,
+                title=f"{account.email} #{index}",
+                companyName=f"Company {index}",
+                projectType="ERP_MIGRATION" if scored else "OTHER",
+                notes='Shortlist: ä, 漢字, "quotes"' if scored else None,
+                criteria=[{"name": "Fit", "weight": 2, "score": 3.5}, {"name": "Cost"}]
+                if scored
+                else [],
+            )
+            ids.append(created["id"])
+    page = await server.execute(
+        "{ evaluations(first: 3) { pageInfo { endCursor } } }", token=admin.access_token
+    )
+    cursor = page.ok()["evaluations"]["pageInfo"]["endCursor"]
+    return World(admin, user, other, cursor, ids[0])
+
+
+async def answer(
+    server: LiveServer,
+    document: str,
+    variables: dict[str, Any] | None,
+    *,
+    token: str | None,
+    operation_name: str | None = None,
+    accept: str = "application/json",
+) -> tuple[int, str | None, bytes]:
+    headers = {"X-Request-ID": REQUEST_ID, "Accept": accept, "Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    body: dict[str, Any] = {"query": document}
+    if variables is not None:
+        body["variables"] = variables
+    if operation_name is not None:
+        body["operationName"] = operation_name
+    async with server.http_client() as client:
+        response = await client.post("/graphql", content=orjson.dumps(body), headers=headers)
+    return response.status_code, response.headers.get("content-type"), response.content
+
+
+async def assert_same(
+    pair: Pair,
+    document: str,
+    variables: dict[str, Any] | None = None,
+    *,
+    token: str | None,
+    operation_name: str | None = None,
+    accept: str = "application/json",
+) -> bytes:
+    compiled = await answer(
+        pair.compiled,
+        document,
+        variables,
+        token=token,
+        operation_name=operation_name,
+        accept=accept,
+    )
+    executed = await answer(
+        pair.executed,
+        document,
+        variables,
+        token=token,
+        operation_name=operation_name,
+        accept=accept,
+    )
+    assert compiled == executed, (document, variables)
+    return compiled[2]
+
+
+def compiled(pair: Pair, document: str, variables: dict[str, Any] | None = None) -> bool:
+    return compiles(pair.compiled.state.schema._schema, parse(document), variables=variables)
+
+
+# --- every query of the test suite -----------------------------------------------------------
+
+
+def suite_documents() -> list[str]:
+    """Every string literal in tests/ that parses as a document with a query operation."""
+    found: dict[str, None] = {}
+    for path in sorted(TESTS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Constant) or not isinstance(node.value, str):
+                continue
+            text = node.value
+            if "{" not in text:
+                continue
+            try:
+                document = parse(text)
+            except GraphQLError:
+                continue
+            if any(
+                isinstance(d, OperationDefinitionNode) and d.operation is OperationType.QUERY
+                for d in document.definitions
+            ):
+                found[text] = None
+    return list(found)
+
+
+def _named(type_: TypeNode) -> tuple[str, bool]:
+    required = isinstance(type_, NonNullTypeNode)
+    inner = type_.type if isinstance(type_, NonNullTypeNode) else type_
+    if isinstance(inner, ListTypeNode):
+        return "[]", required
+    assert isinstance(inner, NamedTypeNode)
+    return inner.name.value, required
+
+
+def fill_variables(operation: OperationDefinitionNode, world: World) -> dict[str, Any]:
+    """Plausible values for an operation's variables (the same for both servers)."""
+    values: dict[str, Any] = {}
+    for definition in operation.variable_definitions or ():
+        name = definition.variable.name.value
+        type_name, required = _named(definition.type)
+        if type_name == "Int":
+            values[name] = 2
+        elif type_name == "ID":
+            values[name] = world.evaluation_id
+        elif type_name == "String":
+            values[name] = "acme" if required else None
+        elif type_name == "Boolean":
+            values[name] = True
+        elif required:
+            values[name] = {}
+    return values
+
+
+async def test_every_query_in_the_suite_answers_the_same(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    documents = suite_documents()
+    assert len(documents) > 20  # the collection found the suite's queries
+    planned = 0
+    for text in documents:
+        document = parse(text)
+        operations = [
+            d
+            for d in document.definitions
+            if isinstance(d, OperationDefinitionNode) and d.operation is OperationType.QUERY
+        ]
+        several = len(document.definitions) > 1
+        for operation in operations:
+            name = operation.name.value if operation.name and several else None
+            variables = fill_variables(operation, world)
+            if compiles(
+                pair.compiled.state.schema._schema,
+                document,
+                operation_name=name,
+                variables=variables,
+            ):
+                planned += 1
+            for token in (world.admin.access_token, world.user.access_token, None):
+                await assert_same(pair, text, variables, token=token, operation_name=name)
+    # Some of the suite's own list and `me` queries took the compiled path.
+    assert planned >= 5, planned
+
+
+# --- a matrix of the shapes the plan serves --------------------------------------------------
+
+NODE_SELECTIONS = [
+    "id",
+    "id title companyName status overallScore createdAt owner { displayName }",
+    "__typename updatedAt notes projectType createdAt id",
+    "criteria { name weight score notes __typename } overallScore",
+    "t: title id2: id owner { __typename id email displayName role isActive createdAt }",
+    "...E",
+    "... on Evaluation { title ... on Evaluation { owner { ...U } } } id",
+    "owner { id } title owner { email } title",
+]
+FRAGMENT_E = "fragment E on Evaluation { id status owner { ...U } }"
+FRAGMENT_U = "fragment U on User { displayName email }"
+CONNECTION_SELECTIONS = [
+    "edges {{ node {{ {node} }} }}",
+    "totalCount edges {{ cursor node {{ {node} }} }} pageInfo {{ hasNextPage endCursor }}",
+    "__typename pageInfo {{ __typename startCursor endCursor hasNextPage hasPreviousPage }} "
+    "edges {{ __typename node {{ {node} }} cursor }} totalCount",
+]
+
+
+def list_document(connection: str, node: str) -> str:
+    body = connection.format(node=node)
+    fragments = [FRAGMENT_E] if "...E" in node else []
+    fragments += [FRAGMENT_U] if "...E" in node or "...U" in node else []
+    operation = (
+        "query Page($first: Int, $after: String) "
+        f"{{ evaluations(first: $first, after: $after) {{ {body} }} }}"
+    )
+    return "\n".join([operation, *fragments])
+
+
+async def test_list_selections_answer_the_same(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    for connection, node in itertools.product(CONNECTION_SELECTIONS, NODE_SELECTIONS):
+        document = list_document(connection, node)
+        assert compiled(pair, document), document
+        for token in (world.admin.access_token, world.user.access_token):
+            for variables in ({"first": 2}, {"first": 2, "after": world.cursor}, {}):
+                body = await assert_same(pair, document, variables, token=token)
+                assert b'"errors"' not in body, body
+                assert b'"edges":[{' in body, body
+
+
+async def test_list_arguments_and_their_errors_answer_the_same(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    document = list_document(CONNECTION_SELECTIONS[1], NODE_SELECTIONS[1])
+    for first, after in itertools.product(
+        [None, 0, 1, 3, 100, 101, -1],
+        [None, "", world.cursor, "garbage", "W10", "WyIyMDI2IiwgMV0"],
+    ):
+        for token in (world.admin.access_token, world.user.access_token):
+            await assert_same(pair, document, {"first": first, "after": after}, token=token)
+    # Literal arguments, and variables of the wrong type (refused before anything runs).
+    for arguments in ("first: 1", "first: 101", 'after: "garbage"', "", "first: null"):
+        literal = f"{{ evaluations({arguments}) {{ totalCount edges {{ node {{ id }} }} }} }}"
+        literal = literal.replace("evaluations()", "evaluations")
+        assert compiled(pair, literal), literal
+        await assert_same(pair, literal, token=world.user.access_token)
+    await assert_same(pair, document, {"first": "two"}, token=world.user.access_token)
+
+
+async def test_me_selections_answer_the_same(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    documents = [
+        "{ me { id } }",
+        "{ me { __typename id email displayName role isActive createdAt } }",
+        "query Me { who: me { name: displayName ...on User { email } } }",
+        "{ me { id } again: me { role } }",
+        "{ me { id } evaluations(first: 2) { totalCount edges { node { title } } } }",
+        "{ a: evaluations(first: 1) { edges { node { id } } } "
+        "b: evaluations(first: 2) { totalCount } }",
+    ]
+    for document in documents:
+        assert compiled(pair, document), document
+        for token in (world.admin.access_token, world.user.access_token):
+            for accept in ("application/json", "application/graphql-response+json"):
+                body = await assert_same(pair, document, token=token, accept=accept)
+                assert body.startswith(b'{"data":{'), body
+                assert b'"errors"' not in body, body
+
+
+async def test_authentication_errors_answer_the_same(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    documents = [
+        "{ me { id } }",
+        BENCH_LIST,
+        "{ me { id } evaluations(first: 2) { totalCount } }",
+        "{ evaluations(first: 101) { totalCount } me { id } }",
+    ]
+    tokens: list[str | None] = [None, "garbage", "", world.user.access_token[:-2] + "xx"]
+    for document in documents:
+        for token in tokens:
+            for accept in ("application/json", "application/graphql-response+json"):
+                await assert_same(pair, document, token=token, accept=accept)
+    # A signed-out session and a deactivated account: their tokens still decode.
+    logout = "mutation($t: String!) { logout(refreshToken: $t) }"
+    assert (await pair.compiled.execute(logout, {"t": world.other.refresh_token})).ok()
+    deactivate = "mutation($id: ID!) { updateUser(id: $id, input: {isActive: false}) { id } }"
+    deactivated = await pair.compiled.execute(
+        deactivate, {"id": world.user.id}, token=world.admin.access_token
+    )
+    assert deactivated.ok()
+    for document in documents:
+        for account in (world.other, world.user):
+            body = await assert_same(pair, document, token=account.access_token)
+            assert b'"UNAUTHENTICATED"' in body
+
+
+async def test_operations_the_plan_does_not_serve_answer_the_same(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    executed_only = [
+        ("query($skip: Boolean!) { me { id email @skip(if: $skip) } }", {"skip": True}),
+        ("{ evaluations(filter: {status: DRAFT}) { totalCount } }", None),
+        (
+            "{ evaluations(orderBy: {field: TITLE, direction: ASC}) { edges { node { title } } } }",
+            None,
+        ),
+        ("{ __typename me { id } }", None),
+        ("{ me { id usage { answers } } }", None),
+        (
+            "{ evaluations { edges { node { owner { evaluations(first: 1) { totalCount } } } } } }",
+            None,
+        ),
+        (f'{{ me {{ id }} evaluation(id: "{world.evaluation_id}") {{ title }} }}', None),
+    ]
+    for document, variables in executed_only:
+        assert not compiled(pair, document, variables), document
+        for token in (world.admin.access_token, world.user.access_token, None):
+            await assert_same(pair, document, variables, token=token)
+    # A filter given as a variable: the plan gives way at run time when it is not null.
+    document = (
+        "query($filter: EvaluationFilter) { evaluations(filter: $filter) { totalCount "
+        "edges { node { title status } } } }"
+    )
+    assert compiled(pair, document, {"filter": None})
+    assert not compiled(pair, document, {"filter": {"status": "DRAFT"}})
+    filters: list[dict[str, Any]] = [
+        {"filter": None},
+        {"filter": {"status": "DRAFT"}},
+        {"filter": {"search": "#1"}},
+    ]
+    for filter_variables in filters:
+        await assert_same(pair, document, filter_variables, token=world.admin.access_token)
+
+
+async def test_several_operations_and_the_bench_query_answer_the_same(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    document = (
+        "query A { me { id } }\n"
+        "query B { evaluations(first: 2) { edges { node { id owner { id } } } } }\n"
+        'mutation C { logout(refreshToken: "x") }'
+    )
+    for name in ("A", "B", "C", None, "D"):
+        await assert_same(pair, document, token=world.admin.access_token, operation_name=name)
+    assert compiled(pair, BENCH_LIST)
+    body = await assert_same(pair, BENCH_LIST, token=world.admin.access_token)
+    edges = orjson.loads(body)["data"]["evaluations"]["edges"]
+    assert len(edges) == 9
+    assert {e["node"]["owner"]["displayName"] for e in edges} == {
+        "Ada Admin",
+        "Uma User",
+        "Otto Other",
+    }
+
+
+async def test_a_compiled_list_reads_its_owners_in_the_page_statement(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    with count_statements(pair.compiled) as compiled_sql:
+        await answer(pair.compiled, BENCH_LIST, None, token=world.admin.access_token)
+    with count_statements(pair.executed) as executed_sql:
+        await answer(pair.executed, BENCH_LIST, None, token=world.admin.access_token)
+    # The viewer and the page with its owners, against the viewer, the page and the owners.
+    assert len(compiled_sql) == 2, compiled_sql
+    assert len(executed_sql) == 3, executed_sql
+    assert "JOIN users" in compiled_sql[1]
