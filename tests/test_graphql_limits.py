@@ -13,11 +13,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from graphql import get_introspection_query
+from graphql import DocumentNode, get_introspection_query, parse, print_ast
 from sqlalchemy import text
 from strawberry.extensions.parser_cache import _get_parse_cache
 from strawberry.extensions.validation_cache import _get_validate_cache
 
+from ragstream.schema.fragments import PerDocument
 from tests import raw
 from tests.conftest import make_settings
 from tests.database_faults import database_of, database_unreachable
@@ -384,3 +385,25 @@ async def test_pool_exhaustion_is_a_clean_server_busy_error(
                 assert (await client.get(f"{server.http_url}/readyz")).status_code == 503
         # Once the lock is gone the waiting request completes normally.
         assert (await blocked).ok()["me"]["id"] == account.id
+
+
+def test_a_document_is_measured_once_and_only_its_own_result_is_reused() -> None:
+    measured: list[str] = []
+
+    def measure(document: DocumentNode) -> str:
+        measured.append(print_ast(document))
+        return print_ast(document)
+
+    cache: PerDocument[str] = PerDocument(2)
+    first, same_text, other = parse("{ me { id } }"), parse("{ me { id } }"), parse("{ a }")
+
+    assert cache.get(first, measure) == "{\n  me {\n    id\n  }\n}"
+    assert cache.get(first, measure) == "{\n  me {\n    id\n  }\n}"
+    assert len(measured) == 1
+    # Another parse of the same text is another document: measured on its own.
+    cache.get(same_text, measure)
+    assert len(measured) == 2
+    # Past the size the oldest goes, and is measured again when it comes back.
+    cache.get(other, measure)
+    cache.get(first, measure)
+    assert len(measured) == 4

@@ -64,7 +64,8 @@ class Context:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: committed when the block succeeds and wrote something, rolled back
         when it raises. A block that only read leaves the request's transaction open for the
-        next block, so a read-only request is one transaction that ends with the request.
+        next block, so a read-only request is one transaction that ends with the request (or,
+        after `read_only`, no transaction at all).
 
         A change that must stay although the operation is refused (a reused refresh token
         revokes its family) is returned by the domain, not raised: the block ends normally and

@@ -1,7 +1,9 @@
-"""The fragment walk the query limits share: each fragment measured once per document."""
+"""What the query limits share: each fragment measured once per document, and each document
+measured once."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -36,3 +38,27 @@ class FragmentMeasures(Generic[T]):
             self._in_progress.discard(name)
         self._done[name] = value
         return value
+
+
+class PerDocument(Generic[T]):
+    """Results that depend on a parsed document alone, computed once per document.
+
+    The parser cache hands the same document object back for the same text, so a request that
+    repeats a document finds its result here. Entries are keyed by identity and hold their
+    document, so an id is never reused while its entry stands; the oldest go past ``size``.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[DocumentNode, T]] = OrderedDict()
+
+    def get(self, document: DocumentNode, compute: Callable[[DocumentNode], T]) -> T:
+        entry = self._entries.get(id(document))
+        if entry is not None and entry[0] is document:
+            self._entries.move_to_end(id(document))
+            return entry[1]
+        result = compute(document)
+        self._entries[id(document)] = (document, result)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return result

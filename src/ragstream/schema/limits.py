@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from graphql import (
     DocumentNode,
@@ -32,7 +32,7 @@ from strawberry.extensions import ParserCache as StrawberryParserCache
 from strawberry.extensions import SchemaExtension
 from strawberry.extensions import ValidationCache as StrawberryValidationCache
 
-from ragstream.schema.fragments import FragmentMeasures
+from ragstream.schema.fragments import FragmentMeasures, PerDocument
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,16 @@ class Limits:
     max_aliases: int
     max_directives: int
     max_fields: int
+    # Documents measured already (a document's measure depends on nothing else).
+    measured: PerDocument[list[GraphQLError]] = field(
+        default_factory=lambda: PerDocument(512), compare=False, repr=False
+    )
 
     def check(self, document: DocumentNode) -> list[GraphQLError]:
         """One error per limit an operation exceeds; empty when the document is within them."""
+        return list(self.measured.get(document, self._check))
+
+    def _check(self, document: DocumentNode) -> list[GraphQLError]:
         measure = _Measure(document)
         errors: list[GraphQLError] = []
         for operation in document.definitions:

@@ -22,6 +22,8 @@ from graphql import (
 )
 from strawberry.extensions import SchemaExtension
 
+from ragstream.schema.fragments import PerDocument
+
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 MESSAGE = "text must not contain NUL characters or unpaired surrogates"
 
@@ -66,9 +68,17 @@ class _Literals(Visitor):
 
 
 def document_unstorable_field(document: DocumentNode) -> str | None:
+    return _documents_checked.get(document, _unstorable_literal)
+
+
+def _unstorable_literal(document: DocumentNode) -> str | None:
     literals = _Literals()
     visit(document, literals)
     return literals.field
+
+
+# A document's literals do not change: each document is walked once.
+_documents_checked: PerDocument[str | None] = PerDocument(512)
 
 
 class StringGuard(SchemaExtension):
