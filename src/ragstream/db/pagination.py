@@ -124,8 +124,12 @@ async def paginate(
         bound = tuple_(*(literal(v, k.type) for v, k in zip(after, keys, strict=True)))
         stmt = stmt.where(tuple_(*keys) < bound if descending else tuple_(*keys) > bound)
     ordering = [k.desc() if descending else k.asc() for k in keys]
-    result = await session.execute(stmt.order_by(*ordering).limit(request.first + 1))
-    rows: list[T] = list(result.all() if columns else result.scalars().all())
+    page = stmt.order_by(*ordering).limit(request.first + 1)
+    if columns:
+        # Plain rows need none of the ORM's loading: the session's connection runs it as is.
+        rows: list[T] = list((await (await session.connection()).execute(page)).all())
+    else:
+        rows = list((await session.scalars(page)).all())
     items = rows[: request.first]
     return Page(
         items=items,

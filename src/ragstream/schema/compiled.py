@@ -62,6 +62,7 @@ from graphql.execution.collect_fields import (
     collect_subfields,
 )
 from graphql.pyutils import Path
+from graphql.type.scalars import serialize_boolean, serialize_id, serialize_string
 from strawberry.permission import PermissionExtension
 
 from ragstream.domain.evaluations import service as evaluations
@@ -170,7 +171,8 @@ class _Compiler:
 
         return render
 
-    def _read(self, graphql_field: GraphQLField) -> Known:
+    def _read(self, graphql_field: GraphQLField) -> str | Known:
+        """The attribute a plain field reads, or the function reading a known resolver's value."""
         definition = graphql_field.extensions.get(_DEFINITION)
         if (
             definition is None
@@ -181,21 +183,27 @@ class _Compiler:
             raise Unsupported("a field that is not plain")
         resolver = _resolver(definition)
         if resolver is None:
-            attribute = definition.python_name
-            return lambda source, env: getattr(source, attribute)
+            attribute: str = definition.python_name
+            return attribute
         if resolver not in self.known:
             raise Unsupported("a resolver")
         need, read = self.known[resolver]
         setattr(self.reads, need, True)
         return read
 
-    def _value(self, read: Known, type_: GraphQLOutputType, group: list[FieldDetails]) -> Render:
+    def _value(
+        self, read: str | Known, type_: GraphQLOutputType, group: list[FieldDetails]
+    ) -> Render:
         nullable = not isinstance(type_, GraphQLNonNull)
         inner = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
+        if isinstance(read, str) and isinstance(inner, GraphQLScalarType | GraphQLEnumType):
+            # The bulk of a response: a plain attribute holding a leaf, in one closure.
+            return _attribute_leaf(read, inner.serialize, _EXACT.get(inner.serialize), nullable)
         complete = self._complete(inner, group)
+        known = _attribute(read) if isinstance(read, str) else read
 
         def render(source: Any, env: Env) -> Any:
-            value = read(source, env)
+            value = known(source, env)
             if value is None:
                 if nullable:
                     return None
@@ -236,6 +244,37 @@ class _Compiler:
 
 def _constant(value: str) -> Render:
     return lambda source, env: value
+
+
+def _attribute(name: str) -> Known:
+    return lambda source, env: getattr(source, name)
+
+
+# Serializers that return a value of exactly this type unchanged (graphql-core's own).
+_EXACT: dict[Callable[[Any], Any], type] = {
+    serialize_string: str,
+    serialize_id: str,
+    serialize_boolean: bool,
+}
+
+
+def _attribute_leaf(
+    attribute: str, serialize: Callable[[Any], Any], exact: type | None, nullable: bool
+) -> Render:
+    def render(source: Any, env: Env) -> Any:
+        value = getattr(source, attribute)
+        if value is None:
+            if nullable:
+                return None
+            raise Unsupported("null in a non-null field")
+        if type(value) is exact:
+            return value
+        out = serialize(value)
+        if out is None or out is Undefined:
+            raise Unsupported("serialized to nothing")  # execution reports a field error
+        return out
+
+    return render
 
 
 def _leaf(serialize: Callable[[Any], Any]) -> Render:
