@@ -1,0 +1,197 @@
+"""The streaming HTTP transport against a raw HTTP/1.1 server: framing, reuse and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx2
+import pytest
+
+from ragstream.domain.llm.streaming_http import StreamingTransport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A loopback server whose answers are written byte for byte by the test."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.handlers: set[asyncio.Task[object]] = set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                await self.handler(reader, writer)
+        finally:
+            writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        request = head + await reader.readexactly(length)
+        self.requests.append(request)
+        return request
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[tuple[RawServer, str]]:
+    raw = RawServer(handler)
+    server = await asyncio.start_server(raw._serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield raw, f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for task in raw.handlers:
+            task.cancel()
+        await asyncio.gather(*raw.handlers, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def client() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(transport=StreamingTransport(), timeout=2.0) as http:
+        yield http
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+async def test_a_chunked_stream_arrives_whole_and_the_connection_is_reused() -> None:
+    # given a server answering every request on a connection with a chunked body
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(chunked(b"data: one\n\n", b"data: two\n\n"))
+            await writer.drain()
+
+    async with raw_server(handler) as (server, url), client() as http:
+        # when two requests are made one after the other
+        bodies = []
+        for _ in range(2):
+            async with http.stream("POST", f"{url}/v1/x", content=b'{"a": 1}') as response:
+                bodies.append(b"".join([piece async for piece in response.aiter_raw()]))
+
+        # then both bodies are complete, the request went out as sent, on one connection
+        assert bodies == [b"data: one\n\ndata: two\n\n"] * 2
+        assert server.connections == 1
+        assert server.requests[0].startswith(b"POST /v1/x HTTP/1.1\r\n")
+        assert server.requests[0].endswith(b'\r\n\r\n{"a": 1}')
+
+
+async def test_a_body_with_a_length_and_an_error_status_reach_the_client() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 4\r\n\r\nslow")
+        await writer.drain()
+
+    async with raw_server(handler) as (server, url), client() as http:
+        response = await http.post(f"{url}/v1/x", content=b"{}")
+
+        assert response.status_code == 429
+        assert response.text == "slow"
+        assert response.reason_phrase == "Too Many Requests"
+
+
+async def test_a_connection_closed_mid_body_is_a_protocol_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as (server, url), client() as http:
+        received: list[bytes] = []
+
+        async def read_all() -> None:
+            async with http.stream("POST", f"{url}/v1/x", content=b"{}") as response:
+                async for piece in response.aiter_raw():
+                    received.append(piece)
+
+        with pytest.raises(httpx2.RemoteProtocolError):
+            await read_all()
+
+        # what arrived before the break was passed on first
+        assert received == [b"hello"]
+
+
+async def test_silence_past_the_read_timeout_is_a_read_timeout() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async with raw_server(handler) as (server, url), client() as http:
+
+        async def read_all() -> None:
+            async with http.stream(
+                "POST", f"{url}/v1/x", content=b"{}", timeout=httpx2.Timeout(2.0, read=0.2)
+            ) as response:
+                async for _ in response.aiter_raw():
+                    pass
+
+        with pytest.raises(httpx2.ReadTimeout):
+            await read_all()
+
+
+async def test_nothing_listening_is_a_connect_error() -> None:
+    async with raw_server(lambda r, w: asyncio.sleep(0)) as (_, url):
+        pass  # the port is free again
+    async with client() as http:
+        with pytest.raises(httpx2.ConnectError):
+            await http.post(f"{url}/v1/x", content=b"{}")
+
+
+async def test_a_keep_alive_connection_closed_by_the_server_is_replaced() -> None:
+    # given a server that answers one request per connection, then closes it quietly
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+
+    async with raw_server(handler) as (server, url), client() as http:
+        first = await http.post(f"{url}/v1/x", content=b"{}")
+        await asyncio.sleep(0.2)  # the idle connection is closed meanwhile
+
+        # when the next request is made
+        second = await http.post(f"{url}/v1/x", content=b"{}")
+
+        # then it is answered over a new connection
+        assert (first.text, second.text) == ("ok", "ok")
+        assert server.connections == 2
+
+
+async def test_an_abandoned_stream_closes_its_connection() -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n")
+        await writer.drain()
+        await reader.read()  # until the client goes away
+        closed.set()
+
+    async with raw_server(handler) as (server, url), client() as http:
+        async with http.stream("POST", f"{url}/v1/x", content=b"{}") as response:
+            async for piece in response.aiter_raw():
+                assert piece == b"one"
+                break
+
+        async with asyncio.timeout(2):
+            await closed.wait()
