@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -129,6 +130,12 @@ class _Socket:
         self._given_up = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
         self._turn = asyncio.Lock()  # one message handed to the transport at a time
+        # The messages under way (waiting for their turn or being handed over), oldest first:
+        # when each started and the task sending it.
+        self._since: list[float] = []
+        self._senders: list[asyncio.Task[Any]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._overdue: set[asyncio.Task[Any]] = set()  # senders cancelled for the send timeout
 
     def _disconnect(self) -> Message:
         return {"type": "websocket.disconnect", "code": self.closed_with}
@@ -161,14 +168,44 @@ class _Socket:
         if message["type"] != "websocket.send":
             await self._send(message)
             return
+        # The server waits while the client has not read what it was sent before. The wait (its
+        # turn included) is timed by one timer per socket, armed while a message is under way
+        # and re-armed only when it fires: an `asyncio.timeout` per message cost ~10 µs.
+        loop = asyncio.get_running_loop()
+        self._since.append(loop.time())
+        if self._timer is None:
+            self._timer = loop.call_at(self._since[0] + self.send_timeout, self._check)
+        task = asyncio.current_task()
+        assert task is not None
+        self._senders.append(task)
         try:
-            # The server waits while the client has not read what it was sent before.
-            async with asyncio.timeout(self.send_timeout), self._turn:
+            async with self._turn:
                 if self.closed_with is None:  # given up while this message waited its turn
                     await self._send(message)
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if task not in self._overdue:
+                raise
+            self._overdue.discard(task)
+            if task.uncancel() > 0:  # also cancelled for another reason
+                raise
             if self.closed_with is None:
                 self._give_up()
+        finally:
+            index = self._senders.index(task)
+            del self._senders[index], self._since[index]
+
+    def _check(self) -> None:
+        """The oldest message under way waited too long: its sender gives up on the socket (the
+        messages queued behind it then see it closed)."""
+        self._timer = None
+        if not self._since:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._since[0] < self.send_timeout:
+            self._timer = loop.call_at(self._since[0] + self.send_timeout, self._check)
+            return
+        self._overdue.add(self._senders[0])
+        self._senders[0].cancel()
 
     def _give_up(self) -> None:
         self.closed_with = TOO_SLOW
@@ -182,6 +219,8 @@ class _Socket:
 
     async def finish(self, close_wait_seconds: float) -> None:
         """Waits (bounded) for the close frame of a slow reader to be handed over."""
+        if self._timer is not None:
+            self._timer.cancel()
         if self._closing is None:
             return
         with contextlib.suppress(Exception):  # the client went away: nothing left to tell it
