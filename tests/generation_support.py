@@ -3,6 +3,7 @@ documents written directly, and the collaborators an answer works with."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import uuid
@@ -123,6 +124,7 @@ class ChatDatabase:
             provider=OpenAIChatProvider.from_settings(self.settings),
             retriever=self.retriever(),
             flusher=Flusher(self.sessionmaker, self.settings.chat_flush_interval_ms / 1000),
+            lanes=asyncio.Semaphore(self.settings.chat_database_connections),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -111,3 +112,35 @@ async def test_only_the_owner_of_the_conversation_may_send(
 
         assert refused.value.code == missing.value.code == "NOT_FOUND"
         assert await db.count("messages") == 0
+
+
+async def test_a_send_past_the_cap_waits_for_the_next_free_slot() -> None:
+    slots = ServerSlots(cap=1, queue_length=1, wait_seconds=5.0)
+    slots.accepting = True
+    await slots.enter()
+    waiting = asyncio.create_task(slots.enter())
+    await asyncio.sleep(0)
+
+    with pytest.raises(RateLimited) as refused:  # the queue is full: refused at once
+        await slots.enter()
+    slots.give_back()
+    await waiting
+
+    assert refused.value.extensions == {"reason": "SERVER_BUSY", "limit": 1, "resetAt": None}
+    assert slots.active == 1  # the slot passed on, never above the cap
+    slots.give_back()
+    assert slots.active == 0
+
+
+async def test_a_send_that_waits_too_long_is_refused_as_busy() -> None:
+    slots = ServerSlots(cap=1, queue_length=5, wait_seconds=0.05)
+    slots.accepting = True
+    await slots.enter()
+
+    with pytest.raises(RateLimited) as refused:
+        await slots.enter()
+
+    assert refused.value.extensions == {"reason": "SERVER_BUSY", "limit": 1, "resetAt": None}
+    assert slots.active == 1
+    slots.give_back()
+    assert slots.active == 0

@@ -36,17 +36,18 @@ async def cancel_all(server: LiveServer, answers: list[tuple[Account, str]]) -> 
         assert result.ok()["cancelGeneration"]["status"] == "CANCELLED"
 
 
-def test_the_default_cap_follows_the_database_pool(tmp_path: Path) -> None:
+def test_the_chat_takes_turns_on_most_of_the_database_pool(tmp_path: Path) -> None:
     def settings(**values: object) -> Settings:
         return Settings(data_dir=tmp_path, **values)  # type: ignore[arg-type]
 
-    derived = settings(db_pool_size=10, db_max_overflow=10, chat_max_active_generations=None)
-    larger = settings(db_pool_size=30, db_max_overflow=0, chat_max_active_generations=None)
-    explicit = settings(db_pool_size=10, db_max_overflow=10, chat_max_active_generations=7)
+    derived = settings(db_pool_size=10, db_max_overflow=10)
+    small = settings(db_pool_size=1, db_max_overflow=0)
+    explicit = settings(db_pool_size=10, db_max_overflow=10, chat_database_lanes=7)
 
-    assert derived.active_generation_cap == 80
-    assert larger.active_generation_cap == 120
-    assert explicit.active_generation_cap == 7
+    assert derived.chat_database_connections == 15
+    assert small.chat_database_connections == 1
+    assert explicit.chat_database_connections == 7
+    assert derived.chat_max_active_generations == 1_000  # not derived from the pool
 
 
 async def test_a_send_past_the_cap_is_refused_and_stores_nothing(

@@ -150,11 +150,16 @@ class Settings(BaseSettings):
     # Chat (see domain/chat): generation, streaming and persistence
     chat_system_prompt: str | None = None  # None: the built-in prompt in domain/chat/prompt.py
     chat_max_concurrent_generations: int = 3
-    # Answers under way in the whole process; past it a send is RATE_LIMITED (SERVER_BUSY).
-    # None: 4 per database connection (pool size + overflow; 80 with the defaults). An answer
-    # holds a connection only briefly (its question, retrieval, its end), so this keeps a
-    # burst of sends well inside the pool timeout instead of failing there.
-    chat_max_active_generations: int | None = None
+    # Answers under way in the whole process: what one process streams (bench/stream.py runs
+    # 1,000 at 20 tokens/s each). Past it a send waits up to chat_admission_wait_seconds, with
+    # at most chat_admission_queue_length others, then is RATE_LIMITED (SERVER_BUSY). The
+    # database is not what limits it: an answer's statements take turns on
+    # chat_database_lanes connections (its question, retrieval, its end), never more.
+    chat_max_active_generations: int = 1_000
+    chat_admission_queue_length: int = 100
+    chat_admission_wait_seconds: float = 2.0
+    # None: the pool (size + overflow) less a quarter of it, which other requests keep.
+    chat_database_lanes: int | None = None
     chat_retrieval_limit: int = 5
     chat_history_budget_tokens: int = 2_000
     chat_sources_budget_tokens: int = 3_000
@@ -230,10 +235,12 @@ class Settings(BaseSettings):
         return self.metrics_enabled or self.log_requests
 
     @property
-    def active_generation_cap(self) -> int:
-        if self.chat_max_active_generations is not None:
-            return self.chat_max_active_generations
-        return 4 * (self.db_pool_size + self.db_max_overflow)
+    def chat_database_connections(self) -> int:
+        """Connections the chat's own statements use at once (`chat_database_lanes`)."""
+        if self.chat_database_lanes is not None:
+            return self.chat_database_lanes
+        pool = self.db_pool_size + self.db_max_overflow
+        return max(1, pool - pool // 4)
 
 
 class ConfigurationError(RuntimeError):

@@ -64,6 +64,9 @@ class Collaborators:
     provider: ChatProvider
     retriever: Retriever
     flusher: Flusher
+    # The connections the answers' own statements may use at once: a burst of answers waits
+    # here for its turn instead of timing out in the pool (Settings.chat_database_lanes).
+    lanes: asyncio.Semaphore
 
 
 @dataclass(frozen=True)
@@ -128,9 +131,10 @@ class Answer:
     async def _produce(self, exchange: service.NewExchange) -> TokenUsage | None:
         tools = self._tools
         async with asyncio.timeout(tools.settings.chat_timeout_seconds):
-            prepared = await prepare_answer(
-                tools.sessionmaker, tools.retriever, tools.settings, self.viewer, exchange
-            )
+            async with tools.lanes:
+                prepared = await prepare_answer(
+                    tools.sessionmaker, tools.retriever, tools.settings, self.viewer, exchange
+                )
             self._sources = prepared.sources
             self._prompt_tokens = prepared.prompt_tokens
             self.stream.set_sources(prepared.sources)
@@ -182,7 +186,7 @@ class Answer:
         model = exchange.model  # the one the asker's chat feature chose
         answer = exchange.answer
         try:
-            async with self._tools.sessionmaker.begin() as session:
+            async with self._tools.lanes, self._tools.sessionmaker.begin() as session:
                 row = await service.finish_answer(
                     session,
                     self.id,

@@ -81,7 +81,12 @@ class GenerationManager:
     _broker: EventBroker = field(default_factory=InMemoryBroker)
 
     def __post_init__(self) -> None:
-        self.slots = ServerSlots(self.settings.active_generation_cap)
+        settings = self.settings
+        self.slots = ServerSlots(
+            settings.chat_max_active_generations,
+            queue_length=settings.chat_admission_queue_length,
+            wait_seconds=settings.chat_admission_wait_seconds,
+        )
 
     @property
     def active(self) -> int:
@@ -120,7 +125,10 @@ class GenerationManager:
             self._broker, sessionmaker, ownership, self.settings.chat_follow_poll_seconds
         )
         flusher = Flusher(sessionmaker, self.settings.chat_flush_interval_ms / 1000)
-        self._tools = Collaborators(sessionmaker, self.settings, self.provider, retriever, flusher)
+        lanes = asyncio.Semaphore(self.settings.chat_database_connections)
+        self._tools = Collaborators(
+            sessionmaker, self.settings, self.provider, retriever, flusher, lanes
+        )
         try:
             async with (
                 self._broker.subscribe(process_topic(ownership.process_id)) as requests,
@@ -177,11 +185,11 @@ class GenerationManager:
         """Stores the question and an empty answer, and starts generating it.
 
         RATE_LIMITED (reason SERVER_BUSY) when this process already has
-        `Settings.active_generation_cap` answers under way, before anything is stored.
+        `Settings.chat_max_active_generations` answers under way and no slot frees up within
+        the admission wait, before anything is stored.
         """
-        # Before the first await, so concurrent sends cannot overshoot; and before anything is
-        # stored, so a refused send leaves no rows and uses no quota.
-        self.slots.take()
+        # Before anything is stored, so a refused send leaves no rows and uses no quota.
+        await self.slots.enter()
         tools = self.tools
         answer_id = uuid.uuid4()
         # Open and known before the answer is stored: whoever reads it finds it running.
@@ -211,17 +219,18 @@ class GenerationManager:
         """The whole life of one answer, in its own task: stored, generated, ended."""
         try:
             try:
-                exchange = await store_exchange(
-                    self.tools.sessionmaker,
-                    self.settings,
-                    answer.viewer,
-                    flags=flags,
-                    answer_id=answer.id,
-                    conversation_id=conversation_id,
-                    content=content,
-                    model_for=self.provider.model_for,
-                    generator_id=self.ownership.process_id,
-                )
+                async with self.tools.lanes:
+                    exchange = await store_exchange(
+                        self.tools.sessionmaker,
+                        self.settings,
+                        answer.viewer,
+                        flags=flags,
+                        answer_id=answer.id,
+                        conversation_id=conversation_id,
+                        content=content,
+                        model_for=self.provider.model_for,
+                        generator_id=self.ownership.process_id,
+                    )
             except Exception as exc:  # a refusal (limits, validation) or a fault: the sender's
                 stored.set_exception(exc)
                 return
