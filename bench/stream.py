@@ -289,7 +289,7 @@ async def bench(args: argparse.Namespace) -> list[Round]:
                 async with httpx.AsyncClient(timeout=120) as client:
                     users: list[tuple[str, str]] = []
                     while len(users) < accounts:
-                        batch = min(20, accounts - len(users))
+                        batch = min(2, accounts - len(users))  # password hashes take turns
                         users += await asyncio.gather(
                             *(register(client, f"{base}/graphql") for _ in range(batch))
                         )

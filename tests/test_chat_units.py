@@ -16,6 +16,7 @@ from ragstream.domain.chat.prompt import (
     quote,
 )
 from ragstream.domain.chat.streams import (
+    Crowd,
     EndItem,
     GenerationStream,
     SourcesItem,
@@ -189,3 +190,26 @@ def test_stream_chunks_give_text_usage_or_a_provider_error() -> None:
     assert caught.value.code == "PROVIDER_ERROR"
     with pytest.raises(ChatProviderError):
         parse_chunk("not json")
+
+
+def test_a_crowd_of_followers_stretches_the_window() -> None:
+    crowd = Crowd(events_per_second=1_000)
+
+    crowd.size = 10
+    assert crowd.window(0.03) == 0.03  # 10 followers at 30 ms: 333 events/s, under the budget
+    crowd.size = 1_000
+    assert crowd.window(0.03) == 1.0  # 1,000 followers share 1,000 events/s
+
+
+async def test_a_follower_counts_in_its_crowd_until_it_ends() -> None:
+    crowd = Crowd(events_per_second=1_000)
+    stream = GenerationStream()
+    stream.append("hello")
+    follower = follow(stream, 0, window=0.0, crowd=crowd)
+
+    first = await anext(follower)
+    during = crowd.size
+    await follower.aclose()
+
+    assert first == TextItem(0, "hello")
+    assert (during, crowd.size) == (1, 0)

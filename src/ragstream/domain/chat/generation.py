@@ -50,6 +50,7 @@ from ragstream.domain.chat.ownership import Ownership
 from ragstream.domain.chat.preparation import Retriever
 from ragstream.domain.chat.remote import Relay, RemoteAnswers, message_topic, process_topic
 from ragstream.domain.chat.streams import (
+    Crowd,
     EndItem,
     MemoryStreamHub,
     SourcesItem,
@@ -82,6 +83,8 @@ class GenerationManager:
 
     def __post_init__(self) -> None:
         settings = self.settings
+        if self.hub.crowd is None:
+            self.hub.crowd = Crowd(settings.chat_max_events_per_second)
         self.slots = ServerSlots(
             settings.chat_max_active_generations,
             queue_length=settings.chat_admission_queue_length,

@@ -132,44 +132,69 @@ class GenerationStream:
                     waiter.set_result(None)
 
 
+class Crowd:
+    """The followers of this process's running answers, and the pace their number asks for.
+
+    Every follower sends at most one text item per window; with many followers the window
+    stretches so that all of them together send at most ``events_per_second`` items: a process
+    that is behind sends fewer, larger deltas instead of building queues.
+    """
+
+    def __init__(self, events_per_second: float) -> None:
+        self.events_per_second = events_per_second
+        self.size = 0
+
+    def window(self, base: float) -> float:
+        return max(base, self.size / self.events_per_second)
+
+
 async def follow(
-    stream: GenerationStream, from_offset: int, *, window: float
+    stream: GenerationStream, from_offset: int, *, window: float, crowd: Crowd | None = None
 ) -> AsyncGenerator[StreamItem, None]:
     """Sources (once known), then the text from ``from_offset``, then the ending.
 
     The first text item carries everything already buffered. After that text is sent as it
-    arrives, but at most one item per ``window`` seconds: deltas arriving within the window are
-    merged, so a fast provider or a slow client costs fewer events instead of a growing backlog.
+    arrives, but at most one item per ``window`` seconds (stretched by ``crowd``): deltas
+    arriving within the window are merged, so a fast provider, a slow client or a busy process
+    costs fewer events instead of a growing backlog.
     """
     loop = asyncio.get_running_loop()
     offset = max(from_offset, 0)
     sources_sent = False
     last_sent = -window
-    while True:
-        if not sources_sent and stream.sources is not None:
-            sources_sent = True
-            yield SourcesItem(stream.sources)
-            continue
-        if stream.length > offset:
-            wait = last_sent + window - loop.time()
-            if wait > 0:
-                await stream.finished_within(wait)
-            text = stream.read_from(offset)
-            yield TextItem(offset, text)
-            offset += len(text)
-            last_sent = loop.time()
-            continue
-        if stream.ending is not None:
-            yield EndItem(stream.ending)
-            return
-        await stream.changed()
+    if crowd is not None:
+        crowd.size += 1
+    try:
+        while True:
+            if not sources_sent and stream.sources is not None:
+                sources_sent = True
+                yield SourcesItem(stream.sources)
+                continue
+            if stream.length > offset:
+                pace = window if crowd is None else crowd.window(window)
+                wait = last_sent + pace - loop.time()
+                if wait > 0:
+                    await stream.finished_within(wait)
+                text = stream.read_from(offset)
+                yield TextItem(offset, text)
+                offset += len(text)
+                last_sent = loop.time()
+                continue
+            if stream.ending is not None:
+                yield EndItem(stream.ending)
+                return
+            await stream.changed()
+    finally:
+        if crowd is not None:
+            crowd.size -= 1
 
 
 class MemoryStreamHub:
     """Streams of the generations running in this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, crowd: Crowd | None = None) -> None:
         self._streams: dict[uuid.UUID, GenerationStream] = {}
+        self.crowd = crowd
 
     def open(self, message_id: uuid.UUID) -> GenerationStream:
         stream = GenerationStream()
@@ -183,7 +208,9 @@ class MemoryStreamHub:
         self, message_id: uuid.UUID, from_offset: int, *, window: float
     ) -> AsyncGenerator[StreamItem, None] | None:
         stream = self._streams.get(message_id)
-        return None if stream is None else follow(stream, from_offset, window=window)
+        if stream is None:
+            return None
+        return follow(stream, from_offset, window=window, crowd=self.crowd)
 
     def close(self, message_id: uuid.UUID) -> None:
         self._streams.pop(message_id, None)
