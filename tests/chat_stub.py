@@ -44,6 +44,9 @@ class ChatScript:
     error_message: str = "upstream exploded: secret-provider-detail-42"
     drop_after: int | None = None  # after this many tokens, drop the connection
     stall_after: int | None = None  # after this many tokens, send nothing more (keep open)
+    # After this many tokens, wait until `resume` is set (the test decides when the rest comes).
+    hold_after: int | None = None
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
     # Benchmark mode: `count` tokens at `rate` per second, each its own emission time.
     stamp: bool = False
     count: int = 0
@@ -155,6 +158,8 @@ class ChatStub(OpenAIStub):
                     raise ConnectionAbortedError("stub drops the connection")
                 if script.stall_after is not None and i == script.stall_after:
                     await asyncio.Event().wait()  # until the client gives up
+                if script.hold_after is not None and i == script.hold_after:
+                    await script.resume.wait()
                 if script.stamp:
                     await asyncio.sleep(max(0.0, start + i / script.rate - time.monotonic()))
                     token = stamp_token()

@@ -167,13 +167,15 @@ async def test_a_killed_process_answers_become_interrupted_through_another_once_
 async def test_a_process_starting_while_another_generates_interrupts_nothing(
     database_url: str, tmp_path: Path, chat_stub: ChatStub
 ) -> None:
-    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    # The answer holds after 10 tokens until B has started, however slowly B starts.
+    chat_stub.script = ChatScript(tokens=TOKENS, hold_after=10)
     async with serving(database_url, tmp_path / "a", chat_stub) as (_, a):
         _, answer = await _answering(a, chat_stub)
         async with serving(database_url, tmp_path / "b", chat_stub):
             # B has started (and swept once): A's answer still runs.
             assert (await _row(database_url, answer["id"]))["status"] == "STREAMING"
             assert await _leases(database_url) == 2
+            chat_stub.script.resume.set()
         await eventually(lambda: _status_is(database_url, answer["id"], "COMPLETE"))
         assert (await _row(database_url, answer["id"]))["content"] == FULL
 
