@@ -301,7 +301,7 @@ async def register_users(replica: Replica, count: int) -> list[str]:
     async with httpx.AsyncClient(timeout=120) as client:
         users: list[str] = []
         while len(users) < count:
-            batch = min(20, count - len(users))
+            batch = min(2, count - len(users))  # password hashes take turns
             made = await asyncio.gather(
                 *(register(client, replica.graphql_url) for _ in range(batch))
             )
