@@ -163,7 +163,12 @@ async def test_filtered_vector_search_fills_k_past_closer_unreadable_chunks(
 
         # when the viewer's k nearest are asked for through the index
         found = await repository.nearest_by_vector(
-            viewer, query, k, ef_search=tuning.ef_search, max_scan_tuples=tuning.max_scan_tuples
+            viewer,
+            query,
+            k,
+            scan=k,
+            ef_search=tuning.ef_search,
+            max_scan_tuples=tuning.max_scan_tuples,
         )
         exact = await repository.exact_nearest_by_vector(viewer, query, k)
         # and, as a control, the same statement with a single scan round: that it finds fewer

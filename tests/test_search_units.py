@@ -53,6 +53,7 @@ def test_lexemes_are_quoted_for_tsquery_input() -> None:
 def test_tuning_follows_the_settings() -> None:
     settings = Settings(
         search_candidates=30,
+        search_scan=90,
         search_ef_search=250,
         search_max_scan_tuples=5_000,
         search_common_term_share=0.1,
@@ -61,6 +62,10 @@ def test_tuning_follows_the_settings() -> None:
     tuning = SearchTuning.from_settings(settings)
 
     assert tuning == SearchTuning(
-        candidates=30, ef_search=250, max_scan_tuples=5_000, common_term_share=0.1
+        candidates=30,
+        scan=90,
+        ef_search=250,
+        max_scan_tuples=5_000,
+        common_term_share=0.1,
     )
     assert SearchTuning.from_settings(Settings()) == SearchTuning()

@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     # Worker processes for parsing, chunking and offline embedding; None: one per core.
     work_processes: int | None = None
     search_candidates: int = 60
+    search_scan: int = 400  # HNSW candidates ordered exactly, of which the closest are kept
     search_ef_search: int = 200  # HNSW candidate list per scan round: recall against time
     search_max_scan_tuples: int = 20_000  # how far a filtered HNSW scan looks for readable rows
     search_common_term_share: float = 0.05  # words in more chunks only rank, never select

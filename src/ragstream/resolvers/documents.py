@@ -91,8 +91,8 @@ async def search(
                 state.embedder,
                 tuning=SearchTuning.from_settings(state.settings),
             )
-        rows = await service.get_documents(session, viewer, [r.document_id for r in results])
-    return [to_search_hit(r, rows[r.document_id]) for r in results if r.document_id in rows]
+    # Each result carries its document, read with the chunk under the same visibility rule.
+    return [to_search_hit(result) for result in results]
 
 
 async def upload_document(

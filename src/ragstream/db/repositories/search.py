@@ -85,12 +85,11 @@ class QueryTerm:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """A retrieved chunk with its document's title; the ranking fields are filled by the
-    retrieval service once the rankings are fused."""
+    """A retrieved chunk with its document (read in the same statement); the ranking fields
+    are filled by the retrieval service once the rankings are fused."""
 
     chunk_id: uuid.UUID
-    document_id: uuid.UUID
-    document_title: str
+    document: Document
     ordinal: int
     content: str
     page: int | None
@@ -100,6 +99,14 @@ class SearchResult:
     vector_rank: int | None = None
     text_rank: int | None = None
 
+    @property
+    def document_id(self) -> uuid.UUID:
+        return self.document.id
+
+    @property
+    def document_title(self) -> str:
+        return self.document.title
+
 
 class SearchRepository(Repository):
     async def nearest_by_vector(
@@ -108,18 +115,21 @@ class SearchRepository(Repository):
         vector: Sequence[float],
         k: int,
         *,
+        scan: int,
         ef_search: int,
         max_scan_tuples: int,
     ) -> list[uuid.UUID]:
         """Chunk ids by cosine distance, closest first, through the HNSW index.
 
-        ``ef_search`` is the candidate list of each scan round (recall against time);
-        ``max_scan_tuples`` bounds how far an iterative scan goes to find ``k`` readable
-        chunks.
+        The scan goes on until it has handed over ``scan`` readable candidates (at least
+        ``k``); they are ordered by their exact distance and the closest ``k`` kept. A graph
+        search misses some true neighbours; asking it for more candidates than are kept lets
+        its later rounds bring them in. ``ef_search`` is the candidate list of each scan
+        round; ``max_scan_tuples`` bounds how far an iterative scan goes.
         """
         settings = {
             "hnsw.iterative_scan": "relaxed_order",
-            "hnsw.ef_search": str(max(int(ef_search), int(k))),
+            "hnsw.ef_search": str(int(ef_search)),
             "hnsw.max_scan_tuples": str(int(max_scan_tuples)),
             # On a small table the planner prices a large ef_search above a sequential scan
             # and sorts every readable chunk instead; measured, the index is the faster path.
@@ -128,7 +138,7 @@ class SearchRepository(Repository):
             # A generic plan would not see how selective the viewer's filter is.
             "plan_cache_mode": "force_custom_plan",
         }
-        return await self._nearest(viewer, vector, k, settings)
+        return await self._nearest(viewer, vector, k, settings, scan=max(int(scan), int(k)))
 
     async def exact_nearest_by_vector(
         self, viewer: User, vector: Sequence[float], k: int
@@ -138,20 +148,30 @@ class SearchRepository(Repository):
         return await self._nearest(viewer, vector, k, {"enable_indexscan": "off"})
 
     async def _nearest(
-        self, viewer: User, vector: Sequence[float], k: int, settings: dict[str, str]
+        self,
+        viewer: User,
+        vector: Sequence[float],
+        k: int,
+        settings: dict[str, str],
+        *,
+        scan: int | None = None,
     ) -> list[uuid.UUID]:
         distance = Chunk.embedding.op("<=>", return_type=Float)(_vector(vector)).label("distance")
-        # relaxed_order may return slightly out of order: materialize, then sort.
-        nearest = (
+        # relaxed_order may return candidates out of order: materialize them, then sort by
+        # the distance (exact: the index holds the full vectors) and keep the closest k. The
+        # sort is on `distance + 0`: PostgreSQL knows the CTE's rows come ordered by
+        # `distance`, and sorting on that would only break ties, reading the candidates just
+        # until it has k of them and leaving the later scan rounds' closer ones unread.
+        candidates = (
             _retrievable_chunks(viewer)
             .add_columns(distance)
             .where(Chunk.embedding.is_not(None))
             .order_by(distance)
-            .limit(k)
-            .cte("nearest")
+            .limit(scan or k)
+            .cte("candidates")
             .prefix_with("MATERIALIZED")
         )
-        stmt = select(nearest.c.id).order_by(nearest.c.distance, nearest.c.id)
+        stmt = select(candidates.c.id).order_by(candidates.c.distance + 0, candidates.c.id).limit(k)
         async with self._scoped(settings):
             return list(await self.session.scalars(stmt))
 
@@ -197,8 +217,7 @@ class SearchRepository(Repository):
         rows = await self.session.execute(
             select(
                 Chunk.id,
-                Chunk.document_id,
-                Document.title,
+                Document,
                 Chunk.ordinal,
                 Chunk.content,
                 Chunk.page,
@@ -211,13 +230,12 @@ class SearchRepository(Repository):
         return {
             row[0]: SearchResult(
                 chunk_id=row[0],
-                document_id=row[1],
-                document_title=row[2],
-                ordinal=row[3],
-                content=row[4],
-                page=row[5],
-                heading_path=list(row[6] or []),
-                token_count=row[7],
+                document=row[1],
+                ordinal=row[2],
+                content=row[3],
+                page=row[4],
+                heading_path=list(row[5] or []),
+                token_count=row[6],
             )
             for row in rows
         }

@@ -24,6 +24,9 @@ class SearchTuning:
     """How hard retrieval works; the defaults are what the settings default to.
 
     ``candidates``: how many chunks each ranking (vector, full text) contributes to the fusion.
+    ``scan``: how many candidates the HNSW scan hands over to be ordered by their exact
+    distance, of which the vector ranking keeps the closest ``candidates``; more than are kept
+    lets the scan's later rounds bring in neighbours its first round missed.
     ``ef_search``: HNSW candidate list per scan round; more is better recall, slower.
     ``max_scan_tuples``: how far an iterative HNSW scan may go to find enough readable chunks.
     ``common_term_share``: a query word held by more than this share of all chunks does not
@@ -32,6 +35,7 @@ class SearchTuning:
     """
 
     candidates: int = 60
+    scan: int = 400
     ef_search: int = 200
     max_scan_tuples: int = 20_000
     common_term_share: float = 0.05
@@ -40,6 +44,7 @@ class SearchTuning:
     def from_settings(cls, settings: Settings) -> SearchTuning:
         return cls(
             candidates=settings.search_candidates,
+            scan=settings.search_scan,
             ef_search=settings.search_ef_search,
             max_scan_tuples=settings.search_max_scan_tuples,
             common_term_share=settings.search_common_term_share,
@@ -105,6 +110,7 @@ async def search(
         viewer,
         vector,
         pool,
+        scan=tuning.scan,
         ef_search=tuning.ef_search,
         max_scan_tuples=tuning.max_scan_tuples,
     )

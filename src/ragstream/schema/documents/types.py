@@ -131,8 +131,9 @@ class SearchHit:
     )
 
 
-def to_search_hit(result: SearchResult, document: DocumentRow) -> SearchHit:
-    # A search result is a chunk as retrieval loaded it, without a chunk row to map.
+def to_search_hit(result: SearchResult) -> SearchHit:
+    # A search result is a chunk as retrieval loaded it (with its document), without a chunk
+    # row to map.
     return SearchHit(
         chunk=Chunk(
             id=strawberry.ID(str(result.chunk_id)),
@@ -142,7 +143,7 @@ def to_search_hit(result: SearchResult, document: DocumentRow) -> SearchHit:
             heading_path=list(result.heading_path),
             token_count=result.token_count,
         ),
-        document=to_document(document),
+        document=to_document(result.document),
         score=result.score,
     )
 
