@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ragstream.db.migrate import alembic_config
+from tests.migration_support import migrate
 
 
 @pytest.fixture
@@ -19,13 +17,6 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(database_url)
     yield engine
     await engine.dispose()
-
-
-async def migrate(database_url: str, direction: str, target: str) -> None:
-    # Alembic's env runs its own event loop: off this one, in a thread.
-    config = alembic_config(database_url)
-    step = command.downgrade if direction == "down" else command.upgrade
-    await asyncio.to_thread(step, config, target)
 
 
 async def rows(engine: AsyncEngine, sql: str) -> Sequence[Any]:

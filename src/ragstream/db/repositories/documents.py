@@ -281,14 +281,16 @@ class ChunkForEmbedding:
 
 @dataclass(frozen=True)
 class HnswOptions:
-    """Build parameters of the HNSW index (pgvector's defaults).
+    """Build parameters of the HNSW index (those the migrations build it with).
 
     ``m``: links per node; ``ef_construction``: candidate list while inserting. Higher values
     give better recall at the same ``ef_search``, for a slower build and slower inserts.
+    pgvector's own defaults, 16 and 64, leave chunks no search reaches on hard data (README,
+    Performance).
     """
 
-    m: int = 16
-    ef_construction: int = 64
+    m: int = 32
+    ef_construction: int = 128
 
     def __post_init__(self) -> None:
         # pgvector's own bounds, checked here so the message names the options.
@@ -298,6 +300,9 @@ class HnswOptions:
             raise ValueError("ef_construction must be between 4 and 1000")
         if self.ef_construction < 2 * self.m:
             raise ValueError("ef_construction must be at least twice m")
+
+
+PGVECTOR_DEFAULTS = HnswOptions(m=16, ef_construction=64)
 
 
 class VectorIndexRepository:
@@ -340,10 +345,10 @@ class VectorIndexRepository:
         if row is None:
             return None
         given = dict(option.split("=", 1) for option in row[0])
-        defaults = HnswOptions()
+        # An option missing from the index was pgvector's default when it was built.
         return HnswOptions(
-            m=int(given.get("m", defaults.m)),
-            ef_construction=int(given.get("ef_construction", defaults.ef_construction)),
+            m=int(given.get("m", PGVECTOR_DEFAULTS.m)),
+            ef_construction=int(given.get("ef_construction", PGVECTOR_DEFAULTS.ef_construction)),
         )
 
     async def replace_index(self, options: HnswOptions, *, build_memory: str) -> None:
