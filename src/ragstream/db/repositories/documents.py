@@ -285,7 +285,7 @@ class HnswOptions:
 
     ``m``: links per node; ``ef_construction``: candidate list while inserting. Higher values
     give better recall at the same ``ef_search``, for a slower build and slower inserts.
-    pgvector's own defaults, 16 and 64, leave chunks no search reaches on hard data (README,
+    With pgvector's own defaults, 16 and 64, recall stays under 0.9 on hard data (README,
     Performance).
     """
 
