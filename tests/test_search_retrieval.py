@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,7 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ragstream.backend import Backend, connect
 from ragstream.db.models import User
 from ragstream.db.models.documents import Chunk, Document
-from ragstream.db.repositories.search import SearchRepository, tsquery_literal
+from ragstream.db.repositories.search import (
+    SearchRepository,
+    index_scan_settings,
+    nearest_statement,
+    tsquery_literal,
+)
 from ragstream.domain.retrieval.service import SearchTuning, search
 from tests.conftest import make_settings
 from tests.documents_support import create, ingest_common_word_corpus, wait_until_idle
@@ -189,3 +196,40 @@ async def test_filtered_vector_search_fills_k_past_closer_unreadable_chunks(
     assert sorted(exact) == sorted(nearest)
     assert sorted(found) == sorted(nearest)
     assert len(single_round) < k
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
+
+
+async def test_the_vector_statement_orders_every_candidate_the_scan_handed_over(
+    database_url: str, tmp_path: Path
+) -> None:
+    # given more readable chunks than the scan is asked for
+    settings = make_settings(database_url, tmp_path)
+    dimensions = settings.embedding_dimensions
+    state = Backend(settings=settings)
+    async with connect(state), state.sessionmaker() as session:
+        viewer = User(email="viewer@example.com", display_name="viewer", password_hash="-")
+        session.add(viewer)
+        await session.flush()
+        rng = random.Random(3)
+        # (as many as make the planner prefer the index to sorting the viewer's chunks)
+        unit = [_unit([rng.gauss(0.0, 1.0) for _ in range(dimensions)]) for _ in range(1000)]
+        await _owned_chunks(session, viewer, unit)
+        await session.commit()
+        await session.execute(text("ANALYZE documents, chunks"))
+        query = _unit([rng.gauss(0.0, 1.0) for _ in range(dimensions)])
+
+        # when the statement asks the HNSW scan for 60 candidates to keep the closest 5
+        statement = nearest_statement(viewer, query, 5, scan=60).compile(
+            session.get_bind(), compile_kwargs={"literal_binds": True}
+        )
+        async with SearchRepository(session)._scoped(index_scan_settings(10, 20_000)):
+            plan = await session.scalar(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}"))
+        nodes = _nodes((plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"])
+
+    # then all 60 are read and sorted, not just enough of them to fill the 5
+    [candidates] = [node for node in nodes if node["Node Type"] == "CTE Scan"]
+    assert candidates["Actual Rows"] == 60
+    assert any(node.get("Index Name") == "ix_chunks_embedding_hnsw" for node in nodes)

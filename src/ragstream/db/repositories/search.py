@@ -75,6 +75,44 @@ def tsquery_literal(lexemes: Sequence[str], operator: str) -> str:
     return f" {operator} ".join(quoted)
 
 
+def index_scan_settings(ef_search: int, max_scan_tuples: int) -> dict[str, str]:
+    """Planner settings of the vector statement through the HNSW index."""
+    return {
+        "hnsw.iterative_scan": "relaxed_order",
+        "hnsw.ef_search": str(int(ef_search)),
+        "hnsw.max_scan_tuples": str(int(max_scan_tuples)),
+        # On a small table the planner prices a large ef_search above a sequential scan
+        # and sorts every readable chunk instead; measured, the index is the faster path.
+        # Index plans (such as a viewer's own few documents, then their chunks) stay open.
+        "enable_seqscan": "off",
+        # A generic plan would not see how selective the viewer's filter is.
+        "plan_cache_mode": "force_custom_plan",
+    }
+
+
+def nearest_statement(
+    viewer: User, vector: Sequence[float], k: int, *, scan: int | None = None
+) -> Select[tuple[uuid.UUID]]:
+    """The ids of the ``k`` readable chunks closest to ``vector`` among the ``scan`` (default
+    ``k``) candidates the scan of the embedding's order hands over."""
+    distance = Chunk.embedding.op("<=>", return_type=Float)(_vector(vector)).label("distance")
+    # relaxed_order may return candidates out of order: materialize them, then sort by
+    # the distance (exact: the index holds the full vectors) and keep the closest k. The
+    # sort is on `distance + 0`: PostgreSQL knows the CTE's rows come ordered by
+    # `distance`, and a sort on that would only break ties, leave the scan's order as it
+    # came, and read just the first k candidates.
+    candidates = (
+        _retrievable_chunks(viewer)
+        .add_columns(distance)
+        .where(Chunk.embedding.is_not(None))
+        .order_by(distance)
+        .limit(scan or k)
+        .cte("candidates")
+        .prefix_with("MATERIALIZED")
+    )
+    return select(candidates.c.id).order_by(candidates.c.distance + 0, candidates.c.id).limit(k)
+
+
 @dataclass(frozen=True)
 class QueryTerm:
     lexeme: str
@@ -127,17 +165,7 @@ class SearchRepository(Repository):
         its later rounds bring them in. ``ef_search`` is the candidate list of each scan
         round; ``max_scan_tuples`` bounds how far an iterative scan goes.
         """
-        settings = {
-            "hnsw.iterative_scan": "relaxed_order",
-            "hnsw.ef_search": str(int(ef_search)),
-            "hnsw.max_scan_tuples": str(int(max_scan_tuples)),
-            # On a small table the planner prices a large ef_search above a sequential scan
-            # and sorts every readable chunk instead; measured, the index is the faster path.
-            # Index plans (such as a viewer's own few documents, then their chunks) stay open.
-            "enable_seqscan": "off",
-            # A generic plan would not see how selective the viewer's filter is.
-            "plan_cache_mode": "force_custom_plan",
-        }
+        settings = index_scan_settings(ef_search, max_scan_tuples)
         return await self._nearest(viewer, vector, k, settings, scan=max(int(scan), int(k)))
 
     async def exact_nearest_by_vector(
@@ -156,22 +184,7 @@ class SearchRepository(Repository):
         *,
         scan: int | None = None,
     ) -> list[uuid.UUID]:
-        distance = Chunk.embedding.op("<=>", return_type=Float)(_vector(vector)).label("distance")
-        # relaxed_order may return candidates out of order: materialize them, then sort by
-        # the distance (exact: the index holds the full vectors) and keep the closest k. The
-        # sort is on `distance + 0`: PostgreSQL knows the CTE's rows come ordered by
-        # `distance`, and sorting on that would only break ties, reading the candidates just
-        # until it has k of them and leaving the later scan rounds' closer ones unread.
-        candidates = (
-            _retrievable_chunks(viewer)
-            .add_columns(distance)
-            .where(Chunk.embedding.is_not(None))
-            .order_by(distance)
-            .limit(scan or k)
-            .cte("candidates")
-            .prefix_with("MATERIALIZED")
-        )
-        stmt = select(candidates.c.id).order_by(candidates.c.distance + 0, candidates.c.id).limit(k)
+        stmt = nearest_statement(viewer, vector, k, scan=scan)
         async with self._scoped(settings):
             return list(await self.session.scalars(stmt))
 
