@@ -100,8 +100,8 @@ async def test_reindex_rebuilds_the_index_with_new_parameters_and_keeps_them(
     (tmp / "pumps.md").write_text("Centrifugal pumps need their seals checked monthly.\n")
     assert (await run_cli(capsys, "ingest", str(tmp), "--owner", account.email))[0] == 0
     assert (await fetch(database_url, INDEX_OPTIONS))[0]["reloptions"] == [  # the migrations'
-        "m=32",
-        "ef_construction=128",
+        "m=24",
+        "ef_construction=96",
     ]
 
     status, out, _ = await run_cli(

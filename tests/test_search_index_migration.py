@@ -1,4 +1,4 @@
-"""Migration 0010: the chunks' HNSW index is rebuilt with m 32 and ef_construction 128, unless
+"""Migration 0010: the chunks' HNSW index is rebuilt with m 24 and ef_construction 96, unless
 it was built with parameters of its own."""
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ async def index(database_url: str) -> tuple[list[str] | None, str]:
 
 async def test_the_index_goes_to_the_new_parameters_and_back(database_url: str) -> None:
     options, definition = await index(database_url)
-    assert options == ["m=32", "ef_construction=128"]
+    assert options == ["m=24", "ef_construction=96"]
     assert "hnsw (embedding vector_cosine_ops)" in definition
 
     await migrate(database_url, "down", "0009")
     assert await index(database_url) == (
         None,
-        definition.replace(" WITH (m='32', ef_construction='128')", ""),
+        definition.replace(" WITH (m='24', ef_construction='96')", ""),
     )
 
     await migrate(database_url, "up", "heads")
@@ -47,11 +47,11 @@ async def test_an_index_built_with_parameters_of_its_own_is_left_alone(database_
     await sql(
         database_url,
         "CREATE INDEX ix_chunks_embedding_hnsw ON chunks"
-        " USING hnsw (embedding vector_cosine_ops) WITH (m = 24, ef_construction = 100)",
+        " USING hnsw (embedding vector_cosine_ops) WITH (m = 20, ef_construction = 80)",
     )
 
     await migrate(database_url, "up", "heads")
-    assert (await index(database_url))[0] == ["m=24", "ef_construction=100"]
+    assert (await index(database_url))[0] == ["m=20", "ef_construction=80"]
     await migrate(database_url, "down", "0009")
-    assert (await index(database_url))[0] == ["m=24", "ef_construction=100"]
+    assert (await index(database_url))[0] == ["m=20", "ef_construction=80"]
     await migrate(database_url, "up", "heads")

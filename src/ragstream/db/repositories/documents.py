@@ -289,8 +289,8 @@ class HnswOptions:
     Performance).
     """
 
-    m: int = 32
-    ef_construction: int = 128
+    m: int = 24
+    ef_construction: int = 96
 
     def __post_init__(self) -> None:
         # pgvector's own bounds, checked here so the message names the options.
