@@ -23,7 +23,7 @@ from ragstream.domain.events import EventBroker, InMemoryBroker
 from ragstream.domain.llm.embeddings import Embedder
 from ragstream.domain.llm.providers import build_embedder
 from ragstream.observability.metrics import Metrics
-from ragstream.observability.pool import metered_pool_class, observe_pool
+from ragstream.observability.pool import metered_pool_class
 from ragstream.observability.providers import observed_embedder
 from ragstream.observability.tracing import Tracing
 from ragstream.settings import ConfigurationError, Settings
@@ -110,8 +110,6 @@ async def connect(
     backend.engine = make_engine(
         url, settings, poolclass=metered_pool_class(metrics) if metrics.enabled else None
     )
-    if metrics.enabled:
-        observe_pool(backend.engine, metrics)
     backend.tracing.observe_engine(backend.engine)
     try:
         await check_pgvector(backend.engine)

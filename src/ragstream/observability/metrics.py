@@ -88,7 +88,10 @@ class Metrics:
     def login_attempt(self) -> Iterator[None]:
         yield
 
-    def pool(self, *, in_use: int = 0, waiting: int = 0) -> None:
+    def pool_in_use(self, delta: int) -> None:
+        pass
+
+    def pool_waiting(self, delta: int) -> None:
         pass
 
     def operation_label(self, name: str | None) -> str:
@@ -312,11 +315,11 @@ class PrometheusMetrics(Metrics):
         finally:
             self._child(self._logins, outcome).inc()
 
-    def pool(self, *, in_use: int = 0, waiting: int = 0) -> None:
-        if in_use:
-            self._pool_in_use.inc(in_use)
-        if waiting:
-            self._pool_waiting.inc(waiting)
+    def pool_in_use(self, delta: int) -> None:
+        self._pool_in_use.inc(delta)
+
+    def pool_waiting(self, delta: int) -> None:
+        self._pool_waiting.inc(delta)
 
     # --- exposition --------------------------------------------------------------------------
 

@@ -13,13 +13,13 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult
 
 from ragstream.domain.errors import DomainError
-from ragstream.observability.operations import ObserveOperations
 from ragstream.observability.tracing import tracing_wanted
 from ragstream.persisted import persisted_of, wants_resolving
 from ragstream.schema.compiled import CompiledReadsExecutor
 from ragstream.schema.errors import ErrorContract, shape_result
 from ragstream.schema.limits import Limits, ParserCache, QueryLimits, ValidationCache
 from ragstream.schema.list_size import ListSizeLimit
+from ragstream.schema.observed import ObserveOperations
 from ragstream.schema.root import Mutation, Query, Subscription
 from ragstream.schema.strings import StringGuard
 from ragstream.settings import Settings
@@ -94,8 +94,11 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         max_directives=settings.max_directives,
         max_fields=settings.max_fields,
     )
+    observe = settings.observe_operations or tracing_wanted(settings)
     extensions: list[Any] = [
-        ErrorContract,
+        # First: its operation hook ends last. Observing adds no extension of its own: each
+        # one listed costs a set of hooks per operation.
+        ObserveOperations if observe else ErrorContract,
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: ParserCache(maxsize=512),
         StringGuard,
@@ -106,9 +109,6 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     ]
     if not settings.introspection_enabled:
         extensions.append(DisableIntrospection)
-    if settings.observe_operations or tracing_wanted(settings):
-        # First: its operation hook ends last, once the error contract has shaped the errors.
-        extensions.insert(0, ObserveOperations)
     return RagstreamSchema(
         query=Query,
         mutation=Mutation,

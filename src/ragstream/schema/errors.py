@@ -112,7 +112,11 @@ def _shape_once(
 
 class ErrorContract(SchemaExtension):
     """Rewrites every error of a result: after an HTTP operation, and for each result a websocket
-    operation streams (those are sent before the operation hook resumes)."""
+    operation streams (those are sent before the operation hook resumes).
+
+    Listed first, so its hooks end last. With metrics, request lines or traces on, the schema
+    lists ObserveOperations (a subclass that also observes the operation) in its place.
+    """
 
     # One instance per operation (the schema lists the class), so this lives as long as it.
     _shaped_errors: dict[GraphQLError, GraphQLError] | None = None
@@ -136,6 +140,9 @@ class ErrorContract(SchemaExtension):
         yield
         self._apply()
 
-    def on_stream_result(self, result: Any) -> Iterator[None]:
+    def _apply_to_streamed(self, result: Any) -> None:
         shape_result(result, self.execution_context.context, self._shaped())
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        self._apply_to_streamed(result)
         yield
