@@ -7,11 +7,14 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragstream.observability.logs import STATUS_KEY
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (or keeps a sane incoming X-Request-ID) and echoes it back."""
+    """Gives every request an id (or keeps a sane incoming X-Request-ID) and echoes it back;
+    notes the status an HTTP request is answered with for its log line."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -22,10 +25,12 @@ class RequestIdMiddleware:
             return
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                state[STATUS_KEY] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)

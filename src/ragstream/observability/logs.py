@@ -17,10 +17,11 @@ from contextvars import ContextVar
 from typing import IO, Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("ragstream_request_id", default=None)
 OPERATION_KEY = "ragstream_operation"  # where an HTTP request's operation waits for its line
+STATUS_KEY = "ragstream_status"  # the status an HTTP request was answered with
 request_logger = logging.getLogger("ragstream.requests")
 
 # The structured fields a record may carry (as `extra=`); nothing else is copied.
@@ -161,19 +162,59 @@ def log_operation(fields: dict[str, Any], seconds: float) -> None:
     )
 
 
+# What every request line's record says about where it comes from, worked out once.
+_REFERENCE = logging.LogRecord(request_logger.name, logging.INFO, __file__, 0, "", (), None)
+_SOURCE = {
+    "name": request_logger.name,
+    "args": (),
+    "pathname": _REFERENCE.pathname,
+    "filename": _REFERENCE.filename,
+    "module": _REFERENCE.module,
+    "lineno": 0,
+    "funcName": None,
+    "exc_info": None,
+    "exc_text": None,
+    "stack_info": None,
+    # Neither format shows them, and `configure_logging` turns their look-ups off.
+    "thread": None,
+    "threadName": None,
+    "processName": None,
+    "process": None,
+    "taskName": None,
+}
+_LOGGING_STARTED = _REFERENCE.created - _REFERENCE.relativeCreated / 1000
+
+
+class RequestRecord(logging.LogRecord):
+    """A request line's record, built on its fields: `LogRecord.__init__` would copy them in
+    one by one and work out again, for every request, the source file this line comes from."""
+
+    def __init__(self, level: int, message: str, fields: dict[str, Any]) -> None:
+        now = time.time()
+        fields.update(_SOURCE)
+        fields["msg"] = message
+        fields["levelno"] = level
+        fields["levelname"] = logging.getLevelName(level)
+        fields["created"] = now
+        fields["msecs"] = int((now - int(now)) * 1000) + 0.0
+        fields["relativeCreated"] = (now - _LOGGING_STARTED) * 1000
+        self.__dict__ = fields
+
+
 def request_line(level: int, message: str, fields: dict[str, Any]) -> None:
-    """A line of `request_logger`, made directly: `Logger.log` would also look up the caller's
-    source line on each call, which no format shows (the request line is always this one)."""
+    """A line of `request_logger` with ``fields`` (which become its record's attributes),
+    made directly: `Logger.log` would also look up the caller's source line, which no format
+    shows (the request line always comes from here)."""
     if request_logger.isEnabledFor(level):
-        request_logger.handle(
-            request_logger.makeRecord(
-                request_logger.name, level, __file__, 0, message, (), None, extra=fields
-            )
-        )
+        request_logger.handle(RequestRecord(level, message, fields))
 
 
 class RequestLogMiddleware:
-    """One line per HTTP request when its response ends; the request id is set for all logs."""
+    """One line per HTTP request when its response ends; the request id is set for all logs.
+
+    Inside `RequestIdMiddleware`, which gives the request its id and notes the status it was
+    answered with (``STATUS_KEY``): the line needs no wrapper of its own around ``send``.
+    """
 
     def __init__(self, app: ASGIApp, *, log_requests: bool = True) -> None:
         self.app = app
@@ -185,40 +226,24 @@ class RequestLogMiddleware:
             return
         state = scope.setdefault("state", {})
         token = REQUEST_ID.set(state.get("request_id"))
+        started = time.perf_counter()
         try:
-            if scope["type"] == "http" and self.log_requests:
-                await self._logged(scope, receive, send, state)
-            else:
-                await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
         finally:
+            if self.log_requests and scope["type"] == "http":
+                _log_request(scope, state, time.perf_counter() - started)
             REQUEST_ID.reset(token)
 
-    async def _logged(
-        self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]
-    ) -> None:
-        started = time.perf_counter()
-        status = 500  # what the server answers when the app raises before responding
 
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            fields: dict[str, Any] = state.get(OPERATION_KEY) or {}
-            level = logging.ERROR if status >= 500 else logging.INFO
-            request_line(
-                level,
-                f"{scope['method']} {scope['path']} {status}",
-                {
-                    **fields,
-                    "method": scope["method"],
-                    "path": scope["path"],  # never the query string: GET carries variables
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "transport": "http",
-                },
-            )
+def _log_request(scope: Scope, state: dict[str, Any], seconds: float) -> None:
+    # 500: what the server answers when the app raises before responding.
+    status: int = state.get(STATUS_KEY, 500)
+    fields: dict[str, Any] = state.pop(OPERATION_KEY, None) or {}
+    fields["method"] = method = scope["method"]
+    fields["path"] = path = scope["path"]  # never the query string: GET carries variables
+    fields["status"] = status
+    fields["duration_ms"] = round(seconds * 1000, 2)
+    fields["transport"] = "http"
+    request_line(
+        logging.ERROR if status >= 500 else logging.INFO, f"{method} {path} {status}", fields
+    )

@@ -14,8 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from graphql import GraphQLError
-from strawberry.types.graphql import OperationType
+from graphql import GraphQLError, OperationDefinitionNode
 
 from ragstream.observability.logs import OPERATION_KEY, log_operation, operation_fields
 from ragstream.observability.metrics import Metrics
@@ -43,7 +42,7 @@ class ObserveOperations(ErrorContract):
     _codes: list[str] | None = None
     _metrics: Metrics = Metrics()
     _log_requests = False
-    _kind_seen: str | None = None  # the operation's type, once validation has passed
+    _seen: tuple[str, str | None] | None = None  # its type and name, once validation passed
 
     def on_operation(self) -> Iterator[None]:
         self._started = time.perf_counter()
@@ -80,10 +79,10 @@ class ObserveOperations(ErrorContract):
         # The last validation hook to end: every other one has had its say.
         self._accepted = not self.execution_context.pre_execution_errors
         if self._accepted:
-            self._kind_seen = self._kind()
-        if self._kind_seen == "subscription":
-            self._subscription = True
-            self._metrics.subscription(1)
+            self._seen = self._operation()
+            if self._seen[0] == "subscription":
+                self._subscription = True
+                self._metrics.subscription(1)
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
         self._apply_to_streamed(result)
@@ -97,16 +96,18 @@ class ObserveOperations(ErrorContract):
             self._metrics.error(code)
         self._codes.extend(codes)
 
-    def _name(self) -> str | None:
-        name: object = self.execution_context.operation_name
-        return name if isinstance(name, str) else None  # a request may send anything there
-
-    def _kind(self) -> str:
-        try:
-            kind: OperationType = self.execution_context.operation_type
-        except Exception:  # no operation could be determined (an invalid document)
-            return "unknown"
-        return kind.value
+    def _operation(self) -> tuple[str, str | None]:
+        """The operation's type ("unknown" when the document names none) and name."""
+        context = self.execution_context
+        name: object = context.operation_name  # the one asked for, else the first one's
+        kind = "unknown"
+        for definition in context.graphql_document.definitions if context.graphql_document else ():
+            if isinstance(definition, OperationDefinitionNode) and (
+                name is None or (definition.name is not None and definition.name.value == name)
+            ):
+                kind = definition.operation.value
+                break
+        return kind, name if isinstance(name, str) else None  # a request may send anything
 
     def _finish(self) -> tuple[str, str | None]:
         """Counts and logs the operation; returns its type and name."""
@@ -124,7 +125,7 @@ class ObserveOperations(ErrorContract):
                 self._count(error_codes(errors))
         outcome = "rejected" if rejected else ("error" if self._codes else "ok")
         seconds = time.perf_counter() - self._started
-        kind, name = self._kind_seen or self._kind(), self._name()
+        kind, name = self._seen or self._operation()
         if metrics.enabled:
             metrics.operation(
                 "-" if rejected else metrics.operation_label(name), kind, outcome, seconds
