@@ -20,6 +20,7 @@ from ragstream.settings import Settings
 from tests.chat_stub import ChatScript, ChatStub
 from tests.chat_support import CHAT, chat_all, chat_server, eventually, new_conversation
 from tests.conftest import make_settings
+from tests.database_faults import database_unreachable
 from tests.documents_support import SEARCH, create, ingest_text
 from tests.metrics_support import Scrape, parse, scrape
 from tests.support import PASSWORD, LiveServer, running_server
@@ -211,6 +212,31 @@ async def test_the_pool_gauges_count_connections_in_use_and_waiting(
         # No worker runs here: a new document's job waits in the queue.
         assert (await create(server, account.access_token, "Queued text.")).ok()
         assert (await scrape(server)).value("ragstream_ingestion_jobs", state="todo") == 1
+
+
+async def test_the_pool_gauge_gives_back_connections_that_fail(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path, ingestion_worker=False)
+    async with running_server(settings) as server:
+        account = await server.register()
+        registry = server.state.metrics.registry  # type: ignore[attr-defined]
+        engine = server.state.engine
+        assert engine is not None
+        async with database_unreachable(database_url):
+            # The pooled connection was ended under it, and cannot be opened again; then an
+            # empty pool fails to open a new one.
+            for empty_the_pool in (False, False, True):
+                if empty_the_pool:
+                    await engine.dispose()
+                failed = await post(server, "{ me { id } }", account.access_token)
+                assert [e["extensions"]["code"] for e in failed["errors"]] == [
+                    "INTERNAL_SERVER_ERROR"
+                ]
+                assert registry.get_sample_value("ragstream_db_pool_in_use") == 0
+        served = await post(server, "{ me { id } }", account.access_token)
+        assert served["data"]["me"]["id"] == account.id
+        assert registry.get_sample_value("ragstream_db_pool_in_use") == 0
 
 
 async def test_metrics_are_off_in_production_unless_a_token_protects_them(
