@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 
+from ragstream.observability.logs import REQUEST_ID
 from tests.support import Account, LiveServer
 
 EVALUATION_FIELDS = """
@@ -81,14 +82,17 @@ async def db_count(server: LiveServer) -> int:
 
 
 @contextlib.contextmanager
-def count_statements(server: LiveServer) -> Iterator[list[str]]:
-    """Every SQL statement the server sends while the block runs."""
+def count_statements(server: LiveServer, *, requests_only: bool = False) -> Iterator[list[str]]:
+    """Every SQL statement the server sends while the block runs; with ``requests_only``, only
+    those sent on behalf of a request (not by the server's own background work, such as the
+    lease renewal and its sweep of answers left running, which may fall inside the block)."""
     statements: list[str] = []
 
     def record(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> None:
-        statements.append(statement)
+        if not requests_only or REQUEST_ID.get() is not None:
+            statements.append(statement)
 
     engine = server.state.engine
     assert engine is not None

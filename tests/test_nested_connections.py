@@ -80,7 +80,7 @@ def matching(statements: list[str], tables: re.Pattern[str] = FEATURE_TABLES) ->
 async def counted(
     server: LiveServer, query: str, variables: dict[str, Any], token: str
 ) -> tuple[dict[str, Any], list[str]]:
-    with count_statements(server) as statements:
+    with count_statements(server, requests_only=True) as statements:
         data = (await server.execute(query, variables, token=token)).ok()
     return data, matching(statements)
 
