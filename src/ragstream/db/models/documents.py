@@ -62,6 +62,9 @@ class Document(UUIDPrimaryKey, Timestamps, Base):
             postgresql_with={"fastupdate": "off"},
         ),
     )
+    # The INSERT and every UPDATE bring back what the database computed (``updated_at``) with
+    # RETURNING, instead of a SELECT after them: status events carry the fresh value.
+    __mapper_args__ = {"eager_defaults": True}
 
     owner_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False

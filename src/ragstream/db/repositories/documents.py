@@ -138,6 +138,21 @@ class DocumentRepository(ReadableRepository[Document]):
             stmt = stmt.with_for_update()
         return await self.session.scalar(stmt)
 
+    async def claim_for_ingestion(
+        self, document_id: uuid.UUID
+    ) -> tuple[Document, bytes | None] | None:
+        """The document, locked, with its uploaded bytes (None when they are missing), in one
+        statement; None when the document no longer exists. Unscoped, as ``get_for_ingestion``."""
+        row = (
+            await self.session.execute(
+                select(Document, DocumentContent.data)
+                .outerjoin(DocumentContent, DocumentContent.document_id == Document.id)
+                .where(Document.id == document_id)
+                .with_for_update(of=Document)
+            )
+        ).one_or_none()
+        return None if row is None else (row[0], row[1])
+
     async def find_duplicate(self, owner_id: uuid.UUID, sha256: str) -> uuid.UUID | None:
         return await self.session.scalar(
             select(Document.id).where(
@@ -151,11 +166,6 @@ class DocumentRepository(ReadableRepository[Document]):
         self.session.add(DocumentContent(document_id=document.id, data=data))
         await self.session.flush()
         return document
-
-    async def content(self, document_id: uuid.UUID) -> bytes | None:
-        return await self.session.scalar(
-            select(DocumentContent.data).where(DocumentContent.document_id == document_id)
-        )
 
     async def list_visible(
         self,
@@ -200,8 +210,7 @@ class DocumentRepository(ReadableRepository[Document]):
         if chunk_count is not None:
             document.chunk_count = chunk_count
         document.updated_at = func.now()
-        await self.session.flush()
-        await self.session.refresh(document, ["updated_at"])
+        await self.session.flush()  # UPDATE ... RETURNING updated_at (eager defaults)
         return document
 
     async def replace_chunks(self, document_id: uuid.UUID, chunks: Sequence[NewChunk]) -> None:

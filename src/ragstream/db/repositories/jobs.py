@@ -27,31 +27,38 @@ class JobRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def enqueue_ingestion(self, document_id: uuid.UUID) -> bool:
+    async def enqueue_ingestion(self, document_id: uuid.UUID, *, new: bool = False) -> bool:
         """Queue an ingestion job; False when one is already waiting for this document.
 
         ``lock`` keeps two jobs of one document from running at once; ``queueing_lock`` keeps
-        at most one of them waiting.
+        at most one of them waiting. ``new``: the document was created in this transaction, so
+        no job can be waiting for it and the savepoint that would catch one is left out.
         """
-        lock = document_lock(document_id)
+        if new:
+            await self._defer(document_id)
+            return True
         try:
             async with self.session.begin_nested():
-                await self.session.execute(
-                    text(
-                        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW("
-                        ":queue, :task, 0, :lock, :lock, CAST(:args AS jsonb), NULL"
-                        ")::procrastinate_job_to_defer_v1])"
-                    ),
-                    {
-                        "queue": INGESTION_QUEUE,
-                        "task": INGEST_TASK,
-                        "lock": lock,
-                        "args": json.dumps({"document_id": str(document_id)}),
-                    },
-                )
+                await self._defer(document_id)
         except IntegrityError:
             return False
         return True
+
+    async def _defer(self, document_id: uuid.UUID) -> None:
+        lock = document_lock(document_id)
+        await self.session.execute(
+            text(
+                "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW("
+                ":queue, :task, 0, :lock, :lock, CAST(:args AS jsonb), NULL"
+                ")::procrastinate_job_to_defer_v1])"
+            ),
+            {
+                "queue": INGESTION_QUEUE,
+                "task": INGEST_TASK,
+                "lock": lock,
+                "args": json.dumps({"document_id": str(document_id)}),
+            },
+        )
 
     async def without_live_job(self, document_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
         """Those of ``document_ids`` with no job waiting or running for them."""

@@ -93,13 +93,13 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
     """
     async with deps.sessionmaker.begin() as session:
         repo = DocumentRepository(session)
-        document = await repo.get_for_ingestion(document_id, for_update=True)
-        if document is None:
+        claimed = await repo.claim_for_ingestion(document_id)
+        if claimed is None:
             return None
+        document, data = claimed
         if document.status == DocumentStatus.READY:
             return DocumentStatus.READY  # a duplicate job for work already done
         await repo.set_status(document, DocumentStatus.PROCESSING)
-        data = await repo.content(document_id)
         title, mime_type = document.title, document.mime_type
     await publish_status(deps.broker, document)
 
@@ -157,11 +157,11 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
         async with deps.sessionmaker.begin() as session:
             repo = DocumentRepository(session)
             # Locked first: a concurrent delete either waits for us or has already won.
-            document = await repo.get_for_ingestion(document_id, for_update=True)
-            if document is None:
+            locked = await repo.get_for_ingestion(document_id, for_update=True)
+            if locked is None:
                 return None
             await repo.replace_chunks(document_id, chunks)
-            await repo.set_status(document, DocumentStatus.READY, chunk_count=len(chunks))
-    await publish_status(deps.broker, document)
+            await repo.set_status(locked, DocumentStatus.READY, chunk_count=len(chunks))
+    await publish_status(deps.broker, locked)
     logger.info("document %s ready: %d chunks", document_id, len(chunks))
     return DocumentStatus.READY

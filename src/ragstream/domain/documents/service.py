@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.users import User
@@ -75,13 +76,13 @@ async def _create(
         content_sha256=digest,
         visibility=visibility,
         status=DocumentStatus.PENDING,
+        error=None,
         chunk_count=0,
     )
-    await repo.add(document, data)
-    await JobRepository(session).enqueue_ingestion(document.id)
-    created = await repo.get_visible(viewer, document.id)
-    assert created is not None
-    return created
+    await repo.add(document, data)  # the INSERT returns what the database filled in
+    await JobRepository(session).enqueue_ingestion(document.id, new=True)
+    set_committed_value(document, "owner", viewer)  # as loaded: no query for who we know
+    return document
 
 
 async def upload_document(
