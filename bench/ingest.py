@@ -30,7 +30,7 @@ from ragstream.app import AppState
 from ragstream.db.repositories.documents import CHUNK_COPY_COLUMNS
 from ragstream.domain.documents.chunking import chunk_blocks
 from ragstream.domain.documents.parsing import parse
-from ragstream.domain.documents.pipeline import embedding_text
+from ragstream.domain.documents.reading import embedding_text
 from ragstream.domain.llm.embeddings import HashingEmbedder
 
 CREATE = """mutation($input: CreateDocumentInput!) { createDocument(input: $input) { id } }"""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
+from ragstream.domain.documents.reading import embedding_text
+from ragstream.domain.llm.embeddings import HashingEmbedder
 from tests.documents_support import (
     GET,
     SEARCH,
@@ -187,6 +190,35 @@ async def test_chunks_page_in_order(server: LiveServer) -> None:
     assert page["totalCount"] == 7
     assert page["pageInfo"]["hasNextPage"] is True
     assert rest["pageInfo"]["hasNextPage"] is False
+
+
+async def test_offline_vectors_are_those_of_the_embedder_over_each_chunk(
+    server: LiveServer,
+) -> None:
+    # Reading and the offline embedder share one trip to the work pool: the stored vectors are
+    # still the embedder's vectors of each chunk with its title and headings.
+    account = await server.register()
+    body = "\n\n".join(f"# Part {i}\n\nValves and pumps, section {i}." for i in range(3))
+    document = await ingest_text(
+        server, account.access_token, body, mime_type="text/markdown", title="Plumbing"
+    )
+    async with server.state.sessionmaker() as session:
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT c.heading_path, c.content, c.embedding::text, d.title "
+                    "FROM chunks c JOIN documents d ON d.id = c.document_id "
+                    "WHERE c.document_id = :id ORDER BY c.ordinal"
+                ),
+                {"id": document["id"]},
+            )
+        ).all()
+    embedder = HashingEmbedder(server.state.settings.embedding_dimensions)
+    expected = embedder.embed_sync([embedding_text(r[3], r[0], r[1]) for r in rows])
+    stored = [[float(x) for x in r[2].strip("[]").split(",")] for r in rows]
+    assert len(rows) == 3
+    for got, want in zip(stored, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-6)
 
 
 async def test_delete_removes_chunks_and_file(server: LiveServer) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -17,9 +16,14 @@ from ragstream.db.repositories.documents import DocumentRepository, NewChunk
 from ragstream.domain.documents.enums import DocumentStatus
 from ragstream.domain.documents.events import publish_status
 from ragstream.domain.documents.parsing import ParseError
-from ragstream.domain.documents.reading import ReadingLimits, read_document
+from ragstream.domain.documents.reading import (
+    ReadingLimits,
+    embedding_text,
+    read_and_embed,
+    read_document,
+)
 from ragstream.domain.events import EventBroker
-from ragstream.domain.llm.embeddings import Embedder, EmbeddingError
+from ragstream.domain.llm.embeddings import Embedder, EmbeddingError, HashingEmbedder
 from ragstream.observability.metrics import Metrics
 from ragstream.observability.tracing import Tracing
 from ragstream.workpool import JobTimeout, WorkPool, WorkPoolBroken
@@ -42,12 +46,6 @@ class IngestionDeps:
 
 class RetryableIngestionError(Exception):
     """A failure worth another attempt later (provider down, rate-limited, database hiccup)."""
-
-
-def embedding_text(title: str, heading_path: Sequence[str], content: str) -> str:
-    """What gets embedded: the chunk with its document title and headings as context."""
-    context = " / ".join([title, *heading_path])
-    return f"{context}\n\n{content}"
 
 
 def timed_out(limits: ReadingLimits) -> str:
@@ -107,11 +105,26 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
         await mark_failed(deps, document_id, "the uploaded file is missing")
         return DocumentStatus.FAILED
     limits = deps.limits
+    # The offline embedder is CPU work like reading: both run in one trip to the work pool.
+    offline = isinstance(deps.embedder, HashingEmbedder)
+    vectors: list[list[float]] = []
     try:
         with deps.tracing.span("ingestion.read", **{"document.mime_type": mime_type}):
-            drafts = await deps.work.run(
-                read_document, mime_type, data, limits, time_limit=limits.timeout_seconds
-            )
+            if offline:
+                drafts, vectors = await deps.work.run(
+                    read_and_embed,
+                    mime_type,
+                    data,
+                    limits,
+                    title,
+                    deps.embedder.dimensions,
+                    deps.embedding_batch_size,
+                    time_limit=limits.timeout_seconds,
+                )
+            else:
+                drafts = await deps.work.run(
+                    read_document, mime_type, data, limits, time_limit=limits.timeout_seconds
+                )
     except ParseError as exc:
         await mark_failed(deps, document_id, str(exc))
         return DocumentStatus.FAILED
@@ -122,24 +135,24 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
         raise RetryableIngestionError(str(exc)) from exc
     del data  # the drafts hold the text now
 
-    vectors: list[list[float]] = []
-    texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
-    try:
-        with deps.tracing.span("ingestion.embed", **{"ingestion.chunks": len(texts)}):
-            for start in range(0, len(texts), deps.embedding_batch_size):
-                vectors.extend(
-                    await deps.embedder.embed(texts[start : start + deps.embedding_batch_size])
-                )
-    except EmbeddingError as exc:
-        if exc.transient:
+    if not offline:  # a provider's embeddings: network calls from here
+        texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
+        try:
+            with deps.tracing.span("ingestion.embed", **{"ingestion.chunks": len(texts)}):
+                for start in range(0, len(texts), deps.embedding_batch_size):
+                    vectors.extend(
+                        await deps.embedder.embed(texts[start : start + deps.embedding_batch_size])
+                    )
+        except EmbeddingError as exc:
+            if exc.transient:
+                raise RetryableIngestionError(str(exc)) from exc
+            await mark_failed(deps, document_id, f"embedding failed: {exc}")
+            return DocumentStatus.FAILED
+        except JobTimeout:
+            await mark_failed(deps, document_id, timed_out(limits))
+            return DocumentStatus.FAILED
+        except WorkPoolBroken as exc:
             raise RetryableIngestionError(str(exc)) from exc
-        await mark_failed(deps, document_id, f"embedding failed: {exc}")
-        return DocumentStatus.FAILED
-    except JobTimeout:
-        await mark_failed(deps, document_id, timed_out(limits))
-        return DocumentStatus.FAILED
-    except WorkPoolBroken as exc:
-        raise RetryableIngestionError(str(exc)) from exc
 
     chunks = [
         NewChunk(

@@ -8,6 +8,7 @@ document over a limit ends FAILED with an error that says which.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ragstream.domain.documents.chunking import ChunkDraft, chunk_blocks
@@ -39,3 +40,29 @@ def read_document(mime_type: str, data: bytes, limits: ReadingLimits) -> list[Ch
             f"the document makes more than {limits.max_chunks:,} chunks, the limit for one document"
         )
     return drafts
+
+
+def embedding_text(title: str, heading_path: Sequence[str], content: str) -> str:
+    """What gets embedded: the chunk with its document title and headings as context."""
+    context = " / ".join([title, *heading_path])
+    return f"{context}\n\n{content}"
+
+
+def read_and_embed(
+    mime_type: str,
+    data: bytes,
+    limits: ReadingLimits,
+    title: str,
+    dimensions: int,
+    batch_size: int,
+) -> tuple[list[ChunkDraft], list[list[float]]]:
+    """``read_document``, then the offline hashing embedder's vectors of the chunks, in the same
+    worker process: one trip to the work pool per document instead of one per step."""
+    from ragstream.domain.llm.embeddings import embed_in_worker
+
+    drafts = read_document(mime_type, data, limits)
+    texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
+    vectors: list[list[float]] = []
+    for start in range(0, len(texts), batch_size):
+        vectors.extend(embed_in_worker(dimensions, texts[start : start + batch_size]))
+    return drafts, vectors

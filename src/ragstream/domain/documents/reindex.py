@@ -13,7 +13,7 @@ from ragstream.db.repositories.documents import (
     VectorIndexRepository,
     embedding_column_dimensions,
 )
-from ragstream.domain.documents.pipeline import embedding_text
+from ragstream.domain.documents.reading import embedding_text
 from ragstream.domain.llm.embeddings import Embedder
 
 # Room for the graph while the index is built: a build that outgrows it spills to disk and
