@@ -15,11 +15,11 @@ from sqlalchemy import text
 from ragstream.domain.documents.parsing import ParseError
 from ragstream.domain.documents.reading import ReadingLimits, read_document
 from ragstream.domain.llm.embeddings import HashingEmbedder
-from ragstream.workpool import JobTimeout, WorkPool, WorkPoolBroken
+from ragstream.workpool import SERVING_NICENESS, JobTimeout, WorkPool, WorkPoolBroken
 from tests.conftest import make_settings
 from tests.documents_support import upload, wait_for_status
 from tests.support import LiveServer, running_server
-from tests.work_jobs import die, sleep_deaf_to_alarms, sleep_for
+from tests.work_jobs import die, niceness, sleep_deaf_to_alarms, sleep_for
 
 
 @pytest.fixture
@@ -35,6 +35,18 @@ async def pool() -> AsyncIterator[WorkPool]:
 
 async def test_jobs_run_in_another_process(pool: WorkPool) -> None:
     assert await pool.run(sleep_for, 0) != os.getpid()
+
+
+async def test_processes_beside_a_server_are_nicer_and_a_worker_command_s_are_not(
+    pool: WorkPool,
+) -> None:
+    own = os.nice(0)
+    assert await pool.run(niceness) == min(19, own + SERVING_NICENESS)
+    plain = WorkPool(1, niceness=0)
+    try:
+        assert await plain.run(niceness) == own
+    finally:
+        plain.shutdown()
 
 
 async def test_a_job_past_its_time_limit_is_stopped_and_the_pool_goes_on(pool: WorkPool) -> None:

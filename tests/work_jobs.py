@@ -26,3 +26,7 @@ def sleep_deaf_to_alarms(seconds: float) -> None:
 
 def die() -> None:
     os._exit(1)
+
+
+def niceness() -> int:
+    return os.nice(0)

@@ -27,7 +27,7 @@ from ragstream.observability.pool import metered_pool_class
 from ragstream.observability.providers import observed_embedder
 from ragstream.observability.tracing import Tracing
 from ragstream.settings import ConfigurationError, Settings
-from ragstream.workpool import WorkPool
+from ragstream.workpool import SERVING_NICENESS, WorkPool
 
 if TYPE_CHECKING:
     from ragstream.db.notify import PgBroker
@@ -88,12 +88,17 @@ async def check_pgvector(engine: AsyncEngine) -> None:
 
 @contextlib.asynccontextmanager
 async def connect(
-    backend: Backend, *, migrate: bool = True, early: EarlyStart | None = None
+    backend: Backend,
+    *,
+    migrate: bool = True,
+    early: EarlyStart | None = None,
+    work_niceness: int = SERVING_NICENESS,
 ) -> AsyncIterator[None]:
     """Start (or reach) the database, migrate it and open the pool; undo all of it on exit.
 
     ``early``: the embedded server for the data dir, already starting (serve starts it while
     it imports the rest); it is taken over, and stopped on exit all the same.
+    ``work_niceness``: how much nicer than this process the worker processes run (see workpool).
     """
     from ragstream.db.migrate import at_head, upgrade_to_head
 
@@ -120,7 +125,7 @@ async def connect(
         backend.database_url = url
         backend.sessionmaker_ = make_sessionmaker(backend.engine)
         # Processes start with the first job, not here.
-        backend.work_ = WorkPool(settings.work_processes)
+        backend.work_ = WorkPool(settings.work_processes, niceness=work_niceness)
         backend.embedder_ = observed_embedder(
             build_embedder(settings, backend.work_), backend.tracing
         )

@@ -39,7 +39,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with (
-            connect(state),
+            # No API in this process to keep responsive: the pool runs at our own priority.
+            connect(state, work_niceness=0),
             ingestion_worker(state, enabled=True, signal_handlers=True) as worker,
         ):
             assert worker is not None

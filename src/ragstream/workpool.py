@@ -4,8 +4,9 @@ Parsing and chunking a document and embedding a batch with the offline hashing e
 seconds of pure-Python CPU for a large document. Run in a thread, they hold the GIL and stall
 every request of the process (a 15 MB upload kept `/healthz` waiting for seconds); here they run
 in a process pool, one process per core by default, created when the app (or a worker command)
-starts. The processes run at a lower scheduling priority (nice 10), so on a busy machine the
-serving processes get the CPU first.
+starts. Beside a server the processes run at a lower scheduling priority (nice 10), so on a busy
+machine the serving processes get the CPU first; a `ragstream worker` process serves nothing,
+and its pool runs at its own priority (a lower one would only hand the CPU to other programs).
 
 A job gets ``time_limit`` seconds. The worker process interrupts itself when they are up
 (``JobTimeout``); should the job not notice (stuck inside a C extension), the pool's processes
@@ -33,7 +34,7 @@ T = TypeVar("T")
 # How long after its own deadline a job may still take before its process is ended. Generous:
 # the parent's clock also counts starting a worker process, which takes seconds on a busy machine.
 KILL_GRACE_SECONDS = 30.0
-WORKER_NICENESS = 10
+SERVING_NICENESS = 10  # how much nicer than their parent the processes beside a server are
 PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent exits
 
 
@@ -50,9 +51,10 @@ class WorkPoolBroken(Exception):
     """A worker process died (killed, out of memory) during the job; worth another attempt."""
 
 
-def _start_worker() -> None:
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICENESS)
+def _start_worker(niceness: int) -> None:
+    if niceness:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
     # Linux: end with the parent, even when it exits without shutting the pool down (killed,
     # or a process that never ran its shutdown), instead of waiting forever as an orphan.
     with contextlib.suppress(OSError, AttributeError):
@@ -81,9 +83,14 @@ def _timed(timeout: float | None, work: Callable[..., T], *args: Any) -> T:
 
 class WorkPool:
     def __init__(
-        self, processes: int | None = None, *, kill_grace_seconds: float = KILL_GRACE_SECONDS
+        self,
+        processes: int | None = None,
+        *,
+        niceness: int = SERVING_NICENESS,
+        kill_grace_seconds: float = KILL_GRACE_SECONDS,
     ) -> None:
         self.processes = max(1, processes or os.cpu_count() or 1)
+        self.niceness = niceness
         self.kill_grace_seconds = kill_grace_seconds
         self._executor: ProcessPoolExecutor | None = None
 
@@ -94,6 +101,7 @@ class WorkPool:
                 max_workers=self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
+                initargs=(self.niceness,),
             )
         return self._executor
 
