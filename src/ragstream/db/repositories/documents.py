@@ -6,6 +6,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
 from pgvector import Vector as PgVector
@@ -26,6 +27,9 @@ from ragstream.db.pagination import (
 )
 from ragstream.db.repositories.base import ReadableRepository
 from ragstream.domain.documents.enums import UNFINISHED_STATUSES, DocumentStatus, Visibility
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The columns a chunk is written with (``tsv`` is computed by PostgreSQL).
 CHUNK_COPY_COLUMNS = (
@@ -81,7 +85,7 @@ class NewChunk:
     heading: str
     page: int | None
     token_count: int
-    embedding: Sequence[float]
+    embedding: Sequence[float] | np.ndarray  # a list, or a row of the offline embedder's matrix
 
 
 def retrievable_by(viewer: User) -> ColumnElement[bool]:

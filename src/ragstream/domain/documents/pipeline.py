@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,6 +28,9 @@ from ragstream.domain.llm.embeddings import Embedder, EmbeddingError, HashingEmb
 from ragstream.observability.metrics import Metrics
 from ragstream.observability.tracing import Tracing
 from ragstream.workpool import JobTimeout, WorkPool, WorkPoolBroken
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +111,7 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
     limits = deps.limits
     # The offline embedder is CPU work like reading: both run in one trip to the work pool.
     offline = isinstance(deps.embedder, HashingEmbedder)
-    vectors: list[list[float]] = []
+    vectors: list[list[float]] | np.ndarray = []
     try:
         with deps.tracing.span("ingestion.read", **{"document.mime_type": mime_type}):
             if offline:
@@ -137,12 +141,12 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
 
     if not offline:  # a provider's embeddings: network calls from here
         texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
+        provided: list[list[float]] = []
         try:
             with deps.tracing.span("ingestion.embed", **{"ingestion.chunks": len(texts)}):
                 for start in range(0, len(texts), deps.embedding_batch_size):
-                    vectors.extend(
-                        await deps.embedder.embed(texts[start : start + deps.embedding_batch_size])
-                    )
+                    batch = texts[start : start + deps.embedding_batch_size]
+                    provided.extend(await deps.embedder.embed(batch))
         except EmbeddingError as exc:
             if exc.transient:
                 raise RetryableIngestionError(str(exc)) from exc
@@ -153,6 +157,7 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
             return DocumentStatus.FAILED
         except WorkPoolBroken as exc:
             raise RetryableIngestionError(str(exc)) from exc
+        vectors = provided
 
     chunks = [
         NewChunk(

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ragstream.domain.documents.chunking import ChunkDraft, chunk_blocks
 from ragstream.domain.documents.parsing import ParseError, parse
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,18 @@ def read_and_embed(
     title: str,
     dimensions: int,
     batch_size: int,
-) -> tuple[list[ChunkDraft], list[list[float]]]:
-    """``read_document``, then the offline hashing embedder's vectors of the chunks, in the same
-    worker process: one trip to the work pool per document instead of one per step."""
-    from ragstream.domain.llm.embeddings import embed_in_worker
+) -> tuple[list[ChunkDraft], np.ndarray]:
+    """``read_document``, then the offline hashing embedder's vectors of the chunks (float32
+    rows), in the same worker process: one trip to the work pool per document instead of one
+    per step, and the vectors come back as one buffer."""
+    import numpy as np
+
+    from ragstream.domain.llm.embeddings import embed_matrix_in_worker
 
     drafts = read_document(mime_type, data, limits)
     texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
-    vectors: list[list[float]] = []
-    for start in range(0, len(texts), batch_size):
-        vectors.extend(embed_in_worker(dimensions, texts[start : start + batch_size]))
-    return drafts, vectors
+    batches = [
+        embed_matrix_in_worker(dimensions, texts[start : start + batch_size])
+        for start in range(0, len(texts), batch_size)
+    ]
+    return drafts, np.concatenate(batches)

@@ -346,9 +346,23 @@ def _scales(counts: np.ndarray) -> np.ndarray:
 _worker_embedders: dict[int, HashingEmbedder] = {}
 
 
-def embed_in_worker(dimensions: int, texts: list[str]) -> list[list[float]]:
-    """Runs in a worker process, which keeps one embedder (and its caches) per size."""
+def _worker_embedder(dimensions: int) -> HashingEmbedder:
+    """A worker process keeps one embedder (and its caches) per size."""
     embedder = _worker_embedders.get(dimensions)
     if embedder is None:
         embedder = _worker_embedders[dimensions] = HashingEmbedder(dimensions)
-    return embedder.embed_sync(texts)
+    return embedder
+
+
+def embed_in_worker(dimensions: int, texts: list[str]) -> list[list[float]]:
+    """Runs in a worker process."""
+    return _worker_embedder(dimensions).embed_sync(texts)
+
+
+def embed_matrix_in_worker(dimensions: int, texts: Sequence[str]) -> np.ndarray:
+    """Runs in a worker process: the vectors as float32 rows (what a ``vector`` column keeps),
+    which go back to the parent as one buffer instead of a Python float each."""
+    import numpy as np
+
+    matrix: np.ndarray = _worker_embedder(dimensions).embed_matrix(texts).astype(np.float32)
+    return matrix
