@@ -56,6 +56,7 @@ from bench.stream import (
     delays_of,
     free_port,
     process,
+    stub_server,
     wait_healthy,
 )
 
@@ -378,20 +379,9 @@ def print_resumes(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    async with process(
-        sys.executable,
-        "-m",
-        "tests.chat_stub",
-        "--tokens",
-        str(args.tokens),
-        "--rate",
-        str(args.rate),
-        output=True,
-    ) as stub:
-        assert stub.stdout is not None
-        stub_port = int((await stub.stdout.readline()).decode())
+    async with stub_server(args.tokens, args.rate) as stub_url:
         for broker in args.brokers:
-            await bench_broker(args, broker, f"http://127.0.0.1:{stub_port}/v1")
+            await bench_broker(args, broker, stub_url)
 
 
 def main() -> None:

@@ -228,82 +228,92 @@ async def run_round(
     return result
 
 
-async def bench(args: argparse.Namespace) -> list[Round]:
-    rounds: list[Round] = []
+@contextlib.asynccontextmanager
+async def stub_server(tokens: int, rate: float) -> AsyncIterator[str]:
+    """The OpenAI-compatible stub as its own process, stamping `tokens` tokens at `rate` per
+    second; yields its base URL."""
     async with process(
         sys.executable,
         "-m",
         "tests.chat_stub",
         "--tokens",
-        str(args.tokens),
+        str(tokens),
         "--rate",
-        str(args.rate),
+        str(rate),
         output=True,
     ) as stub:
         assert stub.stdout is not None
         stub_port = int((await stub.stdout.readline()).decode())
-        async with embedded_database() as (database, name, data_dir):
-            port = args.port or free_port()
-            env = {
-                "BENCH_DATABASE_URL": database.url(name),
-                "BENCH_DATA_DIR": str(data_dir),
-                "BENCH_STUB_URL": f"http://127.0.0.1:{stub_port}/v1",
-                "BENCH_PORT": str(port),
-                "BENCH_WINDOW_MS": str(args.window_ms),
-                "BENCH_PROFILE": args.profile or "",
-            }
-            floor_env = {
-                "BENCH_STUB_URL": env["BENCH_STUB_URL"],
-                "BENCH_TOKENS": str(args.tokens),
-                "BENCH_RATE": str(args.rate),
-            }
-            proxy_port, timer_port = free_port(), free_port()
-            async with (
-                process(sys.executable, "-m", "bench.stream", "--serve", env=env) as server,
-                process(
-                    sys.executable,
-                    "-m",
-                    "bench.stream",
-                    "--serve-floor",
-                    env={**floor_env, "BENCH_FLOOR_MODE": "proxy", "BENCH_PORT": str(proxy_port)},
-                ) as proxy,
-                process(
-                    sys.executable,
-                    "-m",
-                    "bench.stream",
-                    "--serve-floor",
-                    env={**floor_env, "BENCH_FLOOR_MODE": "timer", "BENCH_PORT": str(timer_port)},
-                ) as timer,
-            ):
-                base = f"http://127.0.0.1:{port}"
-                contestants = [
-                    ("ragstream", base, server.pid),
-                    ("proxy floor", f"http://127.0.0.1:{proxy_port}", proxy.pid),
-                    ("timer floor", f"http://127.0.0.1:{timer_port}", timer.pid),
-                ]
-                for _, url, _ in contestants:
-                    await wait_healthy(f"{url}/healthz")
-                # Three answers at once per user, the default cap: a user's sends are
-                # serialised (exact quotas), so fewer users would measure that queue instead.
-                accounts = -(-max(args.clients) // 3)
-                async with httpx.AsyncClient(timeout=120) as client:
-                    users: list[tuple[str, str]] = []
-                    while len(users) < accounts:
-                        batch = min(2, accounts - len(users))  # password hashes take turns
-                        users += await asyncio.gather(
-                            *(register(client, f"{base}/graphql") for _ in range(batch))
-                        )
-                deadline = args.tokens / args.rate * 4 + 60
-                for clients in args.clients:
-                    for name, url, pid in contestants:
-                        rounds.append(await run_round(name, url, pid, clients, users, deadline))
-                        print_rounds(rounds, args)
-                for name, url, pid in contestants:
-                    per_socket = await idle_memory(url, pid, users, args.idle)
-                    Console().print(
-                        f"{name}: {per_socket / 1024:,.1f} KiB of server RSS per idle connection "
-                        f"({args.idle} connections)"
+        yield f"http://127.0.0.1:{stub_port}/v1"
+
+
+async def bench(args: argparse.Namespace) -> list[Round]:
+    rounds: list[Round] = []
+    async with (
+        stub_server(args.tokens, args.rate) as stub_url,
+        embedded_database() as (database, name, data_dir),
+    ):
+        port = args.port or free_port()
+        env = {
+            "BENCH_DATABASE_URL": database.url(name),
+            "BENCH_DATA_DIR": str(data_dir),
+            "BENCH_STUB_URL": stub_url,
+            "BENCH_PORT": str(port),
+            "BENCH_WINDOW_MS": str(args.window_ms),
+            "BENCH_PROFILE": args.profile or "",
+        }
+        floor_env = {
+            "BENCH_STUB_URL": env["BENCH_STUB_URL"],
+            "BENCH_TOKENS": str(args.tokens),
+            "BENCH_RATE": str(args.rate),
+        }
+        proxy_port, timer_port = free_port(), free_port()
+        async with (
+            process(sys.executable, "-m", "bench.stream", "--serve", env=env) as server,
+            process(
+                sys.executable,
+                "-m",
+                "bench.stream",
+                "--serve-floor",
+                env={**floor_env, "BENCH_FLOOR_MODE": "proxy", "BENCH_PORT": str(proxy_port)},
+            ) as proxy,
+            process(
+                sys.executable,
+                "-m",
+                "bench.stream",
+                "--serve-floor",
+                env={**floor_env, "BENCH_FLOOR_MODE": "timer", "BENCH_PORT": str(timer_port)},
+            ) as timer,
+        ):
+            base = f"http://127.0.0.1:{port}"
+            contestants = [
+                ("ragstream", base, server.pid),
+                ("proxy floor", f"http://127.0.0.1:{proxy_port}", proxy.pid),
+                ("timer floor", f"http://127.0.0.1:{timer_port}", timer.pid),
+            ]
+            for _, url, _ in contestants:
+                await wait_healthy(f"{url}/healthz")
+            # Three answers at once per user, the default cap: a user's sends are
+            # serialised (exact quotas), so fewer users would measure that queue instead.
+            accounts = -(-max(args.clients) // 3)
+            async with httpx.AsyncClient(timeout=120) as client:
+                users: list[tuple[str, str]] = []
+                while len(users) < accounts:
+                    batch = min(2, accounts - len(users))  # password hashes take turns
+                    users += await asyncio.gather(
+                        *(register(client, f"{base}/graphql") for _ in range(batch))
                     )
+            deadline = args.tokens / args.rate * 4 + 60
+            for clients in args.clients:
+                for name, url, pid in contestants:
+                    rounds.append(await run_round(name, url, pid, clients, users, deadline))
+                    print_rounds(rounds, args)
+            for name, url, pid in contestants:
+                per_socket = await idle_memory(url, pid, users, args.idle)
+                Console().print(
+                    f"{name}: {per_socket / 1024:,.1f} KiB of server RSS per idle connection "
+                    f"({args.idle} connections)"
+                )
     return rounds
 
 
