@@ -25,6 +25,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
+from tests.documents_support import make_pdf
 
 from bench.common import bench_settings, embedded_database, graphql, live_app, percentile, register
 from bench.ingest import WORDS
@@ -34,50 +35,14 @@ ME = "{ me { id } }"
 UPLOAD = "mutation($file: Upload!) { uploadDocument(file: $file) { id } }"
 
 
-def _pdf_text(line: str) -> str:
-    return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-
-
 def generated_pdf(pages: int, rng: random.Random) -> bytes:
     """A valid PDF of ``pages`` pages, each some lines of words (Helvetica, uncompressed)."""
-    objects: list[bytes] = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"",  # the page tree, once the pages' numbers are known
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    kids: list[int] = []
-    for _ in range(pages):
-        lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(8)]
-        operators = ["BT", "/F1 12 Tf", "14 TL", "72 720 Td"]
-        operators += [f"({_pdf_text(line)}) Tj T*" for line in lines]
-        operators.append("ET")
-        stream = "\n".join(operators).encode("latin-1")
-        page_number = len(objects) + 1
-        kids.append(page_number)
-        objects.append(
-            (
-                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-                f"/Resources << /Font << /F1 3 0 R >> >> /Contents {page_number + 1} 0 R >>"
-            ).encode()
-        )
-        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    objects[1] = (
-        f"<< /Type /Pages /Kids [{' '.join(f'{k} 0 R' for k in kids)}] /Count {pages} >>".encode()
+    return make_pdf(
+        [
+            [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(8)]
+            for _ in range(pages)
+        ]
     )
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
 
 
 async def me_latency(client: httpx.AsyncClient, url: str, token: str) -> float:
