@@ -247,6 +247,29 @@ async def stub_server(tokens: int, rate: float) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{stub_port}/v1"
 
 
+def server_env(
+    database_url: str,
+    data_dir: Path,
+    stub_url: str,
+    port: int,
+    window_ms: int,
+    profile: str | None = None,
+    send_timeout: float | None = None,
+) -> dict[str, str]:
+    """The environment of `serve` (`python -m bench.stream --serve`)."""
+    env = {
+        "BENCH_DATABASE_URL": database_url,
+        "BENCH_DATA_DIR": str(data_dir),
+        "BENCH_STUB_URL": stub_url,
+        "BENCH_PORT": str(port),
+        "BENCH_WINDOW_MS": str(window_ms),
+        "BENCH_PROFILE": profile or "",
+    }
+    if send_timeout is not None:
+        env["BENCH_SEND_TIMEOUT"] = str(send_timeout)
+    return env
+
+
 async def bench(args: argparse.Namespace) -> list[Round]:
     rounds: list[Round] = []
     async with (
@@ -254,14 +277,7 @@ async def bench(args: argparse.Namespace) -> list[Round]:
         embedded_database() as (database, name, data_dir),
     ):
         port = args.port or free_port()
-        env = {
-            "BENCH_DATABASE_URL": database.url(name),
-            "BENCH_DATA_DIR": str(data_dir),
-            "BENCH_STUB_URL": stub_url,
-            "BENCH_PORT": str(port),
-            "BENCH_WINDOW_MS": str(args.window_ms),
-            "BENCH_PROFILE": args.profile or "",
-        }
+        env = server_env(database.url(name), data_dir, stub_url, port, args.window_ms, args.profile)
         floor_env = {
             "BENCH_STUB_URL": env["BENCH_STUB_URL"],
             "BENCH_TOKENS": str(args.tokens),
@@ -366,6 +382,11 @@ def serve() -> None:
         chat_coalesce_window_ms=int(os.environ["BENCH_WINDOW_MS"]),
         db_pool_size=20,
         db_max_overflow=20,
+        **(
+            {"ws_send_timeout_seconds": float(os.environ["BENCH_SEND_TIMEOUT"])}
+            if os.environ.get("BENCH_SEND_TIMEOUT")
+            else {}
+        ),
     )
     logging.basicConfig(level=logging.WARNING)
     profile = os.environ.get("BENCH_PROFILE")
