@@ -41,6 +41,7 @@ MAX_ENTRIES = 10_000  # per stream (approximately): far above an answer's coales
 IDLE_EXPIRY_SECONDS = 3_600  # a stream nobody writes to for this long goes
 RETIRED_EXPIRY_SECONDS = 60  # a retired stream's last entry stays this long for late readers
 MAX_OUTBOX = 10_000  # entries kept while Redis is away; then the oldest are dropped
+SEND_PACE = 0.01  # seconds between two pipelines of entries at least (events.Outbox)
 BLOCK_MS = 2_000  # one XREAD waits at most this long, so a reader notices a closed broker
 
 
@@ -64,7 +65,7 @@ class RedisBroker:
         )
         self._local = InMemoryBroker(max_pending)
         # (topic, entry); None: retire the topic
-        self._outbox: Outbox[tuple[str, str | None]] = Outbox(MAX_OUTBOX)
+        self._outbox: Outbox[tuple[str, str | None]] = Outbox(MAX_OUTBOX, pace=SEND_PACE)
         self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -101,16 +102,20 @@ class RedisBroker:
     async def _send(self, batch: list[tuple[str, str | None]]) -> None:
         if not batch:
             return
-        # One round trip; commands run in this order.
+        # One round trip; commands run in this order. A stream's expiry is set once per
+        # batch, after its last entry in it (a retired stream's, after its trim).
+        expiries: dict[str, int] = {}
         async with self._client.pipeline(transaction=False) as pipe:
             for topic, entry in batch:
                 key = stream_key(topic)
                 if entry is None:
                     pipe.xtrim(key, maxlen=1, approximate=False)
-                    pipe.expire(key, RETIRED_EXPIRY_SECONDS)
+                    expiries[key] = RETIRED_EXPIRY_SECONDS
                 else:
                     pipe.xadd(key, {"e": entry}, maxlen=MAX_ENTRIES, approximate=True)
-                    pipe.expire(key, IDLE_EXPIRY_SECONDS)
+                    expiries.setdefault(key, IDLE_EXPIRY_SECONDS)
+            for key, seconds in expiries.items():
+                pipe.expire(key, seconds)
             await pipe.execute()
 
     # --- subscribing -------------------------------------------------------------------------

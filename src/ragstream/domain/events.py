@@ -135,10 +135,15 @@ class Outbox(Generic[Entry]):
 
     A batch that fails goes back to the front and is retried after a pause that grows up to 5 s;
     past ``limit`` entries the oldest are dropped, so a broker that is away costs bounded memory.
+
+    Sends are at least ``pace`` seconds apart: what is published meanwhile goes in the next
+    batch, so a process streaming many answers pays one round trip per ``pace`` for all of
+    them rather than one per delta (an event waits at most ``pace`` for it).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, pace: float = 0.0) -> None:
         self.limit = limit
+        self.pace = pace
         self._entries: list[Entry] = []
         self._wake = asyncio.Event()
 
@@ -162,9 +167,15 @@ class Outbox(Generic[Entry]):
         """Calls ``send`` with each batch (possibly empty, after `wake`) until cancelled;
         ``retry`` runs after a failed batch, before the pause."""
         backoff = 0.1
+        loop = asyncio.get_running_loop()
+        last_send = -self.pace
         while True:
             await self._wake.wait()
+            wait = last_send + self.pace - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             self._wake.clear()
+            last_send = loop.time()
             batch, self._entries = self._entries, []
             try:
                 await send(batch)
