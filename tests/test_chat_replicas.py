@@ -69,6 +69,31 @@ async def test_an_answer_generated_on_one_server_is_resumed_on_another(
         assert (await stored_message(a, answer["id"]))["content"] == FULL
 
 
+async def test_a_resume_past_the_saved_text_gets_the_rest_from_the_generating_server(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.05)
+    async with (
+        # A saves the text only at its end: the rest comes from A's memory, through events.
+        chat_server(database_url, tmp_path / "a", chat_stub, chat_flush_interval_ms=600_000) as a,
+        chat_server(database_url, tmp_path / "b", chat_stub) as b,
+    ):
+        account, answer = await _answering(a, chat_stub, tokens=20)
+        stream = a.state.chat.hub.get(uuid.UUID(answer["id"]))
+        assert stream is not None
+        # All a client following on A has: more than A saved (it saves every flush interval).
+        offset = stream.length
+        saved = (await stored_message(a, answer["id"]))["content"]
+        assert len(saved) < offset
+
+        events = await stream_all(b, account.access_token, answer["id"], from_offset=offset)
+
+        deltas = [e for e in events if e["__typename"] == "TokenDelta"]
+        assert deltas[0]["offset"] == offset
+        assert joined(events, start=offset) == FULL[offset:]
+        assert events[-1]["message"]["content"] == FULL
+
+
 async def test_an_answer_generated_on_one_server_is_cancelled_through_another(
     database_url: str, tmp_path: Path, chat_stub: ChatStub
 ) -> None:

@@ -15,6 +15,7 @@ from ragstream.domain.chat.prompt import (
     fit_history,
     quote,
 )
+from ragstream.domain.chat.remote import Relay, message_topic
 from ragstream.domain.chat.streams import (
     Crowd,
     EndItem,
@@ -25,6 +26,7 @@ from ragstream.domain.chat.streams import (
     follow,
 )
 from ragstream.domain.chat.views import Ending, MessageView, SourceView
+from ragstream.domain.events import InMemoryBroker
 from ragstream.domain.llm.chat import ChatChunk, ChatProviderError, EvaluationContext, TokenUsage
 from ragstream.domain.llm.openai_chat import SSEDecoder, parse_chunk
 
@@ -213,3 +215,38 @@ async def test_a_follower_counts_in_its_crowd_until_it_ends() -> None:
 
     assert first == TextItem(0, "hello")
     assert (during, crowd.size) == (1, 0)
+
+
+class _HistoryBroker(InMemoryBroker):
+    """Keeps no history, but says so: the relay then publishes every answer from its start."""
+
+    retains_history = True
+
+
+async def test_the_relay_sends_new_text_at_once_then_merges_within_the_window() -> None:
+    broker = _HistoryBroker()
+    message_id = uuid.uuid4()
+    stream = GenerationStream()
+    relay = Relay(broker, {}, window=3600.0)
+    async with broker.subscribe(message_topic(message_id)) as events:
+        relay.started(message_id, stream)
+        stream.set_sources([])
+        await asyncio.sleep(0)
+        stream.append("a")
+        await asyncio.sleep(0)  # published at once (a follower elsewhere waits no window)
+        for part in ("b", "c", "d"):
+            stream.append(part)
+            await asyncio.sleep(0)
+        stream.finish(ending("abcd"))  # the end flushes what the window held back
+
+        published: list[dict[str, object]] = []
+        while not published or published[-1]["kind"] != "end":
+            published.append(await anext(events))
+    await relay.close()
+
+    assert published == [
+        {"kind": "sources"},
+        {"kind": "text", "offset": 0, "text": "a"},
+        {"kind": "text", "offset": 1, "text": "bcd"},
+        {"kind": "end"},
+    ]

@@ -65,9 +65,14 @@ class Ownership:
             await self._on_interrupted(interrupted)
         return interrupted
 
-    async def generator_of(self, message_id: uuid.UUID) -> Generator:
-        async with self._sessionmaker() as session:
+    async def generator_of(
+        self, message_id: uuid.UUID, session: AsyncSession | None = None
+    ) -> Generator:
+        """The process generating an answer (read in ``session`` when given)."""
+        if session is not None:
             return await ProcessRepository(session).generator_of(message_id)
+        async with self._sessionmaker() as own:
+            return await ProcessRepository(own).generator_of(message_id)
 
     @contextlib.asynccontextmanager
     async def running(self, *, alone: bool) -> AsyncIterator[None]:

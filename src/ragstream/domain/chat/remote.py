@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ragstream.db.repositories.processes import Generator
 from ragstream.domain.chat import service
 from ragstream.domain.chat.endings import (
     CANCELLED,
@@ -148,25 +149,33 @@ class Relay:
     async def _publish(
         self, message_id: uuid.UUID, stream: GenerationStream, from_start: bool
     ) -> None:
+        loop = asyncio.get_running_loop()
         topic = message_topic(message_id)
         # What came before was sent to whoever asked, unless this is the answer's history.
         sent = 0 if from_start else stream.length
         sources_sent = not from_start and stream.sources is not None
+        last_text = -self._window
         while True:
             if not sources_sent and stream.sources is not None:
                 sources_sent = True
                 await self._broker.publish(topic, {"kind": "sources"})
             elif stream.length > sent:
+                # Like a local follower (streams.follow): new text goes at once, then at most
+                # once per window, deltas within it together; so a follower elsewhere (or one
+                # that resumes there) waits no window for text that comes after a pause.
+                wait = last_text + self._window - loop.time()
+                if wait > 0:
+                    await stream.finished_within(wait)
                 text = stream.read_from(sent)
                 await self._send_text(topic, sent, text)
                 sent += len(text)
+                last_text = loop.time()
             elif stream.finished:  # finished after its end was stored
                 await self._broker.publish(topic, {"kind": "end"})
                 await self._broker.retire(topic)
                 return
             else:
                 await stream.changed()
-                await stream.finished_within(self._window)  # deltas within it go together
 
     async def close(self) -> None:
         tasks = list(self._publishers.values())
@@ -194,11 +203,22 @@ class RemoteAnswers:
         async with self._sessionmaker() as session:
             return await service.load_message(session, message_id)
 
-    async def _ask(self, message_id: uuid.UUID, request: Payload | None) -> bool:
-        """Sends ``request`` (if any) to the answer's process; False when nothing generates it:
-        its process's lease has expired, or it is this process, which no longer runs it (its
-        end could not be stored)."""
-        generator = await self._ownership.generator_of(message_id)
+    async def _load_with_generator(
+        self, message_id: uuid.UUID
+    ) -> tuple[MessageView | None, Generator]:
+        """The answer as stored and the process generating it, read in one session."""
+        async with self._sessionmaker() as session:
+            view = await service.load_message(session, message_id)
+            return view, await self._ownership.generator_of(message_id, session)
+
+    async def _ask(
+        self, message_id: uuid.UUID, request: Payload | None, generator: Generator | None = None
+    ) -> bool:
+        """Sends ``request`` (if any) to the answer's process (``generator``, read now when not
+        given); False when nothing generates it: its process's lease has expired, or it is
+        this process, which no longer runs it (its end could not be stored)."""
+        if generator is None:
+            generator = await self._ownership.generator_of(message_id)
         if (
             generator.process_id is None
             or generator.process_id == self._ownership.process_id
@@ -219,25 +239,32 @@ class RemoteAnswers:
         message_id = stored.id
         replayed = self._broker.retains_history
         async with self._broker.subscribe(message_topic(message_id), replay=replayed) as events:
-            view = await self._load(message_id)  # after subscribing: nothing falls in between
+            # After subscribing: nothing falls in between.
+            view, generator = await self._load_with_generator(message_id)
             offset = from_offset
             sources_sent = False
             # The whole text sent so far, when known from its start (len(sent) == offset).
             sent: str | None = None
             if view is not None and view.status == STREAMING:
+                saved = view.content[offset:]
+                # Asked before the saved text goes out, so the owner's reply (the text from
+                # where the saved text ends) is on its way meanwhile. Nothing generates it any
+                # more: it ends now as interrupted, as it will be.
+                follow_from = offset + len(saved)
+                running = await self._ask(
+                    message_id,
+                    None if replayed else {"op": "follow", "from": follow_from},
+                    generator,
+                )
                 if view.sources or view.content:  # text comes only after the sources
                     sources_sent = True
                     yield SourcesItem(view.sources)
                 if len(view.content) >= offset:
                     sent = view.content
-                if len(view.content) > offset:
-                    yield TextItem(offset, view.content[offset:])
-                    offset = len(view.content)
+                if saved:
+                    yield TextItem(offset, saved)
+                    offset = follow_from
                 asked_at = -1 if replayed else offset  # replayed: a first gap asks
-                # Nothing generates it any more: it ends now as interrupted, as it will be.
-                running = await self._ask(
-                    message_id, None if replayed else {"op": "follow", "from": offset}
-                )
                 while running:
                     try:
                         async with asyncio.timeout(self._poll):
