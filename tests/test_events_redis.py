@@ -69,6 +69,22 @@ async def test_a_replaying_subscriber_gets_the_topic_from_its_first_event(tmp_pa
             assert await _next(now) == {"n": 3}  # without replay: only what came after
 
 
+async def test_one_process_following_many_topics_gets_each_its_own_events_in_order(
+    tmp_path: Path,
+) -> None:
+    topics = [f"message:{n}" for n in range(20)]
+    async with two_brokers(tmp_path) as (_, a, b), contextlib.AsyncExitStack() as stack:
+        # All read by one task in B, each from where it joined.
+        streams = [await stack.enter_async_context(b.subscribe(topic)) for topic in topics]
+        for n in range(5):
+            for topic in topics:
+                await a.publish(topic, {"topic": topic, "n": n})
+
+        for topic, stream in zip(topics, streams, strict=True):
+            received = [await _next(stream) for _ in range(5)]
+            assert received == [{"topic": topic, "n": n} for n in range(5)]
+
+
 async def test_a_retired_topic_keeps_only_its_last_event_and_expires(tmp_path: Path) -> None:
     async with two_brokers(tmp_path) as (redis, a, _):
         for n in range(5):
