@@ -16,7 +16,9 @@ package, skipped with a note when absent) and this client. For each broker:
 
 The two are interleaved for several rounds; the table prints the medians of server CPU per
 delivered token (user + system of both servers from /proc, over the round, divided by the tokens
-that reached the followers) and the ratio two replicas / one process.
+that reached the followers), the tokens per TokenDelta the followers received (a busy process
+merges more tokens per delta, which lowers its CPU per token) and the ratio two replicas / one
+process.
 
 Then **resume on another replica**: R answers generated on A, each watched on A until a random
 number of tokens arrived; then a client subscribes on B with `fromOffset` = the text it has and
@@ -71,6 +73,7 @@ PROTOCOL = [websockets.Subprotocol("graphql-transport-ws")]
 class Round:
     mode: str
     tokens: int = 0
+    events: int = 0
     completed: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     delays: list[float] = field(default_factory=list)
@@ -137,6 +140,7 @@ async def follow(replica: Replica, token: str, message_id: str, result: Round) -
                     raise RuntimeError("offset gap or overlap")
                 offset += len(event["delta"])
                 delays = delays_of(event["delta"], received)
+                result.events += 1
                 result.tokens += len(delays)
                 result.delays.extend(delays)
             elif kind == "GenerationFailed":
@@ -170,7 +174,7 @@ async def streaming_round(
         try:
             message_id = await ask(client, asked_on, token)
             await follow(followed_on, token, message_id, result)
-        except (RuntimeError, OSError, websockets.WebSocketException) as error:
+        except (RuntimeError, OSError, httpx.HTTPError, websockets.WebSocketException) as error:
             result.fail(str(error) or type(error).__name__)
 
     limits = httpx.Limits(max_connections=50)
@@ -223,7 +227,7 @@ async def resume_latencies(
                 after_token.append(min(received - started_wall, *first))
                 if event["offset"] != len(text):
                     raise RuntimeError("resumed at the wrong offset")
-        except (RuntimeError, OSError, websockets.WebSocketException) as error:
+        except (RuntimeError, OSError, httpx.HTTPError, websockets.WebSocketException) as error:
             what = str(error) or type(error).__name__
             failures[what] = failures.get(what, 0) + 1
 
@@ -329,7 +333,8 @@ def print_streaming(broker: str, rounds: list[Round], args: argparse.Namespace) 
         f"at {args.rate:g}/s, "
         f"{args.rounds} interleaved rounds (medians), load average {load()}"
     )
-    for column in ("mode", "server CPU µs/token", "delivered tokens", "p50 / p99 delay", "failed"):
+    columns = ("mode", "server CPU µs/token", "delivered tokens", "tokens/event", "p50 / p99 delay")
+    for column in (*columns, "failed"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     medians: dict[str, float] = {}
     for mode in ("one process", "two replicas"):
@@ -344,6 +349,7 @@ def print_streaming(broker: str, rounds: list[Round], args: argparse.Namespace) 
             mode,
             f"{medians[mode]:,.0f}",
             f"{statistics.median(r.tokens for r in mine):,.0f}",
+            f"{sum(r.tokens for r in mine) / max(1, sum(r.events for r in mine)):.2f}",
             f"{percentile(delays, 50) * 1000:,.0f} / {percentile(delays, 99) * 1000:,.0f} ms"
             if delays
             else "-",
