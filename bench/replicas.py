@@ -112,6 +112,15 @@ async def subscription(
         yield socket
 
 
+def failure_name(error: Exception) -> str:
+    """What failed, short enough for a table: a GraphQL error's code (its message and request
+    id differ each time), else the exception's text or type."""
+    if isinstance(error, RuntimeError) and error.args and isinstance(error.args[0], list):
+        codes = {e.get("extensions", {}).get("code", "error") for e in error.args[0]}
+        return ", ".join(sorted(codes))
+    return str(error) or type(error).__name__
+
+
 def event_of(raw: str | bytes) -> dict[str, Any]:
     """The `messageStream` event of a `next` message; anything else raises with what it was."""
     message = json.loads(raw)
@@ -175,7 +184,7 @@ async def streaming_round(
             message_id = await ask(client, asked_on, token)
             await follow(followed_on, token, message_id, result)
         except (RuntimeError, OSError, httpx.HTTPError, websockets.WebSocketException) as error:
-            result.fail(str(error) or type(error).__name__)
+            result.fail(failure_name(error))
 
     limits = httpx.Limits(max_connections=50)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
@@ -228,7 +237,7 @@ async def resume_latencies(
                 if event["offset"] != len(text):
                     raise RuntimeError("resumed at the wrong offset")
         except (RuntimeError, OSError, httpx.HTTPError, websockets.WebSocketException) as error:
-            what = str(error) or type(error).__name__
+            what = failure_name(error)
             failures[what] = failures.get(what, 0) + 1
 
     async with httpx.AsyncClient(timeout=60) as client:
