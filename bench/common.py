@@ -23,12 +23,33 @@ from ragstream.settings import Settings
 JWT_SECRET = "bench-secret-" + "x" * 40
 
 
+async def configure_server(
+    database: EmbeddedDatabase, data_dir: Path, server: dict[str, str]
+) -> EmbeddedDatabase:
+    """The embedded server restarted with ``server`` (parameter -> value) in its
+    ``postgresql.auto.conf``, for parameters such as shared_buffers that need a restart."""
+    conn = await asyncpg.connect(database.libpq_uri("postgres"))
+    try:
+        for name, value in server.items():
+            # ALTER SYSTEM takes no parameters; the names and values are the bench's own.
+            await conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    finally:
+        await conn.close()
+    await asyncio.to_thread(database.stop)
+    return await asyncio.to_thread(start_embedded, data_dir)
+
+
 @contextlib.asynccontextmanager
-async def embedded_database() -> AsyncIterator[tuple[EmbeddedDatabase, str, Path]]:
-    """A fresh, migrated database in a temporary data dir (removed afterwards)."""
+async def embedded_database(
+    server: dict[str, str] | None = None,
+) -> AsyncIterator[tuple[EmbeddedDatabase, str, Path]]:
+    """A fresh, migrated database in a temporary data dir (removed afterwards), on a server
+    with the parameters of ``server`` if given."""
     with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as tmp:
         database = await asyncio.to_thread(start_embedded, Path(tmp))
         try:
+            if server:
+                database = await configure_server(database, Path(tmp), server)
             name = f"bench_{uuid.uuid4().hex[:8]}"
             conn = await asyncpg.connect(database.libpq_uri("postgres"))
             try:

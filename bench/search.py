@@ -190,34 +190,51 @@ class Seeded:
     insert_ms: float  # per chunk, COPY into the indexed table (what ingestion pays)
 
 
+@dataclass(frozen=True)
+class Build:
+    """How the bench builds the HNSW index: graph parameters and build resources."""
+
+    index: HnswOptions
+    memory: str = BUILD_MEMORY  # maintenance_work_mem of the build
+    workers: int | None = None  # max_parallel_maintenance_workers; None: the server's own
+
+
+SEED_BATCH = 20_000  # chunks generated, embedded and copied at a time (bounds the bench's memory)
+
+
 async def seed(
     conn: asyncpg.Connection,
     embedder: HashingEmbedder,
     owners: list[uuid.UUID],
     count: int,
     corpus: Corpus,
-    index: HnswOptions,
+    build: Build,
 ) -> Seeded:
     """Add ``count`` chunks with COPY and build the HNSW index over all of them."""
-    texts = [
-        passage
-        for start in range(0, count, CHUNKS_PER_DOCUMENT)
-        for passage in corpus.document(min(CHUNKS_PER_DOCUMENT, count - start))
-    ]
-    started = time.perf_counter()
-    vectors = await asyncio.to_thread(embedder.embed_sync, texts)
-    embedded = time.perf_counter() - started
-    documents, chunks = synthetic_rows(vectors, texts, owners)
-    started = time.perf_counter()
     await conn.execute("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw")
-    await copy_rows(conn, documents, chunks)
-    copied = time.perf_counter() - started
-    # Built as `ragstream reindex --index-only` builds it, with the same build memory.
+    embedded = copied = 0.0
+    for offset in range(0, count, SEED_BATCH):
+        size = min(SEED_BATCH, count - offset)
+        texts = [
+            passage
+            for start in range(0, size, CHUNKS_PER_DOCUMENT)
+            for passage in corpus.document(min(CHUNKS_PER_DOCUMENT, size - start))
+        ]
+        started = time.perf_counter()
+        vectors = await asyncio.to_thread(embedder.embed_sync, texts)
+        embedded += time.perf_counter() - started
+        documents, chunks = synthetic_rows(vectors, texts, owners)
+        started = time.perf_counter()
+        await copy_rows(conn, documents, chunks)
+        copied += time.perf_counter() - started
+    # Built as `ragstream reindex --index-only` builds it, with the given build memory.
     started = time.perf_counter()
-    await conn.execute(f"SET maintenance_work_mem = '{BUILD_MEMORY}'")
+    await conn.execute(f"SET maintenance_work_mem = '{build.memory}'")
+    if build.workers is not None:
+        await conn.execute(f"SET max_parallel_maintenance_workers = {int(build.workers)}")
     await conn.execute(
         "CREATE INDEX ix_chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)"
-        f" WITH (m = {index.m}, ef_construction = {index.ef_construction})"
+        f" WITH (m = {build.index.m}, ef_construction = {build.index.ef_construction})"
     )
     built = time.perf_counter() - started
     await conn.execute("ANALYZE chunks; ANALYZE documents")
@@ -375,12 +392,13 @@ async def run(
     queries: int,
     others: list[Configuration],
     corpus_name: str,
-    index: HnswOptions,
+    build: Build,
+    server: dict[str, str],
 ) -> None:
     corpus = CORPORA[corpus_name](random.Random(11))
     embedder = HashingEmbedder(384)
     rows: list[Row] = []
-    async with embedded_database() as (database, name, data_dir):
+    async with embedded_database(server) as (database, name, data_dir):
         settings = bench_settings(database.url(name), data_dir, ingestion_worker=False)
         default = Configuration(
             f"default ({settings.search_candidates} of {settings.search_scan})",
@@ -393,11 +411,20 @@ async def run(
             conn = await asyncpg.connect(database.libpq_uri(name))
             await register_vector(conn)
             owners = [uuid.UUID(me), uuid.UUID(other)]
+            memory = await conn.fetchrow(
+                "SELECT current_setting('shared_buffers'), current_setting('effective_cache_size')"
+            )
             total = 0
             try:
                 for size in sizes:
-                    seeded = await seed(conn, embedder, owners, size - total, corpus, index)
+                    seeded = await seed(conn, embedder, owners, size - total, corpus, build)
                     total = size
+                    print(
+                        f"{size:,} chunks: embedded in {seeded.embed_s:.0f} s, copied in "
+                        f"{seeded.copy_s:.0f} s, HNSW built in {seeded.build_s:.0f} s "
+                        f"(load average {os.getloadavg()[0]:.1f})",
+                        flush=True,
+                    )
                     questions = [corpus.question() for _ in range(queries)]
                     for q in questions[:5]:  # warm-up
                         await graphql(client, url, SEARCH, {"q": q}, token)
@@ -411,14 +438,18 @@ async def run(
                     )
             finally:
                 await conn.close()
-    print_table(rows, corpus.name, index)
+    print_table(
+        rows, corpus.name, build, f"shared_buffers {memory[0]}, effective_cache_size {memory[1]}"
+    )
 
 
-def print_table(rows: list[Row], corpus: str, index: HnswOptions) -> None:
+def print_table(rows: list[Row], corpus: str, build: Build, server: str) -> None:
+    workers = "server's" if build.workers is None else str(build.workers)
     table = Table(
-        title=f"ragstream search ({corpus} corpus; HNSW m={index.m}, "
-        f"ef_construction={index.ef_construction}; API: limit 10, hybrid; viewer owns half "
-        f"the chunks; {os.cpu_count()} CPUs)"
+        title=f"ragstream search ({corpus} corpus; HNSW m={build.index.m}, "
+        f"ef_construction={build.index.ef_construction}, built with {build.memory} and "
+        f"{workers} parallel workers; server: {server}; API: limit 10, hybrid; viewer owns "
+        f"half the chunks; {os.cpu_count()} CPUs)"
     )
     for column in (
         "chunks",
@@ -498,15 +529,46 @@ def main() -> None:
         default=HnswOptions.ef_construction,
         help="HNSW candidate list while building",
     )
+    parser.add_argument(
+        "--build-memory",
+        default=BUILD_MEMORY,
+        help="maintenance_work_mem of the HNSW build (the graph must fit, or it spills)",
+    )
+    parser.add_argument(
+        "--build-workers",
+        type=int,
+        default=None,
+        help="max_parallel_maintenance_workers of the HNSW build (default: the server's, 2)",
+    )
+    parser.add_argument(
+        "--server",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="parameters of the embedded server, e.g. shared_buffers=2GB "
+        "effective_cache_size=8GB (default: initdb's, shared_buffers 128MB)",
+    )
     args = parser.parse_args()
+    if not args.build_memory.isalnum():
+        parser.error(f"--build-memory wants a size such as 4GB, not {args.build_memory!r}")
+    server = {}
+    for given in args.server:
+        name, _, value = given.partition("=")
+        if not name.replace("_", "").isalnum() or not value.replace(".", "").isalnum():
+            parser.error(f"--server wants NAME=VALUE such as shared_buffers=2GB, not {given!r}")
+        server[name] = value
     others = []
     for given in args.compare:
         scan, _, ef = given.partition(":")
         if not (scan.isdigit() and ef.isdigit()) or not 1 <= int(ef) <= 1000:
             parser.error(f"--compare wants SCAN:EF with EF between 1 and 1000, not {given!r}")
         others.append(Configuration(f"{scan} candidates", int(scan), int(ef)))
-    index = HnswOptions(m=args.m, ef_construction=args.ef_construction)
-    asyncio.run(run(sorted(args.sizes), args.queries, others, args.corpus, index))
+    build = Build(
+        HnswOptions(m=args.m, ef_construction=args.ef_construction),
+        memory=args.build_memory,
+        workers=args.build_workers,
+    )
+    asyncio.run(run(sorted(args.sizes), args.queries, others, args.corpus, build, server))
 
 
 if __name__ == "__main__":
