@@ -28,9 +28,8 @@ from rich.table import Table
 from bench.common import bench_settings, embedded_database, graphql, live_app, percentile, register
 from ragstream.app import AppState
 from ragstream.db.models.users import User
-from ragstream.db.repositories.documents import CHUNK_COPY_COLUMNS, HnswOptions
+from ragstream.db.repositories.documents import CHUNK_COPY_COLUMNS, HnswOptions, IndexBuild
 from ragstream.db.repositories.search import SearchRepository
-from ragstream.domain.documents.reindex import BUILD_MEMORY
 from ragstream.domain.llm.embeddings import HashingEmbedder
 
 SEARCH = "query($q: String!) { search(query: $q, limit: 10) { score chunk { id } } }"
@@ -195,8 +194,7 @@ class Build:
     """How the bench builds the HNSW index: graph parameters and build resources."""
 
     index: HnswOptions
-    memory: str = BUILD_MEMORY  # maintenance_work_mem of the build
-    workers: int | None = None  # max_parallel_maintenance_workers; None: the server's own
+    resources: IndexBuild
 
 
 SEED_BATCH = 20_000  # chunks generated, embedded and copied at a time (bounds the bench's memory)
@@ -229,9 +227,10 @@ async def seed(
         copied += time.perf_counter() - started
     # Built as `ragstream reindex --index-only` builds it, with the given build memory.
     started = time.perf_counter()
-    await conn.execute(f"SET maintenance_work_mem = '{build.memory}'")
-    if build.workers is not None:
-        await conn.execute(f"SET max_parallel_maintenance_workers = {int(build.workers)}")
+    await conn.execute(f"SET maintenance_work_mem = '{build.resources.memory}'")
+    if build.resources.workers is not None:
+        workers = int(build.resources.workers)
+        await conn.execute(f"SET max_parallel_maintenance_workers = {workers}")
     await conn.execute(
         "CREATE INDEX ix_chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)"
         f" WITH (m = {build.index.m}, ef_construction = {build.index.ef_construction})"
@@ -444,10 +443,11 @@ async def run(
 
 
 def print_table(rows: list[Row], corpus: str, build: Build, server: str) -> None:
-    workers = "server's" if build.workers is None else str(build.workers)
+    resources = build.resources
+    workers = "the server's" if resources.workers is None else str(resources.workers)
     table = Table(
         title=f"ragstream search ({corpus} corpus; HNSW m={build.index.m}, "
-        f"ef_construction={build.index.ef_construction}, built with {build.memory} and "
+        f"ef_construction={build.index.ef_construction}, built with {resources.memory} and "
         f"{workers} parallel workers; server: {server}; API: limit 10, hybrid; viewer owns "
         f"half the chunks; {os.cpu_count()} CPUs)"
     )
@@ -531,7 +531,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--build-memory",
-        default=BUILD_MEMORY,
+        default=IndexBuild.memory,
         help="maintenance_work_mem of the HNSW build (the graph must fit, or it spills)",
     )
     parser.add_argument(
@@ -549,8 +549,6 @@ def main() -> None:
         "effective_cache_size=8GB (default: initdb's, shared_buffers 128MB)",
     )
     args = parser.parse_args()
-    if not args.build_memory.isalnum():
-        parser.error(f"--build-memory wants a size such as 4GB, not {args.build_memory!r}")
     server = {}
     for given in args.server:
         name, _, value = given.partition("=")
@@ -563,11 +561,13 @@ def main() -> None:
         if not (scan.isdigit() and ef.isdigit()) or not 1 <= int(ef) <= 1000:
             parser.error(f"--compare wants SCAN:EF with EF between 1 and 1000, not {given!r}")
         others.append(Configuration(f"{scan} candidates", int(scan), int(ef)))
-    build = Build(
-        HnswOptions(m=args.m, ef_construction=args.ef_construction),
-        memory=args.build_memory,
-        workers=args.build_workers,
-    )
+    try:
+        build = Build(
+            HnswOptions(m=args.m, ef_construction=args.ef_construction),
+            IndexBuild(memory=args.build_memory, workers=args.build_workers),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     asyncio.run(run(sorted(args.sizes), args.queries, others, args.corpus, build, server))
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 
 from ragstream import cli
+from ragstream.db.repositories.documents import HnswOptions, IndexBuild, VectorIndexRepository
 from tests.conftest import TEST_JWT_SECRET
 from tests.documents_support import SEARCH
 from tests.support import LiveServer
@@ -127,12 +129,52 @@ async def test_reindex_rebuilds_the_index_with_new_parameters_and_keeps_them(
     assert [hit["document"]["title"] for hit in hits] == ["pumps"]
 
 
+async def test_reindex_builds_with_the_memory_and_workers_asked_for(
+    server: LiveServer, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = await fetch(database_url, INDEX_OPTIONS)
+
+    status, out, _ = await run_cli(
+        capsys, "reindex", "--index-only", "--build-memory", "256MB", "--build-workers", "0"
+    )
+
+    assert status == 0
+    assert "rebuilt the vector index with its previous parameters" in out
+    assert await fetch(database_url, INDEX_OPTIONS) == before
+    assert len(before) == 1
+
+
+async def test_the_index_build_holds_its_memory_and_workers_for_its_transaction_only(
+    server: LiveServer,
+) -> None:
+    show = (
+        "SELECT current_setting('maintenance_work_mem'),"
+        " current_setting('max_parallel_maintenance_workers')"
+    )
+    async with server.state.sessionmaker() as session:
+        server_values = tuple((await session.execute(text(show))).one())
+    async with server.state.sessionmaker.begin() as session:
+        await VectorIndexRepository(session).replace_index(
+            HnswOptions(), IndexBuild(memory="256MB", workers=0)
+        )
+        assert tuple((await session.execute(text(show))).one()) == ("256MB", "0")
+    async with server.state.sessionmaker() as session:
+        assert tuple((await session.execute(text(show))).one()) == server_values
+    assert server_values != ("256MB", "0")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--m", "101"], "m must be between 2 and 100"),
         (["--m", "32", "--ef-construction", "40"], "ef_construction must be at least twice m"),
         (["--ef-construction", "1001"], "ef_construction must be between 4 and 1000"),
+        (["--build-memory", "4G"], "build memory must be a whole number of kB, MB, GB or TB"),
+        (["--build-memory", "1.5GB"], "build memory must be a whole number of kB, MB, GB or TB"),
+        (["--build-memory", "512kB"], "build memory must be between 1MB and 2TB"),
+        (["--build-memory", "3TB"], "build memory must be between 1MB and 2TB"),
+        (["--build-workers", "-1"], "build workers must be between 0 and 1024"),
+        (["--build-workers", "1025"], "build workers must be between 0 and 1024"),
     ],
 )
 async def test_reindex_refuses_invalid_index_parameters_and_changes_nothing(

@@ -10,34 +10,35 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ragstream.db.repositories.documents import (
     HnswOptions,
+    IndexBuild,
     VectorIndexRepository,
     embedding_column_dimensions,
 )
 from ragstream.domain.documents.reading import embedding_text
 from ragstream.domain.llm.embeddings import Embedder
 
-# Room for the graph while the index is built: a build that outgrows it spills to disk and
-# slows down severalfold (measured: 100k chunks, 64 MB -> ~500 s, 1 GB -> ~150 s). It is an
-# upper bound for this one statement, not memory held by the server.
-BUILD_MEMORY = "1GB"
+# Room for the graph while the index is built (see IndexBuild). It is an upper bound for this
+# one statement, not memory held by the server.
+BUILD_MEMORY = IndexBuild.memory
 
 
 async def rebuild_index(
     sessionmaker: async_sessionmaker[AsyncSession],
     options: HnswOptions | None = None,
     *,
-    build_memory: str = BUILD_MEMORY,
+    build: IndexBuild | None = None,
 ) -> HnswOptions:
     """Build the HNSW index anew and swap it in for the existing one.
 
     Searches go on using the old index while the new one is built (writes to chunks wait);
     the swap at the end is a short exclusive lock. ``options`` None keeps the build
-    parameters of the existing index. Returns the parameters used.
+    parameters of the existing index; ``build`` None builds with 1 GB and the server's
+    parallel workers. Returns the parameters used.
     """
     async with sessionmaker.begin() as session:
         repo = VectorIndexRepository(session)
         options = options or await repo.index_options() or HnswOptions()
-        await repo.replace_index(options, build_memory=build_memory)
+        await repo.replace_index(options, build or IndexBuild())
     return options
 
 
@@ -47,6 +48,7 @@ async def reindex(
     *,
     batch_size: int = 64,
     options: HnswOptions | None = None,
+    build: IndexBuild | None = None,
     on_start: Callable[[int], None] = lambda total: None,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> tuple[int | None, int]:
@@ -85,5 +87,5 @@ async def reindex(
         done += len(batch)
         after = batch[-1].id
         on_progress(done)
-    await rebuild_index(sessionmaker, options)
+    await rebuild_index(sessionmaker, options, build=build)
     return previous, done
