@@ -17,6 +17,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -24,6 +25,7 @@ import numpy as np
 from pgvector.asyncpg import register_vector
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import text
 
 from bench.common import bench_settings, embedded_database, graphql, live_app, percentile, register
 from ragstream.app import AppState
@@ -271,6 +273,7 @@ class Measured:
     recall: float  # |approximate ∩ exact| / k, averaged over the queries
     gap_percent: float  # how much farther the approximate k-th neighbour is than the exact one
     statement_ms: float  # p50 of the bare vector statement (no API around it)
+    statement_cpu_ms: float  # mean CPU time the PostgreSQL backend spent on the statement
     api_p50: float | None = None  # through the API (the default configuration only)
     api_p95: float | None = None
 
@@ -289,10 +292,13 @@ class Probe:
     statement (same visibility filter, same cosine operator; only the index use differs).
     Misses that are near-ties show in the distance gap of the k-th neighbour."""
 
-    def __init__(self, repo: SearchRepository, conn: asyncpg.Connection, viewer: User) -> None:
+    def __init__(
+        self, repo: SearchRepository, conn: asyncpg.Connection, viewer: User, backend: int
+    ) -> None:
         self.repo = repo
         self.conn = conn
         self.viewer = viewer
+        self.backend = backend  # process id of the repository session's PostgreSQL backend
 
     async def kth_distance(self, vector: list[float], ids: list[uuid.UUID]) -> float:
         distances = await self.conn.fetch(
@@ -309,7 +315,9 @@ class Probe:
 
     async def approximate(
         self, vector: list[float], fetch: int, configuration: Configuration, max_scan_tuples: int
-    ) -> tuple[list[uuid.UUID], float]:
+    ) -> tuple[list[uuid.UUID], float, float]:
+        """The ids, the wall-clock milliseconds and the backend's CPU milliseconds."""
+        cpu = backend_cpu_ms(self.backend)
         started = time.perf_counter()
         ids = await self.repo.nearest_by_vector(
             self.viewer,
@@ -319,7 +327,16 @@ class Probe:
             ef_search=configuration.ef_search,
             max_scan_tuples=max_scan_tuples,
         )
-        return ids, (time.perf_counter() - started) * 1000
+        elapsed = (time.perf_counter() - started) * 1000
+        return ids, elapsed, backend_cpu_ms(self.backend) - cpu
+
+
+def backend_cpu_ms(pid: int) -> float:
+    """User and system CPU time a local process has used so far (Linux /proc, in ticks of
+    usually 10 ms: only a mean over many statements says something). Unlike wall-clock time
+    it hardly grows when other processes compete for the cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(
@@ -342,7 +359,8 @@ async def measure(
     async with state.sessionmaker() as session:
         viewer = await session.get(User, uuid.UUID(me))
         assert viewer is not None
-        probe = Probe(SearchRepository(session), conn, viewer)
+        backend = int(await session.scalar(text("SELECT pg_backend_pid()")) or 0)
+        probe = Probe(SearchRepository(session), conn, viewer, backend)
         exact: list[list[uuid.UUID]] = []
         exact_ms: list[float] = []
         for vector in vectors:
@@ -358,16 +376,17 @@ async def measure(
                 await probe.approximate(
                     vector, fetch, configuration, state.settings.search_max_scan_tuples
                 )
-            recalls, gaps, statement_ms, api_ms = [], [], [], []
+            recalls, gaps, statement_ms, statement_cpu, api_ms = [], [], [], [], []
             for question, vector, truth in zip(questions, vectors, exact, strict=True):
                 if default:
                     started = time.perf_counter()
                     await graphql(client, url, SEARCH, {"q": question}, token)
                     api_ms.append((time.perf_counter() - started) * 1000)
-                fetched, ms = await probe.approximate(
+                fetched, ms, cpu = await probe.approximate(
                     vector, fetch, configuration, state.settings.search_max_scan_tuples
                 )
                 statement_ms.append(ms)
+                statement_cpu.append(cpu)
                 approx = fetched[:k]
                 assert len(approx) == len(truth) == k
                 recalls.append(len(set(approx) & set(truth)) / k)
@@ -379,6 +398,7 @@ async def measure(
                     recall=sum(recalls) / len(recalls),
                     gap_percent=sum(gaps) / len(gaps),
                     statement_ms=percentile(statement_ms, 50),
+                    statement_cpu_ms=sum(statement_cpu) / len(statement_cpu),
                     api_p50=percentile(api_ms, 50) if api_ms else None,
                     api_p95=percentile(api_ms, 95) if api_ms else None,
                 )
@@ -463,6 +483,7 @@ def print_table(rows: list[Row], corpus: str, build: Build, server: str) -> None
         "recall@10",
         "10th dist. +%",
         "statement ms",
+        "backend CPU ms",
         "API p50 ms",
         "API p95 ms",
         "API / statement",
@@ -483,6 +504,7 @@ def print_table(rows: list[Row], corpus: str, build: Build, server: str) -> None
             f"{m.recall:.3f}",
             f"{m.gap_percent:.2f}",
             f"{m.statement_ms:.1f}",
+            f"{m.statement_cpu_ms:.1f}",
             "" if m.api_p50 is None else f"{m.api_p50:.1f}",
             "" if m.api_p95 is None else f"{m.api_p95:.1f}",
             "" if m.api_p50 is None else f"{m.api_p50 / m.statement_ms:.2f}x",
@@ -499,8 +521,9 @@ def print_table(rows: list[Row], corpus: str, build: Build, server: str) -> None
         "through the bare statement in turn. The other rows ask the statement for 10 rows "
         "with the given scan and ef_search. insert ms/chunk: COPY of 1,000 more chunks into "
         "the indexed table. 10th dist. +%: how much farther the approximate 10th neighbour "
-        "is than the exact one. load avg: 1-minute load average before and after the timed "
-        "part."
+        "is than the exact one. backend CPU ms: mean CPU time of the PostgreSQL backend per "
+        "statement, which competing processes hardly change. load avg: 1-minute load average "
+        "before and after the timed part."
     )
 
 
