@@ -351,7 +351,7 @@ def add_commands(sub: Any) -> None:
         "--build-memory",
         metavar="SIZE",
         help="memory for building the index (maintenance_work_mem, default 1GB); the graph "
-        "needs about 3GB per million chunks of 384 dimensions, or the build slows severalfold",
+        "needs about 2.5GB per million chunks of 384 dimensions, or the build slows severalfold",
     )
     reindex.add_argument(
         "--build-workers",

@@ -327,8 +327,9 @@ class IndexBuild:
     server's own, 2 unless configured).
 
     The graph is built in that memory; once it outgrows it, the build goes on far slower
-    (measured: 100,000 chunks took ~500 s with 64 MB, ~150 s with 1 GB). A graph takes about
-    2.5 kB per chunk of 384 dimensions, so a million chunks want about 3 GB.
+    (measured: 100,000 chunks took ~500 s with 64 MB, ~150 s with 1 GB). The graph takes about
+    2.5 kB per chunk of 384 dimensions with m 24 (64 MB held 26,762 chunks), so 1 GB holds
+    about 400,000 chunks and a million want about 2.5 GB.
     """
 
     memory: str = "1GB"
