@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +20,16 @@ from typing import Any
 import httpx
 import pytest
 
-from ragstream.observability.logs import JsonFormatter, RequestIdFilter
+from ragstream.observability.logs import (
+    REQUEST_ID,
+    JsonFormatter,
+    LineHandler,
+    RequestIdFilter,
+    request_line,
+    request_logger,
+)
 from ragstream.settings import Settings
+from tests.chat_support import eventually
 from tests.conftest import TEST_JWT_SECRET
 from tests.database_faults import database_unreachable
 from tests.support import PASSWORD, LiveServer
@@ -256,3 +265,90 @@ async def test_serve_writes_only_json_lines(database_url: str, tmp_path: Path) -
     assert any(line["message"] == "ragstream stopped" for line in lines)
     [ping] = [line for line in lines if line.get("request_id") == "serve-json-0001"]
     assert (ping["operation"], ping["status"]) == ("Ping", 200)
+
+
+@contextlib.contextmanager
+def line_handler(delay: float) -> Iterator[tuple[LineHandler, io.StringIO]]:
+    """A `LineHandler` (as `serve` sets one up) on the request logger, writing JSON lines."""
+    stream = io.StringIO()
+    handler = LineHandler(stream, delay=delay)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    level = request_logger.level
+    request_logger.addHandler(handler)
+    request_logger.setLevel(logging.INFO)
+    try:
+        yield handler, stream
+    finally:
+        request_logger.removeHandler(handler)
+        request_logger.setLevel(level)
+
+
+def written(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def request_line_for(request_id: str) -> None:
+    """A request line made while ``request_id``'s request is served."""
+    token = REQUEST_ID.set(request_id)
+    try:
+        request_line(logging.INFO, "POST /graphql 200", {"status": 200})
+    finally:
+        REQUEST_ID.reset(token)
+
+
+async def test_request_lines_are_written_together_after_a_short_wait() -> None:
+    with line_handler(delay=0.01) as (_, stream):
+        request_line_for("batch-0001")
+        request_line_for("batch-0002")
+        assert stream.getvalue() == ""  # waiting for the lines that follow
+
+        async def both_written() -> bool:
+            return len(written(stream)) == 2
+
+        await eventually(both_written)
+    assert [line["request_id"] for line in written(stream)] == ["batch-0001", "batch-0002"]
+
+
+async def test_a_warning_is_written_at_once_after_the_waiting_lines() -> None:
+    with line_handler(delay=3600) as (handler, stream):
+        request_line_for("batch-0003")
+        token = REQUEST_ID.set("batch-0004")
+        try:
+            request_logger.warning("the client went away")
+        finally:
+            REQUEST_ID.reset(token)
+        lines = written(stream)
+        assert [(line["level"], line["request_id"]) for line in lines] == [
+            ("info", "batch-0003"),
+            ("warning", "batch-0004"),
+        ]
+        request_line_for("batch-0005")
+        assert len(written(stream)) == 2
+        handler.flush()
+        assert written(stream)[-1]["request_id"] == "batch-0005"
+
+
+def test_request_lines_made_outside_an_event_loop_are_written_at_once() -> None:
+    with line_handler(delay=3600) as (_, stream):
+        request_line_for("batch-0006")
+        assert [line["request_id"] for line in written(stream)] == ["batch-0006"]
+
+
+def test_waiting_lines_are_written_when_the_process_exits() -> None:
+    script = (
+        "import asyncio, logging\n"
+        "from ragstream.observability import logs\n"
+        "logs.configure_logging('json', 'info')\n"
+        "logging.getLogger().handlers[0].delay = 3600\n"
+        "async def serve():\n"
+        "    token = logs.REQUEST_ID.set('exit-0001')\n"
+        "    logs.request_line(logging.INFO, 'POST /graphql 200', {'status': 200})\n"
+        "    logs.REQUEST_ID.reset(token)\n"
+        "asyncio.run(serve())\n"
+    )
+    done = subprocess.run(  # noqa: S603  (this interpreter, a fixed script)
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    [line] = [json.loads(text) for text in done.stderr.splitlines()]
+    assert (line["request_id"], line["status"]) == ("exit-0001", 200)
