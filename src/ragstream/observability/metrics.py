@@ -222,6 +222,13 @@ class PrometheusMetrics(Metrics):
             registry=r,
             multiprocess_mode="livesum",
         )
+        # One process: the connections in use are a plain count that the gauge reads when it is
+        # collected (checkouts and returns are two per request, and a gauge takes a lock for
+        # each). Several processes: each writes its own value to its file as it changes.
+        self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self._checked_out = 0
+        if not self._multiprocess:
+            self._pool_in_use.set_function(lambda: self._checked_out)
         self._pool_waiting = Gauge(
             "ragstream_db_pool_waiting",
             "Requests waiting for a database connection (or for one to be opened).",
@@ -316,7 +323,10 @@ class PrometheusMetrics(Metrics):
             self._child(self._logins, outcome).inc()
 
     def pool_in_use(self, delta: int) -> None:
-        self._pool_in_use.inc(delta)
+        if self._multiprocess:
+            self._pool_in_use.inc(delta)
+        else:
+            self._checked_out += delta
 
     def pool_waiting(self, delta: int) -> None:
         self._pool_waiting.inc(delta)
