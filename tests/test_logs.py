@@ -20,11 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
+from ragstream.observability import logs
 from ragstream.observability.logs import (
     REQUEST_ID,
     JsonFormatter,
     LineHandler,
     RequestIdFilter,
+    RequestLines,
     request_line,
     request_logger,
 )
@@ -267,21 +269,34 @@ async def test_serve_writes_only_json_lines(database_url: str, tmp_path: Path) -
     assert (ping["operation"], ping["status"]) == ("Ping", 200)
 
 
+class CountedWrites(io.StringIO):
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
 @contextlib.contextmanager
-def line_handler(delay: float) -> Iterator[tuple[LineHandler, io.StringIO]]:
-    """A `LineHandler` (as `serve` sets one up) on the request logger, writing JSON lines."""
-    stream = io.StringIO()
-    handler = LineHandler(stream, delay=delay)
+def server_lines(delay: float) -> Iterator[tuple[RequestLines, CountedWrites]]:
+    """The request logger's lines as `serve` sets them up (`LineHandler` fed by `RequestLines`),
+    in JSON; other tests' handlers are left as they are."""
+    stream = CountedWrites()
+    handler = LineHandler(stream)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter())
+    batch = RequestLines(handler, delay=delay)
+    handler.before_write = batch.flush
     level = request_logger.level
     request_logger.addHandler(handler)
     request_logger.setLevel(logging.INFO)
-    try:
-        yield handler, stream
-    finally:
-        request_logger.removeHandler(handler)
-        request_logger.setLevel(level)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logs, "_request_lines", batch)
+        try:
+            yield batch, stream
+        finally:
+            request_logger.removeHandler(handler)
+            request_logger.setLevel(level)
 
 
 def written(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -298,7 +313,7 @@ def request_line_for(request_id: str) -> None:
 
 
 async def test_request_lines_are_written_together_after_a_short_wait() -> None:
-    with line_handler(delay=0.01) as (_, stream):
+    with server_lines(delay=0.01) as (_, stream):
         request_line_for("batch-0001")
         request_line_for("batch-0002")
         assert stream.getvalue() == ""  # waiting for the lines that follow
@@ -308,29 +323,31 @@ async def test_request_lines_are_written_together_after_a_short_wait() -> None:
 
         await eventually(both_written)
     assert [line["request_id"] for line in written(stream)] == ["batch-0001", "batch-0002"]
+    assert stream.writes == 1
 
 
-async def test_a_warning_is_written_at_once_after_the_waiting_lines() -> None:
-    with line_handler(delay=3600) as (handler, stream):
+async def test_other_lines_are_written_at_once_after_the_waiting_request_lines() -> None:
+    with server_lines(delay=3600) as (batch, stream):
         request_line_for("batch-0003")
         token = REQUEST_ID.set("batch-0004")
         try:
             request_logger.warning("the client went away")
+            request_line(logging.ERROR, "POST /graphql 500", {"status": 500})
         finally:
             REQUEST_ID.reset(token)
-        lines = written(stream)
-        assert [(line["level"], line["request_id"]) for line in lines] == [
+        assert [(line["level"], line["request_id"]) for line in written(stream)] == [
             ("info", "batch-0003"),
             ("warning", "batch-0004"),
+            ("error", "batch-0004"),
         ]
         request_line_for("batch-0005")
-        assert len(written(stream)) == 2
-        handler.flush()
+        assert len(written(stream)) == 3
+        batch.flush()
         assert written(stream)[-1]["request_id"] == "batch-0005"
 
 
 def test_request_lines_made_outside_an_event_loop_are_written_at_once() -> None:
-    with line_handler(delay=3600) as (_, stream):
+    with server_lines(delay=3600) as (_, stream):
         request_line_for("batch-0006")
         assert [line["request_id"] for line in written(stream)] == ["batch-0006"]
 
@@ -340,7 +357,7 @@ def test_waiting_lines_are_written_when_the_process_exits() -> None:
         "import asyncio, logging\n"
         "from ragstream.observability import logs\n"
         "logs.configure_logging('json', 'info')\n"
-        "logging.getLogger().handlers[0].delay = 3600\n"
+        "logs._request_lines.delay = 3600\n"
         "async def serve():\n"
         "    token = logs.REQUEST_ID.set('exit-0001')\n"
         "    logs.request_line(logging.INFO, 'POST /graphql 200', {'status': 200})\n"

