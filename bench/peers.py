@@ -17,7 +17,8 @@ runs as its own process and logs in as its own database role:
 - the floor in bench/floor.py (Starlette + asyncpg + orjson, same statements as ragstream's
   repositories, JWT decode + viewer reload),
 - with --compare-env, ragstream-b: a second `ragstream serve` with that environment on top,
-  measured in the same interleaved rounds (e.g. a setting on against off);
+  measured in the same interleaved rounds (e.g. a setting on against off), and its CPU per
+  request against ragstream's as the median of the per-round ratios;
 - with --flags, the viewer has feature flags at every scope (user, evaluation, role, global) in
   ragstream's `production` environment, and ragstream-b runs with production's settings in the
   `development` environment, which has no flags: the difference is what resolving flags costs.
@@ -511,6 +512,8 @@ def print_tables(args: argparse.Namespace, servers: list[Server], results: Resul
                 f"ragstream / {name}: req/s {ratios[0]:.3f}x (1 conn), {ratios[1]:.3f}x "
                 f"(32 conns); CPU per request {cpu:.1f}x"
             )
+    if "ragstream-b" in names:
+        print_compared_cpu(args, results)
     print_targets(args, names, results)
     if args.flags:
         print_flags_cost(args, results)
@@ -545,6 +548,29 @@ def print_targets(args: argparse.Namespace, names: list[str], results: Results) 
         print(
             f"- {query} {measure}: {shown} (target {sign} {bound:g}): {'met' if met else 'not met'}"
         )
+
+
+def print_compared_cpu(args: argparse.Namespace, results: Results) -> None:
+    """ragstream-b's CPU per request against ragstream's, round by round: the two ran one after
+    the other in each round, so their ratio is steadier than the ratio of the medians when the
+    load drifts between rounds."""
+    print("\nCPU per request, ragstream-b / ragstream (median of per-round ratios, range):")
+    for query in args.queries:
+        shown = []
+        for connections in CONNECTIONS:
+            ratios = sorted(
+                b.cpu_ms / a.cpu_ms
+                for a, b in zip(
+                    results.runs[("ragstream", query, connections)],
+                    results.runs[("ragstream-b", query, connections)],
+                    strict=True,
+                )
+            )
+            shown.append(
+                f"{statistics.median(ratios) - 1:+.1%} ({ratios[0] - 1:+.1%} to "
+                f"{ratios[-1] - 1:+.1%}) at {connections} conn{'s' if connections > 1 else ''}"
+            )
+        print(f"- {query}: {'; '.join(shown)}")
 
 
 def print_flags_cost(args: argparse.Namespace, results: Results) -> None:
