@@ -18,6 +18,7 @@ import contextlib
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import IO, Any
@@ -176,7 +177,8 @@ class RequestLines:
     def __init__(self, handler: LineHandler, delay: float = BATCH_SECONDS) -> None:
         self.handler = handler
         self.delay = delay
-        self._lines: list[tuple[int, str, dict[str, Any], float]] = []
+        # A deque: appended to in the event loop's thread, emptied by whichever thread flushes.
+        self._lines: deque[tuple[int, str, dict[str, Any], float]] = deque()
         self._timer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is due
 
     def add(self, level: int, message: str, fields: dict[str, Any]) -> bool:
@@ -195,10 +197,11 @@ class RequestLines:
 
     def flush(self) -> None:
         self._timer_loop = None
-        lines, self._lines = self._lines, []
+        lines = self._lines
         if lines:
             with self.handler.held():
-                for level, message, fields, created in lines:
+                while lines:
+                    level, message, fields, created = lines.popleft()
                     request_logger.handle(RequestRecord(level, message, fields, created))
 
 
