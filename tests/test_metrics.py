@@ -273,6 +273,7 @@ from ragstream.observability.metrics import PrometheusMetrics
 metrics = PrometheusMetrics(provider="extractive", model="extractive")
 metrics.operation("Me", "query", "ok", 0.01)
 metrics.websocket(1)
+metrics.pool_in_use(1)
 if sys.argv[1] == "show":
     sys.stdout.write(metrics.exposition()[0].decode())
 """
@@ -290,6 +291,8 @@ def test_multi_process_mode_merges_every_process(tmp_path: Path, processes: int)
     merged = parse(shown.stdout)
     assert merged.value(OPERATIONS, operation="Me", type="query", outcome="ok") == processes
     assert merged.value("ragstream_websockets_open") == processes
+    # Written to each process's file as it changes (one process alone reads its count instead).
+    assert merged.value("ragstream_db_pool_in_use") == processes
 
 
 def test_the_grafana_dashboard_reads_only_exported_metrics() -> None:
