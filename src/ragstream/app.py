@@ -33,7 +33,7 @@ from ragstream.edge import UnexpectedErrorMiddleware
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstream.observability.endpoint import metrics_endpoint
-from ragstream.observability.logs import RequestLogMiddleware
+from ragstream.observability.logs import RequestLogMiddleware, flush_request_lines
 from ragstream.observability.metrics import build_metrics, mark_process_dead
 from ragstream.observability.providers import observed
 from ragstream.observability.search import timed_retriever
@@ -199,6 +199,8 @@ def create_app(
             state.tracing.shutdown()
         # Answers saved or marked, workers stopped, the database released.
         logger.info("ragstream stopped")
+        # Request lines still waiting go out now, whatever way the process then ends.
+        flush_request_lines()
 
     routes = [
         Route("/graphql", view, methods=["GET", "POST"]),
