@@ -17,6 +17,7 @@ import pytest
 
 from ragstream.db.embedded import EmbeddedDatabase, start_embedded
 from ragstream.db.migrate import upgrade_to_head
+from ragstream.observability import logs
 from ragstream.settings import Settings
 from tests.chat_stub import ChatStub
 from tests.support import LiveServer, running_server
@@ -28,6 +29,15 @@ TEST_JWT_SECRET = "test-secret-" + "x" * 40
 # instead of tens, and the suite hashes thousands of passwords. Production defaults are in
 # settings.py. Not the lowest memory allowed: a test rehashes from those.
 TEST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 64, "argon2_parallelism": 1}
+
+
+@pytest.fixture(autouse=True)
+def request_lines_at_once() -> Iterator[None]:
+    """A test that runs `serve` in this process sets up the server's logging, which hands request
+    lines to logging in batches; the tests after it see each line at once, as they expect."""
+    yield
+    logs.flush_request_lines()
+    logs._request_lines = None
 
 
 def argon2_environment() -> dict[str, str]:
