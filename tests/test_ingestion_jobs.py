@@ -16,8 +16,10 @@ from pgvector.sqlalchemy import Vector
 from pydantic import SecretStr
 from sqlalchemy import cast, func, literal, select, text
 
+from ragstream.db.chunk_copy import chunk_copy_payload
 from ragstream.db.engine import make_engine, make_sessionmaker
-from ragstream.db.repositories.documents import DocumentRepository, NewChunk
+from ragstream.db.repositories.documents import DocumentRepository
+from ragstream.domain.documents.chunking import ChunkDraft
 from ragstream.settings import Settings
 from tests.conftest import TEST_JWT_SECRET
 from tests.documents_support import create, wait_for_status
@@ -174,41 +176,43 @@ async def test_orphaned_documents_are_queued_again_at_start_up(settings: Setting
     assert document["status"] == "READY"
 
 
-async def test_a_failed_chunk_copy_writes_nothing_and_leaves_no_binary_codec(
+async def test_a_failed_chunk_copy_writes_nothing_and_leaves_the_connection_usable(
     settings: Settings, database_url: str
 ) -> None:
-    """Chunks are copied with a binary vector codec set around the COPY; when the COPY fails,
-    nothing is written and no later statement meets that codec on a pooled connection."""
+    """Storing marks the document READY, then COPYs its chunks, in one transaction: when the
+    COPY fails, neither the chunks nor the status change are written, and the pooled
+    connection still answers the next statement."""
     async with running_server(settings) as server:
         account = await server.register()
         created = (await create(server, account.access_token, "Kept as it was.")).ok()
-        document_id = created["createDocument"]["id"]
-        await wait_for_status(server, account.access_token, document_id)
+        document_id = uuid.UUID(created["createDocument"]["id"])
+        await wait_for_status(server, account.access_token, str(document_id))
     # One connection, so the statement after the failure would run on the same one.
     single = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
     engine = make_engine(database_url, single)
+    status_sql = text("SELECT status, chunk_count, updated_at FROM documents WHERE id = :id")
     try:
-        wrong = NewChunk(
-            ordinal=0,
-            content="Replaced?",
-            heading_path=[],
-            heading="",
-            page=None,
-            token_count=2,
-            embedding=[1.0, 0.0],  # not the column's dimensions: the COPY fails
-        )
         sessions = make_sessionmaker(engine)
+        async with sessions() as session:
+            before = (await session.execute(status_sql, {"id": document_id})).one()
+        wrong = chunk_copy_payload(
+            document_id,
+            [ChunkDraft(ordinal=0, content="Replaced?", heading_path=(), page=None, token_count=2)]
+            * 2,
+            [[1.0, 0.0], [0.0, 1.0]],  # not the column's dimensions: the COPY fails
+        )
         with pytest.raises(asyncpg.PostgresError):
             async with sessions.begin() as session:
-                await DocumentRepository(session).replace_chunks(uuid.UUID(document_id), [wrong])
+                await DocumentRepository(session).store_chunks(document_id, wrong, 2)
         async with sessions() as session:
+            after = (await session.execute(status_sql, {"id": document_id})).one()
             contents = list(
                 await session.scalars(
                     text("SELECT content FROM chunks WHERE document_id = :id"),
-                    {"id": uuid.UUID(document_id)},
+                    {"id": document_id},
                 )
             )
-            # A vector parameter, bound as text as every statement but the COPY binds it.
+            # A vector parameter, bound as text as every statement binds it.
             dimensions = await session.scalar(
                 select(func.vector_dims(cast(literal([3.0, 4.0], Vector()), Vector())))
             )
@@ -216,4 +220,7 @@ async def test_a_failed_chunk_copy_writes_nothing_and_leaves_no_binary_codec(
         await engine.dispose()
 
     assert contents == ["Kept as it was."]
+    assert after == before
+    assert before[0] == "READY"
+    assert before[1] == 1
     assert dimensions == 2

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import datetime
 
 import asyncpg
-from pgvector import Vector as PgVector
 from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text, true, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+# Re-exported: benchmarks copy rows into ``chunks`` with it.
+from ragstream.db.chunk_copy import CHUNK_COPY_COLUMNS as CHUNK_COPY_COLUMNS
 from ragstream.db.list_search import contains, plan_for_the_term
 from ragstream.db.models.documents import Chunk, Document, DocumentContent
 from ragstream.db.models.users import User
@@ -28,64 +28,38 @@ from ragstream.db.pagination import (
 from ragstream.db.repositories.base import ReadableRepository
 from ragstream.domain.documents.enums import UNFINISHED_STATUSES, DocumentStatus, Visibility
 
-if TYPE_CHECKING:
-    import numpy as np
-
-# The columns a chunk is written with (``tsv`` is computed by PostgreSQL).
-CHUNK_COPY_COLUMNS = (
-    "id",
-    "document_id",
-    "ordinal",
-    "content",
-    "heading_path",
-    "heading",
-    "page",
-    "token_count",
-    "embedding",
-)
-
-
-@contextlib.asynccontextmanager
-async def _binary_vectors(connection: AsyncConnection) -> AsyncIterator[asyncpg.Connection]:
-    """The session's asyncpg connection, with pgvector's binary format for ``vector`` inside
-    the block only.
-
-    A binary COPY needs a binary encoder for every column; outside the block ``vector`` keeps
-    its default text codec, which every other statement binds through. Restoring it is a
-    query: when that fails (a failed COPY aborted the transaction) the connection is
-    discarded rather than handed back with the binary codec.
-    """
-    raw = await connection.get_raw_connection()
-    driver: asyncpg.Connection = raw.driver_connection
-    await driver.set_type_codec(
-        "vector",
-        encoder=lambda value: PgVector(value).to_binary(),
-        decoder=PgVector.from_binary,
-        format="binary",
-    )
-    try:
-        yield driver
-    finally:
-        try:
-            await driver.reset_type_codec("vector")
-        except Exception:
-            await connection.invalidate()
-            raise
-
-
 # A document's chunks in reading order (the cursor of Document.chunks).
 _CHUNK_PAGE_KEYS = (Chunk.ordinal, Chunk.id)
 
 
 @dataclass(frozen=True)
-class NewChunk:
-    ordinal: int
-    content: str
-    heading_path: Sequence[str]
-    heading: str
-    page: int | None
-    token_count: int
-    embedding: Sequence[float] | np.ndarray  # a list, or a row of the offline embedder's matrix
+class StatusChange:
+    """A document's status as a write left it: what a status event carries."""
+
+    id: uuid.UUID
+    status: DocumentStatus
+    error: str | None
+    chunk_count: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A document an ingestion job has marked PROCESSING, with what reading it needs."""
+
+    change: StatusChange
+    title: str
+    mime_type: str
+    data: bytes | None  # None when the uploaded bytes are missing
+
+
+_STATUS_COLUMNS = (
+    Document.id,
+    Document.status,
+    Document.error,
+    Document.chunk_count,
+    Document.updated_at,
+)
 
 
 def retrievable_by(viewer: User) -> ColumnElement[bool]:
@@ -142,20 +116,32 @@ class DocumentRepository(ReadableRepository[Document]):
             stmt = stmt.with_for_update()
         return await self.session.scalar(stmt)
 
-    async def claim_for_ingestion(
-        self, document_id: uuid.UUID
-    ) -> tuple[Document, bytes | None] | None:
-        """The document, locked, with its uploaded bytes (None when they are missing), in one
-        statement; None when the document no longer exists. Unscoped, as ``get_for_ingestion``."""
-        row = (
-            await self.session.execute(
-                select(Document, DocumentContent.data)
-                .outerjoin(DocumentContent, DocumentContent.document_id == Document.id)
-                .where(Document.id == document_id)
-                .with_for_update(of=Document)
+    async def claim_for_ingestion(self, document_id: uuid.UUID) -> Claim | DocumentStatus | None:
+        """Mark the document PROCESSING and read its uploaded bytes, in one statement.
+
+        Returns the claim; the status when the document is READY already (a duplicate job,
+        left as it is); None when the document no longer exists. Unscoped, as
+        ``get_for_ingestion``.
+        """
+        data = (
+            select(DocumentContent.data)
+            .where(DocumentContent.document_id == Document.id)
+            .correlate(Document)
+            .scalar_subquery()
+        )
+        claimed = (
+            update(Document)
+            .where(Document.id == document_id, Document.status != DocumentStatus.READY)
+            .values(status=DocumentStatus.PROCESSING, error=None, updated_at=func.now())
+            .returning(*_STATUS_COLUMNS, Document.title, Document.mime_type, data)
+        )
+        connection = await self.session.connection()
+        row = (await connection.execute(claimed)).one_or_none()
+        if row is None:
+            return await self.session.scalar(
+                select(Document.status).where(Document.id == document_id)
             )
-        ).one_or_none()
-        return None if row is None else (row[0], row[1])
+        return Claim(StatusChange(*row[:5]), title=row[5], mime_type=row[6], data=row[7])
 
     async def find_duplicate(self, owner_id: uuid.UUID, sha256: str) -> uuid.UUID | None:
         return await self.session.scalar(
@@ -217,30 +203,42 @@ class DocumentRepository(ReadableRepository[Document]):
         await self.session.flush()  # UPDATE ... RETURNING updated_at (eager defaults)
         return document
 
-    async def replace_chunks(self, document_id: uuid.UUID, chunks: Sequence[NewChunk]) -> None:
-        """All chunks of a document at once: one DELETE, then one binary COPY, in the
-        session's transaction (so they land with the document's status, or not at all)."""
-        await self.session.execute(delete(Chunk).where(Chunk.document_id == document_id))
-        if not chunks:
-            return
-        records = [
-            (
-                uuid.uuid4(),
-                document_id,
-                chunk.ordinal,
-                chunk.content,
-                list(chunk.heading_path),
-                chunk.heading,
-                chunk.page,
-                chunk.token_count,
-                chunk.embedding,
+    async def store_chunks(
+        self, document_id: uuid.UUID, payload: bytes, count: int
+    ) -> StatusChange | None:
+        """Mark the document READY with ``count`` chunks, whose rows ``payload`` holds (see
+        db/chunk_copy.py), in place of the chunks it had; None when it no longer exists.
+
+        One statement locks and marks the document and deletes its old chunks (in that order:
+        the lock comes first, as for every other writer of a document); then one binary
+        COPY. Both are in the session's transaction: the chunks land with the status or not
+        at all.
+        """
+        marked = (
+            update(Document)
+            .where(Document.id == document_id)
+            .values(
+                status=DocumentStatus.READY, error=None, chunk_count=count, updated_at=func.now()
             )
-            for chunk in chunks
-        ]
-        async with _binary_vectors(await self.session.connection()) as driver:
-            await driver.copy_records_to_table(
-                Chunk.__tablename__, columns=CHUNK_COPY_COLUMNS, records=records
+            .returning(*_STATUS_COLUMNS)
+            .cte("marked")
+        )
+        old = delete(Chunk).where(Chunk.document_id.in_(select(marked.c.id))).cte("old_chunks")
+        connection = await self.session.connection()
+        row = (await connection.execute(select(marked).add_cte(old))).one_or_none()
+        if row is None:
+            return None
+        if count:
+            raw = await connection.get_raw_connection()
+            driver: asyncpg.Connection = raw.driver_connection
+            await driver.copy_to_table(
+                Chunk.__tablename__,
+                # A memoryview: asyncpg sends a buffer as it is (bytes would be taken for a path).
+                source=memoryview(payload),
+                columns=CHUNK_COPY_COLUMNS,
+                format="binary",
             )
+        return StatusChange(*row)
 
     @staticmethod
     def chunk_page_key(document_id: uuid.UUID, request: PageRequest) -> ParentPageKey:

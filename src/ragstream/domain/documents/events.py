@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ragstream.db.models.documents import Document
 from ragstream.domain.documents.enums import DocumentStatus
@@ -15,7 +15,22 @@ def document_topic(document_id: uuid.UUID) -> str:
     return f"document:{document_id}"
 
 
-def status_snapshot(document: Document) -> dict[str, Any]:
+class HasStatus(Protocol):
+    """A document row, or the status a write returned for one."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> DocumentStatus: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def chunk_count(self) -> int: ...
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+def status_snapshot(document: HasStatus) -> dict[str, Any]:
     return {
         "id": str(document.id),
         "status": document.status,
@@ -25,7 +40,7 @@ def status_snapshot(document: Document) -> dict[str, Any]:
     }
 
 
-async def publish_status(broker: EventBroker, document: Document) -> None:
+async def publish_status(broker: EventBroker, document: HasStatus) -> None:
     await broker.publish(document_topic(document.id), status_snapshot(document))
 
 

@@ -9,18 +9,18 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ragstream.db.repositories.documents import DocumentRepository, NewChunk
+from ragstream.db.chunk_copy import chunk_copy_payload
+from ragstream.db.repositories.documents import Claim, DocumentRepository
 from ragstream.domain.documents.enums import DocumentStatus
 from ragstream.domain.documents.events import publish_status
 from ragstream.domain.documents.parsing import ParseError
 from ragstream.domain.documents.reading import (
     ReadingLimits,
     embedding_text,
-    read_and_embed,
+    read_and_encode,
     read_document,
 )
 from ragstream.domain.events import EventBroker
@@ -28,9 +28,6 @@ from ragstream.domain.llm.embeddings import Embedder, EmbeddingError, HashingEmb
 from ragstream.observability.metrics import Metrics
 from ragstream.observability.tracing import Tracing
 from ragstream.workpool import JobTimeout, WorkPool, WorkPoolBroken
-
-if TYPE_CHECKING:
-    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -94,32 +91,27 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
     failures raise RetryableIngestionError for the job queue to retry.
     """
     async with deps.sessionmaker.begin() as session:
-        repo = DocumentRepository(session)
-        claimed = await repo.claim_for_ingestion(document_id)
-        if claimed is None:
-            return None
-        document, data = claimed
-        if document.status == DocumentStatus.READY:
-            return DocumentStatus.READY  # a duplicate job for work already done
-        await repo.set_status(document, DocumentStatus.PROCESSING)
-        title, mime_type = document.title, document.mime_type
-    await publish_status(deps.broker, document)
+        claimed = await DocumentRepository(session).claim_for_ingestion(document_id)
+    if not isinstance(claimed, Claim):
+        return claimed  # None (gone), or READY: a duplicate job for work already done
+    await publish_status(deps.broker, claimed.change)
 
-    if data is None:
+    if claimed.data is None:
         await mark_failed(deps, document_id, "the uploaded file is missing")
         return DocumentStatus.FAILED
-    limits = deps.limits
-    # The offline embedder is CPU work like reading: both run in one trip to the work pool.
+    limits, title, mime_type = deps.limits, claimed.title, claimed.mime_type
+    # The offline embedder is CPU work like reading: both run in one trip to the work pool,
+    # which hands back the chunks ready to COPY.
     offline = isinstance(deps.embedder, HashingEmbedder)
-    vectors: list[list[float]] | np.ndarray = []
     try:
         with deps.tracing.span("ingestion.read", **{"document.mime_type": mime_type}):
             if offline:
-                drafts, vectors = await deps.work.run(
-                    read_and_embed,
+                count, payload = await deps.work.run(
+                    read_and_encode,
                     mime_type,
-                    data,
+                    claimed.data,
                     limits,
+                    document_id,
                     title,
                     deps.embedder.dimensions,
                     deps.embedding_batch_size,
@@ -127,7 +119,11 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
                 )
             else:
                 drafts = await deps.work.run(
-                    read_document, mime_type, data, limits, time_limit=limits.timeout_seconds
+                    read_document,
+                    mime_type,
+                    claimed.data,
+                    limits,
+                    time_limit=limits.timeout_seconds,
                 )
     except ParseError as exc:
         await mark_failed(deps, document_id, str(exc))
@@ -137,16 +133,16 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
         return DocumentStatus.FAILED
     except WorkPoolBroken as exc:
         raise RetryableIngestionError(str(exc)) from exc
-    del data  # the drafts hold the text now
+    del claimed  # the chunks hold the text now
 
     if not offline:  # a provider's embeddings: network calls from here
         texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
-        provided: list[list[float]] = []
+        vectors: list[list[float]] = []
         try:
             with deps.tracing.span("ingestion.embed", **{"ingestion.chunks": len(texts)}):
                 for start in range(0, len(texts), deps.embedding_batch_size):
                     batch = texts[start : start + deps.embedding_batch_size]
-                    provided.extend(await deps.embedder.embed(batch))
+                    vectors.extend(await deps.embedder.embed(batch))
         except EmbeddingError as exc:
             if exc.transient:
                 raise RetryableIngestionError(str(exc)) from exc
@@ -157,29 +153,13 @@ async def ingest_document(deps: IngestionDeps, document_id: uuid.UUID) -> Docume
             return DocumentStatus.FAILED
         except WorkPoolBroken as exc:
             raise RetryableIngestionError(str(exc)) from exc
-        vectors = provided
+        count, payload = len(drafts), chunk_copy_payload(document_id, drafts, vectors)
 
-    chunks = [
-        NewChunk(
-            ordinal=draft.ordinal,
-            content=draft.content,
-            heading_path=draft.heading_path,
-            heading=draft.heading,
-            page=draft.page,
-            token_count=draft.token_count,
-            embedding=vector,
-        )
-        for draft, vector in zip(drafts, vectors, strict=True)
-    ]
-    with deps.tracing.span("ingestion.store", **{"ingestion.chunks": len(chunks)}):
+    with deps.tracing.span("ingestion.store", **{"ingestion.chunks": count}):
         async with deps.sessionmaker.begin() as session:
-            repo = DocumentRepository(session)
-            # Locked first: a concurrent delete either waits for us or has already won.
-            locked = await repo.get_for_ingestion(document_id, for_update=True)
-            if locked is None:
-                return None
-            await repo.replace_chunks(document_id, chunks)
-            await repo.set_status(locked, DocumentStatus.READY, chunk_count=len(chunks))
-    await publish_status(deps.broker, locked)
-    logger.info("document %s ready: %d chunks", document_id, len(chunks))
+            ready = await DocumentRepository(session).store_chunks(document_id, payload, count)
+    if ready is None:
+        return None
+    await publish_status(deps.broker, ready)
+    logger.info("document %s ready: %d chunks", document_id, count)
     return DocumentStatus.READY

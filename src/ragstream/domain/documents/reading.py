@@ -8,15 +8,13 @@ document over a limit ends FAILED with an error that says which.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from ragstream.db.chunk_copy import chunk_copy_payload
 from ragstream.domain.documents.chunking import ChunkDraft, chunk_blocks
 from ragstream.domain.documents.parsing import ParseError, parse
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -52,25 +50,28 @@ def embedding_text(title: str, heading_path: Sequence[str], content: str) -> str
     return f"{context}\n\n{content}"
 
 
-def read_and_embed(
+def read_and_encode(
     mime_type: str,
     data: bytes,
     limits: ReadingLimits,
+    document_id: uuid.UUID,
     title: str,
     dimensions: int,
     batch_size: int,
-) -> tuple[list[ChunkDraft], np.ndarray]:
-    """``read_document``, then the offline hashing embedder's vectors of the chunks (float32
-    rows), in the same worker process: one trip to the work pool per document instead of one
-    per step, and the vectors come back as one buffer."""
+) -> tuple[int, bytes]:
+    """``read_document``, the offline hashing embedder's vectors of the chunks, and the chunks
+    as one binary COPY payload (see db/chunk_copy.py), all in the same worker process: one trip
+    to the work pool per document, and what comes back is the chunk count and one buffer."""
     import numpy as np
 
     from ragstream.domain.llm.embeddings import embed_matrix_in_worker
 
     drafts = read_document(mime_type, data, limits)
     texts = [embedding_text(title, d.heading_path, d.content) for d in drafts]
-    batches = [
-        embed_matrix_in_worker(dimensions, texts[start : start + batch_size])
-        for start in range(0, len(texts), batch_size)
-    ]
-    return drafts, np.concatenate(batches)
+    vectors = np.concatenate(
+        [
+            embed_matrix_in_worker(dimensions, texts[start : start + batch_size])
+            for start in range(0, len(texts), batch_size)
+        ]
+    )
+    return len(drafts), chunk_copy_payload(document_id, drafts, vectors)
