@@ -37,7 +37,6 @@ from bench.queries import _server_env, free_port
 from ragstream.app import AppState
 from ragstream.db.models.documents import Document
 from ragstream.db.repositories.documents import DocumentRepository
-from ragstream.db.repositories.jobs import JobRepository
 from ragstream.domain.documents.enums import DocumentStatus, Visibility
 
 UNFINISHED = "SELECT count(*) FROM documents WHERE status IN ('PENDING', 'PROCESSING')"
@@ -73,10 +72,11 @@ def worker_processes(database_url: str, count: int, concurrency: int) -> Iterato
 async def enqueue(state: AppState, owner_id: uuid.UUID, bodies: list[str]) -> None:
     """The documents and their jobs, committed together: the workers see the whole batch at once."""
     async with state.sessionmaker.begin() as session:
-        documents, jobs = DocumentRepository(session), JobRepository(session)
+        documents = DocumentRepository(session)
         for body in bodies:
             data = body.encode()
             document = Document(
+                id=uuid.uuid4(),
                 owner_id=owner_id,
                 title=f"Doc {uuid.uuid4().hex[:8]}",
                 filename="doc.md",
@@ -88,8 +88,7 @@ async def enqueue(state: AppState, owner_id: uuid.UUID, bodies: list[str]) -> No
                 error=None,
                 chunk_count=0,
             )
-            await documents.add(document, data)
-            await jobs.enqueue_ingestion(document.id, new=True)
+            await documents.add(document, data)  # with its job
 
 
 async def drain(state: AppState) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import asyncpg
@@ -305,6 +306,24 @@ async def test_duplicate_content_names_the_existing_document(server: LiveServer)
     assert raw_again.code == "CONFLICT"
     someone_else.ok()
     assert await _count(server, "documents") == 2
+
+
+async def test_the_same_content_sent_twice_at_once_makes_one_document(server: LiveServer) -> None:
+    """Uploads of the same bytes racing each other: one document, and the others are refused
+    with CONFLICT naming it (not an unexpected error)."""
+    owner = await server.register()
+
+    results = await asyncio.gather(
+        *(create(server, owner.access_token, "raced bytes", title=f"Copy {i}") for i in range(4))
+    )
+
+    created = [r.ok()["createDocument"]["id"] for r in results if not r.errors]
+    refused = [r for r in results if r.errors]
+    assert len(created) == 1
+    assert [r.code for r in refused] == ["CONFLICT"] * 3
+    assert {r.errors[0]["extensions"]["existingId"] for r in refused} == set(created)
+    assert await _count(server, "documents") == 1
+    assert await _count(server, "document_contents") == 1
 
 
 async def test_only_admins_share_documents(server: LiveServer) -> None:

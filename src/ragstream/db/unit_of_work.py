@@ -3,7 +3,7 @@
 Objects waiting to be flushed make it a write. So does a flush that wrote rows, or any statement
 other than a plain SELECT through the session (an UPDATE, a DELETE, a ``text()`` statement such
 as ``SET LOCAL`` or an advisory lock): they mark the transaction, and the mark is cleared when
-the transaction ends.
+the transaction ends. A repository that writes otherwise says so (``mark_written``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ def wrote(session: AsyncSession) -> bool:
     if session.new or session.dirty or session.deleted:
         return True
     return bool(session.sync_session.info.get(_WROTE)) and session.in_transaction()
+
+
+def mark_written(session: AsyncSession) -> None:
+    """Mark the transaction as a write, for what the session cannot tell is one: a statement
+    run on its connection directly, or a SELECT whose CTEs insert."""
+    session.sync_session.info[_WROTE] = True
 
 
 @event.listens_for(Session, "after_flush")

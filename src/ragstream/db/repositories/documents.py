@@ -8,9 +8,22 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 # Re-exported: benchmarks copy rows into ``chunks`` with it.
 from ragstream.db.chunk_copy import CHUNK_COPY_COLUMNS as CHUNK_COPY_COLUMNS
@@ -26,6 +39,8 @@ from ragstream.db.pagination import (
     parent_page_key,
 )
 from ragstream.db.repositories.base import ReadableRepository
+from ragstream.db.repositories.jobs import ingestion_job
+from ragstream.db.unit_of_work import mark_written
 from ragstream.domain.documents.enums import UNFINISHED_STATUSES, DocumentStatus, Visibility
 
 # A document's chunks in reading order (the cursor of Document.chunks).
@@ -53,6 +68,20 @@ class Claim:
     data: bytes | None  # None when the uploaded bytes are missing
 
 
+# What a new document is inserted with (the timestamps are the database's).
+_NEW_DOCUMENT_COLUMNS = (
+    "id",
+    "owner_id",
+    "title",
+    "filename",
+    "mime_type",
+    "size_bytes",
+    "content_sha256",
+    "visibility",
+    "status",
+    "error",
+    "chunk_count",
+)
 _STATUS_COLUMNS = (
     Document.id,
     Document.status,
@@ -137,6 +166,7 @@ class DocumentRepository(ReadableRepository[Document]):
         )
         connection = await self.session.connection()
         row = (await connection.execute(claimed)).one_or_none()
+        mark_written(self.session)
         if row is None:
             return await self.session.scalar(
                 select(Document.status).where(Document.id == document_id)
@@ -150,12 +180,38 @@ class DocumentRepository(ReadableRepository[Document]):
             )
         )
 
-    async def add(self, document: Document, data: bytes) -> Document:
-        self.session.add(document)
-        await self.session.flush()
-        self.session.add(DocumentContent(document_id=document.id, data=data))
-        await self.session.flush()
-        return document
+    async def add(self, document: Document, data: bytes) -> bool:
+        """Insert a new document (its id already set), its uploaded bytes and its ingestion
+        job, in one statement; then fill in what the database computed (the timestamps).
+
+        False, with nothing written, when the owner already has a document with the same
+        content (also one that a concurrent upload has just committed).
+        """
+        inserted = (
+            insert(Document)
+            .values({column: getattr(document, column) for column in _NEW_DOCUMENT_COLUMNS})
+            .on_conflict_do_nothing(constraint="uq_documents_owner_id_content_sha256")
+            .returning(Document.id, Document.created_at, Document.updated_at)
+            .cte("inserted")
+        )
+        stored = (
+            insert(DocumentContent)
+            .from_select(
+                ["document_id", "data"],
+                select(inserted.c.id, literal(data, DocumentContent.data.type)),
+            )
+            .cte("stored")
+        )
+        statement = select(
+            inserted.c.created_at, inserted.c.updated_at, ingestion_job(document.id)
+        ).add_cte(stored)
+        row = (await (await self.session.connection()).execute(statement)).one_or_none()
+        if row is None:
+            return False
+        mark_written(self.session)
+        set_committed_value(document, "created_at", row[0])
+        set_committed_value(document, "updated_at", row[1])
+        return True
 
     async def list_visible(
         self,
@@ -226,6 +282,7 @@ class DocumentRepository(ReadableRepository[Document]):
         old = delete(Chunk).where(Chunk.document_id.in_(select(marked.c.id))).cte("old_chunks")
         connection = await self.session.connection()
         row = (await connection.execute(select(marked).add_cte(old))).one_or_none()
+        mark_written(self.session)
         if row is None:
             return None
         if count:

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,20 +23,34 @@ def document_lock(document_id: uuid.UUID) -> str:
     return f"document:{document_id}"
 
 
+def ingestion_job(document_id: uuid.UUID) -> TextClause:
+    """The call that queues a document's ingestion job, as a column of a SELECT: on its own
+    (``JobRepository``) or inside the statement that stores a new document
+    (``DocumentRepository.add``)."""
+    lock = document_lock(document_id)
+    return text(
+        "procrastinate_defer_jobs_v1(ARRAY[ROW("
+        ":queue, :task, 0, :lock, :lock, CAST(:args AS jsonb), NULL"
+        ")::procrastinate_job_to_defer_v1])"
+    ).bindparams(
+        queue=INGESTION_QUEUE,
+        task=INGEST_TASK,
+        lock=lock,
+        args=json.dumps({"document_id": str(document_id)}),
+    )
+
+
 class JobRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def enqueue_ingestion(self, document_id: uuid.UUID, *, new: bool = False) -> bool:
-        """Queue an ingestion job; False when one is already waiting for this document.
+    async def enqueue_ingestion(self, document_id: uuid.UUID) -> bool:
+        """Queue an ingestion job for an existing document; False when one is already waiting
+        for it. (A new document's job is queued by the statement that stores it.)
 
         ``lock`` keeps two jobs of one document from running at once; ``queueing_lock`` keeps
-        at most one of them waiting. ``new``: the document was created in this transaction, so
-        no job can be waiting for it and the savepoint that would catch one is left out.
+        at most one of them waiting.
         """
-        if new:
-            await self._defer(document_id)
-            return True
         try:
             async with self.session.begin_nested():
                 await self._defer(document_id)
@@ -45,20 +59,7 @@ class JobRepository:
         return True
 
     async def _defer(self, document_id: uuid.UUID) -> None:
-        lock = document_lock(document_id)
-        await self.session.execute(
-            text(
-                "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW("
-                ":queue, :task, 0, :lock, :lock, CAST(:args AS jsonb), NULL"
-                ")::procrastinate_job_to_defer_v1])"
-            ),
-            {
-                "queue": INGESTION_QUEUE,
-                "task": INGEST_TASK,
-                "lock": lock,
-                "args": json.dumps({"document_id": str(document_id)}),
-            },
-        )
+        await self.session.execute(select(ingestion_job(document_id)))
 
     async def without_live_job(self, document_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
         """Those of ``document_ids`` with no job waiting or running for them."""

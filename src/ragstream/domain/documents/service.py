@@ -61,13 +61,8 @@ async def _create(
 ) -> Document:
     repo = DocumentRepository(session)
     digest = hashlib.sha256(data).hexdigest()
-    existing = await repo.find_duplicate(viewer.id, digest)
-    if existing is not None:
-        raise Conflict(
-            f"you already uploaded this content as document {existing}",
-            extensions={"existingId": str(existing)},
-        )
     document = Document(
+        id=uuid.uuid4(),
         owner_id=viewer.id,
         title=title,
         filename=filename,
@@ -79,8 +74,13 @@ async def _create(
         error=None,
         chunk_count=0,
     )
-    await repo.add(document, data)  # the INSERT returns what the database filled in
-    await JobRepository(session).enqueue_ingestion(document.id, new=True)
+    # The document, its bytes and its ingestion job: one statement.
+    if not await repo.add(document, data):
+        existing = await repo.find_duplicate(viewer.id, digest)
+        raise Conflict(
+            f"you already uploaded this content as document {existing}",
+            extensions={"existingId": str(existing)},
+        )
     set_committed_value(document, "owner", viewer)  # as loaded: no query for who we know
     return document
 
