@@ -1,7 +1,15 @@
 """Ingestion scaling: one `ragstream worker` process against two, draining the same kind of queue.
 
 Usage: python -m bench.ingest_workers [--documents 40] [--sections 8] [--rounds 3]
+                                      [--concurrency 1] [--work-processes 1]
 Loopback only; one throwaway embedded PostgreSQL, the offline hashing embedder.
+
+Every worker process gets the same settings, printed in the table's title: ``--concurrency``
+jobs at a time (RAGSTREAM_INGESTION_CONCURRENCY) and a work pool of ``--work-processes``
+processes (RAGSTREAM_WORK_PROCESSES). The defaults, one job at a time and one pool process,
+make a worker about one core's worth of work (its job's steps take turns: parse and embed in
+the pool, then the COPY in PostgreSQL), which is how workers are sized to scale with cores;
+with 2 and 2 a single worker already keeps two cores busy.
 
 Each round runs both configurations, the order alternating: start the worker processes, let
 them ingest a warm-up batch (their work pools start and learn the vocabulary), then commit a
@@ -43,7 +51,9 @@ UNFINISHED = "SELECT count(*) FROM documents WHERE status IN ('PENDING', 'PROCES
 
 
 @contextlib.contextmanager
-def worker_processes(database_url: str, count: int, concurrency: int) -> Iterator[None]:
+def worker_processes(
+    database_url: str, count: int, concurrency: int, work_processes: int
+) -> Iterator[None]:
     """``count`` `ragstream worker` processes on the database until the block ends."""
     with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as data_dir:
         env = {
@@ -51,6 +61,7 @@ def worker_processes(database_url: str, count: int, concurrency: int) -> Iterato
             "RAGSTREAM_DATABASE_URL": database_url,
             "RAGSTREAM_EMBEDDING_PROVIDER": "hashing",
             "RAGSTREAM_INGESTION_CONCURRENCY": str(concurrency),
+            "RAGSTREAM_WORK_PROCESSES": str(work_processes),
         }
         processes = [
             subprocess.Popen([sys.executable, "-m", "ragstream.cli", "worker"], env=env)
@@ -112,11 +123,12 @@ async def timed_batch(
     owner_id: uuid.UUID,
     workers: int,
     concurrency: int,
+    work_processes: int,
     warm_up: list[str],
     bodies: list[str],
 ) -> tuple[float, int]:
     """Seconds for ``workers`` warmed-up processes to finish ``bodies``, and the chunks made."""
-    with worker_processes(database_url, workers, concurrency):
+    with worker_processes(database_url, workers, concurrency, work_processes):
         await enqueue(state, owner_id, warm_up)
         await drain(state)
         before = await chunk_count(state)
@@ -127,7 +139,9 @@ async def timed_batch(
         return elapsed, await chunk_count(state) - before
 
 
-async def run(documents: int, sections: int, rounds: int, concurrency: int) -> None:
+async def run(
+    documents: int, sections: int, rounds: int, concurrency: int, work_processes: int
+) -> None:
     rng = random.Random(11)
 
     def batch(size: int) -> list[str]:
@@ -149,6 +163,7 @@ async def run(documents: int, sections: int, rounds: int, concurrency: int) -> N
                         uuid.UUID(owner),
                         workers,
                         concurrency,
+                        work_processes,
                         batch(max(4, documents // 4)),
                         batch(documents),
                     )
@@ -166,8 +181,9 @@ async def run(documents: int, sections: int, rounds: int, concurrency: int) -> N
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     table = Table(
         title=f"`ragstream worker` processes draining {documents} queued Markdown documents "
-        f"(hashing embedder, {concurrency} jobs at a time per process, {os.cpu_count()} CPUs, "
-        f"median of {rounds} interleaved rounds)"
+        f"(hashing embedder; each worker: {concurrency} job(s) at a time, a work pool of "
+        f"{work_processes} process(es); {os.cpu_count()} CPUs; median of {rounds} interleaved "
+        "rounds)"
     )
     for column in ("contestant", "median chunks/s", "ratio to one worker"):
         table.add_column(column, justify="right")
@@ -185,9 +201,12 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=40)
     parser.add_argument("--sections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--work-processes", type=int, default=1)
     args = parser.parse_args()
-    asyncio.run(run(args.documents, args.sections, args.rounds, args.concurrency))
+    asyncio.run(
+        run(args.documents, args.sections, args.rounds, args.concurrency, args.work_processes)
+    )
 
 
 if __name__ == "__main__":
