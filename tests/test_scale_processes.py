@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,11 +35,9 @@ TOKENS = [f"part{i} " for i in range(300)]
 FULL = "".join(TOKENS)
 
 
-@contextlib.asynccontextmanager
-async def serving(
+async def _spawn(
     database_url: str, data_dir: Path, stub: ChatStub, *args: str, **env: str
-) -> AsyncIterator[tuple[asyncio.subprocess.Process, LiveServer]]:
-    """A `ragstream serve` subprocess, healthy; stopped by SIGTERM at the end if still alive."""
+) -> tuple[asyncio.subprocess.Process, int]:
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         *SERVE,
@@ -48,30 +47,53 @@ async def serving(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    try:
-        server = LiveServer.elsewhere(port)
-        await eventually(lambda: _healthy(port), within=120)
-        yield process, server
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(WITHIN):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
+    return process, port
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(WITHIN):
                 await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def serving_all(
+    database_url: str, data_dirs: list[Path], stub: ChatStub, *args: str, **env: str
+) -> AsyncIterator[list[tuple[asyncio.subprocess.Process, LiveServer]]]:
+    """`ragstream serve` subprocesses started side by side, all healthy; each stopped by
+    SIGTERM at the end if still alive."""
+    processes: list[tuple[asyncio.subprocess.Process, int]] = []
+    try:
+        for data_dir in data_dirs:
+            processes.append(await _spawn(database_url, data_dir, stub, *args, **env))
+        await asyncio.gather(
+            *(eventually(functools.partial(_healthy, port), within=120) for _, port in processes)
+        )
+        yield [(process, LiveServer.elsewhere(port)) for process, port in processes]
+    finally:
+        await asyncio.gather(*(_stop(process) for process, _ in processes))
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    database_url: str, data_dir: Path, stub: ChatStub, *args: str, **env: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, LiveServer]]:
+    """A `ragstream serve` subprocess, healthy; stopped by SIGTERM at the end if still alive."""
+    async with serving_all(database_url, [data_dir], stub, *args, **env) as (started,):
+        yield started
 
 
 @contextlib.asynccontextmanager
 async def two_processes(
-    database_url: str, tmp_path: Path, stub: ChatStub
-) -> AsyncIterator[tuple[LiveServer, LiveServer]]:
-    async with (
-        serving(database_url, tmp_path / "a", stub) as (_, a),
-        serving(database_url, tmp_path / "b", stub) as (_, b),
-    ):
-        yield a, b
+    database_url: str, tmp_path: Path, stub: ChatStub, **env: str
+) -> AsyncIterator[tuple[tuple[asyncio.subprocess.Process, LiveServer], ...]]:
+    async with serving_all(database_url, [tmp_path / "a", tmp_path / "b"], stub, **env) as both:
+        yield tuple(both)
 
 
 async def _answering(server: LiveServer, stub: ChatStub) -> tuple[Account, Any]:
@@ -100,24 +122,26 @@ async def _status_is(database_url: str, message_id: str, status: str) -> bool:
 async def test_an_answer_streamed_by_one_process_is_resumed_on_another(
     database_url: str, tmp_path: Path, chat_stub: ChatStub
 ) -> None:
-    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
-    async with two_processes(database_url, tmp_path, chat_stub) as (a, b):
+    # Long enough (4.5 s) to be followed live from the other process.
+    tokens = TOKENS[:150]
+    chat_stub.script = ChatScript(tokens=tokens, delay=0.03)
+    async with two_processes(database_url, tmp_path, chat_stub) as ((_, a), (_, b)):
         account, answer = await _answering(a, chat_stub)
 
         events = await stream_all(b, account.access_token, answer["id"], from_offset=5)
 
         assert kinds(events)[0] == "SourcesRetrieved"
         assert kinds(events)[-1] == "GenerationCompleted"
-        assert joined(events, start=5) == FULL[5:]  # no gap, no duplicate
+        assert joined(events, start=5) == "".join(tokens)[5:]  # no gap, no duplicate
         assert kinds(events).count("TokenDelta") > 1  # followed live
-        assert (await _row(database_url, answer["id"]))["content"] == FULL
+        assert (await _row(database_url, answer["id"]))["content"] == "".join(tokens)
 
 
 async def test_an_answer_generated_by_one_process_is_cancelled_through_another(
     database_url: str, tmp_path: Path, chat_stub: ChatStub
 ) -> None:
     chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
-    async with two_processes(database_url, tmp_path, chat_stub) as (a, b):
+    async with two_processes(database_url, tmp_path, chat_stub) as ((_, a), (_, b)):
         account, answer = await _answering(a, chat_stub)
 
         result = await b.execute(CANCEL, {"id": answer["id"]}, token=account.access_token)
@@ -142,9 +166,9 @@ async def test_a_killed_process_answers_become_interrupted_through_another_once_
 ) -> None:
     chat_stub.script = ChatScript(tokens=TOKENS * 10, delay=0.03)
     lease = {"RAGSTREAM_CHAT_LEASE_SECONDS": "2"}
-    async with (
-        serving(database_url, tmp_path / "a", chat_stub, **lease) as (process_a, a),
-        serving(database_url, tmp_path / "b", chat_stub, **lease) as (_, b),
+    async with two_processes(database_url, tmp_path, chat_stub, **lease) as (
+        (process_a, a),
+        (_, b),
     ):
         account, answer = await _answering(a, chat_stub)
         follower = asyncio.create_task(stream_all(b, account.access_token, answer["id"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,8 +71,11 @@ def upgrade_to_head(database_url: str, *, embedding_dimensions: int | None = Non
     command.upgrade(config, "heads")
 
 
+@functools.cache
 def head_revisions() -> frozenset[str]:
     """The heads of the migration graph, read from the scripts' source without loading alembic.
+
+    Read once per process: the scripts ship with the installed package.
 
     Each script names its ``revision`` and ``down_revision`` (one, several or none) as literals;
     a head is a revision no other script names as its parent.
