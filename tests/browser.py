@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.processes import stop_process
+
 # A guard against hangs, never asserted as a performance limit.
 WITHIN = 60.0
 
@@ -202,12 +204,5 @@ async def chromium(executable: str) -> AsyncIterator[Browser]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                async with asyncio.timeout(WITHIN):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process, WITHIN)
         shutil.rmtree(profile, ignore_errors=True)

@@ -27,3 +27,16 @@ async def run_python(code: str, *args: str) -> tuple[int, str, str]:
     stdout, stderr = await process.communicate()
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def stop_process(process: asyncio.subprocess.Process, within: float) -> None:
+    """Asks a still-running process to stop (SIGTERM); kills it if it has not within ``within``."""
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        async with asyncio.timeout(within):
+            await process.wait()
+    except TimeoutError:
+        process.kill()
+        await process.wait()

@@ -28,6 +28,7 @@ from tests.chat_support import (
     send,
     stream_all,
 )
+from tests.processes import stop_process
 from tests.support import Account, LiveServer
 from tests.test_chat_restart import SERVE, _healthy, _row, free_port, serve_environment
 
@@ -50,17 +51,6 @@ async def _spawn(
     return process, port
 
 
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(WITHIN):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
 @contextlib.asynccontextmanager
 async def serving_all(
     database_url: str, data_dirs: list[Path], stub: ChatStub, *args: str, **env: str
@@ -76,7 +66,7 @@ async def serving_all(
         )
         yield [(process, LiveServer.elsewhere(port)) for process, port in processes]
     finally:
-        await asyncio.gather(*(_stop(process) for process, _ in processes))
+        await asyncio.gather(*(stop_process(process, WITHIN) for process, _ in processes))
 
 
 @contextlib.asynccontextmanager
