@@ -202,16 +202,15 @@ class Build:
 SEED_BATCH = 20_000  # chunks generated, embedded and copied at a time (bounds the bench's memory)
 
 
-async def seed(
+async def load_chunks(
     conn: asyncpg.Connection,
     embedder: HashingEmbedder,
     owners: list[uuid.UUID],
     count: int,
     corpus: Corpus,
-    build: Build,
-) -> Seeded:
-    """Add ``count`` chunks with COPY and build the HNSW index over all of them."""
-    await conn.execute("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw")
+) -> tuple[float, float]:
+    """Generate, embed and COPY ``count`` chunks, ``SEED_BATCH`` at a time; returns the
+    seconds spent embedding and copying."""
     embedded = copied = 0.0
     for offset in range(0, count, SEED_BATCH):
         size = min(SEED_BATCH, count - offset)
@@ -227,6 +226,20 @@ async def seed(
         started = time.perf_counter()
         await copy_rows(conn, documents, chunks)
         copied += time.perf_counter() - started
+    return embedded, copied
+
+
+async def seed(
+    conn: asyncpg.Connection,
+    embedder: HashingEmbedder,
+    owners: list[uuid.UUID],
+    count: int,
+    corpus: Corpus,
+    build: Build,
+) -> Seeded:
+    """Add ``count`` chunks with COPY and build the HNSW index over all of them."""
+    await conn.execute("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw")
+    embedded, copied = await load_chunks(conn, embedder, owners, count, corpus)
     # Built as `ragstream reindex --index-only` builds it, with the given build memory.
     started = time.perf_counter()
     await conn.execute(f"SET maintenance_work_mem = '{build.resources.memory}'")
@@ -527,6 +540,17 @@ def print_table(rows: list[Row], corpus: str, build: Build, server: str) -> None
     )
 
 
+def server_parameters(parser: argparse.ArgumentParser, given: list[str]) -> dict[str, str]:
+    """``--server`` NAME=VALUE pairs as a dict; the parser exits on a malformed one."""
+    server = {}
+    for pair in given:
+        name, _, value = pair.partition("=")
+        if not name.replace("_", "").isalnum() or not value.replace(".", "").isalnum():
+            parser.error(f"--server wants NAME=VALUE such as shared_buffers=2GB, not {pair!r}")
+        server[name] = value
+    return server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -572,12 +596,7 @@ def main() -> None:
         "effective_cache_size=8GB (default: initdb's, shared_buffers 128MB)",
     )
     args = parser.parse_args()
-    server = {}
-    for given in args.server:
-        name, _, value = given.partition("=")
-        if not name.replace("_", "").isalnum() or not value.replace(".", "").isalnum():
-            parser.error(f"--server wants NAME=VALUE such as shared_buffers=2GB, not {given!r}")
-        server[name] = value
+    server = server_parameters(parser, args.server)
     others = []
     for given in args.compare:
         scan, _, ef = given.partition(":")

@@ -1,0 +1,386 @@
+"""The vector-search designs pgvector offers, measured against the exact top 10 and against
+ragstream's own vector statement (HNSW, iterative scan, exact re-ranking).
+
+Usage: python -m bench.vector_designs [--chunks 100000] [--queries 60]
+           [--binary-candidates 400 3200] [--ivfflat-probes 8 32] [--no-hnsw]
+           [--server NAME=VALUE ...]
+
+The chunks are the topical synthetic passages of bench.search (the offline hashing embedder,
+COPY, the viewer owns half the documents). Each design answers every question for the 60
+closest readable chunks, as the vector side of search does; recall@10 is its first 10 against
+the exact scan of the full vectors (ragstream's exact statement). The designs run in turn for
+each question (interleaved rounds) on one connection without parallel workers, so the
+backend's CPU time read from /proc is all the CPU a statement used:
+
+- *HNSW (default)*: ragstream's statement, through the repository, with the default settings.
+- *exact halfvec*: every readable chunk compared, on a narrow table of 16-bit vectors.
+- *binary K, re-ranked*: the K readable chunks closest by Hamming distance of
+  ``binary_quantize(embedding)`` (an exact scan of the 48-byte codes: an index over them can
+  only find fewer of the true ones), then ordered by the full vectors' cosine distance.
+- *ivfflat P of L lists*: an IVFFlat index on the narrow 16-bit table, P lists probed
+  (iterative scan, so the viewer's filter still yields 60 rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from bench.common import embedded_database, percentile
+from bench.search import (
+    TopicalCorpus,
+    backend_cpu_ms,
+    insert_cost,
+    load_chunks,
+    server_parameters,
+)
+from ragstream.db.models.users import User
+from ragstream.db.repositories.documents import HnswOptions
+from ragstream.db.repositories.search import SearchRepository, vector_literal
+from ragstream.domain.llm.embeddings import HashingEmbedder
+from ragstream.domain.retrieval.service import SearchTuning
+
+CANDIDATES = 60  # what the vector side of search keeps
+K = 10
+READABLE = "(d.owner_id = CAST(:viewer AS uuid) OR d.visibility = 'SHARED')"
+HALFVEC = (
+    "SELECT h.id FROM bench_halfvecs h JOIN documents d ON d.id = h.document_id"  # noqa: S608
+    f" WHERE {READABLE} ORDER BY h.embedding <=> CAST(CAST(:q AS text) AS halfvec), h.id"
+    " LIMIT :limit"
+)
+BINARY = (
+    "WITH candidates AS MATERIALIZED ("  # noqa: S608
+    " SELECT b.id FROM bench_bits b JOIN documents d ON d.id = b.document_id"
+    f" WHERE {READABLE}"
+    " ORDER BY b.bits <~> binary_quantize(CAST(CAST(:q AS text) AS vector)) LIMIT :scan)"
+    " SELECT c.id FROM chunks c JOIN candidates USING (id)"
+    " ORDER BY c.embedding <=> CAST(CAST(:q AS text) AS vector), c.id LIMIT :limit"
+)
+# No parallel workers (the backend's CPU time is then all of it), and a plan made for each
+# statement with the settings of the moment: the exact and the ivfflat designs send the same
+# SQL, and a cached generic plan would not see their different planner settings.
+HALFVEC_INSERT = (
+    "INSERT INTO bench_halfvecs SELECT id, document_id, CAST(embedding AS halfvec(384))"
+    " FROM chunks LIMIT 1000"
+)
+SERIAL = {"max_parallel_workers_per_gather": "0", "plan_cache_mode": "force_custom_plan"}
+
+
+Search = Callable[[list[float]], Awaitable[list[uuid.UUID]]]
+
+
+@dataclass
+class Design:
+    name: str
+    build_s: float
+    insert_ms: float  # per chunk: COPY into chunks plus what the design adds
+    run: Search
+    recalls: list[float] = field(default_factory=list)
+    wall_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def scoped(session: AsyncSession, settings: dict[str, str]) -> AsyncIterator[None]:
+    """``settings`` (SET LOCAL) for the block only, undone by rolling back a savepoint."""
+    savepoint = await session.begin_nested()
+    try:
+        for name, value in settings.items():
+            await session.execute(
+                text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value}
+            )
+        yield
+    finally:
+        await savepoint.rollback()
+
+
+async def timed_ddl(conn: asyncpg.Connection, *statements: str) -> float:
+    started = time.perf_counter()
+    for statement in statements:
+        await conn.execute(statement)
+    return time.perf_counter() - started
+
+
+async def side_insert_ms(conn: asyncpg.Connection, statement: str) -> float:
+    """Milliseconds per row of adding 1,000 chunks' rows to a design's table (rolled back)."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        started = time.perf_counter()
+        await conn.execute(statement)
+        return (time.perf_counter() - started) * 1000 / 1000
+    finally:
+        await transaction.rollback()
+
+
+async def run(args: argparse.Namespace) -> None:
+    corpus = TopicalCorpus(random.Random(11))
+    embedder = HashingEmbedder(384)
+    async with embedded_database(args.server) as (database, name, _data_dir):
+        conn = await asyncpg.connect(database.libpq_uri(name))
+        await register_vector(conn)
+        owners = [uuid.uuid4(), uuid.uuid4()]
+        for number, owner in enumerate(owners):
+            await conn.execute(
+                "INSERT INTO users (id, email, display_name, password_hash)"
+                " VALUES ($1, $2, 'Bench', 'not a hash')",
+                owner,
+                f"bench-{number}@example.com",
+            )
+        await conn.execute("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw")
+        embedded, copied = await load_chunks(conn, embedder, owners, args.chunks, corpus)
+        print(
+            f"{args.chunks:,} chunks: embedded in {embedded:.0f} s, copied in {copied:.0f} s",
+            flush=True,
+        )
+        await conn.execute("VACUUM ANALYZE chunks")
+        await conn.execute("ANALYZE documents")
+        copy_ms = await insert_cost(conn, embedder, owners, corpus)
+        engine = create_async_engine(database.url(name))
+        try:
+            async with AsyncSession(engine) as session:
+                designs = await build_designs(
+                    args, conn, session, owners[0], copy_ms, embedder, corpus
+                )
+                questions = [corpus.question() for _ in range(args.queries)]
+                for design in designs:
+                    print(f"{design.name}: built in {design.build_s:.1f} s", flush=True)
+                load = await measure(session, designs, questions, owners[0], embedder)
+        finally:
+            await engine.dispose()
+            await conn.close()
+    print_table(designs, args.chunks, load)
+
+
+async def build_designs(
+    args: argparse.Namespace,
+    conn: asyncpg.Connection,
+    session: AsyncSession,
+    viewer_id: uuid.UUID,
+    copy_ms: float,
+    embedder: HashingEmbedder,
+    corpus: TopicalCorpus,
+) -> list[Design]:
+    viewer = await session.get(User, viewer_id)
+    assert viewer is not None
+    repo = SearchRepository(session)
+    defaults = SearchTuning()
+    designs: list[Design] = []
+
+    def statement(sql: str, settings: dict[str, str], **extra: int) -> Search:
+        """A design's statement for the viewer, run with ``settings``."""
+
+        async def run(vector: list[float]) -> list[uuid.UUID]:
+            params: dict[str, object] = {
+                "q": vector_literal(vector),
+                "viewer": str(viewer_id),
+                "limit": CANDIDATES,
+                **extra,
+            }
+            async with scoped(session, {**SERIAL, **settings}):
+                return list(await session.scalars(text(sql), params))
+
+        return run
+
+    if not args.no_hnsw:
+        options = HnswOptions()
+        build_s = await timed_ddl(
+            conn,
+            "SET maintenance_work_mem = '1GB'",
+            "CREATE INDEX ix_chunks_embedding_hnsw ON chunks USING hnsw"
+            f" (embedding vector_cosine_ops) WITH (m = {options.m},"
+            f" ef_construction = {options.ef_construction})",
+        )
+
+        async def hnsw(vector: list[float]) -> list[uuid.UUID]:
+            return await repo.nearest_by_vector(
+                viewer,
+                vector,
+                CANDIDATES,
+                scan=defaults.scan,
+                ef_search=defaults.ef_search,
+                max_scan_tuples=defaults.max_scan_tuples,
+            )
+
+        hnsw_insert = await insert_cost(conn, embedder, [viewer_id], corpus)
+        designs.append(
+            Design(
+                f"HNSW (default: {CANDIDATES} of {defaults.scan}, ef_search {defaults.ef_search})",
+                build_s,
+                hnsw_insert,
+                hnsw,
+            )
+        )
+    build_s = await timed_ddl(
+        conn,
+        "CREATE TABLE bench_halfvecs AS SELECT id, document_id,"
+        " CAST(embedding AS halfvec(384)) AS embedding FROM chunks",
+        "VACUUM ANALYZE bench_halfvecs",
+    )
+    halfvec_insert = await side_insert_ms(
+        conn,
+        HALFVEC_INSERT,
+    )
+
+    designs.append(
+        Design(
+            "exact halfvec",
+            build_s,
+            copy_ms + halfvec_insert,
+            statement(HALFVEC, {"enable_indexscan": "off"}),
+        )
+    )
+    build_s = await timed_ddl(
+        conn,
+        "CREATE TABLE bench_bits AS SELECT id, document_id,"
+        " CAST(binary_quantize(embedding) AS bit(384)) AS bits FROM chunks",
+        "VACUUM ANALYZE bench_bits",
+    )
+    bits_insert = await side_insert_ms(
+        conn,
+        "INSERT INTO bench_bits SELECT id, document_id,"
+        " CAST(binary_quantize(embedding) AS bit(384)) FROM chunks LIMIT 1000",
+    )
+    for scan in args.binary_candidates:
+        designs.append(
+            Design(
+                f"binary {scan}, re-ranked",
+                build_s,
+                copy_ms + bits_insert,
+                statement(BINARY, {}, scan=scan),
+            )
+        )
+    if args.ivfflat_probes:
+        lists = max(10, int(args.chunks**0.5))
+        build_s = await timed_ddl(
+            conn,
+            "SET maintenance_work_mem = '1GB'",
+            "CREATE INDEX bench_halfvecs_ivfflat ON bench_halfvecs USING ivfflat"
+            f" (embedding halfvec_cosine_ops) WITH (lists = {lists})",
+        )
+        ivf_insert = await side_insert_ms(
+            conn,
+            HALFVEC_INSERT,
+        )
+        for probes in args.ivfflat_probes:
+            settings = {
+                "ivfflat.probes": str(probes),
+                "ivfflat.iterative_scan": "relaxed_order",
+                "enable_seqscan": "off",
+            }
+            designs.append(
+                Design(
+                    f"ivfflat {probes} of {lists} lists",
+                    build_s,
+                    copy_ms + ivf_insert,
+                    statement(HALFVEC, settings),
+                )
+            )
+    await conn.execute("ANALYZE")
+    return designs
+
+
+async def measure(
+    session: AsyncSession,
+    designs: list[Design],
+    questions: list[str],
+    viewer_id: uuid.UUID,
+    embedder: HashingEmbedder,
+) -> tuple[float, float]:
+    """Every design over every question, in turn per question; returns the 1-minute load
+    average before and after."""
+    viewer = await session.get(User, viewer_id)
+    assert viewer is not None
+    repo = SearchRepository(session)
+    backend = int(await session.scalar(text("SELECT pg_backend_pid()")) or 0)
+    await session.execute(text("SET max_parallel_workers_per_gather = 0"))
+    vectors = embedder.embed_sync(questions)
+    for design in designs:  # warm-up: caches, plans
+        for vector in vectors[:3]:
+            await design.run(vector)
+    before = os.getloadavg()[0]
+    for vector in vectors:
+        truth = set(await repo.exact_nearest_by_vector(viewer, vector, K))
+        for design in designs:
+            cpu = backend_cpu_ms(backend)
+            started = time.perf_counter()
+            found = await design.run(vector)
+            design.wall_ms.append((time.perf_counter() - started) * 1000)
+            design.cpu_ms.append(backend_cpu_ms(backend) - cpu)
+            design.recalls.append(len(set(found[:K]) & truth) / K)
+    return before, os.getloadavg()[0]
+
+
+def print_table(designs: list[Design], chunks: int, load: tuple[float, float]) -> None:
+    table = Table(
+        title=f"vector-search designs at {chunks:,} chunks (topical corpus, hashing embedder, "
+        f"384 dimensions; the viewer reads half the chunks; {CANDIDATES} rows per question; "
+        f"no parallel workers; load average {load[0]:.1f}-{load[1]:.1f}; "
+        f"{os.cpu_count()} CPUs)"
+    )
+    for column in (
+        "design",
+        "build s",
+        "insert ms/chunk",
+        "recall@10",
+        "statement p50 ms",
+        "backend CPU ms",
+        "CPU vs first row",
+    ):
+        table.add_column(column, justify="right")
+    peer = sum(designs[0].cpu_ms) / len(designs[0].cpu_ms)
+    for design in designs:
+        cpu = sum(design.cpu_ms) / len(design.cpu_ms)
+        table.add_row(
+            design.name,
+            f"{design.build_s:.1f}",
+            f"{design.insert_ms:.2f}",
+            f"{sum(design.recalls) / len(design.recalls):.3f}",
+            f"{percentile(design.wall_ms, 50):.1f}",
+            f"{cpu:.1f}",
+            f"{cpu / peer:.2f}x" if peer else "",
+        )
+    console = Console(width=max(Console().width, 160))
+    console.print(table)
+    console.print(
+        "recall@10: the first 10 of the 60 rows against the exact scan of the full vectors. "
+        "backend CPU ms: mean CPU time of the PostgreSQL backend per statement (/proc), which "
+        "competing processes hardly change. insert ms/chunk: COPY of 1,000 chunks into "
+        "`chunks` (with the HNSW index for the first row, without it for the others) plus "
+        "adding their rows to the design's own table. build s: the index or the table."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--binary-candidates", type=int, nargs="*", default=[400, 3200])
+    parser.add_argument("--ivfflat-probes", type=int, nargs="*", default=[8, 32])
+    parser.add_argument(
+        "--no-hnsw",
+        action="store_true",
+        help="leave out ragstream's HNSW statement (its build is the long part at 1M chunks)",
+    )
+    parser.add_argument("--server", nargs="*", default=[], metavar="NAME=VALUE")
+    args = parser.parse_args()
+    args.server = server_parameters(parser, args.server)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
