@@ -184,6 +184,7 @@ def create_app(
                     ),
                     broker=state.broker,
                     alone=alone,
+                    lease_sessionmaker=state.lease_sessionmaker,
                 ),
             ):
                 started = True  # serve logs the banner once it listens

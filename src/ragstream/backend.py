@@ -41,6 +41,10 @@ class Backend:
     settings: Settings
     engine: AsyncEngine | None = None
     sessionmaker_: async_sessionmaker[AsyncSession] | None = None
+    # One connection of its own for this process's lease (chat/ownership.py): renewing it
+    # never waits behind requests for the pool, so an overloaded process keeps its answers.
+    lease_engine: AsyncEngine | None = None
+    lease_sessionmaker_: async_sessionmaker[AsyncSession] | None = None
     embedded: EmbeddedDatabase | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     database_url: str | None = None
@@ -60,6 +64,12 @@ class Backend:
         if self.sessionmaker_ is None:
             raise RuntimeError("the database is not connected yet")
         return self.sessionmaker_
+
+    @property
+    def lease_sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        if self.lease_sessionmaker_ is None:
+            raise RuntimeError("the database is not connected yet")
+        return self.lease_sessionmaker_
 
     @property
     def work(self) -> WorkPool:
@@ -124,6 +134,8 @@ async def connect(
             )
         backend.database_url = url
         backend.sessionmaker_ = make_sessionmaker(backend.engine)
+        backend.lease_engine = make_engine(url, settings, size=1)
+        backend.lease_sessionmaker_ = make_sessionmaker(backend.lease_engine)
         # Processes start with the first job, not here.
         backend.work_ = WorkPool(settings.work_processes, niceness=work_niceness)
         backend.embedder_ = observed_embedder(
@@ -138,6 +150,8 @@ async def connect(
             await backend.embedder_.aclose()
         if backend.work_ is not None:
             backend.work_.shutdown()
+        if backend.lease_engine is not None:
+            await backend.lease_engine.dispose()
         await backend.engine.dispose()
         if backend.embedded is not None:
             await asyncio.to_thread(backend.embedded.stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -237,6 +238,12 @@ class Settings(BaseSettings):
     def observe_operations(self) -> bool:
         """Whether each GraphQL operation is measured (for metrics, its log line or both)."""
         return self.metrics_enabled or self.log_requests
+
+    @property
+    def answer_connection_attempts(self) -> int:
+        """Pool timeouts an admitted answer's retrieval or end waits through before failing:
+        enough for every connection in use to come back (a statement timeout)."""
+        return max(2, math.ceil(self.db_statement_timeout_ms / 1000 / self.db_pool_timeout) + 1)
 
     @property
     def chat_database_connections(self) -> int:

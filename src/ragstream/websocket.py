@@ -12,6 +12,9 @@
 - A user over the open-socket limit is closed with 4429 at ``connection_init`` (see
   socket_limits.py); a failure while accepting it (e.g. the database is down) closes with 1011
   and is logged with the request id, instead of ending the connection without a close code.
+- A server too busy to check the viewer in time (no pooled database connection within the pool
+  timeout) closes with 1013 "Try again later", WebSocket's code for a temporary overload, which
+  clients treat as retryable (1011 is not); nothing was read or changed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.websockets import WebSocketDisconnect
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.http.exceptions import WebSocketDisconnected
@@ -44,6 +48,8 @@ logger = logging.getLogger("ragstream.errors")
 
 TOKEN_EXPIRED_CLOSE_CODE = 4403
 INTERNAL_ERROR_CLOSE_CODE = 1011
+BUSY_CLOSE_CODE = 1013
+BUSY_CLOSE_REASON = "Try again later"
 TOO_MANY_OPERATIONS = "too many operations in progress on this socket"
 
 
@@ -101,6 +107,15 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await super().handle_connection_init(message)
         except TooManySockets:
             await self.websocket.close(code=TOO_MANY_SOCKETS, reason=TOO_MANY_SOCKETS_REASON)
+            return
+        except (PoolTimeout, TimeoutError):
+            # Every pooled connection stayed busy for the pool timeout (or a new one could not
+            # be opened in that time): the client may try again, as over HTTP (SERVER_BUSY).
+            logger.warning(
+                "websocket connection_init: database pool exhausted (request %s)",
+                self.context.request_id,
+            )
+            await self.websocket.close(code=BUSY_CLOSE_CODE, reason=BUSY_CLOSE_REASON)
             return
         except Exception:
             logger.exception(

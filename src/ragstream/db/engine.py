@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -14,17 +16,21 @@ from sqlalchemy.pool import Pool
 
 from ragstream.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 
 def make_engine(
-    url: str, settings: Settings, *, poolclass: type[Pool] | None = None
+    url: str, settings: Settings, *, poolclass: type[Pool] | None = None, size: int | None = None
 ) -> AsyncEngine:
+    """The engine of ``url``: a pool of the settings' size, or of exactly ``size`` connections
+    (no overflow) when given."""
     # A pool class of its own only when asked (metrics count checkouts that wait).
     extra: dict[str, Any] = {"poolclass": poolclass} if poolclass is not None else {}
     return create_async_engine(
         url,
         **extra,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
+        pool_size=settings.db_pool_size if size is None else size,
+        max_overflow=settings.db_max_overflow if size is None else 0,
         pool_timeout=settings.db_pool_timeout,
         # No ping on checkout (three round trips per request): a connection killed by a
         # database restart fails its first statement and is invalidated with the rest of the
@@ -44,3 +50,20 @@ def make_engine(
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def wait_for_connection(session: AsyncSession, attempts: int, what: str) -> None:
+    """Checks out ``session``'s connection, waiting through up to ``attempts`` pool timeouts.
+
+    For work already under way (an admitted answer's retrieval and end): a busy pool delays
+    it instead of failing it; the connections in use come back within a statement timeout.
+    The last timeout is raised.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            await session.connection()
+            return
+        except PoolTimeout:
+            if attempt == attempts:
+                raise
+            logger.warning("waiting for a database connection for %s (pool exhausted)", what)

@@ -24,6 +24,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ragstream.db.engine import wait_for_connection
 from ragstream.db.models.users import User
 from ragstream.domain.chat import service
 from ragstream.domain.chat.answer_limit import capped
@@ -187,6 +188,8 @@ class Answer:
         answer = exchange.answer
         try:
             async with self._tools.lanes, self._tools.sessionmaker.begin() as session:
+                attempts = self._tools.settings.answer_connection_attempts
+                await wait_for_connection(session, attempts, f"the end of answer {self.id}")
                 row = await service.finish_answer(
                     session,
                     self.id,

@@ -112,15 +112,20 @@ class GenerationManager:
         *,
         broker: EventBroker | None = None,
         alone: bool = False,
+        lease_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
     ) -> AsyncIterator[None]:
         """Generation until shutdown (the app lifespan), under this process's lease.
 
         ``broker``: reaches the other server processes on the database (remote.py); alone
         when omitted. ``alone``: no other server can be using the database (ownership.py).
+        ``lease_sessionmaker``: a connection of its own for the lease (else the pool's).
         """
         self._broker = broker if broker is not None else InMemoryBroker()
         ownership = self._ownership = Ownership(
-            sessionmaker, self.settings.chat_lease_seconds, self._interrupted_elsewhere
+            sessionmaker,
+            self.settings.chat_lease_seconds,
+            self._interrupted_elsewhere,
+            lease_sessionmaker,
         )
         window = self.settings.chat_coalesce_window_ms / 1000
         relay = self._relay = Relay(self._broker, self._answers, window)

@@ -11,6 +11,10 @@ starts never touches the answers of a live one.
 The one exception is a server that knows it is alone: `ragstream serve` holding the embedded
 database's data-dir lock (no other server can run on it) drops every lease at start-up and so
 interrupts what a crash left at once, as a single server always did.
+
+The lease is renewed on a connection of its own when one is given (the server gives one): a
+process whose pool is exhausted by requests still renews in time, so other processes never
+take it for dead and sweep its live answers.
 """
 
 from __future__ import annotations
@@ -40,9 +44,12 @@ class Ownership:
         sessionmaker: async_sessionmaker[AsyncSession],
         lease_seconds: float,
         on_interrupted: Interrupted,
+        lease_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self.process_id = uuid.uuid4()
         self._sessionmaker = sessionmaker
+        # Renewals, sweeps and the release: one connection of their own when given.
+        self._leases = lease_sessionmaker or sessionmaker
         self._lease = lease_seconds
         self._on_interrupted = on_interrupted
 
@@ -52,11 +59,11 @@ class Ownership:
 
     async def renew_and_sweep(self) -> list[uuid.UUID]:
         """Extends this process's lease, then interrupts the answers of expired ones."""
-        async with self._sessionmaker.begin() as session:
+        async with self._leases.begin() as session:
             await ProcessRepository(session).renew(
                 self.process_id, hostname=socket.gethostname(), pid=os.getpid(), lease=self._lease
             )
-        async with self._sessionmaker.begin() as session:
+        async with self._leases.begin() as session:
             interrupted = await ProcessRepository(session).interrupt_orphans()
         if interrupted:
             logger.warning(
@@ -82,7 +89,7 @@ class Ownership:
         dead process's, dropped before the first sweep.
         """
         if alone:
-            async with self._sessionmaker.begin() as session:
+            async with self._leases.begin() as session:
                 await ProcessRepository(session).forget_all()
         await self.renew_and_sweep()
         task = asyncio.create_task(self._keep(), name="chat-lease")
@@ -93,7 +100,7 @@ class Ownership:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             try:
-                async with self._sessionmaker.begin() as session:
+                async with self._leases.begin() as session:
                     await ProcessRepository(session).release(self.process_id)
             except Exception:  # its answers' ends are stored; the lease then simply expires
                 logger.warning("could not release this server's lease", exc_info=True)

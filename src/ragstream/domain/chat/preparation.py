@@ -14,6 +14,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ragstream.db.engine import wait_for_connection
 from ragstream.db.models.users import User
 from ragstream.domain.chat import service
 from ragstream.domain.chat.prompt import build_prompt, fit_sources, passages
@@ -83,10 +84,14 @@ async def prepare_answer(
 ) -> PreparedAnswer:
     """Retrieves, stores the sources the prompt quotes, and builds the request.
 
-    Raises RetrievalFailed when retrieval does.
+    Raises RetrievalFailed when retrieval does. A busy pool delays it (the answer is admitted)
+    for up to `Settings.answer_connection_attempts` pool timeouts.
     """
     question = exchange.question
+    attempts = settings.answer_connection_attempts
+    what = f"answer {exchange.answer.id}"
     async with sessionmaker() as session:
+        await wait_for_connection(session, attempts, what)
         try:
             hits = await retriever(session, viewer, question.content, settings.chat_retrieval_limit)
         except Exception as exc:
@@ -114,6 +119,7 @@ async def prepare_answer(
     sources = tuple(candidates[: len(texts)])
     if sources:
         async with sessionmaker.begin() as session:
+            await wait_for_connection(session, attempts, what)
             await service.store_sources(session, exchange.answer.id, sources)
     messages = build_prompt(
         question=question.content,
