@@ -232,3 +232,6 @@ class _PgStream:
 
     async def __anext__(self) -> Payload:
         return await self._memory.__anext__()
+
+    def ready(self) -> Payload | None:
+        return self._memory.ready()

@@ -36,6 +36,10 @@ class EventStream(Protocol):
 
     async def __anext__(self) -> Payload: ...
 
+    def ready(self) -> Payload | None:
+        """The next event if one is already waiting, else None (never waits)."""
+        ...
+
 
 class EventBroker(Protocol):
     @property
@@ -94,6 +98,12 @@ class _MemoryStream:
 
     async def __anext__(self) -> Payload:
         return await self._queue.get()
+
+    def ready(self) -> Payload | None:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
 
 
 class InMemoryBroker:

@@ -266,9 +266,12 @@ class RemoteAnswers:
                     offset = follow_from
                 asked_at = -1 if replayed else offset  # replayed: a first gap asks
                 while running:
+                    # An event already waiting needs no timer (one per event adds up).
+                    event = events.ready()
                     try:
-                        async with asyncio.timeout(self._poll):
-                            event = await anext(events)
+                        if event is None:
+                            async with asyncio.timeout(self._poll):
+                                event = await anext(events)
                     except TimeoutError:
                         view = await self._load(message_id)
                         if view is None or view.status != STREAMING:
