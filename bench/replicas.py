@@ -136,6 +136,12 @@ def failure_name(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
+def ending_name(event: dict[str, Any]) -> str:
+    """GenerationFailed with its code, or the kind of ending."""
+    code = event.get("code")
+    return f"{event['__typename']} ({code})" if code else str(event["__typename"])
+
+
 def event_of(raw: str | bytes) -> dict[str, Any]:
     """The `messageStream` event of a `next` message; anything else raises with what it was."""
     message = json.loads(raw)
@@ -248,7 +254,7 @@ async def resume_latencies(
                     if event["__typename"] == "TokenDelta":
                         text += event["delta"]
                     elif event["__typename"] in ENDINGS:
-                        raise RuntimeError(f"answer ended early: {event['__typename']}")
+                        raise RuntimeError(f"answer ended early: {ending_name(event)}")
             started = time.perf_counter()
             started_wall = time.time()
             async with subscription(resumer, token, message_id, len(text)) as socket:
@@ -257,7 +263,7 @@ async def resume_latencies(
                     if event["__typename"] == "TokenDelta":
                         break
                     if event["__typename"] in ENDINGS:
-                        raise RuntimeError(f"no text after the offset: {event['__typename']}")
+                        raise RuntimeError(f"no text after the offset: {ending_name(event)}")
                 received = time.time()
                 latencies.append(time.perf_counter() - started)
                 first = delays_of(event["delta"][:STAMP_WIDTH], received)

@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -22,7 +22,6 @@ from tests.chat_stub import ChatScript, ChatStub
 from tests.chat_support import (
     CANCEL,
     WITHIN,
-    chat_server,
     eventually,
     joined,
     kinds,
@@ -34,6 +33,7 @@ from tests.chat_support import (
 from tests.redis_support import RedisServer, redis_server
 from tests.support import LiveServer
 from tests.test_chat_replicas import _abandoned, _answering
+from tests.test_chat_replicas import two_servers as replicas_two_servers
 from tests.test_chat_restart import _row
 from tests.test_scale_processes import serving
 
@@ -51,10 +51,7 @@ async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
 async def two_servers(
     database_url: str, tmp_path: Path, stub: ChatStub, redis: RedisServer
 ) -> AsyncIterator[tuple[LiveServer, LiveServer]]:
-    async with (
-        chat_server(database_url, tmp_path / "a", stub, redis_url=redis.url) as a,
-        chat_server(database_url, tmp_path / "b", stub, redis_url=redis.url) as b,
-    ):
+    async with replicas_two_servers(database_url, tmp_path, stub, redis_url=redis.url) as (a, b):
         assert isinstance(a.state.broker, RedisBroker)
         assert isinstance(b.state.broker, RedisBroker)
         yield a, b
@@ -164,10 +161,17 @@ async def test_serve_processes_resume_and_cancel_through_redis(
 ) -> None:
     chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
     env = {"RAGSTREAM_REDIS_URL": redis.url}
-    async with (
-        serving(database_url, tmp_path / "a", chat_stub, **env) as (_, a),
-        serving(database_url, tmp_path / "b", chat_stub, **env) as (_, b),
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        # Started at the same time: each start-up takes seconds.
+        started = await asyncio.gather(
+            stack.enter_async_context(serving(database_url, tmp_path / "a", chat_stub, **env)),
+            stack.enter_async_context(serving(database_url, tmp_path / "b", chat_stub, **env)),
+            return_exceptions=True,  # one that started is stopped by the stack all the same
+        )
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        (_, a), (_, b) = cast("list[tuple[Any, LiveServer]]", started)
         account, answer = await _answering(a, chat_stub, tokens=5)
         events = await stream_all(b, account.access_token, answer["id"], from_offset=3)
         assert joined(events, start=3) == FULL[3:]

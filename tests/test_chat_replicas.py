@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import func
 
+from ragstream.app import create_app
 from ragstream.db.models.chat import Message, ServerProcess
 from ragstream.db.models.users import User
 from ragstream.domain.chat.admission import store_exchange
@@ -28,10 +29,12 @@ from tests.chat_support import (
     joined,
     kinds,
     new_conversation,
+    openai_settings,
     send,
     stored_message,
     stream_all,
 )
+from tests.conftest import make_settings
 from tests.support import Account, LiveServer
 
 TOKENS = [f"word{i} " for i in range(200)]
@@ -39,13 +42,43 @@ FULL = "".join(TOKENS)
 
 
 @contextlib.asynccontextmanager
+async def started_together(
+    database_url: str, tmp_path: Path, stub: ChatStub, *overrides: dict[str, Any]
+) -> AsyncIterator[list[LiveServer]]:
+    """Chat servers on one database (one per ``overrides``, each in its own data dir), started
+    and stopped at the same time rather than one after another."""
+    servers = [
+        LiveServer(
+            create_app(
+                make_settings(
+                    database_url,
+                    tmp_path / f"server{i}",
+                    **openai_settings(database_url, tmp_path / f"server{i}", stub, **extra),
+                )
+            )
+        )
+        for i, extra in enumerate(overrides)
+    ]
+    started = await asyncio.gather(*(s.start() for s in servers), return_exceptions=True)
+    try:
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        yield servers
+    finally:
+        stopped = await asyncio.gather(*(s.stop() for s in servers), return_exceptions=True)
+        for outcome in stopped:
+            if isinstance(outcome, Exception) and not any(
+                isinstance(o, BaseException) for o in started
+            ):
+                raise outcome
+
+
+@contextlib.asynccontextmanager
 async def two_servers(
-    database_url: str, tmp_path: Path, stub: ChatStub
+    database_url: str, tmp_path: Path, stub: ChatStub, **overrides: Any
 ) -> AsyncIterator[tuple[LiveServer, LiveServer]]:
-    async with (
-        chat_server(database_url, tmp_path / "a", stub) as a,
-        chat_server(database_url, tmp_path / "b", stub) as b,
-    ):
+    async with started_together(database_url, tmp_path, stub, overrides, overrides) as (a, b):
         assert a.state.chat.ownership.process_id != b.state.chat.ownership.process_id
         yield a, b
 
@@ -53,7 +86,7 @@ async def two_servers(
 async def test_an_answer_generated_on_one_server_is_resumed_on_another(
     database_url: str, tmp_path: Path, chat_stub: ChatStub
 ) -> None:
-    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.05)
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
     async with two_servers(database_url, tmp_path, chat_stub) as (a, b):
         account, answer = await _answering(a, chat_stub, tokens=5)
 
@@ -72,12 +105,11 @@ async def test_an_answer_generated_on_one_server_is_resumed_on_another(
 async def test_a_resume_past_the_saved_text_gets_the_rest_from_the_generating_server(
     database_url: str, tmp_path: Path, chat_stub: ChatStub
 ) -> None:
-    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.05)
-    async with (
-        # A saves the text only at its end: the rest comes from A's memory, through events.
-        chat_server(database_url, tmp_path / "a", chat_stub, chat_flush_interval_ms=600_000) as a,
-        chat_server(database_url, tmp_path / "b", chat_stub) as b,
-    ):
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    # A saves the text only at its end: the rest comes from A's memory, through events.
+    async with started_together(
+        database_url, tmp_path, chat_stub, {"chat_flush_interval_ms": 600_000}, {}
+    ) as (a, b):
         account, answer = await _answering(a, chat_stub, tokens=20)
         stream = a.state.chat.hub.get(uuid.UUID(answer["id"]))
         assert stream is not None
