@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
@@ -35,7 +35,7 @@ from tests.support import LiveServer
 from tests.test_chat_replicas import _abandoned, _answering
 from tests.test_chat_replicas import two_servers as replicas_two_servers
 from tests.test_chat_restart import _row
-from tests.test_scale_processes import serving
+from tests.test_scale_processes import serving_all
 
 TOKENS = [f"word{i} " for i in range(200)]
 FULL = "".join(TOKENS)
@@ -161,17 +161,10 @@ async def test_serve_processes_resume_and_cancel_through_redis(
 ) -> None:
     chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
     env = {"RAGSTREAM_REDIS_URL": redis.url}
-    async with contextlib.AsyncExitStack() as stack:
-        # Started at the same time: each start-up takes seconds.
-        started = await asyncio.gather(
-            stack.enter_async_context(serving(database_url, tmp_path / "a", chat_stub, **env)),
-            stack.enter_async_context(serving(database_url, tmp_path / "b", chat_stub, **env)),
-            return_exceptions=True,  # one that started is stopped by the stack all the same
-        )
-        for outcome in started:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        (_, a), (_, b) = cast("list[tuple[Any, LiveServer]]", started)
+    async with serving_all(database_url, [tmp_path / "a", tmp_path / "b"], chat_stub, **env) as (
+        (_, a),
+        (_, b),
+    ):
         account, answer = await _answering(a, chat_stub, tokens=5)
         events = await stream_all(b, account.access_token, answer["id"], from_offset=3)
         assert joined(events, start=3) == FULL[3:]
