@@ -107,6 +107,8 @@ class TextFormatter(logging.Formatter):
 
 # How long a request line may wait to be written with the lines that follow it.
 BATCH_SECONDS = 0.05
+# Makes a line's message and fields from what its request noted (when the line is written).
+LineBuilder = Callable[[Any], tuple[str, dict[str, Any]]]
 
 
 class LineHandler(logging.StreamHandler[IO[str]]):
@@ -168,8 +170,9 @@ class RequestLines:
 
     Making a line's record, passing it through logging's filters and handlers, formatting and
     writing it, on its own in the middle of each request's other work, cost several times the
-    CPU that the same steps take for many lines in a row. The request id and the time are taken
-    when the line is made. A line made outside an event loop, or at WARNING or above, is
+    CPU that the same steps take for many lines in a row. A request only notes the values its
+    line needs, with the request id and the time; the line's message and fields are made from
+    them in the batch. A line made outside an event loop, or at WARNING or above, is
     handed over at once, after the lines still waiting; so is any other record the handler
     writes (`LineHandler.before_write`), and `flush_request_lines` runs at exit.
     """
@@ -178,18 +181,18 @@ class RequestLines:
         self.handler = handler
         self.delay = delay
         # A deque: appended to in the event loop's thread, emptied by whichever thread flushes.
-        self._lines: deque[tuple[int, str, dict[str, Any], float]] = deque()
+        # Each line: its level, how it is made and from what, the request id, the time.
+        self._lines: deque[tuple[int, LineBuilder, Any, str | None, float]] = deque()
         self._timer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is due
 
-    def add(self, level: int, message: str, fields: dict[str, Any]) -> bool:
-        """Keeps the line for the next flush; False (nothing kept) outside an event loop."""
+    def add(self, level: int, build: LineBuilder, parts: Any) -> bool:
+        """Keeps the line for the next flush, to be made then by ``build(parts)``; False
+        (nothing kept) outside an event loop."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
-        if "request_id" not in fields:
-            fields["request_id"] = REQUEST_ID.get()
-        self._lines.append((level, message, fields, time.time()))
+        self._lines.append((level, build, parts, REQUEST_ID.get(), time.time()))
         if self._timer_loop is not loop:
             self._timer_loop = loop
             loop.call_later(self.delay, self.flush)
@@ -201,7 +204,10 @@ class RequestLines:
         if lines:
             with self.handler.held():
                 while lines:
-                    level, message, fields, created = lines.popleft()
+                    level, build, parts, request_id, created = lines.popleft()
+                    message, fields = build(parts)
+                    if "request_id" not in fields:
+                        fields["request_id"] = request_id
                     request_logger.handle(RequestRecord(level, message, fields, created))
 
 
@@ -262,28 +268,34 @@ def configure_command_logging() -> None:
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
 
 
-def operation_fields(
-    *, name: str | None, kind: str, outcome: str, codes: list[str], user_id: str | None
-) -> dict[str, Any]:
+# What an operation's line says about it, noted as it ends (its fields are made with the line):
+# its name, type, outcome, error codes and the signed-in user's id (or None).
+OperationLine = tuple[str | None, str, str, list[str], object]
+
+
+def operation_fields(operation: OperationLine) -> dict[str, Any]:
+    name, kind, outcome, codes, user_id = operation
     return {
         "operation": name or "anonymous",
         "operation_type": kind,
         "outcome": outcome,
         "error_codes": codes or None,
-        "user_id": user_id,
+        "user_id": None if user_id is None else str(user_id),
     }
 
 
-def log_operation(fields: dict[str, Any], seconds: float) -> None:
+def log_operation(operation: OperationLine, seconds: float) -> None:
     """The line of one websocket operation (HTTP operations are in their request's line)."""
-    level = (
-        logging.ERROR if "INTERNAL_SERVER_ERROR" in (fields["error_codes"] or ()) else logging.INFO
-    )
-    request_line(
-        level,
-        f"{fields['operation_type']} {fields['operation']} {fields['outcome']}",
-        {**fields, "transport": "websocket", "duration_ms": round(seconds * 1000, 2)},
-    )
+    level = logging.ERROR if "INTERNAL_SERVER_ERROR" in operation[3] else logging.INFO
+    noted_line(level, _websocket_line, (operation, seconds))
+
+
+def _websocket_line(parts: tuple[OperationLine, float]) -> tuple[str, dict[str, Any]]:
+    operation, seconds = parts
+    fields = operation_fields(operation)
+    fields["transport"] = "websocket"
+    fields["duration_ms"] = round(seconds * 1000, 2)
+    return f"{fields['operation_type']} {fields['operation']} {fields['outcome']}", fields
 
 
 # What every request line's record says about where it comes from, worked out once.
@@ -331,13 +343,24 @@ def request_line(level: int, message: str, fields: dict[str, Any]) -> None:
     """A line of `request_logger` with ``fields`` (which become its record's attributes),
     made directly: `Logger.log` would also look up the caller's source line, which no format
     shows (the request line always comes from here)."""
+    noted_line(level, _as_given, (message, fields))
+
+
+def _as_given(parts: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    return parts
+
+
+def noted_line(level: int, build: LineBuilder, parts: Any) -> None:
+    """A line of `request_logger` made by ``build(parts)``: in the next batch when the server
+    batches its lines (see `RequestLines`), else at once."""
     if not request_logger.isEnabledFor(level):
         return
     batch = _request_lines
     if batch is not None:
-        if level < logging.WARNING and batch.add(level, message, fields):
+        if level < logging.WARNING and batch.add(level, build, parts):
             return
         batch.flush()  # the lines made before this one go first
+    message, fields = build(parts)
     request_logger.handle(RequestRecord(level, message, fields))
 
 
@@ -370,12 +393,22 @@ class RequestLogMiddleware:
 def _log_request(scope: Scope, state: dict[str, Any], seconds: float) -> None:
     # 500: what the server answers when the app raises before responding.
     status: int = state.get(STATUS_KEY, 500)
-    fields: dict[str, Any] = state.pop(OPERATION_KEY, None) or {}
-    fields["method"] = method = scope["method"]
-    fields["path"] = path = scope["path"]  # never the query string: GET carries variables
+    noted_line(
+        logging.ERROR if status >= 500 else logging.INFO,
+        _http_line,
+        # Never the query string: GET carries variables.
+        (scope["method"], scope["path"], status, seconds, state.pop(OPERATION_KEY, None)),
+    )
+
+
+def _http_line(
+    parts: tuple[str, str, int, float, OperationLine | None],
+) -> tuple[str, dict[str, Any]]:
+    method, path, status, seconds, operation = parts
+    fields = {} if operation is None else operation_fields(operation)
+    fields["method"] = method
+    fields["path"] = path
     fields["status"] = status
     fields["duration_ms"] = round(seconds * 1000, 2)
     fields["transport"] = "http"
-    request_line(
-        logging.ERROR if status >= 500 else logging.INFO, f"{method} {path} {status}", fields
-    )
+    return f"{method} {path} {status}", fields

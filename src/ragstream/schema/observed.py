@@ -16,7 +16,7 @@ from typing import Any
 
 from graphql import GraphQLError, OperationDefinitionNode
 
-from ragstream.observability.logs import OPERATION_KEY, log_operation, operation_fields
+from ragstream.observability.logs import OPERATION_KEY, OperationLine, log_operation
 from ragstream.observability.metrics import Metrics
 from ragstream.observability.tracing import Tracing, current_span
 from ragstream.schema.errors import ErrorContract
@@ -137,14 +137,14 @@ class ObserveOperations(ErrorContract):
     def _log(self, kind: str, name: str | None, outcome: str, seconds: float) -> None:
         context = self.execution_context.context
         claims = None if context.token_invalid else context.claims
-        fields = operation_fields(
-            name=(name or "")[:MAX_LOGGED_NAME] or None,
-            kind=kind,
-            outcome=outcome,
-            codes=list(self._codes or ()),
-            user_id=str(claims.user_id) if claims is not None else None,
+        operation: OperationLine = (
+            (name or "")[:MAX_LOGGED_NAME] or None,
+            kind,
+            outcome,
+            self._codes or [],
+            claims.user_id if claims is not None else None,  # made a string with the line
         )
         if context.is_websocket:
-            log_operation(fields, seconds)
+            log_operation(operation, seconds)
         else:
-            context.request.scope.setdefault("state", {})[OPERATION_KEY] = fields
+            context.request.scope.setdefault("state", {})[OPERATION_KEY] = operation
