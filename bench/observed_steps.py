@@ -3,11 +3,12 @@
     python -m bench.observed_steps serve --port 8000     # any `ragstream` arguments
 
 Every 1,000 HTTP requests the server writes one line to stderr: the thread CPU time per request
-spent in each step (the request line as the request ends; making, filtering and formatting
-lines, also when a batch runs later; the operation observer; the duration histogram; the pool
-gauge), in garbage collection, and in the whole request as the request id middleware sees it
-(meaningful with one connection at a time: with more, a request's time includes the others' work
-between its awaits). Drive it with any load, e.g. `wrk` with bench/wrk_post.lua. The clock is
+spent in each step (the request line as the request ends; making its fields, its record,
+filtering and formatting it when its batch runs; the operation observer; the duration
+histogram; the pool gauge), in garbage collection (and the collections of each generation per
+1,000 requests), and in the whole request as the request id middleware sees it (meaningful with
+one connection at a time: with more, a request's time includes the others' work between its
+awaits). Drive it with any load, e.g. `wrk` with bench/wrk_post.lua. The clock is
 read around each step (a few tenths of a microsecond each), and that is included.
 
 A step costs more here than in a loop of its own: in the middle of a request's other work, little
@@ -57,11 +58,24 @@ def garbage_collection(phase: str, info: dict[str, Any]) -> None:
         spent["gc"] = spent.get("gc", 0) + time.thread_time_ns() - collecting[0]
 
 
+collections_at_start: list[dict[str, int]] = []  # gc.get_stats() at the first request
+
+
 def report() -> None:
     per_request = " ".join(
         f"{step}={ns / requests / 1000:.1f}" for step, ns in sorted(spent.items())
     )
-    sys.stderr.write(f"steps after {requests} requests, us per request: {per_request}\n")
+    counted = requests - 1  # since the first request
+    collections = " ".join(
+        f"gen{generation}={(now['collections'] - then['collections']) * 1000 / counted:.1f}"
+        for generation, (now, then) in enumerate(
+            zip(gc.get_stats(), collections_at_start, strict=True)
+        )
+    )
+    sys.stderr.write(
+        f"steps after {requests} requests, us per request: {per_request}; "
+        f"collections per 1,000 requests: {collections}\n"
+    )
     sys.stderr.flush()
 
 
@@ -77,6 +91,8 @@ def time_requests() -> None:
             if scope["type"] == "http":
                 spent["request"] = spent.get("request", 0) + time.thread_time_ns() - started
                 requests += 1
+                if requests == 1:
+                    collections_at_start[:] = gc.get_stats()
                 if requests % REPORT_EVERY == 0:
                     report()
 
@@ -85,6 +101,7 @@ def time_requests() -> None:
 
 def main() -> None:
     timed(logs, "_log_request", "line_in_request")
+    timed(logs, "_http_line", "line_fields")
     timed(logs, "RequestRecord", "line_record")
     timed(logs.RequestIdFilter, "filter", "line_filter")
     timed(logs.JsonFormatter, "format", "line_format")

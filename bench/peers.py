@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -95,6 +96,7 @@ NO_FLAGS_ENV = {
 }
 FLAGS_TARGET_MS = 0.2
 CONNECTIONS = (1, 32)
+COUNTED_LIMIT_S = 120  # the longest a measurement of --requests answers may take
 STATEMENT_SAMPLE = 20
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -420,7 +422,11 @@ async def count_statements(
     return [(int(row["calls"]), str(row["query"])) for row in rows]
 
 
-async def wrk(server: Server, query: str, connections: int, seconds: int) -> dict[str, int]:
+async def wrk(
+    server: Server, query: str, connections: int, seconds: int, requests: int | None = None
+) -> dict[str, int]:
+    """``wrk`` on one query for ``seconds``, or until ``requests`` answers came back (then
+    ``seconds`` only bounds it)."""
     with tempfile.NamedTemporaryFile("wb", suffix=".json") as body:
         body.write(orjson.dumps({"query": server.documents[query]}))
         body.flush()
@@ -429,6 +435,8 @@ async def wrk(server: Server, query: str, connections: int, seconds: int) -> dic
             "BENCH_BODY_FILE": body.name,
             "BENCH_AUTHORIZATION": server.authorization,
         }
+        if requests is not None:
+            env["BENCH_REQUESTS"] = str(requests)
         process = await asyncio.create_subprocess_exec(
             "wrk",
             "-t",
@@ -446,30 +454,67 @@ async def wrk(server: Server, query: str, connections: int, seconds: int) -> dic
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await process.communicate()
-    line = [text for text in out.decode().splitlines() if text.startswith("{")]
+        assert process.stdout is not None
+        lines = []
+        async for raw in process.stdout:
+            lines.append(raw.decode())
+            if raw.startswith(b"limit reached"):  # wrk would wait out its duration
+                process.send_signal(signal.SIGINT)
+        _, err = await process.communicate()
+    out = "".join(lines)
+    line = [text for text in out.splitlines() if text.startswith("{")]
     if process.returncode != 0 or not line:
-        raise RuntimeError(f"wrk failed: {out.decode()} {err.decode()}")
+        raise RuntimeError(f"wrk failed: {out} {err.decode()}")
     result: dict[str, int] = orjson.loads(line[-1])
     if result["bad"] or result["socket_errors"]:
-        raise RuntimeError(f"{server.name} {query}: {result}")
+        raise RuntimeError(f"{server.name} {query}: {result} {err.decode()[-400:]}")
+    if requests is not None and result["requests"] < requests:
+        raise RuntimeError(f"{server.name} {query}: {requests} answers took over {seconds} s")
     return result
 
 
-async def measure(monitor: Any, server: Server, query: str, connections: int, seconds: int) -> Run:
+async def settled_cpu_seconds(pid: int, step_s: float = 0.1, limit_s: float = 5.0) -> float:
+    """The server's CPU time once it has stopped working (the requests still in flight when
+    the client stopped are served first): two reads ``step_s`` apart that agree."""
+    deadline = time.monotonic() + limit_s
+    last = tree_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(step_s)
+        now = tree_cpu_seconds(pid)
+        if now == last:
+            break
+        last = now
+    return last
+
+
+async def measure(
+    monitor: Any,
+    server: Server,
+    query: str,
+    connections: int,
+    seconds: int,
+    requests: int | None = None,
+) -> Run:
+    """One measurement: for ``seconds``, or of ``requests`` answers. With a count, the server's
+    CPU is read once it is idle again, and covers the count plus the request each other
+    connection still had in flight when the client stopped (wrk keeps one per connection)."""
     assert server.process is not None
     cpu, pg_cpu = tree_cpu_seconds(server.process.pid), await backend_cpu(monitor, server.role)
-    result = await wrk(server, query, connections, seconds)
-    cpu = tree_cpu_seconds(server.process.pid) - cpu
+    result = await wrk(server, query, connections, seconds, requests)
+    if requests is None:
+        cpu = tree_cpu_seconds(server.process.pid) - cpu
+        served = result["requests"]
+    else:
+        cpu = await settled_cpu_seconds(server.process.pid) - cpu
+        served = result["requests"] + connections - 1
     pg_after = await backend_cpu(monitor, server.role)
     pg_spent = sum(after - pg_cpu.get(pid, 0.0) for pid, after in pg_after.items())
-    requests = result["requests"]
     return Run(
-        requests_per_s=requests / (result["duration_us"] / 1e6),
+        requests_per_s=result["requests"] / (result["duration_us"] / 1e6),
         p50_ms=result["p50_us"] / 1000,
         p99_ms=result["p99_us"] / 1000,
-        cpu_ms=cpu * 1000 / requests,
-        pg_cpu_ms=pg_spent * 1000 / requests,
+        cpu_ms=cpu * 1000 / served,
+        pg_cpu_ms=pg_spent * 1000 / served,
     )
 
 
@@ -550,27 +595,64 @@ def print_targets(args: argparse.Namespace, names: list[str], results: Results) 
         )
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median of what ``values`` sample: the k-th smallest
+    and k-th largest, k the largest rank with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2.
+    None when there are too few values for one (fewer than 6 at 95 %)."""
+    ordered, n = sorted(values), len(values)
+    tail, below, k = (1 - confidence) / 2, 0.0, 0
+    while True:
+        below += math.comb(n, k) / 2**n  # P(Binomial < k + 1)
+        if below > tail:
+            break
+        k += 1
+    if k == 0:
+        return None
+    return ordered[k - 1], ordered[n - k]
+
+
 def print_compared_cpu(args: argparse.Namespace, results: Results) -> None:
     """ragstream-b's CPU per request against ragstream's, round by round: the two ran one after
     the other in each round, so their ratio is steadier than the ratio of the medians when the
-    load drifts between rounds."""
-    print("\nCPU per request, ragstream-b / ragstream (median of per-round ratios, range):")
+    load drifts between rounds. Shown: the median of the per-round ratios, a 95 % interval for
+    it, the middle half of the ratios and their range; with --compare-target, whether the
+    interval lies under the target, over it, or across it (undecided)."""
+    print(
+        "\nCPU per request, ragstream-b / ragstream: median of the per-round ratios "
+        "[95 % interval of the median] (middle half; range)"
+    )
     for query in args.queries:
-        shown = []
         for connections in CONNECTIONS:
-            ratios = sorted(
-                b.cpu_ms / a.cpu_ms
+            ratios = [
+                b.cpu_ms / a.cpu_ms - 1
                 for a, b in zip(
                     results.runs[("ragstream", query, connections)],
                     results.runs[("ragstream-b", query, connections)],
                     strict=True,
                 )
+            ]
+            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            interval = median_interval(ratios)
+            shown = (
+                "[too few rounds]"
+                if interval is None
+                else (f"[{interval[0]:+.1%} to {interval[1]:+.1%}]")
             )
-            shown.append(
-                f"{statistics.median(ratios) - 1:+.1%} ({ratios[0] - 1:+.1%} to "
-                f"{ratios[-1] - 1:+.1%}) at {connections} conn{'s' if connections > 1 else ''}"
+            verdict = ""
+            if args.compare_target is not None and interval is not None:
+                bound = args.compare_target / 100
+                verdict = (
+                    f": within +{args.compare_target:g} %"
+                    if interval[1] <= bound
+                    else f": over +{args.compare_target:g} %"
+                    if interval[0] > bound
+                    else f": undecided at +{args.compare_target:g} %"
+                )
+            print(
+                f"- {query}, {connections} conn{'s' if connections > 1 else ''}: "
+                f"{statistics.median(ratios):+.1%} {shown} ({quartiles[0]:+.1%} to "
+                f"{quartiles[2]:+.1%}; {min(ratios):+.1%} to {max(ratios):+.1%}){verdict}"
             )
-        print(f"- {query}: {'; '.join(shown)}")
 
 
 def print_flags_cost(args: argparse.Namespace, results: Results) -> None:
@@ -715,8 +797,9 @@ async def benchmark(
                 for connections in CONNECTIONS:
                     for server in order:
                         key = (server.name, query, connections)
+                        seconds = COUNTED_LIMIT_S if args.requests else args.duration
                         run_result = await measure(
-                            monitor, server, query, connections, args.duration
+                            monitor, server, query, connections, seconds, args.requests
                         )
                         results.runs.setdefault(key, []).append(run_result)
         results.loads.append(load_average())
@@ -735,9 +818,10 @@ def describe(args: argparse.Namespace, servers: list[Server], graphile: PostGrap
             f"; PostGraphile {version_of(graphile.v5_cli.parent.parent)} and "
             f"{version_of(graphile.v4_cli.parent)} on Node {node}"
         )
+    each = f"{args.requests} requests" if args.requests else f"{args.duration} s"
     return (
         f"servers: {', '.join(s.name for s in servers)}{versions}; {args.rounds} rounds x "
-        f"{args.duration} s per (query, connections, server), wrk 1 thread; "
+        f"{each} per (query, connections, server), wrk 1 thread; "
         f"{os.cpu_count()} CPUs shared by client, servers and PostgreSQL"
     )
 
@@ -753,6 +837,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--queries", nargs="+", choices=QUERIES, default=list(QUERIES))
     parser.add_argument("--duration", type=int, default=5, help="whole seconds per measurement")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        help="answers per measurement, instead of --duration (each then takes what it takes)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="whole seconds per server and query")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--owners", type=int, default=8)
@@ -771,6 +860,12 @@ def parse_args() -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="also run ragstream-b: ragstream with this environment on top (repeatable)",
+    )
+    parser.add_argument(
+        "--compare-target",
+        type=float,
+        metavar="PERCENT",
+        help="with --compare-env: say whether ragstream-b's added CPU per request is within it",
     )
     parser.add_argument(
         "--flags",
@@ -792,8 +887,8 @@ def parse_args() -> argparse.Namespace:
         if args.compare_env:
             parser.error("--flags sets ragstream-b's environment itself; drop --compare-env")
         args.compare_env = [f"{key}={value}" for key, value in NO_FLAGS_ENV.items()]
-    if not 1 <= args.duration <= 120 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 20:
-        parser.error("duration must be 1..120 s, warm-up 0..60 s and rounds 1..20")
+    if not 1 <= args.duration <= 120 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 60:
+        parser.error("duration must be 1..120 s, warm-up 0..60 s and rounds 1..60")
     return args
 
 

@@ -1,6 +1,8 @@
 -- wrk script of bench/peers.py: POSTs one GraphQL request (body from BENCH_BODY_FILE, optional
 -- BENCH_AUTHORIZATION header) on every keep-alive connection, counts answers that are not a
 -- 200 with data and no errors, and prints one JSON line with the counts and latency percentiles.
+-- With BENCH_REQUESTS set (one thread), it stops sending once that many answers have come back
+-- and prints "limit reached" (wrk itself waits out its duration unless interrupted: SIGINT).
 
 local file = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.method = "POST"
@@ -18,13 +20,25 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
+local limit = tonumber(os.getenv("BENCH_REQUESTS") or "")
+
 function init(args)
   bad = 0
+  answered = 0
 end
 
 function response(status, headers, body)
+  answered = answered + 1
+  if answered == limit then
+    wrk.thread:stop()
+    io.write("limit reached\n")
+    io.flush()
+  end
   if status ~= 200 or not string.find(body, '"data"', 1, true)
       or string.find(body, '"errors"', 1, true) then
+    if bad == 0 then  -- the first one says what went wrong
+      io.stderr:write(string.format("first bad answer: %d %s\n", status, string.sub(body, 1, 300)))
+    end
     bad = bad + 1
   end
 end
