@@ -318,3 +318,24 @@ def _names(family: Any) -> set[str]:
     if family.type == "counter":
         return {f"{family.name}_total"}
     return {family.name}
+
+
+def test_every_operation_is_in_each_scrape_however_few_or_many() -> None:
+    """Operations are observed in groups in one process: a scrape still sees each one, the
+    first alone and then a count that is not a multiple of the group."""
+    metrics = PrometheusMetrics(provider="p", model="m")
+    labels = {"operation": "Me", "type": "query", "outcome": "ok"}
+    metrics.operation("Me", "query", "ok", 0.002)
+    assert metrics.registry.get_sample_value(OPERATIONS, labels) == 1
+    for _ in range(150):
+        metrics.operation("Me", "query", "ok", 0.02)
+    scraped = parse(metrics.exposition()[0].decode())
+    assert scraped.value(OPERATIONS, **labels) == 151
+    assert (
+        scraped.value("ragstream_graphql_operation_duration_seconds_bucket", le="0.0025", **labels)
+        == 1
+    )
+    assert (
+        scraped.value("ragstream_graphql_operation_duration_seconds_bucket", le="0.025", **labels)
+        == 151
+    )
