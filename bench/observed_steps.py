@@ -6,10 +6,10 @@ Every 1,000 HTTP requests the server writes one line to stderr: the thread CPU t
 spent in each step (the request line as the request ends; making its fields, its record,
 filtering and formatting it when its batch runs; the operation observer; the duration
 histogram, and within it the groups of operations it observes together; the pool gauge), in
-garbage collection (and the collections of each generation per 1,000 requests), and in the
-whole request as the request id middleware sees it (meaningful with one connection at a time:
-with more, a request's time includes the others' work between its awaits). Drive it with any
-load, e.g. `wrk` with bench/wrk_post.lua. The clock is
+garbage collection by generation (and each generation's collections per 1,000 requests), and in
+the whole request as the request id middleware sees it (meaningful with one connection at a
+time: with more, a request's time includes the others' work between its awaits). Drive it with
+any load, e.g. `wrk` with bench/wrk_post.lua. The clock is
 read around each step (a few tenths of a microsecond each), and that is included.
 
 A step costs more here than in a loop of its own: in the middle of a request's other work, little
@@ -56,7 +56,8 @@ def garbage_collection(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
         collecting[0] = time.thread_time_ns()
     elif requests:  # not start-up's collections
-        spent["gc"] = spent.get("gc", 0) + time.thread_time_ns() - collecting[0]
+        step = f"gc_gen{info['generation']}"
+        spent[step] = spent.get(step, 0) + time.thread_time_ns() - collecting[0]
 
 
 collections_at_start: list[dict[str, int]] = []  # gc.get_stats() at the first request

