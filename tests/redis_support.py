@@ -17,7 +17,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from tests.chat_support import WITHIN
-from tests.test_chat_restart import free_port
+from tests.ports import free_port
 
 
 class RedisServer:

@@ -133,9 +133,10 @@ async def test_a_provider_error_fails_the_answer_with_its_code(
 async def test_an_answer_past_the_overall_time_limit_fails_as_a_timeout(
     database_url: str, tmp_path: Path, chat_stub: ChatStub
 ) -> None:
-    # the stub stalls after two tokens, within the stall limit but past the overall limit
+    # The stub stalls after two tokens, within the stall limit but past the overall limit
+    # (long enough for the two tokens to arrive on a busy machine).
     chat_stub.script = ChatScript(tokens=TOKENS, stall_after=2)
-    async with chat_database(database_url, tmp_path, chat_stub, chat_timeout_seconds=0.5) as db:
+    async with chat_database(database_url, tmp_path, chat_stub, chat_timeout_seconds=3.0) as db:
         answer, exchange = await new_answer(db)
 
         view = await answer.generate(exchange)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tests.chat_support import (
     stream_all,
 )
 from tests.conftest import TEST_JWT_SECRET, argon2_environment
+from tests.ports import free_port
 from tests.support import LOOPBACK_TLS, LiveServer
 
 TOKENS = [f"piece{i} " for i in range(400)]
@@ -77,13 +77,6 @@ async def test_shutdown_lets_answers_finish_within_the_grace_period(
         stored = await stored_message(server, answer["id"])
         assert stored["status"] == "COMPLETE"
         assert stored["content"] == "".join(TOKENS[:20])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def serve_environment(

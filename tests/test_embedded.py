@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import argon2_environment
+from tests.ports import free_port
 from tests.support import PASSWORD
 
 REGISTER = """mutation($input: RegisterInput!) {
@@ -28,13 +28,6 @@ REGISTER = """mutation($input: RegisterInput!) {
 LOGIN = """mutation($email: String!, $password: String!) {
   login(email: $email, password: $password) { accessToken user { id } }
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def command() -> list[str]:

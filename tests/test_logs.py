@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from ragstream.settings import Settings
 from tests.chat_support import eventually
 from tests.conftest import TEST_JWT_SECRET
 from tests.database_faults import database_unreachable
+from tests.ports import free_port
 from tests.support import PASSWORD, LiveServer
 from tests.test_embedded import command
 from tests.test_websockets import raw_socket, receive, send, sign_in, subscribe
@@ -218,13 +218,6 @@ def test_json_is_the_production_default() -> None:
     assert Settings(environment="development").log_format == "text"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_serve_writes_only_json_lines(database_url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAGSTREAM_", "OPENAI_"))}
     env.update(
@@ -234,7 +227,7 @@ async def test_serve_writes_only_json_lines(database_url: str, tmp_path: Path) -
         RAGSTREAM_LOG_FORMAT="json",
         RAGSTREAM_INGESTION_WORKER="false",
     )
-    port = _free_port()
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         *command(),
         "serve",

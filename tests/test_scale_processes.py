@@ -28,9 +28,10 @@ from tests.chat_support import (
     send,
     stream_all,
 )
+from tests.ports import free_port
 from tests.processes import stop_process
 from tests.support import Account, LiveServer
-from tests.test_chat_restart import SERVE, _healthy, _row, free_port, serve_environment
+from tests.test_chat_restart import SERVE, _healthy, _row, serve_environment
 
 TOKENS = [f"part{i} " for i in range(300)]
 FULL = "".join(TOKENS)

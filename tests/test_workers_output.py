@@ -10,7 +10,8 @@ import httpx
 
 from tests.chat_stub import ChatStub
 from tests.chat_support import WITHIN, eventually
-from tests.test_chat_restart import SERVE, _healthy, free_port, serve_environment
+from tests.ports import free_port
+from tests.test_chat_restart import SERVE, _healthy, serve_environment
 
 
 async def test_workers_log_one_banner_and_one_line_per_request(
