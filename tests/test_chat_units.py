@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from ragstream.domain.chat.answer import Answer
 from ragstream.domain.chat.prompt import (
     HistoryTurn,
     SourceText,
@@ -250,3 +254,39 @@ async def test_the_relay_sends_new_text_at_once_then_merges_within_the_window() 
         {"kind": "text", "offset": 1, "text": "bcd"},
         {"kind": "end"},
     ]
+
+
+@pytest.mark.parametrize("caught_up", [True, False])
+async def test_text_that_comes_while_the_relay_answers_a_follow_is_published_without_a_gap(
+    caught_up: bool,
+) -> None:
+    # A follower elsewhere asks to follow from the text it has; new text comes after the relay
+    # answered it but before the relay's publisher first runs. That text must reach it too.
+    broker = InMemoryBroker()
+    message_id = uuid.uuid4()
+    stream = GenerationStream()
+    stream.set_sources([])
+    stream.append("saved ")
+    stream.append("unsaved ")
+    answers = cast(Mapping[uuid.UUID, Answer], {message_id: SimpleNamespace(stream=stream)})
+    relay = Relay(broker, answers, window=0.0)
+    asked_from = stream.length if caught_up else len("saved ")
+    async with broker.subscribe(message_topic(message_id)) as events:
+        await relay.handle({"op": "follow", "id": str(message_id), "from": asked_from})
+        stream.append("between ")  # no await since the relay answered: its publisher waits
+        await asyncio.sleep(0)
+        stream.append("last")
+        stream.finish(ending(stream.text()))
+
+        published: list[dict[str, object]] = []
+        while not published or published[-1]["kind"] != "end":
+            published.append(await anext(events))
+    await relay.close()
+
+    texts = [event for event in published if event["kind"] == "text"]
+    received = ""
+    for event in texts:
+        assert event["offset"] == asked_from + len(received)  # no gap, no overlap
+        received += str(event["text"])
+    assert received == stream.text()[asked_from:]
+    assert [event["kind"] for event in published].count("sources") == 1

@@ -100,19 +100,30 @@ class Relay:
         if answer is None:  # ended (or never ran here): the asker reads the database
             await self._broker.publish(message_topic(message_id), {"kind": "end"})
             return
+        # Counted now: text that comes before the publisher first runs is the publisher's to
+        # send, else a follower would see a gap right after the text sent to it here.
+        sent, sources_sent = answer.stream.length, answer.stream.sources is not None
         if request["op"] == "follow":
-            await self._send_from(message_id, answer.stream, int(request["from"]))
+            sent, sources_sent = await self._send_from(
+                message_id, answer.stream, int(request["from"])
+            )
         elif request["op"] == "stop" and request["reason"] in STOP_REASONS:
             answer.stop(str(request["reason"]))
-        self._publish_on(message_id, answer.stream)
+        self._publish_on(message_id, answer.stream, sent=sent, sources_sent=sources_sent)
 
     async def _send_from(
         self, message_id: uuid.UUID, stream: GenerationStream, offset: int
-    ) -> None:
+    ) -> tuple[int, bool]:
+        """Sends the sources (if any yet) and the text from ``offset``; returns the offset
+        the text sent ends at and whether the sources went."""
         topic = message_topic(message_id)
-        if stream.sources is not None:
+        sources_sent = stream.sources is not None
+        if sources_sent:
             await self._broker.publish(topic, {"kind": "sources"})
-        await self._send_text(topic, offset, stream.read_from(max(offset, 0)))
+        offset = max(offset, 0)
+        text = stream.read_from(offset)
+        await self._send_text(topic, offset, text)
+        return offset + len(text), sources_sent
 
     async def _send_text(self, topic: str, offset: int, text: str) -> None:
         for start in range(0, len(text), TEXT_CHUNK):
@@ -125,7 +136,7 @@ class Relay:
         """An answer was stored and is generated here: on a broker that keeps history, all of
         its events go there from the start, followed or not."""
         if self._broker.retains_history:
-            self._publish_on(message_id, stream, from_start=True)
+            self._publish_on(message_id, stream, sent=0, sources_sent=False)
 
     def ended(self, message_id: uuid.UUID, stream: GenerationStream) -> None:
         """The answer's task is over: a stream that never finished (its end could not be
@@ -135,25 +146,24 @@ class Relay:
             task.cancel()
 
     def _publish_on(
-        self, message_id: uuid.UUID, stream: GenerationStream, *, from_start: bool = False
+        self, message_id: uuid.UUID, stream: GenerationStream, *, sent: int, sources_sent: bool
     ) -> None:
-        """From now on, the answer's new text (coalesced), and `end` once it is stored."""
+        """From now on, the answer's text from ``sent`` (coalesced), the sources unless
+        ``sources_sent``, and `end` once it is stored."""
         if message_id in self._publishers:
             return
         task = asyncio.create_task(
-            self._publish(message_id, stream, from_start), name=f"answer-events-{message_id}"
+            self._publish(message_id, stream, sent, sources_sent),
+            name=f"answer-events-{message_id}",
         )
         self._publishers[message_id] = task
         task.add_done_callback(lambda _: self._publishers.pop(message_id, None))
 
     async def _publish(
-        self, message_id: uuid.UUID, stream: GenerationStream, from_start: bool
+        self, message_id: uuid.UUID, stream: GenerationStream, sent: int, sources_sent: bool
     ) -> None:
         loop = asyncio.get_running_loop()
         topic = message_topic(message_id)
-        # What came before was sent to whoever asked, unless this is the answer's history.
-        sent = 0 if from_start else stream.length
-        sources_sent = not from_start and stream.sources is not None
         last_text = -self._window
         while True:
             if not sources_sent and stream.sources is not None:
@@ -238,6 +248,7 @@ class RemoteAnswers:
         process generates (or generated: then all of it from the database)."""
         message_id = stored.id
         replayed = self._broker.retains_history
+        loop = asyncio.get_running_loop()
         async with self._broker.subscribe(message_topic(message_id), replay=replayed) as events:
             # After subscribing: nothing falls in between.
             view, generator = await self._load_with_generator(message_id)
@@ -265,6 +276,7 @@ class RemoteAnswers:
                     yield TextItem(offset, saved)
                     offset = follow_from
                 asked_at = -1 if replayed else offset  # replayed: a first gap asks
+                asked_when = loop.time()
                 while running:
                     # An event already waiting needs no timer (one per event adds up).
                     event = events.ready()
@@ -288,9 +300,12 @@ class RemoteAnswers:
                         yield SourcesItem(loaded.sources if loaded is not None else ())
                     elif kind == "text":
                         start, text = int(event["offset"]), str(event["text"])
-                        if start > offset:  # missed one: ask again, once per offset reached
-                            if asked_at != offset:
-                                asked_at = offset
+                        if start > offset:
+                            # Missed one: ask again, once per offset reached; and again once
+                            # a poll interval has passed, in case that answer went missing
+                            # (deltas still flowing never let the poll below run).
+                            if asked_at != offset or loop.time() - asked_when >= self._poll:
+                                asked_at, asked_when = offset, loop.time()
                                 await self._ask(message_id, {"op": "follow", "from": offset})
                         elif start + len(text) > offset:
                             piece = text[offset - start :]
