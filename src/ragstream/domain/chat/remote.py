@@ -12,8 +12,8 @@ The follower (`follow_remote`), on any process:
    the sources and the text from that offset (`text` events carry their offset), and from
    then on every coalesced delta, then `end` once the end is stored;
 3. passes on text from exactly the offset it reached: text it already has is cut off, and a
-   delta beyond it (an event it missed) makes it ask again from its offset, so there is no gap
-   and no duplicate;
+   delta beyond it (an event it missed) makes it ask again from its offset (once, and again if
+   the gap outlasts a poll interval), so there is no gap and no duplicate;
 4. at `end` reads the stored answer and ends with it (any text it lacks comes from there).
 
 On a broker that keeps history (Redis Streams), the owner publishes every answer from its start
