@@ -119,24 +119,50 @@ async def paginate(
         if request.count
         else None
     )
+    after = None
     if request.after is not None:
-        after = decode_cursor(request.after, keys)
-        bound = tuple_(*(literal(v, k.type) for v, k in zip(after, keys, strict=True)))
-        stmt = stmt.where(tuple_(*keys) < bound if descending else tuple_(*keys) > bound)
-    ordering = [k.desc() if descending else k.asc() for k in keys]
-    page = stmt.order_by(*ordering).limit(request.first + 1)
+        values = decode_cursor(request.after, keys)
+        after = [literal(v, k.type) for v, k in zip(values, keys, strict=True)]
+    page = keyset_page(stmt, keys, descending=descending, after=after, limit=request.first + 1)
     if columns:
         # Plain rows need none of the ORM's loading: the session's connection runs it as is.
         rows: list[T] = list((await (await session.connection()).execute(page)).all())
     else:
         rows = list((await session.scalars(page)).all())
-    items = rows[: request.first]
+    return page_of(rows, request, cursor_of, None if total is None else int(total))
+
+
+def keyset_page(
+    stmt: Select[Any],
+    keys: Sequence[Any],
+    *,
+    descending: bool,
+    after: Sequence[Any] | None,
+    limit: Any,
+) -> Select[Any]:
+    """``stmt`` ordered by ``keys``, from the row after the key values ``after`` (SQL
+    expressions: literals, or parameters of a statement compiled once), ``limit`` rows."""
+    if after is not None:
+        bound = tuple_(*after)
+        stmt = stmt.where(tuple_(*keys) < bound if descending else tuple_(*keys) > bound)
+    ordering = [k.desc() if descending else k.asc() for k in keys]
+    return stmt.order_by(*ordering).limit(limit)
+
+
+def page_of(
+    rows: Sequence[T],
+    request: PageRequest,
+    cursor_of: Callable[[T], Sequence[Any]],
+    total_count: int | None,
+) -> Page[T]:
+    """The page of ``rows``, read with one row more than ``request.first`` asks for."""
+    items = list(rows[: request.first])
     return Page(
         items=items,
         cursors=[encode_cursor(cursor_of(item)) for item in items],
         has_next_page=len(rows) > request.first,
         has_previous_page=request.after is not None,
-        total_count=None if total is None else int(total),
+        total_count=total_count,
     )
 
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 from sqlalchemy import (
     ColumnElement,
     Double,
+    Integer,
     Select,
     SQLColumnExpression,
     String,
+    Uuid,
     and_,
+    bindparam,
     delete,
     func,
     literal,
@@ -26,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import with_expression
 
+from ragstream.db.driver import DriverStatement
 from ragstream.db.list_search import contains, plan_for_the_term
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
@@ -33,6 +37,9 @@ from ragstream.db.pagination import (
     Page,
     PageRequest,
     ParentPageKey,
+    decode_cursor,
+    keyset_page,
+    page_of,
     paginate,
     paginate_parents,
     parent_page_key,
@@ -126,6 +133,61 @@ ListedRow = tuple[ListedEvaluation, ListedOwner | None]
 _OWNER_PAGE_KEYS = (Evaluation.created_at, Evaluation.id)
 
 
+class _ListShape(NamedTuple):
+    """What the SQL text of a list page depends on (values travel as parameters)."""
+
+    admin: bool
+    order: EvaluationOrder
+    criteria: bool
+    owners: bool
+    after: bool
+
+
+class _ViewerParameter(NamedTuple):
+    """A viewer whose id is the statement's ``viewer_id`` parameter, for rules written once
+    (``readable_by``) in statements compiled once for every viewer of a kind."""
+
+    is_admin: bool
+    id: Any
+
+
+def _viewer_parameter(admin: bool) -> User:
+    return cast("User", _ViewerParameter(admin, bindparam("viewer_id", type_=Uuid)))
+
+
+def _listed_keys(order: EvaluationOrder) -> tuple[Any, ...]:
+    return (_sort_key(order), Evaluation.id)
+
+
+@functools.cache
+def _listed_page(shape: _ListShape) -> DriverStatement:
+    viewer = _viewer_parameter(shape.admin)
+    key, evaluation_id = keys = _listed_keys(shape.order)
+    stored = Evaluation.criteria if shape.criteria else null()
+    stmt = select(
+        *_LISTED, stored.label("criteria"), *_LISTED_AFTER_CRITERIA, key.label("sort_key")
+    ).where(EvaluationRepository.readable_by(viewer))
+    if shape.owners:
+        readable_owner = and_(User.id == Evaluation.owner_id, UserRepository.readable_by(viewer))
+        stmt = stmt.add_columns(*_OWNER).outerjoin(User, readable_owner)
+    after = None
+    if shape.after:
+        after = [
+            bindparam("after_key", type_=key.type),
+            bindparam("after_id", type_=evaluation_id.type),
+        ]
+    limit = bindparam("page_limit", type_=Integer)
+    page = keyset_page(stmt, keys, descending=shape.order.descending, after=after, limit=limit)
+    return DriverStatement(page)
+
+
+@functools.cache
+def _listed_count(admin: bool) -> DriverStatement:
+    viewer = _viewer_parameter(admin)
+    readable = EvaluationRepository.readable_by(viewer)
+    return DriverStatement(select(func.count()).select_from(Evaluation).where(readable))
+
+
 class EvaluationRepository(ReadableRepository[Evaluation]):
     """Reads and writes for one viewer, given at construction: every statement is scoped."""
 
@@ -199,38 +261,28 @@ class EvaluationRepository(ReadableRepository[Evaluation]):
 
         ``criteria``: read the stored criteria (else they are None). ``owners``: each row's owner
         in the same statement, joined with the accounts the viewer may read (None for one it
-        may not).
+        may not). The statements are compiled once per shape and run on the driver (see
+        db/driver.py): this is the list every page load asks for.
         """
-        key = _sort_key(order)
-        stored = Evaluation.criteria if criteria else null()
-        stmt = select(
-            *_LISTED, stored.label("criteria"), *_LISTED_AFTER_CRITERIA, key.label("sort_key")
-        ).where(self.readable_by(self.viewer))
-        if owners:
-            readable_owner = and_(
-                User.id == Evaluation.owner_id, UserRepository.readable_by(self.viewer)
-            )
-            stmt = stmt.add_columns(*_OWNER).outerjoin(User, readable_owner)
-        page: Page[Any] = await paginate(
-            self.session,
-            stmt,
-            keys=[key, Evaluation.id],
-            cursor_of=lambda row: (row.sort_key, row.id),
-            request=request,
-            descending=order.descending,
-            columns=True,
-        )
+        shape = _ListShape(self.viewer.is_admin, order, criteria, owners, request.after is not None)
+        params: dict[str, Any] = {"viewer_id": self.viewer.id, "page_limit": request.first + 1}
+        if request.after is not None:
+            key, evaluation_id = decode_cursor(request.after, _listed_keys(order))
+            params.update(after_key=key, after_id=evaluation_id)
+        total = None
+        if request.count:
+            counted = await _listed_count(self.viewer.is_admin).fetch(self.session, params)
+            total = int(counted[0][0])
+        rows = await _listed_page(shape).fetch(self.session, params)
         split = len(ListedEvaluation._fields)
-        return dataclasses.replace(
-            page,
-            items=[
-                (
-                    ListedEvaluation._make(row[:split]),
-                    ListedOwner._make(row[split:]) if owners and row[split] is not None else None,
-                )
-                for row in page.items
-            ],
-        )
+        listed = [
+            (
+                ListedEvaluation._make(row[:split]),
+                ListedOwner._make(row[split:]) if owners and row[split] is not None else None,
+            )
+            for row in rows
+        ]
+        return page_of(listed, request, lambda item: (item[0].sort_key, item[0].id), total)
 
     @staticmethod
     def page_key(owner_id: uuid.UUID, request: PageRequest) -> ParentPageKey:

@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 
+from ragstream.db.driver import DriverStatement
 from ragstream.db.models import User
 from ragstream.db.models.flags import FeatureFlag, FeatureFlagChange
 from ragstream.db.pagination import Page, PageRequest, paginate
@@ -62,8 +63,8 @@ def account_flags(environment: str | BindParameter[str]) -> ScalarSelect[Any]:
 
 _FLAGS = "account_flags"
 # Built once, like the statement it extends.
-_SIGNED_IN_WITH_FLAGS = SIGNED_IN.add_columns(
-    account_flags(bindparam("environment", type_=String)).label(_FLAGS)
+_SIGNED_IN_WITH_FLAGS = DriverStatement(
+    SIGNED_IN.add_columns(account_flags(bindparam("environment", type_=String)).label(_FLAGS))
 )
 
 
@@ -96,17 +97,14 @@ class FlagRepository(Repository):
     ) -> tuple[User, str] | None:
         """The signed-in account (see `users.SIGNED_IN`), detached, and its flags, in the one
         statement every signed-in request runs anyway."""
-        row = (
-            await self.session.execute(
-                _SIGNED_IN_WITH_FLAGS,
-                {"user_id": user_id, "session_id": session_id, "environment": environment},
-            )
-        ).first()
-        if row is None:
+        rows = await _SIGNED_IN_WITH_FLAGS.fetch(
+            self.session,
+            {"user_id": user_id, "session_id": session_id, "environment": environment},
+        )
+        if not rows:
             return None
-        columns = dict(row._mapping)
-        flags = columns.pop(_FLAGS)
-        return User(**columns), flags
+        *values, flags = rows[0]
+        return User(**dict(zip(_SIGNED_IN_WITH_FLAGS.keys, values, strict=False))), flags
 
     async def of_accounts(
         self, user_ids: Sequence[uuid.UUID], environment: str
