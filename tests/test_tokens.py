@@ -111,6 +111,17 @@ async def test_a_valid_token_works(server: LiveServer) -> None:
     assert (await server.execute(ME, token=crafted)).ok()["me"]["id"] == account.id
 
 
+async def test_a_token_that_worked_is_refused_once_it_expires(server: LiveServer) -> None:
+    account = await server.register()
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    token = jwt.encode(claims_of(account, exp=expires), SECRET, algorithm="HS256")
+    assert (await server.execute(ME, token=token)).ok()["me"]["id"] == account.id
+    await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.1)
+    result = await raw.graphql(server, ME, token=token)
+    assert result.code == "UNAUTHENTICATED"
+    assert result.data is None
+
+
 async def test_no_token_is_unauthenticated(server: LiveServer) -> None:
     result = await server.execute(ME)
     assert result.code == "UNAUTHENTICATED"

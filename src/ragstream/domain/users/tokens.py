@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,8 @@ from ragstream.domain.errors import Unauthenticated
 ALGORITHM = "HS256"
 ACCESS_TYPE = "access"
 MAX_TOKEN_LENGTH = 4096
+# Access tokens already verified, by their exact text (see `TokenService.decode_access`).
+VERIFIED_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class TokenService:
         self._secret = secret
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        self._verified: dict[str, AccessClaims] = {}
 
     def issue_access(self, user_id: uuid.UUID, session_id: uuid.UUID) -> str:
         now = datetime.now(UTC)
@@ -56,7 +60,24 @@ class TokenService:
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def decode_access(self, token: str) -> AccessClaims:
-        """Validate an access token; every failure is the same UNAUTHENTICATED answer."""
+        """Validate an access token; every failure is the same UNAUTHENTICATED answer.
+
+        A client sends the same token with every request until it expires: a token whose
+        signature and claims were verified once is remembered by its exact text (the last
+        `VERIFIED_TOKENS` of them) and then only its expiry is checked again.
+        """
+        verified = self._verified.get(token)
+        if verified is not None:
+            if verified.expires_at.timestamp() > time.time():
+                return verified
+            del self._verified[token]
+        claims = self._verify(token)
+        if len(self._verified) >= VERIFIED_TOKENS:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> AccessClaims:
         invalid = Unauthenticated("invalid or expired access token")
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise invalid
