@@ -16,6 +16,7 @@ import json
 import logging
 from typing import Any
 
+import orjson
 from cross_web import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +56,20 @@ def too_deep(value: object, max_depth: int) -> bool:
 
 def decode_json(data: str | bytes, *, max_depth: int) -> object:
     """Parse one JSON document under the edge's rules; MalformedJSON says what is wrong."""
+    try:
+        # orjson is several times faster; what it refuses (or nests too deep for it) is
+        # decided by the standard parser, whose rules and messages the edge has always had.
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        value = _decode_strictly(data, max_depth)
+    if not isinstance(value, dict | list):
+        raise MalformedJSON("a GraphQL request must be a JSON object")
+    if too_deep(value, max_depth):
+        raise MalformedJSON(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _decode_strictly(data: str | bytes, max_depth: int) -> object:
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")
@@ -66,10 +81,6 @@ def decode_json(data: str | bytes, *, max_depth: int) -> object:
         raise MalformedJSON(f"JSON nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError:
         raise MalformedJSON("the request body is not valid JSON") from None
-    if not isinstance(value, dict | list):
-        raise MalformedJSON("a GraphQL request must be a JSON object")
-    if too_deep(value, max_depth):
-        raise MalformedJSON(f"JSON nested deeper than {max_depth} levels")
     return value
 
 

@@ -54,6 +54,8 @@ class _Estimate:
         self.schema = schema
         self.fragments = FragmentMeasures(document, 0)
         self.variables = dict(variables)
+        # Whether a count read a variable: only an estimate that did not may be reused.
+        self.read_variables = False
         for definition in operation.variable_definitions or ():
             name = definition.variable.name.value
             if name not in self.variables and isinstance(definition.default_value, IntValueNode):
@@ -105,6 +107,7 @@ class _Estimate:
                 if isinstance(given.value, IntValueNode):
                     value = int(given.value.value)
                 elif isinstance(given.value, VariableNode):
+                    self.read_variables = True
                     value = self.variables.get(given.value.name.value)
                 else:
                     value = None
@@ -118,16 +121,33 @@ class _Estimate:
         return None
 
 
+# Estimates that read no variable, by schema and document: the parser's cache hands back the
+# same document object for the same text, and an entry keeps both alive, so their ids are not
+# reused while it is stored.
+_ESTIMATES: dict[tuple[int, int], tuple[GraphQLSchema, DocumentNode, int]] = {}
+_ESTIMATES_KEPT = 512
+
+
 def estimate_list_items(
     schema: GraphQLSchema, document: DocumentNode, variables: Mapping[str, Any] | None
 ) -> int:
     """The most list items any operation of ``document`` could return."""
+    key = (id(schema), id(document))
+    kept = _ESTIMATES.get(key)
+    if kept is not None and kept[0] is schema and kept[1] is document:
+        return kept[2]
     worst = 0
+    fixed = True
     for operation in document.definitions:
         if isinstance(operation, OperationDefinitionNode):
             estimate = _Estimate(schema, document, operation, variables or {})
             root = schema.get_root_type(operation.operation)
             worst = max(worst, estimate.selection_set(operation.selection_set, root))
+            fixed = fixed and not estimate.read_variables
+    if fixed:
+        if len(_ESTIMATES) >= _ESTIMATES_KEPT:
+            del _ESTIMATES[next(iter(_ESTIMATES))]
+        _ESTIMATES[key] = (schema, document, worst)
     return worst
 
 
