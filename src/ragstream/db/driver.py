@@ -5,13 +5,15 @@ session, each statement pays for SQLAlchemy's execution machinery (cache key, ex
 context, result metadata, greenlet hops) several times over what asyncpg itself costs. A
 `DriverStatement` is a Core SELECT compiled once for the engine's dialect: its SQL text, the
 order of its parameters with their bind processors and literal values, and its columns' result
-processors. It runs on the asyncpg connection under the session's (same connection, same
-transaction if one is open), and returns rows exactly as SQLAlchemy would have processed them.
+processors. It runs on the asyncpg connection under a session's (same connection, same
+transaction if one is open) or on a `DriverLease`, a pooled connection taken without a session
+by a request that only reads, and returns rows exactly as SQLAlchemy would have processed them.
 
 The SQL still lives in the repositories, written with Core like every other statement; only
-where it runs changes. A connection found dead (a database restart) is handed back to
-SQLAlchemy, which invalidates it with the rest of the pool and raises its usual
-``DBAPIError``, so callers see what they saw before.
+where it runs changes. A connection found dead (a database restart) is invalidated with the
+rest of the pool and reported as SQLAlchemy's ``DBAPIError`` marked ``connection_invalidated``,
+so callers see what they saw before; a statement cancelled halfway (the client went away)
+invalidates its connection, which asyncpg may still be busy with.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import Select, text
-from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.pool import PoolProxiedConnection
 
 Processor = Callable[[Any], Any] | None
 
@@ -31,10 +35,37 @@ Processor = Callable[[Any], Any] | None
 _DISCONNECTED = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError)
 
 
-class DriverStatement:
-    """``statement`` compiled for ``dialect`` on first use; see the module."""
+class DriverLease:
+    """A pooled connection checked out for driver statements alone: no session, no
+    transaction (each statement is its own, as under a session in autocommit), a fraction of
+    a session's cost to take and give back. For requests that only read."""
 
-    def __init__(self, statement: Select[Any]) -> None:
+    def __init__(self, engine: AsyncEngine, pooled: PoolProxiedConnection) -> None:
+        self.engine = engine
+        self.pooled = pooled
+        # What the engine's statement listeners get for a connection: the pooled connection
+        # (``.connection``, as on a Connection) and its engine.
+        self.view = SimpleNamespace(connection=pooled, engine=engine.sync_engine)
+
+    @classmethod
+    async def checkout(cls, engine: AsyncEngine) -> DriverLease:
+        """Waits for the pool like a session does (a pool timeout raises the same error)."""
+        return cls(engine, await engine.raw_connection())
+
+    def release(self) -> None:
+        # No transaction was begun through SQLAlchemy's adapter, so the pool's reset on
+        # return (a rollback) has nothing to send.
+        self.pooled.close()
+
+
+# Where driver statements run: a session's connection, or a lease.
+DriverTarget = AsyncSession | DriverLease
+
+
+class DriverStatement:
+    """``statement`` compiled for the engine's dialect on first use; see the module."""
+
+    def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
         self.statement = statement
         self.keys: Sequence[str] = tuple(statement.selected_columns.keys())
         self._compiled: tuple[Dialect, _Compiled] | None = None
@@ -44,44 +75,58 @@ class DriverStatement:
             self._compiled = (dialect, _Compiled(self.statement, dialect))
         return self._compiled[1]
 
-    async def fetch(
-        self, session: AsyncSession, params: Mapping[str, Any]
-    ) -> list[tuple[Any, ...]]:
-        """The statement's rows with ``params`` (by bind name) on ``session``'s connection."""
-        connection = await session.connection()
-        compiled = self.compiled(connection.dialect)
-        raw = await connection.get_raw_connection()
-        driver: asyncpg.Connection = raw.driver_connection
-        arguments = compiled.arguments(params)
-        # The engine's statement events (traces, statement counts) see this statement too.
+    async def fetch(self, on: DriverTarget, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """The statement's rows with ``params`` (by bind name), on ``on``'s connection."""
+        if isinstance(on, DriverLease):
+            return await self._fetch_leased(on, params)
+        connection = await on.connection()
         sync = connection.sync_connection
         assert sync is not None  # an open AsyncConnection has one
+        raw = await connection.get_raw_connection()
+        compiled = self.compiled(sync.dialect)
         events = sync.dispatch if sync._has_events or sync.engine._has_events else None
-        context = SimpleNamespace()
-        if events is not None:
-            events.before_cursor_execute(sync, None, compiled.sql, arguments, context, False)
         try:
-            if compiled.results is None:
-                compiled.describe(await driver.prepare(compiled.sql))
-            records = await driver.fetch(compiled.sql, *arguments)
-        except Exception as error:
-            if sync.dialect._has_events:
-                sync.dialect.dispatch.handle_error(
-                    SimpleNamespace(execution_context=context, original_exception=error)
-                )
-            if isinstance(error, _DISCONNECTED):
-                # SQLAlchemy, finding the connection dead, invalidates the pool's connections
-                # and raises a DBAPIError marked `connection_invalidated`, as for its own
-                # statements.
-                await connection.execute(text("SELECT 1"))
+            return await compiled.run(raw.driver_connection, params, events, sync, sync.dialect)
+        except asyncpg.PostgresError:
+            raise  # the statement failed; the connection is fine
+        except _DISCONNECTED:
+            # SQLAlchemy, finding the connection dead, invalidates the pool's connections and
+            # raises a DBAPIError marked `connection_invalidated`, as for its own statements.
+            await connection.execute(text("SELECT 1"))
             raise
-        if events is not None:
-            events.after_cursor_execute(sync, None, compiled.sql, arguments, context, False)
-        return compiled.rows(records)
+        except BaseException:
+            # Cancelled halfway through: asyncpg may still be busy with the statement.
+            await connection.invalidate()
+            raise
+
+    async def _fetch_leased(
+        self, lease: DriverLease, params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        engine = lease.engine.sync_engine
+        compiled = self.compiled(engine.dialect)
+        events = engine.dispatch if engine._has_events else None
+        try:
+            return await compiled.run(
+                lease.pooled.driver_connection, params, events, lease.view, engine.dialect
+            )
+        except asyncpg.PostgresError:
+            raise  # the statement failed; the connection is fine
+        except _DISCONNECTED as error:
+            # As SQLAlchemy does for its own statements: every connection of the pool opened
+            # before this one is discarded on its next checkout, and the caller learns that
+            # the connection was invalidated (the viewer check then retries once).
+            engine.pool._invalidate(lease.pooled, error)
+            raise DBAPIError(
+                compiled.sql, None, error, hide_parameters=True, connection_invalidated=True
+            ) from error
+        except BaseException as error:
+            # Cancelled halfway through: asyncpg may still be busy with the statement.
+            lease.pooled.invalidate(error if isinstance(error, Exception) else None)
+            raise
 
 
 class _Compiled:
-    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+    def __init__(self, statement: Select[*tuple[Any, ...]], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         if dialect.paramstyle != "numeric_dollar" or compiled.positiontup is None:
             raise TypeError(f"{dialect.name} does not compile to asyncpg's numbered parameters")
@@ -110,6 +155,34 @@ class _Compiled:
             for column_type, oid in zip(self.result_types, oids, strict=True)
         ]
         self.plain = all(processor is None for processor in self.results)
+
+    async def run(
+        self,
+        driver: asyncpg.Connection,
+        params: Mapping[str, Any],
+        events: Any,
+        connection: Connection | SimpleNamespace,
+        dialect: Dialect,
+    ) -> list[tuple[Any, ...]]:
+        """Runs on ``driver``; the engine's statement events (traces, statement counts) are
+        told, as for SQLAlchemy's own statements, when ``events`` has listeners."""
+        arguments = self.arguments(params)
+        context = SimpleNamespace()
+        if events is not None:
+            events.before_cursor_execute(connection, None, self.sql, arguments, context, False)
+        try:
+            if self.results is None:
+                self.describe(await driver.prepare(self.sql))
+            records = await driver.fetch(self.sql, *arguments)
+        except Exception as error:
+            if dialect._has_events:
+                dialect.dispatch.handle_error(
+                    SimpleNamespace(execution_context=context, original_exception=error)
+                )
+            raise
+        if events is not None:
+            events.after_cursor_execute(connection, None, self.sql, arguments, context, False)
+        return self.rows(records)
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
         fixed = self.fixed

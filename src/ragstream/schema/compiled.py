@@ -317,9 +317,9 @@ def _list_reader(
         # As IsAuthenticated and `resolvers.evaluations.evaluations` do, in the same order:
         # the viewer first, then the page size and the cursor.
         viewer = await context.viewer()
-        async with context.transaction() as session:
+        async with context.reads() as on:
             page = await evaluations.list_evaluation_rows(
-                session,
+                on,
                 viewer,
                 first=arguments.get("first"),
                 after=arguments.get("after"),

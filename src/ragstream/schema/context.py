@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 
+from ragstream.db.driver import DriverLease, DriverTarget
 from ragstream.db.models import User
 from ragstream.db.unit_of_work import wrote
 from ragstream.domain.errors import Unauthenticated
@@ -43,6 +44,7 @@ class Context:
     on_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _signed_in: SignedIn | None = field(default=None, repr=False)
     _session: AsyncSession | None = field(default=None, repr=False)
+    _lease: DriverLease | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
     _autocommit: bool = field(default=False, repr=False)
@@ -79,11 +81,32 @@ class Context:
             return
         async with self._lock:
             if self._session is None:
+                self._drop_lease()  # one connection at a time
                 self._session = self.state.sessionmaker()
                 if self._autocommit:
                     await self._session.connection(execution_options=_AUTOCOMMIT)
             async with _unit_of_work(self._session):
                 yield self._session
+
+    @contextlib.asynccontextmanager
+    async def reads(self) -> AsyncIterator[DriverTarget]:
+        """Where driver statements (db/driver.py) run: in an HTTP request that only reads (see
+        `read_only`) and has no session open, a pooled connection taken without a session,
+        kept for the request's next reads; otherwise as `transaction`."""
+        if self.is_websocket or self._closed or not self._autocommit:
+            async with self.transaction() as session:
+                yield session
+            return
+        async with self._lock:
+            if self._session is not None:
+                yield self._session
+                return
+            if self._lease is None:
+                engine = self.state.engine
+                if engine is None:
+                    raise RuntimeError("the database is not connected yet")
+                self._lease = await DriverLease.checkout(engine)
+            yield self._lease
 
     def read_only(self) -> None:
         """Declare that this HTTP request only reads. Its session, opened by the first read,
@@ -106,9 +129,15 @@ class Context:
         await self.release()
 
     async def _discard_session(self) -> None:
+        self._drop_lease()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+    def _drop_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
 
     def require_claims(self) -> AccessClaims:
         if self.claims is None or self.token_invalid:
@@ -151,9 +180,9 @@ class Context:
         return found
 
     async def _check_viewer(self, claims: AccessClaims) -> SignedIn | None:
-        async with self.transaction() as session:
+        async with self.reads() as on:
             return await resolve_signed_in(
-                session,
+                on,
                 claims.user_id,
                 claims.session_id,
                 environment=self.state.settings.environment,

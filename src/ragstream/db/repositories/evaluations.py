@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import with_expression
 
-from ragstream.db.driver import DriverStatement
+from ragstream.db.driver import DriverStatement, DriverTarget
 from ragstream.db.list_search import contains, plan_for_the_term
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
@@ -254,8 +254,15 @@ class EvaluationRepository(ReadableRepository[Evaluation]):
             descending=order.descending,
         )
 
+    @staticmethod
     async def page_rows(
-        self, request: PageRequest, order: EvaluationOrder, *, criteria: bool, owners: bool
+        on: DriverTarget,
+        viewer: User,
+        request: PageRequest,
+        order: EvaluationOrder,
+        *,
+        criteria: bool,
+        owners: bool,
     ) -> Page[ListedRow]:
         """`page` with no filter, as plain rows: the same items and cursors, no ORM objects.
 
@@ -264,16 +271,16 @@ class EvaluationRepository(ReadableRepository[Evaluation]):
         may not). The statements are compiled once per shape and run on the driver (see
         db/driver.py): this is the list every page load asks for.
         """
-        shape = _ListShape(self.viewer.is_admin, order, criteria, owners, request.after is not None)
-        params: dict[str, Any] = {"viewer_id": self.viewer.id, "page_limit": request.first + 1}
+        shape = _ListShape(viewer.is_admin, order, criteria, owners, request.after is not None)
+        params: dict[str, Any] = {"viewer_id": viewer.id, "page_limit": request.first + 1}
         if request.after is not None:
             key, evaluation_id = decode_cursor(request.after, _listed_keys(order))
             params.update(after_key=key, after_id=evaluation_id)
         total = None
         if request.count:
-            counted = await _listed_count(self.viewer.is_admin).fetch(self.session, params)
+            counted = await _listed_count(viewer.is_admin).fetch(on, params)
             total = int(counted[0][0])
-        rows = await _listed_page(shape).fetch(self.session, params)
+        rows = await _listed_page(shape).fetch(on, params)
         split = len(ListedEvaluation._fields)
         listed = [
             (

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 
-from ragstream.db.driver import DriverStatement
+from ragstream.db.driver import DriverStatement, DriverTarget
 from ragstream.db.models import User
 from ragstream.db.models.flags import FeatureFlag, FeatureFlagChange
 from ragstream.db.pagination import Page, PageRequest, paginate
@@ -92,14 +92,14 @@ class FlagRepository(Repository):
 
     # --- resolution ---------------------------------------------------------------------------
 
+    @staticmethod
     async def signed_in_with_flags(
-        self, user_id: uuid.UUID, session_id: uuid.UUID, environment: str
+        on: DriverTarget, user_id: uuid.UUID, session_id: uuid.UUID, environment: str
     ) -> tuple[User, str] | None:
         """The signed-in account (see `users.SIGNED_IN`), detached, and its flags, in the one
-        statement every signed-in request runs anyway."""
+        statement every signed-in request runs anyway; on the driver (see db/driver.py)."""
         rows = await _SIGNED_IN_WITH_FLAGS.fetch(
-            self.session,
-            {"user_id": user_id, "session_id": session_id, "environment": environment},
+            on, {"user_id": user_id, "session_id": session_id, "environment": environment}
         )
         if not rows:
             return None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ragstream.db.driver import DriverTarget
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
 from ragstream.db.pagination import Page, ParentPageKey
@@ -232,7 +233,7 @@ __all__ = [
 
 
 async def list_evaluation_rows(
-    session: AsyncSession,
+    on: DriverTarget,
     viewer: User,
     *,
     first: int | None,
@@ -245,6 +246,6 @@ async def list_evaluation_rows(
     `EvaluationRepository.page_rows` for ``criteria`` and ``owners``."""
     request = page_request(first, after, count=count)
     with cursor_errors():
-        return await EvaluationRepository(session, viewer).page_rows(
-            request, EvaluationOrder(), criteria=criteria, owners=owners
+        return await EvaluationRepository.page_rows(
+            on, viewer, request, EvaluationOrder(), criteria=criteria, owners=owners
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ragstream.db.driver import DriverTarget
 from ragstream.db.models import User
 from ragstream.db.models.flags import FeatureFlag, FeatureFlagChange
 from ragstream.db.pagination import Page
@@ -44,7 +45,7 @@ class SignedIn:
 
 
 async def resolve_signed_in(
-    session: AsyncSession,
+    on: DriverTarget,
     user_id: uuid.UUID,
     session_id: uuid.UUID,
     *,
@@ -59,7 +60,7 @@ async def resolve_signed_in(
     Run for every HTTP request and every websocket operation, so a flag change applies to the
     next one, with no cache to invalidate.
     """
-    found = await FlagRepository(session).signed_in_with_flags(user_id, session_id, environment)
+    found = await FlagRepository.signed_in_with_flags(on, user_id, session_id, environment)
     if found is None:
         return None
     user, raw = found
