@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
+from ragstream.db.pagination import encode_cursor
 from tests.evaluations_support import DELETE, LIST, UPDATE, create_evaluation
 from tests.support import Account, LiveServer
 
@@ -398,3 +399,29 @@ async def test_user_evaluations_argument_errors(server: LiveServer) -> None:
     assert too_many.errors[0]["extensions"]["field"] == "first"
     assert bad_cursor.code == "BAD_USER_INPUT"
     assert bad_cursor.errors[0]["extensions"]["field"] == "after"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [datetime(2026, 11, 30, 14, 5, 9, 123456, tzinfo=UTC), uuid.UUID(int=7)],
+        [datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=-5, minutes=-30)))],
+        [datetime(2026, 1, 2, 3, 4, 5), uuid.UUID(int=2**128 - 1)],
+        [4.25, uuid.UUID(int=1)],
+        [-1.0, uuid.UUID(int=1)],
+        ['ä "quoted" \\ title', uuid.UUID(int=3)],
+        [None, uuid.UUID(int=3)],
+    ],
+    ids=["utc", "offset", "naive", "score", "unscored", "title", "null"],
+)
+def test_cursors_are_base64_of_their_keys_json(values: list[Any]) -> None:
+    expected_json = json.dumps(
+        [
+            v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, uuid.UUID) else v
+            for v in values
+        ],
+        separators=(",", ":"),
+    )
+    cursor = encode_cursor(values)
+    assert base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode() == expected_json
+    assert "=" not in cursor

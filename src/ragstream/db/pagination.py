@@ -79,8 +79,20 @@ def _from_json(value: Any, python_type: type) -> Any:
 
 
 def encode_cursor(values: Sequence[Any]) -> str:
-    raw = json.dumps([_to_json(v) for v in values], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    # Timestamps and ids, the common keys, are written directly: their text needs no JSON
+    # escaping, so this is exactly what `json.dumps` writes for them.
+    parts: list[str] = []
+    for value in values:
+        if isinstance(value, datetime):
+            parts.append(f'"{value.isoformat()}"')
+        elif isinstance(value, uuid.UUID):
+            parts.append(f'"{value}"')
+        else:
+            text = json.dumps([_to_json(v) for v in values], separators=(",", ":"))
+            break
+    else:
+        text = f"[{','.join(parts)}]"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str, keys: Sequence[Any]) -> list[Any]:
