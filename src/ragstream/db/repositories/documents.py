@@ -11,9 +11,9 @@ import asyncpg
 from sqlalchemy import (
     ColumnElement,
     Select,
+    bindparam,
     delete,
     func,
-    literal,
     or_,
     select,
     text,
@@ -39,7 +39,7 @@ from ragstream.db.pagination import (
     parent_page_key,
 )
 from ragstream.db.repositories.base import ReadableRepository
-from ragstream.db.repositories.jobs import ingestion_job
+from ragstream.db.repositories.jobs import INGESTION_JOB, job_parameters
 from ragstream.db.unit_of_work import mark_written
 from ragstream.domain.documents.enums import UNFINISHED_STATUSES, DocumentStatus, Visibility
 
@@ -88,6 +88,66 @@ _STATUS_COLUMNS = (
     Document.error,
     Document.chunk_count,
     Document.updated_at,
+)
+
+# The statements every upload and every ingestion job run, built once: building a Core
+# statement costs more than running it through SQLAlchemy's compiled cache. Their values are
+# bound parameters.
+
+# A new document (on_conflict_do_nothing: unless its owner has the same content already),
+# its uploaded bytes and its ingestion job; the timestamps the database filled in.
+_INSERTED = (
+    insert(Document)
+    .values(
+        {
+            column: bindparam(f"new_{column}", type_=Document.__table__.c[column].type)
+            for column in _NEW_DOCUMENT_COLUMNS
+        }
+    )
+    .on_conflict_do_nothing(constraint="uq_documents_owner_id_content_sha256")
+    .returning(Document.id, Document.created_at, Document.updated_at)
+    .cte("inserted")
+)
+_ADD = select(_INSERTED.c.created_at, _INSERTED.c.updated_at, INGESTION_JOB).add_cte(
+    insert(DocumentContent)
+    .from_select(
+        ["document_id", "data"],
+        select(_INSERTED.c.id, bindparam("data", type_=DocumentContent.data.type)),
+    )
+    .cte("stored")
+)
+
+# A job's claim: PROCESSING unless READY already, with what reading the document needs.
+_CLAIM = (
+    update(Document)
+    .where(Document.id == bindparam("document_id"), Document.status != DocumentStatus.READY)
+    .values(status=DocumentStatus.PROCESSING, error=None, updated_at=func.now())
+    .returning(
+        *_STATUS_COLUMNS,
+        Document.title,
+        Document.mime_type,
+        select(DocumentContent.data)
+        .where(DocumentContent.document_id == Document.id)
+        .correlate(Document)
+        .scalar_subquery(),
+    )
+)
+
+# A job's end: the document locked and READY with its new chunk count, its old chunks gone.
+_MARKED = (
+    update(Document)
+    .where(Document.id == bindparam("document_id"))
+    .values(
+        status=DocumentStatus.READY,
+        error=None,
+        chunk_count=bindparam("chunk_count"),
+        updated_at=func.now(),
+    )
+    .returning(*_STATUS_COLUMNS)
+    .cte("marked")
+)
+_MARK_READY = select(_MARKED).add_cte(
+    delete(Chunk).where(Chunk.document_id.in_(select(_MARKED.c.id))).cte("old_chunks")
 )
 
 
@@ -152,20 +212,8 @@ class DocumentRepository(ReadableRepository[Document]):
         left as it is); None when the document no longer exists. Unscoped, as
         ``get_for_ingestion``.
         """
-        data = (
-            select(DocumentContent.data)
-            .where(DocumentContent.document_id == Document.id)
-            .correlate(Document)
-            .scalar_subquery()
-        )
-        claimed = (
-            update(Document)
-            .where(Document.id == document_id, Document.status != DocumentStatus.READY)
-            .values(status=DocumentStatus.PROCESSING, error=None, updated_at=func.now())
-            .returning(*_STATUS_COLUMNS, Document.title, Document.mime_type, data)
-        )
         connection = await self.session.connection()
-        row = (await connection.execute(claimed)).one_or_none()
+        row = (await connection.execute(_CLAIM, {"document_id": document_id})).one_or_none()
         mark_written(self.session)
         if row is None:
             return await self.session.scalar(
@@ -187,25 +235,11 @@ class DocumentRepository(ReadableRepository[Document]):
         False, with nothing written, when the owner already has a document with the same
         content (also one that a concurrent upload has just committed).
         """
-        inserted = (
-            insert(Document)
-            .values({column: getattr(document, column) for column in _NEW_DOCUMENT_COLUMNS})
-            .on_conflict_do_nothing(constraint="uq_documents_owner_id_content_sha256")
-            .returning(Document.id, Document.created_at, Document.updated_at)
-            .cte("inserted")
-        )
-        stored = (
-            insert(DocumentContent)
-            .from_select(
-                ["document_id", "data"],
-                select(inserted.c.id, literal(data, DocumentContent.data.type)),
-            )
-            .cte("stored")
-        )
-        statement = select(
-            inserted.c.created_at, inserted.c.updated_at, ingestion_job(document.id)
-        ).add_cte(stored)
-        row = (await (await self.session.connection()).execute(statement)).one_or_none()
+        parameters = {
+            f"new_{column}": getattr(document, column) for column in _NEW_DOCUMENT_COLUMNS
+        }
+        parameters.update(job_parameters(document.id), data=data)
+        row = (await (await self.session.connection()).execute(_ADD, parameters)).one_or_none()
         if row is None:
             return False
         mark_written(self.session)
@@ -270,18 +304,9 @@ class DocumentRepository(ReadableRepository[Document]):
         COPY. Both are in the session's transaction: the chunks land with the status or not
         at all.
         """
-        marked = (
-            update(Document)
-            .where(Document.id == document_id)
-            .values(
-                status=DocumentStatus.READY, error=None, chunk_count=count, updated_at=func.now()
-            )
-            .returning(*_STATUS_COLUMNS)
-            .cte("marked")
-        )
-        old = delete(Chunk).where(Chunk.document_id.in_(select(marked.c.id))).cte("old_chunks")
         connection = await self.session.connection()
-        row = (await connection.execute(select(marked).add_cte(old))).one_or_none()
+        parameters = {"document_id": document_id, "chunk_count": count}
+        row = (await connection.execute(_MARK_READY, parameters)).one_or_none()
         mark_written(self.session)
         if row is None:
             return None

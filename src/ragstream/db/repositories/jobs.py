@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import TextClause, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,21 +23,22 @@ def document_lock(document_id: uuid.UUID) -> str:
     return f"document:{document_id}"
 
 
-def ingestion_job(document_id: uuid.UUID) -> TextClause:
-    """The call that queues a document's ingestion job, as a column of a SELECT: on its own
-    (``JobRepository``) or inside the statement that stores a new document
-    (``DocumentRepository.add``)."""
-    lock = document_lock(document_id)
-    return text(
-        "procrastinate_defer_jobs_v1(ARRAY[ROW("
-        ":queue, :task, 0, :lock, :lock, CAST(:args AS jsonb), NULL"
-        ")::procrastinate_job_to_defer_v1])"
-    ).bindparams(
-        queue=INGESTION_QUEUE,
-        task=INGEST_TASK,
-        lock=lock,
-        args=json.dumps({"document_id": str(document_id)}),
-    )
+# The call that queues a document's ingestion job, as a column of a SELECT: on its own
+# (``JobRepository``) or inside the statement that stores a new document
+# (``DocumentRepository.add``); its parameters are ``job_parameters``.
+INGESTION_JOB = text(
+    "procrastinate_defer_jobs_v1(ARRAY[ROW("
+    ":queue, :task, 0, :lock, :lock, CAST(:args AS jsonb), NULL"
+    ")::procrastinate_job_to_defer_v1])"
+).bindparams(queue=INGESTION_QUEUE, task=INGEST_TASK)
+
+
+def job_parameters(document_id: uuid.UUID) -> dict[str, str]:
+    """The parameters of ``INGESTION_JOB`` for one document."""
+    return {
+        "lock": document_lock(document_id),
+        "args": json.dumps({"document_id": str(document_id)}),
+    }
 
 
 class JobRepository:
@@ -59,7 +60,7 @@ class JobRepository:
         return True
 
     async def _defer(self, document_id: uuid.UUID) -> None:
-        await self.session.execute(select(ingestion_job(document_id)))
+        await self.session.execute(select(INGESTION_JOB), job_parameters(document_id))
 
     async def without_live_job(self, document_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
         """Those of ``document_ids`` with no job waiting or running for them."""
