@@ -7,7 +7,9 @@ The floor, measured in the same run: ragstream's own parse, chunk and embed code
 thread, then one binary COPY per document (the payload ragstream's jobs send) into a table
 with the same indexes as ``chunks``.
 
-Both contestants meet the same conditions in every round. Inserting into an HNSW index costs
+ragstream runs as `ragstream serve` in its own process (its in-process worker, the offline
+embedder), as it is deployed; the bench process is its client and the floor. Both contestants
+meet the same conditions in every round. Inserting into an HNSW index costs
 more the larger the index is (while it is small, nearly linearly), so the round starts with
 both tables emptied (TRUNCATE) and a CHECKPOINT; before each contestant the bench waits until
 the database is idle (no unfinished document or job, no other active backend, autovacuum
@@ -19,21 +21,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import asyncpg
 import httpx
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import text
 
-from bench.common import bench_settings, embedded_database, graphql, live_app, register
-from ragstream.app import AppState
+from bench.common import embedded_database, graphql, register
+from bench.queries import _server_env, free_port, wait_ready
 from ragstream.db.chunk_copy import CHUNK_COPY_COLUMNS, chunk_copy_payload
 from ragstream.domain.documents.chunking import chunk_blocks
 from ragstream.domain.documents.parsing import parse
@@ -93,6 +99,11 @@ SELECT (SELECT count(*) FROM documents WHERE status IN ('PENDING', 'PROCESSING')
           AND (state = 'active' OR backend_type = 'autovacuum worker'))
 """
 SETTLE_TIMEOUT_S = 30.0
+# The size of the chunks' vectors, as the migrations made the column.
+DIMENSIONS = """
+SELECT atttypmod FROM pg_attribute
+WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'
+"""
 
 
 @dataclass
@@ -128,12 +139,40 @@ async def reset(conn: asyncpg.Connection) -> None:
     await conn.execute("CHECKPOINT")
 
 
+@contextlib.contextmanager
+def server_process(database_url: str, concurrency: int) -> Iterator[str]:
+    """`ragstream serve` on ``database_url`` with the offline embedder until the block ends;
+    yields its GraphQL URL."""
+    with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as data_dir:
+        port = free_port()
+        env = {
+            **_server_env(data_dir, port),
+            "RAGSTREAM_DATABASE_URL": database_url,
+            "RAGSTREAM_EMBEDDING_PROVIDER": "hashing",
+            "RAGSTREAM_INGESTION_CONCURRENCY": str(concurrency),
+        }
+        process = subprocess.Popen([sys.executable, "-m", "ragstream.cli", "serve"], env=env)
+        try:
+            yield f"http://127.0.0.1:{port}/graphql"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 async def ragstream_round(
-    client: httpx.AsyncClient, url: str, token: str, state: AppState, bodies: list[str], tag: str
+    client: httpx.AsyncClient,
+    url: str,
+    token: str,
+    conn: asyncpg.Connection,
+    bodies: list[str],
+    tag: str,
 ) -> tuple[float, float, int]:
     """Upload every body through the API and wait until no document is left unfinished."""
-    async with state.sessionmaker() as session:
-        before = int(await session.scalar(text("SELECT count(*) FROM chunks")) or 0)
+    before = int(await conn.fetchval("SELECT count(*) FROM chunks"))
     started = time.perf_counter()
     for i, body in enumerate(bodies):
         await graphql(
@@ -144,17 +183,13 @@ async def ragstream_round(
             token,
         )
     accepted = time.perf_counter() - started
+    unfinished = "SELECT count(*) FROM documents WHERE status IN ('PENDING', 'PROCESSING')"
     while True:
-        async with state.sessionmaker() as session:
-            left = await session.scalar(
-                text("SELECT count(*) FROM documents WHERE status IN ('PENDING', 'PROCESSING')")
-            )
-        if not left:
+        if not await conn.fetchval(unfinished):
             break
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
-    async with state.sessionmaker() as session:
-        after = int(await session.scalar(text("SELECT count(*) FROM chunks")) or 0)
+    after = int(await conn.fetchval("SELECT count(*) FROM chunks"))
     return elapsed, accepted, after - before
 
 
@@ -203,7 +238,6 @@ async def measured_round(
     client: httpx.AsyncClient,
     url: str,
     token: str,
-    state: AppState,
     conn: asyncpg.Connection,
     embedder: HashingEmbedder,
     bodies: list[str],
@@ -218,7 +252,7 @@ async def measured_round(
         waited += await settle(conn)
         if contestant == "ragstream":
             ours, upload, chunks = await ragstream_round(
-                client, url, token, state, bodies, f"r{number}-"
+                client, url, token, conn, bodies, f"r{number}-"
             )
         else:
             floor, floor_copy, floor_chunks = await floor_round(conn, embedder, bodies)
@@ -237,21 +271,22 @@ async def run(documents: int, sections: int, concurrency: int, rounds: int) -> N
         [markdown_document(rng, sections) for _ in range(documents)] for _ in range(rounds + 1)
     ]
     results: list[Round] = []
-    async with embedded_database() as (database, name, data_dir):
-        settings = bench_settings(database.url(name), data_dir, ingestion_concurrency=concurrency)
+    async with embedded_database() as (database, name, _):
         conn = await asyncpg.connect(database.libpq_uri(name))
         # LIKE ... INCLUDING ALL: the same columns, computed tsv and indexes (HNSW, GIN,
         # unique ordinal), without the foreign key.
         await conn.execute(f"CREATE TABLE {FLOOR_TABLE} (LIKE chunks INCLUDING ALL)")
-        floor_embedder = HashingEmbedder(settings.embedding_dimensions)
-        async with live_app(settings) as (url, state), httpx.AsyncClient(timeout=60) as client:
-            _, token = await register(client, url)
-            for number, bodies in enumerate(per_round):
-                results.append(
-                    await measured_round(
-                        client, url, token, state, conn, floor_embedder, bodies, number
+        floor_embedder = HashingEmbedder(await conn.fetchval(DIMENSIONS))
+        with server_process(database.url(name), concurrency) as url:
+            await wait_ready(url)
+            async with httpx.AsyncClient(timeout=60) as client:
+                _, token = await register(client, url)
+                for number, bodies in enumerate(per_round):
+                    results.append(
+                        await measured_round(
+                            client, url, token, conn, floor_embedder, bodies, number
+                        )
                     )
-                )
         await conn.close()
     measured = results[1:]  # the first round warms up
     embed_ms = embedder_ms_per_chunk(per_round[0][:30])
@@ -262,7 +297,8 @@ async def run(documents: int, sections: int, concurrency: int, rounds: int) -> N
     loads = [load for r in measured for load in r.load]
     table = Table(
         title="ragstream ingestion against its floor (hashing embedder, loopback, embedded "
-        f"PostgreSQL, the server's in-process worker: {concurrency} jobs at a time, a work "
+        "PostgreSQL, `ragstream serve` in its own process with its in-process worker: "
+        f"{concurrency} jobs at a time, a work "
         f"pool of one process per CPU at nice {SERVING_NICENESS}; {os.cpu_count()} CPUs, "
         f"median of {rounds} interleaved rounds after a warm-up, each of {documents} documents "
         f"(~{megabytes:.1f} MB, ~{median_chunks:.0f} chunks) into emptied tables on an idle "
