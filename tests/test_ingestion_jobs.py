@@ -224,3 +224,27 @@ async def test_a_failed_chunk_copy_writes_nothing_and_leaves_the_connection_usab
     assert before[0] == "READY"
     assert before[1] == 1
     assert dimensions == 2
+
+
+async def test_the_worker_goes_on_after_its_connections_are_ended(settings: Settings) -> None:
+    """The job queue's pooled connections ended by the server (a restart, an administrator)
+    are noticed when handed out, without a query, and replaced: the next document is
+    ingested all the same."""
+    polling = settings.model_copy(update={"ingestion_poll_seconds": 0.1})
+    async with running_server(polling) as server:
+        account = await server.register()
+        first = (await create(server, account.access_token, "Before the cut.")).ok()
+        await wait_for_status(server, account.access_token, first["createDocument"]["id"])
+        ended = await _scalar(
+            server,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'ragstream-worker'",
+        )
+        second = (await create(server, account.access_token, "After the cut.")).ok()
+        document = await wait_for_status(
+            server, account.access_token, second["createDocument"]["id"]
+        )
+
+    assert ended
+    assert document["status"] == "READY"
+    assert document["chunkCount"] == 1

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import procrastinate
+import psycopg
+import psycopg_pool
 from procrastinate import JobContext, RetryStrategy
 from procrastinate.worker import Worker
 from sqlalchemy.engine import make_url
@@ -47,6 +50,31 @@ def libpq_conninfo(database_url: str) -> str:
     return url.set(query=query).render_as_string(hide_password=False)
 
 
+async def _still_connected(connection: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's check of a connection it hands out, without a round trip.
+
+    procrastinate's own check sends an empty query each time, and its queries ran in a
+    transaction of their own: three round trips for each of a job's fetch and finish. An idle
+    connection has nothing to read; one that has (the server's goodbye when it ended the
+    backend, or the end of the stream) is closed, and the pool hands out another.
+    """
+    if connection.closed or connection.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([connection.fileno()], [], [], 0)
+    if readable:
+        await connection.close()  # the pool drops a closed connection and opens another
+        raise psycopg.OperationalError("the server ended the connection")
+
+
+def _job_pool(**options: Any) -> psycopg_pool.AsyncConnectionPool[Any]:
+    return psycopg_pool.AsyncConnectionPool(**{**options, "check": _still_connected})
+
+
+async def _autocommit(connection: psycopg.AsyncConnection[Any]) -> None:
+    # Every procrastinate query is one statement (a function call): it needs no BEGIN/COMMIT.
+    await connection.set_autocommit(True)
+
+
 def build_job_app(settings: Settings, database_url: str, deps: IngestionDeps) -> procrastinate.App:
     """A procrastinate app with the ingestion task bound to ``deps`` (nothing global)."""
     connector = procrastinate.PsycopgConnector(
@@ -54,6 +82,8 @@ def build_job_app(settings: Settings, database_url: str, deps: IngestionDeps) ->
         min_size=1,
         max_size=settings.ingestion_concurrency + 3,
         kwargs={"application_name": "ragstream-worker"},
+        configure=_autocommit,
+        pool_factory=_job_pool,
     )
     app = procrastinate.App(connector=connector)
     attempts = max(1, settings.ingestion_max_attempts)
