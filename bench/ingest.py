@@ -1,6 +1,6 @@
 """Ingestion throughput end to end: createDocument over HTTP -> job -> parse/chunk/embed/store.
 
-Usage: python -m bench.ingest [--documents 50] [--sections 8] [--concurrency 2] [--rounds 3]
+Usage: python -m bench.ingest [--documents 50] [--sections 8] [--concurrency 2] [--rounds 5]
 Loopback only; uses a throwaway embedded PostgreSQL and the offline hashing embedder.
 
 The floor, measured in the same run: ragstream's own parse, chunk and embed code in one
@@ -334,7 +334,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=50)
     parser.add_argument("--sections", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     asyncio.run(run(args.documents, args.sections, args.concurrency, args.rounds))
 
