@@ -52,11 +52,29 @@ async def test_rows_are_processed_as_sqlalchemy_processes_them(
     try:
         leased = await statement.fetch(lease, {"role": Role.ADMIN})
     finally:
-        lease.release()
+        await lease.release()
     async with engine.connect() as connection:
         expected = [tuple(row) for row in await connection.execute(ROLES, {"role": Role.ADMIN})]
     assert leased == expected == [(Role.ADMIN, Role.ADMIN)]
     assert type(leased[0][0]) is Role
+
+
+async def terminate(database_url: str, pids: list[int]) -> None:
+    """Ends those backends from outside and waits until they are gone."""
+    _, admin_uri = database_of(database_url)
+    admin = await asyncpg.connect(admin_uri)
+    try:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
+        for _ in range(500):
+            left = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+            )
+            if not left:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"backends {pids} still running")
+    finally:
+        await admin.close()
 
 
 async def test_a_dead_connection_is_reported_invalidated_with_the_rest_of_the_pool(
@@ -66,17 +84,12 @@ async def test_a_dead_connection_is_reported_invalidated_with_the_rest_of_the_po
     leases = [await DriverLease.checkout(engine) for _ in range(2)]
     pids = [await backend_of(lease) for lease in leases]
     for lease in leases:
-        lease.release()
-    _, admin_uri = database_of(database_url)
-    admin = await asyncpg.connect(admin_uri)
-    try:
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
-    finally:
-        await admin.close()
+        await lease.release()
+    await terminate(database_url, pids)
     lease = await DriverLease.checkout(engine)
     with pytest.raises(DBAPIError) as raised:
         await statement.fetch(lease, {})
-    lease.release()
+    await lease.release()
     assert raised.value.connection_invalidated
     # The other connection of the same generation is not handed out again either.
     lease = await DriverLease.checkout(engine)
@@ -84,7 +97,7 @@ async def test_a_dead_connection_is_reported_invalidated_with_the_rest_of_the_po
         assert await backend_of(lease) not in pids
         assert await statement.fetch(lease, {}) == [(1,)]
     finally:
-        lease.release()
+        await lease.release()
 
 
 async def test_a_statement_cancelled_halfway_discards_its_connection(
@@ -99,7 +112,44 @@ async def test_a_statement_cancelled_halfway_discards_its_connection(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not lease.pooled.is_valid
-    lease.release()
+    await lease.release()
     async with engine.connect() as connection:
         assert await connection.scalar(text("SELECT pg_backend_pid()")) != pid
         assert await connection.scalar(text("SELECT 1")) == 1
+
+
+async def test_a_connection_ended_during_a_statement_is_reported_invalidated(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    sleeping = DriverStatement(select(func.pg_sleep(5).label("slept")))
+    lease = await DriverLease.checkout(engine)
+    pid = await backend_of(lease)
+    running = asyncio.create_task(sleeping.fetch(lease, {}))
+    await asyncio.sleep(0.3)
+    await terminate(database_url, [pid])
+    with pytest.raises(DBAPIError) as raised:
+        await running
+    await lease.release()
+    assert raised.value.connection_invalidated
+    async with engine.connect() as connection:
+        assert await connection.scalar(text("SELECT 1")) == 1
+
+
+async def test_leases_given_back_beyond_the_pool_size_are_closed(database_url: str) -> None:
+    engine = create_async_engine(database_url, pool_size=1, max_overflow=1)
+    name, admin_uri = database_of(database_url)
+    try:
+        for _ in range(5):
+            leases = [await DriverLease.checkout(engine) for _ in range(2)]
+            for lease in leases:
+                await lease.release()  # the second one overflows the pool: closed
+    finally:
+        await engine.dispose()
+    admin = await asyncpg.connect(admin_uri)
+    try:
+        left = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name
+        )
+    finally:
+        await admin.close()
+    assert left == 0

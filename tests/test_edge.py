@@ -12,7 +12,7 @@ import jwt
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from ragstream.edge import UnexpectedErrorMiddleware
+from ragstream.edge import UnexpectedErrorMiddleware, decode_json
 from ragstream.middleware import RequestIdMiddleware
 from tests import raw
 from tests.conftest import TEST_JWT_SECRET
@@ -60,6 +60,17 @@ def nested(depth: int) -> str:
 )
 async def test_malformed_post_bodies_answer_json_400(server: LiveServer, body: bytes) -> None:
     assert_json_refusal(await raw.post(server, body), 400, "BAD_USER_INPUT")
+
+
+@pytest.mark.parametrize(
+    "number", [18446744073709551616, -9223372036854775809, 9223372036854775807, 10**40]
+)
+def test_integers_of_any_size_are_read_exactly(number: int) -> None:
+    for body in (f'{{"v": {number}}}', f'{{"v": {number}}}'.encode()):
+        value = decode_json(body, max_depth=32)
+        assert value == {"v": number}
+        assert isinstance(value, dict)
+        assert type(value["v"]) is int
 
 
 async def test_nesting_at_the_limit_is_accepted(server: LiveServer) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -54,14 +55,28 @@ def too_deep(value: object, max_depth: int) -> bool:
     return False
 
 
+# 19 digits or more in a row: possibly an integer beyond 64 bits (or a long fraction, which
+# both parsers read alike).
+_LONG_NUMBER = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+
+
 def decode_json(data: str | bytes, *, max_depth: int) -> object:
     """Parse one JSON document under the edge's rules; MalformedJSON says what is wrong."""
-    try:
-        # orjson is several times faster; what it refuses (or nests too deep for it) is
-        # decided by the standard parser, whose rules and messages the edge has always had.
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
+    if isinstance(data, str):
+        long_number = _LONG_NUMBER.search(data)
+    else:
+        long_number = _LONG_NUMBER_BYTES.search(data)
+    if long_number:
+        # orjson reads an integer beyond 64 bits as a float; the standard parser keeps it.
         value = _decode_strictly(data, max_depth)
+    else:
+        try:
+            # orjson is several times faster; what it refuses (or nests too deep for it) is
+            # decided by the standard parser, whose rules and messages the edge has always had.
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            value = _decode_strictly(data, max_depth)
     if not isinstance(value, dict | list):
         raise MalformedJSON("a GraphQL request must be a JSON object")
     if too_deep(value, max_depth):

@@ -5,9 +5,10 @@ session, each statement pays for SQLAlchemy's execution machinery (cache key, ex
 context, result metadata, greenlet hops) several times over what asyncpg itself costs. A
 `DriverStatement` is a Core SELECT compiled once for the engine's dialect: its SQL text, the
 order of its parameters with their bind processors and literal values, and its columns' result
-processors. It runs on the asyncpg connection under a session's (same connection, same
-transaction if one is open) or on a `DriverLease`, a pooled connection taken without a session
-by a request that only reads, and returns rows exactly as SQLAlchemy would have processed them.
+processors. It runs on the asyncpg connection under a session's (the same connection; inside
+its transaction once SQLAlchemy has begun one) or on a `DriverLease`, a pooled connection taken
+without a session by a request that only reads, and returns rows exactly as SQLAlchemy would
+have processed them.
 
 The SQL still lives in the repositories, written with Core like every other statement; only
 where it runs changes. A connection found dead (a database restart) is invalidated with the
@@ -28,11 +29,25 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
 Processor = Callable[[Any], Any] | None
 
-# What asyncpg raises for a connection that is gone (terminated backend, restart, network).
-_DISCONNECTED = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError)
+# What asyncpg raises for a connection that is gone (terminated backend, restart, network):
+# some are PostgresErrors too, so they are told apart before those.
+_DISCONNECTED = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    OSError,
+)
+
+
+def _gone(error: BaseException, driver: asyncpg.Connection) -> bool:
+    """Whether ``error`` means the connection is gone (a cancellation never does)."""
+    return isinstance(error, Exception) and (isinstance(error, _DISCONNECTED) or driver.is_closed())
 
 
 class DriverLease:
@@ -52,10 +67,15 @@ class DriverLease:
         """Waits for the pool like a session does (a pool timeout raises the same error)."""
         return cls(engine, await engine.raw_connection())
 
-    def release(self) -> None:
-        # No transaction was begun through SQLAlchemy's adapter, so the pool's reset on
-        # return (a rollback) has nothing to send.
-        self.pooled.close()
+    @property
+    def usable(self) -> bool:
+        return self.pooled.is_valid
+
+    async def release(self) -> None:
+        # In SQLAlchemy's greenlet: returning it may close it (a pool already full closes an
+        # overflow connection), which awaits asyncpg. No transaction was begun through the
+        # adapter, so the reset on return (a rollback) has nothing to send.
+        await greenlet_spawn(self.pooled.close)
 
 
 # Where driver statements run: a session's connection, or a lease.
@@ -85,15 +105,18 @@ class DriverStatement:
         raw = await connection.get_raw_connection()
         compiled = self.compiled(sync.dialect)
         events = sync.dispatch if sync._has_events or sync.engine._has_events else None
+        driver = raw.driver_connection
         try:
-            return await compiled.run(raw.driver_connection, params, events, sync, sync.dialect)
-        except asyncpg.PostgresError:
-            raise  # the statement failed; the connection is fine
-        except _DISCONNECTED:
-            # SQLAlchemy, finding the connection dead, invalidates the pool's connections and
-            # raises a DBAPIError marked `connection_invalidated`, as for its own statements.
-            await connection.execute(text("SELECT 1"))
-            raise
+            return await compiled.run(driver, params, events, sync, sync.dialect)
+        except Exception as error:
+            if _gone(error, driver):
+                # SQLAlchemy, finding the connection dead, invalidates the pool's connections
+                # and raises a DBAPIError marked `connection_invalidated`, as for its own
+                # statements.
+                await connection.execute(text("SELECT 1"))
+            elif not isinstance(error, asyncpg.PostgresError):
+                await connection.invalidate()  # asyncpg may be in the middle of it
+            raise  # a PostgresError: the statement failed, the connection is fine
         except BaseException:
             # Cancelled halfway through: asyncpg may still be busy with the statement.
             await connection.invalidate()
@@ -105,23 +128,24 @@ class DriverStatement:
         engine = lease.engine.sync_engine
         compiled = self.compiled(engine.dialect)
         events = engine.dispatch if engine._has_events else None
+        driver = lease.pooled.driver_connection
         try:
-            return await compiled.run(
-                lease.pooled.driver_connection, params, events, lease.view, engine.dialect
-            )
-        except asyncpg.PostgresError:
-            raise  # the statement failed; the connection is fine
-        except _DISCONNECTED as error:
-            # As SQLAlchemy does for its own statements: every connection of the pool opened
-            # before this one is discarded on its next checkout, and the caller learns that
-            # the connection was invalidated (the viewer check then retries once).
-            engine.pool._invalidate(lease.pooled, error)
-            raise DBAPIError(
-                compiled.sql, None, error, hide_parameters=True, connection_invalidated=True
-            ) from error
-        except BaseException as error:
+            return await compiled.run(driver, params, events, lease.view, engine.dialect)
+        except Exception as error:
+            if _gone(error, driver):
+                # As SQLAlchemy does for its own statements: every connection of the pool
+                # opened before this one is discarded on its next checkout, and the caller
+                # learns that the connection was invalidated (the viewer check retries once).
+                engine.pool._invalidate(lease.pooled, error)
+                raise DBAPIError(
+                    compiled.sql, None, error, hide_parameters=True, connection_invalidated=True
+                ) from error
+            if not isinstance(error, asyncpg.PostgresError):
+                lease.pooled.invalidate(error)  # asyncpg may be in the middle of it
+            raise  # a PostgresError: the statement failed, the connection is fine
+        except BaseException:
             # Cancelled halfway through: asyncpg may still be busy with the statement.
-            lease.pooled.invalidate(error if isinstance(error, Exception) else None)
+            lease.pooled.invalidate()
             raise
 
 
@@ -174,7 +198,7 @@ class _Compiled:
             if self.results is None:
                 self.describe(await driver.prepare(self.sql))
             records = await driver.fetch(self.sql, *arguments)
-        except Exception as error:
+        except BaseException as error:  # a cancelled statement's trace span ends too
             if dialect._has_events:
                 dialect.dispatch.handle_error(
                     SimpleNamespace(execution_context=context, original_exception=error)

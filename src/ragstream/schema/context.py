@@ -81,7 +81,7 @@ class Context:
             return
         async with self._lock:
             if self._session is None:
-                self._drop_lease()  # one connection at a time
+                await self._drop_lease()  # one connection at a time
                 self._session = self.state.sessionmaker()
                 if self._autocommit:
                     await self._session.connection(execution_options=_AUTOCOMMIT)
@@ -101,6 +101,8 @@ class Context:
             if self._session is not None:
                 yield self._session
                 return
+            if self._lease is not None and not self._lease.usable:
+                await self._drop_lease()  # invalidated (the database went away, a cancel)
             if self._lease is None:
                 engine = self.state.engine
                 if engine is None:
@@ -129,15 +131,15 @@ class Context:
         await self.release()
 
     async def _discard_session(self) -> None:
-        self._drop_lease()
+        await self._drop_lease()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
 
-    def _drop_lease(self) -> None:
+    async def _drop_lease(self) -> None:
         lease, self._lease = self._lease, None
         if lease is not None:
-            lease.release()
+            await lease.release()
 
     def require_claims(self) -> AccessClaims:
         if self.claims is None or self.token_invalid:
