@@ -64,9 +64,9 @@ _LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
 def decode_json(data: str | bytes, *, max_depth: int) -> object:
     """Parse one JSON document under the edge's rules; MalformedJSON says what is wrong."""
     if isinstance(data, str):
-        long_number = _LONG_NUMBER.search(data)
+        long_number = _LONG_NUMBER.search(data) is not None
     else:
-        long_number = _LONG_NUMBER_BYTES.search(data)
+        long_number = _LONG_NUMBER_BYTES.search(data) is not None
     if long_number:
         # orjson reads an integer beyond 64 bits as a float; the standard parser keeps it.
         value = _decode_strictly(data, max_depth)
