@@ -31,8 +31,6 @@ import json
 import os
 import secrets
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -44,7 +42,7 @@ from typing import Any
 import httpx
 import websockets
 
-from bench.common import percentile
+from bench.common import percentile, serve_process
 
 PASSWORD = "bench password 123"  # noqa: S105  (throw-away accounts on a throw-away server)
 ME = "{ me { id } }"
@@ -93,16 +91,8 @@ def started_server(port: int) -> Iterator[str]:
                 "RAGSTREAM_JWT_SECRET": secrets.token_urlsafe(48),
             }
         )
-        process = subprocess.Popen([sys.executable, "-m", "ragstream.cli", "serve"], env=env)
-        try:
-            yield f"http://127.0.0.1:{port}/graphql"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with serve_process(env) as url:
+            yield url
 
 
 async def wait_ready(url: str) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import subprocess
+import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +146,22 @@ def percentile(values: list[float], q: float) -> float:
     if len(ordered) == 1:
         return ordered[0]
     return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
+
+
+@contextlib.contextmanager
+def serve_process(env: dict[str, str], *arguments: str, stop_seconds: float = 60) -> Iterator[str]:
+    """`ragstream serve` (with ``arguments``) in a process of its own with ``env`` (which names
+    its `RAGSTREAM_PORT`) until the block ends; yields its GraphQL URL. Stopped with SIGTERM,
+    killed if it has not exited after ``stop_seconds``."""
+    process = subprocess.Popen(  # noqa: S603  (our own CLI, fixed arguments)
+        [sys.executable, "-m", "ragstream.cli", "serve", *arguments], env=env
+    )
+    try:
+        yield f"http://127.0.0.1:{env['RAGSTREAM_PORT']}/graphql"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=stop_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

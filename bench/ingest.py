@@ -25,8 +25,6 @@ import contextlib
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -38,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import embedded_database, graphql, register
+from bench.common import embedded_database, graphql, register, serve_process
 from bench.queries import _server_env, free_port, wait_ready
 from ragstream.db.chunk_copy import CHUNK_COPY_COLUMNS, chunk_copy_payload
 from ragstream.domain.documents.chunking import chunk_blocks
@@ -151,16 +149,8 @@ def server_process(database_url: str, concurrency: int) -> Iterator[str]:
             "RAGSTREAM_EMBEDDING_PROVIDER": "hashing",
             "RAGSTREAM_INGESTION_CONCURRENCY": str(concurrency),
         }
-        process = subprocess.Popen([sys.executable, "-m", "ragstream.cli", "serve"], env=env)
-        try:
-            yield f"http://127.0.0.1:{port}/graphql"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with serve_process(env) as url:
+            yield url
 
 
 async def ragstream_round(

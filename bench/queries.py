@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from bench.common import serve_process
+
 PASSWORD = "bench password 123"  # noqa: S105  (throw-away accounts on a throw-away server)
 LIST_QUERY = """query($first: Int!) {
   evaluations(first: $first) {
@@ -149,16 +151,8 @@ def started_server() -> Iterator[tuple[str, dict[str, str]]]:
     with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as data_dir:
         port = free_port()
         env = _server_env(data_dir, port)
-        process = subprocess.Popen([sys.executable, "-m", "ragstream.cli", "serve"], env=env)
-        try:
-            yield f"http://127.0.0.1:{port}/graphql", env
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with serve_process(env, stop_seconds=30) as url:
+            yield url, env
 
 
 async def wait_ready(url: str, limit_seconds: float = 120.0) -> None:

@@ -24,14 +24,12 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import orjson
 
-from bench.common import embedded_database
+from bench.common import embedded_database, serve_process
 from bench.peers import WRK_SCRIPT
 from bench.queries import LIST_QUERY, Api, _server_env, client_for, free_port, seed, wait_ready
 
@@ -48,18 +46,8 @@ def serve(database_url: str, workers: int, jwt_secret: str, extra: dict[str, str
             "RAGSTREAM_JWT_SECRET": jwt_secret,
             **extra,
         }
-        process = subprocess.Popen(  # noqa: S603  (our own CLI, fixed arguments)
-            [sys.executable, "-m", "ragstream.cli", "serve", "--workers", str(workers)], env=env
-        )
-        try:
-            yield f"http://127.0.0.1:{port}/graphql"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with serve_process(env, "--workers", str(workers)) as url:
+            yield url
 
 
 async def wrk(url: str, token: str, connections: int, seconds: float) -> float:

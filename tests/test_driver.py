@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import pytest
@@ -59,11 +61,20 @@ async def test_rows_are_processed_as_sqlalchemy_processes_them(
     assert type(leased[0][0]) is Role
 
 
-async def terminate(database_url: str, pids: list[int]) -> None:
-    """Ends those backends from outside and waits until they are gone."""
+@asynccontextmanager
+async def maintenance(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the maintenance database beside the test database."""
     _, admin_uri = database_of(database_url)
     admin = await asyncpg.connect(admin_uri)
     try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def terminate(database_url: str, pids: list[int]) -> None:
+    """Ends those backends from outside and waits until they are gone."""
+    async with maintenance(database_url) as admin:
         await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
         for _ in range(500):
             left = await admin.fetchval(
@@ -72,9 +83,16 @@ async def terminate(database_url: str, pids: list[int]) -> None:
             if not left:
                 return
             await asyncio.sleep(0.01)
-        raise AssertionError(f"backends {pids} still running")
-    finally:
-        await admin.close()
+    raise AssertionError(f"backends {pids} still running")
+
+
+async def sleeping_statement(lease: DriverLease) -> tuple[int, asyncio.Task[Any]]:
+    """The lease's backend pid, and a task running a 5 s statement on it, under way."""
+    pid = await backend_of(lease)
+    sleeping = DriverStatement(select(func.pg_sleep(5).label("slept")))
+    task = asyncio.create_task(sleeping.fetch(lease, {}))
+    await asyncio.sleep(0.3)
+    return pid, task
 
 
 async def test_a_dead_connection_is_reported_invalidated_with_the_rest_of_the_pool(
@@ -103,11 +121,8 @@ async def test_a_dead_connection_is_reported_invalidated_with_the_rest_of_the_po
 async def test_a_statement_cancelled_halfway_discards_its_connection(
     engine: AsyncEngine,
 ) -> None:
-    sleeping = DriverStatement(select(func.pg_sleep(5).label("slept")))
     lease = await DriverLease.checkout(engine)
-    pid = await backend_of(lease)
-    task = asyncio.create_task(sleeping.fetch(lease, {}))
-    await asyncio.sleep(0.3)
+    pid, task = await sleeping_statement(lease)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -121,11 +136,8 @@ async def test_a_statement_cancelled_halfway_discards_its_connection(
 async def test_a_connection_ended_during_a_statement_is_reported_invalidated(
     engine: AsyncEngine, database_url: str
 ) -> None:
-    sleeping = DriverStatement(select(func.pg_sleep(5).label("slept")))
     lease = await DriverLease.checkout(engine)
-    pid = await backend_of(lease)
-    running = asyncio.create_task(sleeping.fetch(lease, {}))
-    await asyncio.sleep(0.3)
+    pid, running = await sleeping_statement(lease)
     await terminate(database_url, [pid])
     with pytest.raises(DBAPIError) as raised:
         await running
@@ -137,7 +149,7 @@ async def test_a_connection_ended_during_a_statement_is_reported_invalidated(
 
 async def test_leases_given_back_beyond_the_pool_size_are_closed(database_url: str) -> None:
     engine = create_async_engine(database_url, pool_size=1, max_overflow=1)
-    name, admin_uri = database_of(database_url)
+    name, _ = database_of(database_url)
     try:
         for _ in range(5):
             leases = [await DriverLease.checkout(engine) for _ in range(2)]
@@ -145,11 +157,8 @@ async def test_leases_given_back_beyond_the_pool_size_are_closed(database_url: s
                 await lease.release()  # the second one overflows the pool: closed
     finally:
         await engine.dispose()
-    admin = await asyncpg.connect(admin_uri)
-    try:
+    async with maintenance(database_url) as admin:
         left = await admin.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name
         )
-    finally:
-        await admin.close()
     assert left == 0
