@@ -419,3 +419,80 @@ async def test_a_compiled_list_reads_its_owners_in_the_page_statement(pair: Pair
     assert len(compiled_sql) == 2, compiled_sql
     assert len(executed_sql) == 3, executed_sql
     assert "JOIN users" in compiled_sql[1]
+
+
+# --- prepared reads: a repeated document answered without the pipeline ----------------------
+
+
+async def test_a_repeated_read_is_answered_prepared_in_the_same_bytes(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    prepared = pair.compiled.state.prepared
+    assert prepared is not None
+    assert pair.executed.state.prepared is None  # compiled reads off: no prepared reads either
+    document = list_document(CONNECTION_SELECTIONS[1], NODE_SELECTIONS[1])
+    admin = world.admin.access_token
+    await assert_same(pair, document, {"first": 2}, token=admin)  # through the pipeline
+    answered = prepared.answered
+    for variables in ({"first": 2}, {"first": 3, "after": world.cursor}, {}):
+        for accept in ("application/json", "application/graphql-response+json"):
+            body = await assert_same(pair, document, variables, token=admin, accept=accept)
+            assert b'"errors"' not in body, body
+    assert prepared.answered == answered + 6
+    # Every later request reads afresh: a new evaluation is in the next answer.
+    before = orjson.loads(await assert_same(pair, document, {"first": 1}, token=admin))
+    await create_evaluation(pair.compiled, world.admin, title="Added later")
+    after = orjson.loads(await assert_same(pair, document, {"first": 1}, token=admin))
+    count = after["data"]["evaluations"]["totalCount"]
+    assert count == before["data"]["evaluations"]["totalCount"] + 1
+    assert after["data"]["evaluations"]["edges"][0]["node"]["title"] == "Added later"
+    assert prepared.answered == answered + 8
+
+
+async def test_what_a_prepared_read_cannot_answer_the_pipeline_reports(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    prepared = pair.compiled.state.prepared
+    assert prepared is not None
+    document = list_document(CONNECTION_SELECTIONS[1], NODE_SELECTIONS[1])
+    user = world.user.access_token
+    await assert_same(pair, document, {"first": 2}, token=user)
+    await assert_same(pair, document, {"first": 2}, token=user)
+    answered = prepared.answered
+    assert answered >= 1  # the document is prepared
+    refused: list[tuple[dict[str, Any], str | None, str]] = [
+        ({"first": 2}, None, "UNAUTHENTICATED"),
+        ({"first": 2}, "garbage", "UNAUTHENTICATED"),
+        ({"first": 2}, user[:-2] + "xx", "UNAUTHENTICATED"),
+        ({"first": -1}, user, "BAD_USER_INPUT"),
+        ({"first": 101}, user, "BAD_USER_INPUT"),
+        ({"first": "two"}, user, "BAD_USER_INPUT"),
+        ({"first": 2, "after": "garbage"}, user, "BAD_USER_INPUT"),
+        ({"first": 2, "after": "bad\u0000cursor"}, user, "BAD_USER_INPUT"),
+    ]
+    for variables, token, code in refused:
+        body = await assert_same(pair, document, variables, token=token)
+        codes = [e["extensions"]["code"] for e in orjson.loads(body)["errors"]]
+        assert codes == [code], (variables, body)
+    assert prepared.answered == answered
+
+
+async def test_a_prepared_read_measures_its_list_size_with_each_requests_variables(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path, max_list_items=150)
+    async with running_server(settings) as server:
+        account = await server.register()
+        prepared = server.state.prepared
+        assert prepared is not None
+        document = (
+            "query($n: Int) { a: evaluations(first: $n) { edges { node { id } } } "
+            "b: evaluations(first: $n) { edges { cursor } } }"
+        )
+        for _ in range(2):
+            assert (await server.execute(document, {"n": 50}, token=account.access_token)).ok()
+        answered = prepared.answered
+        assert answered >= 1
+        refused = await server.execute(document, {"n": 100}, token=account.access_token)
+        assert refused.code == "BAD_USER_INPUT"
+        assert "up to 200 list items" in refused.errors[0]["message"]
+        assert refused.data is None
+        assert prepared.answered == answered

@@ -96,6 +96,12 @@ async def test_a_request_has_one_line_with_its_operation_and_no_secrets(
             },
             headers={"x-request-id": "req-0002"},
         )
+        # The same document again: answered without the pipeline, logged alike.
+        again = await client.post(
+            "/graphql",
+            json={"query": "query Me { me { id } }"},
+            headers={"authorization": f"Bearer {account.access_token}", "x-request-id": "req-0004"},
+        )
         got = await client.get(
             "/graphql",
             params={"query": "query Hello($p: String!) { __typename }", "variables": '{"p":"x"}'},
@@ -115,6 +121,11 @@ async def test_a_request_has_one_line_with_its_operation_and_no_secrets(
     assert line["user_id"] == account.id
     assert isinstance(line["duration_ms"], float)
     assert "error_codes" not in line
+    assert again.json() == me.json()
+    [repeated] = request_lines(json_lines, "req-0004")
+    assert {
+        k: v for k, v in repeated.items() if k not in ("duration_ms", "time", "request_id")
+    } == {k: v for k, v in line.items() if k not in ("duration_ms", "time", "request_id")}
     [signed_in] = request_lines(json_lines, "req-0002")
     assert (signed_in["operation"], signed_in["outcome"], signed_in.get("user_id")) == (
         "SignIn",

@@ -38,9 +38,14 @@ async def post(server: LiveServer, query: str, token: str | None = None, **extra
 async def test_operations_errors_and_sign_ins_are_counted(server: LiveServer) -> None:
     account = await server.register()
     before = await scrape(server)
+    prepared = server.state.prepared
+    assert prepared is not None
+    answered = prepared.answered
 
     for _ in range(3):
         await post(server, "query Me { me { id } }", account.access_token)
+    # The second and third are answered without the pipeline (schema/prepared.py): counted alike.
+    assert prepared.answered == answered + 2
     missing = f'query Missing {{ evaluation(id: "{uuid.uuid4()}") {{ id }} }}'
     assert (await post(server, missing, account.access_token))["errors"][0]["extensions"][
         "code"

@@ -40,6 +40,7 @@ from ragstream.observability.search import timed_retriever
 from ragstream.observability.tracing import TraceMiddleware, build_tracing
 from ragstream.persisted import PersistedDocuments, load_manifest
 from ragstream.schema import build_schema
+from ragstream.schema.prepared import PreparedReads
 from ragstream.security_headers import SecurityHeadersMiddleware
 from ragstream.settings import ConfigurationError, Settings, check_serving
 from ragstream.socket_limits import SocketRegistry, WebSocketLimitMiddleware
@@ -88,9 +89,10 @@ def build_state(settings: Settings, span_exporter: SpanExporter | None = None) -
         window=3600,
         message=too_many_accounts,
     )
+    schema = build_schema(settings)
     return AppState(
         settings=settings,
-        schema=build_schema(settings),
+        schema=schema,
         tokens=tokens,
         auth=AuthService(
             hasher,
@@ -111,6 +113,9 @@ def build_state(settings: Settings, span_exporter: SpanExporter | None = None) -
         metrics=metrics,
         tracing=tracing,
         persisted=build_persisted(settings),
+        prepared=PreparedReads(schema._schema, max_list_items=settings.max_list_items)
+        if settings.compiled_reads
+        else None,
     )
 
 

@@ -7,6 +7,7 @@ factory (app.py) builds it. The commands without HTTP use its base, `backend.Bac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import strawberry
 
@@ -18,6 +19,9 @@ from ragstream.domain.users.tokens import TokenService
 from ragstream.persisted import PersistedDocuments
 from ragstream.settings import ConfigurationError
 from ragstream.socket_limits import SocketRegistry
+
+if TYPE_CHECKING:
+    from ragstream.schema.prepared import PreparedReads
 
 
 @dataclass(kw_only=True)
@@ -35,5 +39,8 @@ class AppState(Backend):
     persisted: PersistedDocuments = field(
         default_factory=lambda: PersistedDocuments("automatic", {})
     )
+    # Repeated reads answered from their plan without the pipeline (schema/prepared.py);
+    # None when compiled reads are off.
+    prepared: PreparedReads | None = None
     # A configuration error that stopped the lifespan from starting (serve reports it, exit 2).
     startup_error: ConfigurationError | None = None

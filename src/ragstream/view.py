@@ -29,7 +29,9 @@ from ragstream.edge import (
 )
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.graphql_http import GRAPHQL_RESPONSE_JSON, is_request_error, wants_graphql_response
+from ragstream.persisted import wants_resolving
 from ragstream.schema.context import Context
+from ragstream.schema.prepared import PreparedReads, request_key
 from ragstream.upload_names import UploadNameRefused, scan_upload_names
 from ragstream.websocket import TooManySockets, TransportWSHandler
 
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from ragstream.state import AppState
 
 logger = logging.getLogger(__name__)
+
+# Where a request whose document may be prepared keeps its (document, name) and variables.
+PREPARE_KEY = "ragstream.prepare"
 
 # Headers a browser cannot send cross-site without a CORS preflight.
 PREFLIGHT_HEADERS = (b"apollo-require-preflight", b"x-requested-with", b"graphql-preflight")
@@ -83,6 +88,53 @@ class GraphQLView(GraphQL[Context, None]):
         )
         self.state = state
         self.graphiql_page = assets.page() if assets is not None else ""
+        # Repeated reads answered from their plan without the pipeline (schema/prepared.py).
+        self.prepared = state.prepared
+
+    def _may_prepare(self, scope: Scope) -> bool:
+        """A plain JSON POST, outside trusted-document modes and tracing (which the pipeline
+        alone handles)."""
+        if scope["method"] != "POST":
+            return False
+        content_type = accept = b""
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"accept":
+                accept = value
+        return (
+            content_type.lower().startswith(b"application/json")
+            and b"multipart" not in accept
+            and b"event-stream" not in accept
+            and not wants_resolving(self.state.persisted, None)
+            and not self.state.tracing.enabled
+        )
+
+    async def _prepared_response(
+        self, request: Request, prepared: PreparedReads
+    ) -> Response | None:
+        """The response of a prepared read, or None for the pipeline to answer (see
+        schema/prepared.py; a document it has not seen yet is marked to be learned)."""
+        try:
+            found = request_key(self.decode_json(await request.body()))
+        except MalformedJSON:
+            return None
+        if found is None:
+            return None
+        key, variables = found
+        entry = prepared.get(key)
+        if entry is None:
+            request.scope[PREPARE_KEY] = found
+            return None
+        context = await self.get_context(request)
+        try:
+            data = await prepared.answer(entry, context, variables)
+        except Exception:  # GiveWay, or a failure the pipeline reports (and retries)
+            return None
+        finally:
+            await context.close()
+        sub_response = await self.get_sub_response(request)
+        return self.create_response({"data": data}, sub_response)
 
     def encode_json(self, data: object) -> str:
         # Text, because websocket messages must be text frames.
@@ -108,8 +160,14 @@ class GraphQLView(GraphQL[Context, None]):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        request = Request(scope, scan_upload_names(scope, receive))
+        if self.prepared is not None and self._may_prepare(scope):
+            prepared_response = await self._prepared_response(request, self.prepared)
+            if prepared_response is not None:
+                await prepared_response(scope, receive, send)
+                return
         try:
-            response = await self.run(Request(scope, scan_upload_names(scope, receive)))
+            response = await self.run(request)
         except HTTPException as exc:  # Strawberry answers these as plain text
             response = http_error_response(exc)
         except UploadNameRefused as refused:
@@ -175,12 +233,24 @@ class GraphQLView(GraphQL[Context, None]):
         sub_response: Response,
     ) -> ExecutionResult | list[ExecutionResult] | SubscriptionExecutionResult:
         try:
-            return await super().execute_operation(
+            result = await super().execute_operation(
                 request, request_adapter, request_data, context, root_value, sub_response
             )
         finally:
             # The request's connection goes back to the pool before the response is encoded.
             await context.close()
+        candidate = request.scope.get(PREPARE_KEY)
+        if (
+            candidate is not None
+            and self.prepared is not None
+            and context.answered_by_plan
+            and isinstance(result, ExecutionResult)
+            and result.data is not None
+            and not result.errors
+            and not result.extensions
+        ):
+            self.prepared.learn(*candidate)
+        return result
 
     async def process_result(
         self, request: Request, result: ExecutionResult

@@ -491,6 +491,7 @@ async def run_plan(
             data[root.key] = root.render(value, env)
         except Exception:  # Unsupported, or anything rendering did not expect
             return await _executed(executor, execute)
+    context.answered_by_plan = True
     return data
 
 

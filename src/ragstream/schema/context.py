@@ -48,6 +48,8 @@ class Context:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
     _autocommit: bool = field(default=False, repr=False)
+    # Set when a compiled plan (schema/compiled.py) produced the operation's data.
+    answered_by_plan: bool = field(default=False, repr=False)
     # DataLoaders for nested fields; see schema/loaders.py for why websockets do not cache.
     loaders: Loaders = field(init=False, repr=False)
     # Asked several times per request; an isinstance check through Starlette's ABCs each time.
