@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from sqlalchemy import (
     ARRAY,
@@ -51,11 +51,42 @@ class PageRequest:
 @dataclass(frozen=True)
 class Page(Generic[T]):
     items: list[T]
-    cursors: list[str]
+    cursors: Sequence[str]
     has_next_page: bool
     has_previous_page: bool
     # None when the request said not to count.
     total_count: int | None
+
+
+class Cursors(Sequence[str]):
+    """A page's cursors, each encoded when first read: a response that selects no cursor
+    encodes none."""
+
+    __slots__ = ("_cursor_of", "_encoded", "_items")
+
+    def __init__(self, items: Sequence[T], cursor_of: Callable[[T], Sequence[Any]]) -> None:
+        self._items: Sequence[Any] = items
+        self._cursor_of: Callable[[Any], Sequence[Any]] = cursor_of
+        self._encoded: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._items)))]
+        position = range(len(self._items))[index]  # IndexError as a list raises it
+        cursor = self._encoded.get(position)
+        if cursor is None:
+            cursor = encode_cursor(self._cursor_of(self._items[position]))
+            self._encoded[position] = cursor
+        return cursor
 
 
 def _to_json(value: Any) -> Any:
@@ -171,7 +202,7 @@ def page_of(
     items = list(rows[: request.first])
     return Page(
         items=items,
-        cursors=[encode_cursor(cursor_of(item)) for item in items],
+        cursors=Cursors(items, cursor_of),
         has_next_page=len(rows) > request.first,
         has_previous_page=request.after is not None,
         total_count=total_count,
@@ -309,7 +340,7 @@ async def _first_pages(
         pages.append(
             Page(
                 items=items,
-                cursors=[encode_cursor(cursor_of(item)) for item in items],
+                cursors=Cursors(items, cursor_of),
                 has_next_page=len(found) > request.first,
                 has_previous_page=False,
                 total_count=totals.get(index, 0),

@@ -65,17 +65,17 @@ from graphql.pyutils import Path
 from graphql.type.scalars import serialize_boolean, serialize_id, serialize_string
 from strawberry.permission import PermissionExtension
 
+from ragstream.db.pagination import Page
 from ragstream.domain.evaluations import service as evaluations
 from ragstream.resolvers import evaluations as evaluation_resolvers
 from ragstream.resolvers import users as user_resolvers
 from ragstream.schema.context import Context
 from ragstream.schema.evaluations.types import (
-    Evaluation,
     resolve_criteria,
     resolve_owner,
     to_evaluation,
 )
-from ragstream.schema.pagination import Connection, to_connection
+from ragstream.schema.pagination import Connection
 from ragstream.schema.permissions import signed_in
 from ragstream.schema.rendering import RenderingExecutor
 from ragstream.schema.users.types import User, to_user
@@ -335,10 +335,55 @@ def _list_reader(
                     raise Unsupported("an owner the viewer may not read")
                 if owner.id not in env.owners:
                     env.owners[owner.id] = to_user(owner)
-        connection: Connection[Evaluation] = to_connection(page, lambda row: to_evaluation(row[0]))
-        return connection, env
+        return _PlanConnection(page, [to_evaluation(row[0]) for row in page.items]), env
 
     return read
+
+
+class _PlanEdge:
+    """What a plan renders of an edge (the attributes of `Edge`), its cursor encoded only if
+    the selection reads it."""
+
+    __slots__ = ("_cursors", "_index", "node")
+
+    def __init__(self, node: Any, cursors: Sequence[str], index: int) -> None:
+        self.node = node
+        self._cursors = cursors
+        self._index = index
+
+    @property
+    def cursor(self) -> str:
+        return self._cursors[self._index]
+
+
+class _PlanPageInfo:
+    """The attributes of `PageInfo`, the cursors encoded only if read."""
+
+    __slots__ = ("_cursors", "has_next_page", "has_previous_page")
+
+    def __init__(self, page: Page[Any]) -> None:
+        self.has_next_page = page.has_next_page
+        self.has_previous_page = page.has_previous_page
+        self._cursors = page.cursors
+
+    @property
+    def start_cursor(self) -> str | None:
+        return self._cursors[0] if self._cursors else None
+
+    @property
+    def end_cursor(self) -> str | None:
+        return self._cursors[-1] if self._cursors else None
+
+
+class _PlanConnection:
+    """What `to_connection` builds, as the plan reads it: the same attribute values."""
+
+    __slots__ = ("counted", "edges", "page_info")
+
+    def __init__(self, page: Page[Any], nodes: list[Any]) -> None:
+        self.edges = [_PlanEdge(node, page.cursors, i) for i, node in enumerate(nodes)]
+        self.page_info = _PlanPageInfo(page)
+        self.counted = page.total_count
 
 
 def _list_defaulted(arguments: dict[str, Any]) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,8 @@ _SIGNED_IN_WITH_FLAGS = DriverStatement(
     SIGNED_IN.add_columns(account_flags(bindparam("environment", type_=String)).label(_FLAGS))
 )
 
+_NEW_USER: Callable[[], User] = User._sa_class_manager.new_instance  # type: ignore[attr-defined]
+
 
 @dataclass(frozen=True)
 class FlagFilter:
@@ -104,7 +106,11 @@ class FlagRepository(Repository):
         if not rows:
             return None
         *values, flags = rows[0]
-        return User(**dict(zip(_SIGNED_IN_WITH_FLAGS.keys, values, strict=False))), flags
+        # A new instance with its columns set, as the ORM's loading does (a tenth of what the
+        # constructor's instrumented assignments cost); transient, like `User(**values)`.
+        user = _NEW_USER()
+        user.__dict__.update(zip(_SIGNED_IN_WITH_FLAGS.keys, values, strict=False))
+        return user, flags
 
     async def of_accounts(
         self, user_ids: Sequence[uuid.UUID], environment: str
