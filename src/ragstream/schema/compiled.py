@@ -30,11 +30,12 @@ as execution would locate and propagate it from that root field; with several ro
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from graphql import (
     DirectiveNode,
@@ -298,11 +299,11 @@ class _Root:
     # Whether the plan serves these argument values (else the operation is executed).
     accepts: Callable[[dict[str, Any]], bool] = lambda arguments: True
 
-    def arguments(self, executor: RenderingExecutor) -> dict[str, Any]:
+    def arguments(self, operation: PlanOperation) -> dict[str, Any]:
         node = self.details[0].node
         if not node.arguments:
             return {}
-        return get_argument_values(self.field, node, executor.variable_values)
+        return get_argument_values(self.field, node, operation.variable_values)
 
 
 async def _read_me(context: Context, arguments: dict[str, Any]) -> tuple[Any, Env]:
@@ -499,8 +500,26 @@ def compiled_reads_enabled(context: object) -> bool:
     return isinstance(context, Context) and context.state.settings.compiled_reads
 
 
+class PlanOperation(Protocol):
+    """What running a plan reads of its operation: an executor, or a prepared read."""
+
+    @property
+    def context_value(self) -> Any: ...
+
+    @property
+    def variable_values(self) -> Any: ...
+
+    def handle_field_error(
+        self,
+        raw_error: Exception,
+        return_type: GraphQLOutputType,
+        field_details_list: list[FieldDetails],
+        path: Path,
+    ) -> None: ...
+
+
 async def run_plan(
-    executor: RenderingExecutor,
+    executor: PlanOperation,
     plan: Plan,
     root_type: GraphQLObjectType,
     execute: Callable[[], Any],
@@ -540,9 +559,9 @@ async def run_plan(
     return data
 
 
-async def _executed(executor: RenderingExecutor, execute: Callable[[], Any]) -> dict[str, Any]:
+async def _executed(executor: PlanOperation, execute: Callable[[], Any]) -> dict[str, Any]:
     result = execute()
-    if executor.is_awaitable(result):
+    if inspect.isawaitable(result):
         result = await result
     data: dict[str, Any] = result
     return data

@@ -33,8 +33,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from graphql import DocumentNode, GraphQLObjectType, GraphQLSchema, OperationType, parse
-from graphql.execution.collect_fields import collect_fields
+from graphql import (
+    DocumentNode,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLSchema,
+    OperationType,
+    VariableDefinitionNode,
+    parse,
+)
+from graphql.execution.collect_fields import FieldDetails, collect_fields
+from graphql.execution.values import VariableValues, get_variable_values
+from graphql.pyutils import Path
 
 from ragstream.observability.logs import OPERATION_KEY
 from ragstream.schema.compiled import CompiledReadsExecutor, Plan, plan_for, run_plan
@@ -57,6 +67,7 @@ class GiveWay(Exception):
 @dataclass(frozen=True)
 class Prepared:
     document: DocumentNode
+    variable_definitions: tuple[VariableDefinitionNode, ...]
     operation_name: str | None  # as the request named it
     name: str | None  # the operation's name, for metrics and the log line
     plan: Plan
@@ -121,7 +132,8 @@ class PreparedReads:
             return
         node = executor.operation.name
         name = operation_name if operation_name is not None else (node.value if node else None)
-        self._kept[key] = Prepared(document, operation_name, name, plan)
+        definitions = tuple(executor.operation.variable_definitions or ())
+        self._kept[key] = Prepared(document, definitions, operation_name, name, plan)
         if len(self._kept) > _KEPT:
             self._kept.popitem(last=False)
 
@@ -138,21 +150,37 @@ class PreparedReads:
         items = estimate_list_items(self.schema, prepared.document, variables)
         if items > self.max_list_items:
             raise GiveWay("too many list items")
-        executor = CompiledReadsExecutor.build(
-            self.schema,
-            prepared.document,
-            context_value=context,
-            raw_variable_values=variables,
-            operation_name=prepared.operation_name,
+        values = get_variable_values(
+            self.schema, prepared.variable_definitions, variables or {}, max_errors=1
         )
-        if isinstance(executor, list):
+        if isinstance(values, list):
             raise GiveWay("variables refused")
-        assert isinstance(executor, CompiledReadsExecutor)
-        # Data only when every root was read and rendered: an error raises, located.
-        data = await run_plan(executor, prepared.plan, self.query_type, _give_way)
+        # Data only when every root was read and rendered; an error raises.
+        operation = _Operation(context, values)
+        data = await run_plan(operation, prepared.plan, self.query_type, _give_way)
         _observe(context, prepared.name, time.perf_counter() - started)
         self.answered += 1
         return data
+
+
+class _Operation:
+    """What running a plan reads of its operation (see compiled.PlanOperation), without an
+    executor: an error while reading is reported by the pipeline, which runs again."""
+
+    __slots__ = ("context_value", "variable_values")
+
+    def __init__(self, context: Context, variable_values: VariableValues) -> None:
+        self.context_value = context
+        self.variable_values = variable_values
+
+    def handle_field_error(
+        self,
+        raw_error: Exception,
+        return_type: GraphQLOutputType,
+        field_details_list: list[FieldDetails],
+        path: Path,
+    ) -> None:
+        """Nothing to locate: run_plan raises the error, and the pipeline answers."""
 
 
 def _give_way() -> Any:
