@@ -36,8 +36,11 @@ class Settings(BaseSettings):
     # Storage
     database_url: str | None = None
     data_dir: Path = Field(default_factory=default_data_dir)
-    db_pool_size: int = 10
-    db_max_overflow: int = 10
+    # A fixed pool: a request beyond it waits for a connection. Connections opened beyond the
+    # pool (overflow) are closed when given back, so under sustained load every request past
+    # the pool paid a new connection (and its TLS negotiation) and its close.
+    db_pool_size: int = 20
+    db_max_overflow: int = 0
     # Longest wait for a pooled connection (and to connect); past it a request answers
     # RATE_LIMITED (SERVER_BUSY) instead of hanging.
     db_pool_timeout: float = 5.0
