@@ -53,12 +53,17 @@ class StrEnumType(TypeDecorator[EnumT]):
     def __init__(self, enum: type[EnumT], length: int) -> None:
         super().__init__(length)
         self.enum = enum
+        # Every row of a list converts its values: a dict lookup, not the enum's call.
+        self._members: dict[str, EnumT] = {member.value: member for member in enum}
 
     def process_bind_param(self, value: EnumT | str | None, dialect: Dialect) -> str | None:
         return None if value is None else str(self.enum(value))
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> EnumT | None:
-        return None if value is None else self.enum(value)
+        if value is None:
+            return None
+        member = self._members.get(value)
+        return self.enum(value) if member is None else member  # unknown: the enum's ValueError
 
     @property
     def python_type(self) -> type[EnumT]:

@@ -30,6 +30,7 @@ as execution would locate and propagate it from that root field; with several ro
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import uuid
 from collections import OrderedDict
@@ -83,6 +84,7 @@ from ragstream.schema.users.types import User, to_user
 
 _DEFINITION = "strawberry-definition"
 _PLANS_KEPT = 512
+_ENUM_VALUES_KEPT = 256  # per enum field of a plan
 _LIST_ARGUMENTS = frozenset({"first", "after"})
 # Arguments of the list the plan serves only when their value is null (the defaults).
 _LIST_DEFAULTED = frozenset({"filter", "orderBy"})
@@ -199,7 +201,10 @@ class _Compiler:
         inner = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
         if isinstance(read, str) and isinstance(inner, GraphQLScalarType | GraphQLEnumType):
             # The bulk of a response: a plain attribute holding a leaf, in one closure.
-            return _attribute_leaf(read, inner.serialize, _EXACT.get(inner.serialize), nullable)
+            serialize = _remembered(inner.serialize) if isinstance(inner, GraphQLEnumType) else None
+            return _attribute_leaf(
+                read, serialize or inner.serialize, _EXACT.get(inner.serialize), nullable
+            )
         complete = self._complete(inner, group)
         known = _attribute(read) if isinstance(read, str) else read
 
@@ -257,6 +262,25 @@ _EXACT: dict[Callable[[Any], Any], type] = {
     serialize_id: str,
     serialize_boolean: bool,
 }
+
+
+def _remembered(serialize: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """An enum's serializer remembering what each member serializes to (a member's name does
+    not change); what it refuses is refused again every time."""
+    known: dict[tuple[type, Any], Any] = {}
+
+    def remembered(value: Any) -> Any:
+        key = (value.__class__, value)  # a StrEnum member equals its text: kept apart
+        try:
+            return known[key]
+        except (KeyError, TypeError):
+            out = serialize(value)
+            if out is not None and out is not Undefined and len(known) < _ENUM_VALUES_KEPT:
+                with contextlib.suppress(TypeError):  # unhashable: not kept
+                    known[key] = out
+            return out
+
+    return remembered
 
 
 def _attribute_leaf(

@@ -50,14 +50,20 @@ class Context:
     _autocommit: bool = field(default=False, repr=False)
     # Set when a compiled plan (schema/compiled.py) produced the operation's data.
     answered_by_plan: bool = field(default=False, repr=False)
-    # DataLoaders for nested fields; see schema/loaders.py for why websockets do not cache.
-    loaders: Loaders = field(init=False, repr=False)
+    _loaders: Loaders | None = field(default=None, init=False, repr=False)
     # Asked several times per request; an isinstance check through Starlette's ABCs each time.
     is_websocket: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.is_websocket = isinstance(self.request, WebSocket)
-        self.loaders = Loaders(self, cache=not self.is_websocket)
+
+    @property
+    def loaders(self) -> Loaders:
+        """DataLoaders for nested fields, made on first use (most requests need none); see
+        schema/loaders.py for why websockets do not cache."""
+        if self._loaders is None:
+            self._loaders = Loaders(self, cache=not self.is_websocket)
+        return self._loaders
 
     @property
     def client_address(self) -> str:
