@@ -170,6 +170,7 @@ class _Compiled:
         self.dialect = dialect
         # Set by `describe`: what a column's processor does can depend on its database type.
         self.results: list[Processor] | None = None
+        self.processed: list[tuple[int, Callable[[Any], Any]]] = []
         self.plain = False
 
     def describe(self, prepared: asyncpg.prepared_stmt.PreparedStatement) -> None:
@@ -179,6 +180,12 @@ class _Compiled:
             for column_type, oid in zip(self.result_types, oids, strict=True)
         ]
         self.plain = all(processor is None for processor in self.results)
+        # The columns that have a processor, with it: most columns of a row have none.
+        self.processed = [
+            (index, processor)
+            for index, processor in enumerate(self.results)
+            if processor is not None
+        ]
 
     async def run(
         self,
@@ -222,12 +229,13 @@ class _Compiled:
     def rows(self, records: list[asyncpg.Record]) -> list[tuple[Any, ...]]:
         if self.plain:
             return [tuple(record) for record in records]
-        processors = self.results
-        assert processors is not None  # described before the first fetch
-        return [
-            tuple(
-                value if processor is None or value is None else processor(value)
-                for value, processor in zip(record, processors, strict=True)
-            )
-            for record in records
-        ]
+        processed = self.processed
+        rows: list[tuple[Any, ...]] = []
+        for record in records:
+            row = list(record)
+            for index, processor in processed:
+                value = row[index]
+                if value is not None:
+                    row[index] = processor(value)
+            rows.append(tuple(row))
+        return rows
