@@ -133,8 +133,11 @@ class GraphQLView(GraphQL[Context, None]):
             return None
         finally:
             await context.close()
-        sub_response = await self.get_sub_response(request)
-        return self.create_response({"data": data}, sub_response)
+        # What create_response makes of data without errors, a POST's response setting no
+        # header: the same body and content type.
+        negotiated = wants_graphql_response(request.headers.get("accept"))
+        media_type = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8" if negotiated else "application/json"
+        return Response(orjson.dumps({"data": data}), media_type=media_type)
 
     def encode_json(self, data: object) -> str:
         # Text, because websocket messages must be text frames.
