@@ -218,12 +218,15 @@ def create_app(
         routes.append(Route("/metrics", metrics_endpoint))
     if assets is not None:
         routes.append(Route("/static/{path:path}", assets.endpoint, methods=["GET", "HEAD"]))
+    # Tracing is on or off for the process: off, its middleware is left out (each layer costs
+    # every request a call and a resumption per wait).
+    tracing = [Middleware(TraceMiddleware, tracing=state.tracing)] if state.tracing.enabled else []
     app = Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(RequestLogMiddleware, log_requests=settings.log_requests),
-            Middleware(TraceMiddleware, tracing=state.tracing),
+            *tracing,
             Middleware(SecurityHeadersMiddleware),
             Middleware(UnexpectedErrorMiddleware),
             Middleware(
