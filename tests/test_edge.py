@@ -71,6 +71,12 @@ def test_integers_of_any_size_are_read_exactly(number: int) -> None:
         assert value == {"v": number}
         assert isinstance(value, dict)
         assert type(value["v"]) is int
+    # Deep inside, beside a float and text with long digit runs of its own.
+    text = f'{{"a": [{{"b": [1.5, {number}]}}], "s": "{"7" * 40}"}}'
+    nested_value = decode_json(text.encode(), max_depth=32)
+    assert nested_value == {"a": [{"b": [1.5, number]}], "s": "7" * 40}
+    assert isinstance(nested_value, dict)
+    assert type(nested_value["a"][0]["b"][1]) is int
 
 
 async def test_nesting_at_the_limit_is_accepted(server: LiveServer) -> None:

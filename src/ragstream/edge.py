@@ -37,9 +37,11 @@ class MalformedJSON(json.JSONDecodeError):
         self.reason = reason
 
 
-def too_deep(value: object, max_depth: int) -> bool:
-    """True when arrays and objects nest more than ``max_depth`` levels."""
+def _shape(value: object, max_depth: int) -> tuple[bool, bool]:
+    """Whether arrays and objects nest more than ``max_depth`` levels, and whether any value
+    is a float, in one walk."""
     stack: list[tuple[object, int]] = [(value, 1)]
+    floats = False
     while stack:
         item, depth = stack.pop()
         children: Any
@@ -50,9 +52,13 @@ def too_deep(value: object, max_depth: int) -> bool:
         else:
             continue
         if depth > max_depth:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+            return True, floats
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif isinstance(child, float):
+                floats = True
+    return False, floats
 
 
 # 19 digits or more in a row: possibly an integer beyond 64 bits (or a long fraction, which
@@ -61,25 +67,30 @@ _LONG_NUMBER = re.compile(r"\d{19}")
 _LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
 
 
+def _long_number(data: str | bytes) -> bool:
+    if isinstance(data, str):
+        return _LONG_NUMBER.search(data) is not None
+    return _LONG_NUMBER_BYTES.search(data) is not None
+
+
 def decode_json(data: str | bytes, *, max_depth: int) -> object:
     """Parse one JSON document under the edge's rules; MalformedJSON says what is wrong."""
-    if isinstance(data, str):
-        long_number = _LONG_NUMBER.search(data) is not None
-    else:
-        long_number = _LONG_NUMBER_BYTES.search(data) is not None
-    if long_number:
+    strict = False
+    try:
+        # orjson is several times faster; what it refuses (or nests too deep for it) is
+        # decided by the standard parser, whose rules and messages the edge has always had.
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        value, strict = _decode_strictly(data, max_depth), True
+    deep, floats = _shape(value, max_depth)
+    if floats and not strict and _long_number(data):
         # orjson reads an integer beyond 64 bits as a float; the standard parser keeps it.
+        # Only a document with a float can hold one, so the text is searched only then.
         value = _decode_strictly(data, max_depth)
-    else:
-        try:
-            # orjson is several times faster; what it refuses (or nests too deep for it) is
-            # decided by the standard parser, whose rules and messages the edge has always had.
-            value = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            value = _decode_strictly(data, max_depth)
+        deep, _ = _shape(value, max_depth)
     if not isinstance(value, dict | list):
         raise MalformedJSON("a GraphQL request must be a JSON object")
-    if too_deep(value, max_depth):
+    if deep:
         raise MalformedJSON(f"JSON nested deeper than {max_depth} levels")
     return value
 
