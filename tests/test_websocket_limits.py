@@ -406,7 +406,9 @@ async def test_operations_hand_their_messages_over_one_at_a_time() -> None:
         send_timeout_seconds=60,
     )
     scope: Scope = {"type": "websocket", "client": ("127.0.0.9", 5000), "subprotocols": []}
-    running = asyncio.create_task(middleware(scope, server_receive, server_send))
+    running: asyncio.Future[None] = asyncio.ensure_future(
+        middleware(scope, server_receive, server_send)
+    )
     for _ in range(50):
         await asyncio.sleep(0)
     assert len(backlog) == 1

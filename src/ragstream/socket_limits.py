@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -101,10 +102,14 @@ class WebSocketLimitMiddleware:
         self.send_timeout_seconds = send_timeout_seconds
         self.close_wait_seconds = close_wait_seconds
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: an HTTP request gets the inner app's awaitable, so this
+        # layer adds no frame to its every resumption.
         if scope["type"] != "websocket":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._websocket(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
         address = client[0] if client else "unknown"
         if not self.registry.open_address(address):
