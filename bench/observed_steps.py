@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ragstream import middleware
 from ragstream.observability import logs, metrics
 from ragstream.schema import observed
 
@@ -82,7 +81,7 @@ def report() -> None:
 
 
 def time_requests() -> None:
-    call = middleware.RequestIdMiddleware.__call__
+    call = logs.RequestLogMiddleware.__call__
 
     async def request_timed(self: Any, scope: Any, receive: Any, send: Any) -> None:
         global requests
@@ -98,7 +97,7 @@ def time_requests() -> None:
                 if requests % REPORT_EVERY == 0:
                     report()
 
-    middleware.RequestIdMiddleware.__call__ = request_timed  # type: ignore[method-assign]
+    logs.RequestLogMiddleware.__call__ = request_timed  # type: ignore[method-assign]
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from ragstream.edge import UnexpectedErrorMiddleware, decode_json
-from ragstream.middleware import RequestIdMiddleware
+from ragstream.observability.logs import RequestLogMiddleware
 from tests import raw
 from tests.conftest import TEST_JWT_SECRET
 from tests.evaluations_support import CREATE, db_count
@@ -184,7 +184,7 @@ async def test_an_unexpected_failure_answers_masked_json_with_the_request_id() -
     async def broken(scope: Scope, receive: Receive, send: Send) -> None:
         raise RuntimeError("secret detail")
 
-    app = RequestIdMiddleware(UnexpectedErrorMiddleware(broken))
+    app = RequestLogMiddleware(UnexpectedErrorMiddleware(broken), log_requests=False)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.get("/", headers={"x-request-id": "probe-request-1"})

@@ -31,7 +31,7 @@ from ragstream.domain.users.ratelimit import SlidingWindowLimiter
 from ragstream.domain.users.tokens import TokenService
 from ragstream.edge import UnexpectedErrorMiddleware
 from ragstream.graphiql import GraphiQLAssets
-from ragstream.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from ragstream.middleware import BodyLimitMiddleware
 from ragstream.observability.endpoint import metrics_endpoint
 from ragstream.observability.logs import RequestLogMiddleware, flush_request_lines
 from ragstream.observability.metrics import build_metrics, mark_process_dead
@@ -224,7 +224,6 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestIdMiddleware),
             Middleware(RequestLogMiddleware, log_requests=settings.log_requests),
             *tracing,
             Middleware(SecurityHeadersMiddleware),

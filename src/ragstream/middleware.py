@@ -1,42 +1,8 @@
-"""Pure ASGI middleware: request ids and request body limits."""
+"""Pure ASGI middleware: request body limits (request ids: observability/logs.py)."""
 
 from __future__ import annotations
 
-import os
-import re
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from ragstream.observability.logs import STATUS_KEY
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-
-
-class RequestIdMiddleware:
-    """Gives every request an id (or keeps a sane incoming X-Request-ID) and echoes it back;
-    notes the status an HTTP request is answered with for its log line."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        # 128 random bits, 32 hex digits: unique without a UUID object to build.
-        request_id = incoming if _SAFE_ID.match(incoming) else os.urandom(16).hex()
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state[STATUS_KEY] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 class BodyTooLarge(Exception):
