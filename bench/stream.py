@@ -405,6 +405,7 @@ def serve() -> None:
     import uvicorn
 
     from ragstream.app import create_app
+    from ragstream.ws_compression import WebSocketProtocol
 
     settings = bench_settings(
         os.environ["BENCH_DATABASE_URL"],
@@ -438,6 +439,8 @@ def serve() -> None:
             port=int(os.environ["BENCH_PORT"]),
             log_level="warning",
             lifespan="on",
+            # As `ragstream serve` runs it (server_options): small messages uncompressed.
+            ws=WebSocketProtocol,
         )
     finally:
         if profiler is not None and profile:
