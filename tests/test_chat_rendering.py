@@ -421,3 +421,17 @@ async def test_a_chat_subscribed_by_its_hash_is_sent_rendered_counted_and_logged
         if r.name == "ragstream.requests" and getattr(r, "operation", None) == "Chat"
     ]
     assert lines == [("Chat", "ok", "websocket")] * 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"chat": {"__typename": "TokenDelta", "offset": 7, "delta": ' [1]. "\u00e9\u00e8"\n\t\\'}},
+        {"a": [1, 2.5, -0.0, 1e16, 1e-7, 10**30, True, False, None], "\U0001f600": "\u2028"},
+        {"n": float("nan"), "i": float("inf"), "j": float("-inf"), "nested": [[{}], []]},
+        [],
+        "plain",
+    ],
+)
+def test_encode_writes_what_json_dumps_writes(value: object) -> None:
+    assert encode(value) == json.dumps(value, separators=(",", ":"))
