@@ -28,6 +28,11 @@ class RequestIdMiddleware:
         request_id = incoming if _SAFE_ID.match(incoming) else os.urandom(16).hex()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        if scope["type"] == "websocket":
+            # Nothing to add to a websocket's messages: they would each pass through send_with_id
+            # for nothing (a streamed answer sends one per token).
+            await self.app(scope, receive, send)
+            return
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
