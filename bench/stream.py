@@ -14,7 +14,10 @@ client, which opens one websocket per subscription (graphql-transport-ws). Print
 - vs proxy: server CPU per token relative to the proxy floor of the same N.
 
 Each N is run against ragstream and the two floors of `bench/stream_floor.py` (same stub, same
-client), one after the other, so all three see the same machine. At the end: server memory
+client), one after the other, so all three see the same machine (`--servers` picks among them,
+`--repeat` runs them in turn several times). `--against DIR` adds ragstream as another checkout
+has it (e.g. `git archive main | tar -x -C DIR`), on the same database and stub: two versions
+compared in one run, which a busy machine cannot do across runs. At the end: server memory
 per idle connection (connection_init acknowledged, no operation), from the RSS of the server
 before and after opening them.
 
@@ -91,12 +94,13 @@ def cpu_seconds(pid: int) -> float:
 
 @contextlib.asynccontextmanager
 async def process(
-    *args: str, env: dict[str, str] | None = None, output: bool = False
+    *args: str, env: dict[str, str] | None = None, output: bool = False, root: Path = ROOT
 ) -> AsyncIterator[Any]:
+    """A child process in the checkout ``root`` (this one by default), with its ragstream."""
     proc = await asyncio.create_subprocess_exec(
         *args,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root / "src"), **(env or {})},
         stdout=asyncio.subprocess.PIPE if output else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -187,6 +191,19 @@ async def subscriber(
             result.problem("closed early")
 
 
+async def settle(pids: list[int], *, most: float = 90) -> None:
+    """Waits (at most ``most`` seconds) until the servers are done with earlier rounds: a round
+    that reached its deadline leaves ragstream generating the answers its clients left, which
+    would take CPU from the next contestant."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + most
+    while loop.time() < until:
+        before = sum(cpu_seconds(pid) for pid in pids)
+        await asyncio.sleep(1)
+        if sum(cpu_seconds(pid) for pid in pids) - before < 0.05 * len(pids):
+            return
+
+
 async def run_round(
     server: str,
     base: str,
@@ -199,7 +216,7 @@ async def run_round(
     graphql_url = f"{base}/graphql"
     ws_url = graphql_url.replace("http://", "ws://")
     conversations = [("floor", "floor")] * clients
-    if server == "ragstream":
+    if server.startswith("ragstream"):
         conversations = []
         async with httpx.AsyncClient(timeout=120) as client:
             for i in range(clients):
@@ -283,31 +300,47 @@ async def bench(args: argparse.Namespace) -> list[Round]:
             "BENCH_TOKENS": str(args.tokens),
             "BENCH_RATE": str(args.rate),
         }
-        proxy_port, timer_port = free_port(), free_port()
-        async with (
-            process(sys.executable, "-m", "bench.stream", "--serve", env=env) as server,
-            process(
-                sys.executable,
-                "-m",
-                "bench.stream",
-                "--serve-floor",
-                env={**floor_env, "BENCH_FLOOR_MODE": "proxy", "BENCH_PORT": str(proxy_port)},
-            ) as proxy,
-            process(
-                sys.executable,
-                "-m",
-                "bench.stream",
-                "--serve-floor",
-                env={**floor_env, "BENCH_FLOOR_MODE": "timer", "BENCH_PORT": str(timer_port)},
-            ) as timer,
-        ):
-            base = f"http://127.0.0.1:{port}"
-            contestants = [
-                ("ragstream", base, server.pid),
-                ("proxy floor", f"http://127.0.0.1:{proxy_port}", proxy.pid),
-                ("timer floor", f"http://127.0.0.1:{timer_port}", timer.pid),
-            ]
-            for _, url, _ in contestants:
+        wanted = set(args.servers)
+        base = f"http://127.0.0.1:{port}"
+        async with contextlib.AsyncExitStack() as stack:
+            contestants: list[tuple[str, str, int]] = []
+            # Always started: accounts are registered through it.
+            server = await stack.enter_async_context(
+                process(sys.executable, "-m", "bench.stream", "--serve", env=env)
+            )
+            if "ragstream" in wanted:
+                contestants.append(("ragstream", base, server.pid))
+            for other_root in args.against:
+                # Another checkout's server (e.g. `git archive main` unpacked), on the same
+                # database and stub: versions of ragstream side by side in one run.
+                other_port = free_port()
+                other = await stack.enter_async_context(
+                    process(
+                        sys.executable,
+                        "-m",
+                        "bench.stream",
+                        "--serve",
+                        env={**env, "BENCH_PORT": str(other_port)},
+                        root=other_root,
+                    )
+                )
+                label = f"ragstream {other_root.name}"
+                contestants.append((label, f"http://127.0.0.1:{other_port}", other.pid))
+            for mode in ("proxy", "timer"):
+                if mode not in wanted:
+                    continue
+                floor_port = free_port()
+                floor = await stack.enter_async_context(
+                    process(
+                        sys.executable,
+                        "-m",
+                        "bench.stream",
+                        "--serve-floor",
+                        env={**floor_env, "BENCH_FLOOR_MODE": mode, "BENCH_PORT": str(floor_port)},
+                    )
+                )
+                contestants.append((f"{mode} floor", f"http://127.0.0.1:{floor_port}", floor.pid))
+            for url in {base, *(url for _, url, _ in contestants)}:
                 await wait_healthy(f"{url}/healthz")
             # Three answers at once per user, the default cap: a user's sends are
             # serialised (exact quotas), so fewer users would measure that queue instead.
@@ -321,9 +354,11 @@ async def bench(args: argparse.Namespace) -> list[Round]:
                     )
             deadline = args.tokens / args.rate * 4 + 60
             for clients in args.clients:
-                for name, url, pid in contestants:
-                    rounds.append(await run_round(name, url, pid, clients, users, deadline))
-                    print_rounds(rounds, args)
+                for _ in range(args.repeat):
+                    for name, url, pid in contestants:
+                        await settle([pid for _, _, pid in contestants])
+                        rounds.append(await run_round(name, url, pid, clients, users, deadline))
+                        print_rounds(rounds, args)
             for name, url, pid in contestants:
                 per_socket = await idle_memory(url, pid, users, args.idle)
                 Console().print(
@@ -370,6 +405,7 @@ def serve() -> None:
     import uvicorn
 
     from ragstream.app import create_app
+    from ragstream.ws_compression import WebSocketProtocol
 
     settings = bench_settings(
         os.environ["BENCH_DATABASE_URL"],
@@ -403,6 +439,8 @@ def serve() -> None:
             port=int(os.environ["BENCH_PORT"]),
             log_level="warning",
             lifespan="on",
+            # As `ragstream serve` runs it (server_options): small messages uncompressed.
+            ws=WebSocketProtocol,
         )
     finally:
         if profiler is not None and profile:
@@ -479,6 +517,24 @@ def main() -> None:
     parser.add_argument("--profile", help="write a cProfile of the server process to this file")
     parser.add_argument(
         "--idle", type=int, default=200, help="idle connections for the memory figure"
+    )
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=["ragstream", "proxy", "timer"],
+        default=["ragstream", "proxy", "timer"],
+        help="contestants (ragstream, the proxy floor, the timer floor)",
+    )
+    parser.add_argument(
+        "--against",
+        type=lambda path: Path(path).resolve(),
+        action="append",
+        default=[],
+        help="also run ragstream from this checkout (a directory holding src/ and bench/), "
+        "named by its directory; may be given more than once",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of every contestant per N, interleaved"
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)

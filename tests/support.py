@@ -25,6 +25,7 @@ try:  # gql's HTTP transport runs on httpx2 where it is installed (openai brings
 except ModuleNotFoundError:  # pragma: no cover
     import httpx as gql_httpx  # type: ignore[no-redef]
 from ragstream.settings import Settings
+from ragstream.ws_compression import WebSocketProtocol
 
 PASSWORD = "correct horse battery"
 # Built once and shared: each client's default TLS context loads the CA bundle (tens of
@@ -136,7 +137,12 @@ class LiveServer:
 
     async def _serve(self, *, lifespan: Literal["on", "off"]) -> None:
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan
+            self.app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan=lifespan,
+            ws=WebSocketProtocol,  # as `ragstream serve` has it
         )
         self.server = uvicorn.Server(config)
         self.task = asyncio.create_task(self.server.serve())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from ragstream.domain.chat.admission import ServerSlots
 from ragstream.domain.errors import NotFound, RateLimited
@@ -54,6 +56,33 @@ async def test_an_exchange_is_stored_with_the_answer_id_it_was_given(
         assert (answer.role, answer.status, answer.content) == ("ASSISTANT", "STREAMING", "")
         assert exchange.question.content == "Where is the report?"
         assert exchange.question.created_at < exchange.answer.created_at
+
+
+async def test_an_exchange_is_stored_without_reading_its_rows_back(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        viewer = await db.user()
+        conversation_id = await db.conversation(viewer)
+        statements: list[str] = []
+
+        def record(*args: Any) -> None:
+            statements.append(args[2])
+
+        engine = db.sessionmaker.kw["bind"]
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        try:
+            exchange = await db.exchange(viewer, conversation_id)
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+    inserts = [s for s in statements if s.startswith("INSERT INTO messages")]
+    assert len(inserts) == 2
+    assert all("RETURNING" in s and "created_at" in s.split("RETURNING")[1] for s in inserts)
+    # What the database filled in came back with the INSERTs: no SELECT of a message by id.
+    assert not [s for s in statements if s.startswith("SELECT") and "messages.id = " in s]
+    assert exchange.question.created_at < exchange.answer.created_at
+    assert exchange.answer.content == ""
 
 
 async def test_a_user_at_the_concurrent_cap_is_refused_and_nothing_is_stored(

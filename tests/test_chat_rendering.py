@@ -23,7 +23,6 @@ from graphql import ExecutionResult, GraphQLSchema, parse
 from graphql.execution import Executor
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext as Executed
 
-import ragstream.websocket
 from ragstream.domain.chat.enums import MessageRole, MessageStatus
 from ragstream.schema import build_schema
 from ragstream.schema.chat.types import (
@@ -35,7 +34,13 @@ from ragstream.schema.chat.types import (
     TokenDelta,
     generation_failed,
 )
-from ragstream.schema.rendering import RenderedData, RenderingExecutor, encode, next_text
+from ragstream.schema.rendering import (
+    Plan,
+    RenderedData,
+    RenderingExecutor,
+    encode,
+    next_text,
+)
 from ragstream.settings import Settings
 from tests.chat_stub import ChatScript, ChatStub
 from tests.chat_support import chat_server, new_conversation
@@ -350,14 +355,16 @@ async def test_a_chat_subscribed_by_its_hash_is_sent_rendered_counted_and_logged
 ) -> None:
     """The websocket's rendered path still runs under the trusted-document rules, the metrics
     and the per-operation log line: each next frame on the wire is the rendered text."""
-    rendered: list[str] = []
+    rendered: list[RenderedData] = []
+    render = Plan.render
 
-    def spy(operation_id: str, data: RenderedData) -> str:
-        text = next_text(operation_id, data)
-        rendered.append(text)
-        return text
+    def spy(plan: Plan, event: object, type_name: str) -> RenderedData | None:
+        data = render(plan, event, type_name)
+        assert data is not None
+        rendered.append(data)
+        return data
 
-    monkeypatch.setattr(ragstream.websocket, "next_text", spy)
+    monkeypatch.setattr(Plan, "render", spy)
     caplog.set_level(logging.INFO, logger="ragstream.requests")
     chat_stub.script = ChatScript(tokens=("One", " two", "."), delay=0.02)
     async with chat_server(database_url, tmp_path, chat_stub) as server:
@@ -400,8 +407,10 @@ async def test_a_chat_subscribed_by_its_hash_is_sent_rendered_counted_and_logged
             "__typename": "GenerationCompleted",
             "message": {"status": "COMPLETE"},
         }
-    # Every next frame on the wire went through the rendered path, byte for byte.
-    assert rendered == frames["register"] + frames["hit"]
+    # Every next frame on the wire is an event's rendered text, byte for byte.
+    op_ids = ["register"] * len(frames["register"]) + ["hit"] * len(frames["hit"])
+    sent = [next_text(op_id, data) for op_id, data in zip(op_ids, rendered, strict=True)]
+    assert sent == frames["register"] + frames["hit"]
     operations = "ragstream_graphql_operation_duration_seconds_count"
     labels = {"operation": "Chat", "type": "subscription"}
     assert after.delta(before, operations, **labels, outcome="ok") == 2
@@ -412,3 +421,17 @@ async def test_a_chat_subscribed_by_its_hash_is_sent_rendered_counted_and_logged
         if r.name == "ragstream.requests" and getattr(r, "operation", None) == "Chat"
     ]
     assert lines == [("Chat", "ok", "websocket")] * 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"chat": {"__typename": "TokenDelta", "offset": 7, "delta": ' [1]. "\u00e9\u00e8"\n\t\\'}},
+        {"a": [1, 2.5, -0.0, 1e16, 1e-7, 10**30, True, False, None], "\U0001f600": "\u2028"},
+        {"n": float("nan"), "i": float("inf"), "j": float("-inf"), "nested": [[{}], []]},
+        [],
+        "plain",
+    ],
+)
+def test_encode_writes_what_json_dumps_writes(value: object) -> None:
+    assert encode(value) == json.dumps(value, separators=(",", ":"))

@@ -207,6 +207,41 @@ def test_a_crowd_of_followers_stretches_the_window() -> None:
     assert crowd.window(0.03) == 1.0  # 1,000 followers share 1,000 events/s
 
 
+def test_a_process_behind_stretches_the_window_until_it_catches_up() -> None:
+    crowd = Crowd(events_per_second=1_000)
+    crowd.size = 10
+
+    for _ in range(200):  # followers keep waking up 100 ms after they were due
+        crowd.late(0.1)
+    behind = crowd.window(0.03)
+    for _ in range(200):
+        crowd.late(5.0)
+    far_behind = crowd.window(0.03)
+    for _ in range(200):  # on time again (an early wake-up counts as on time)
+        crowd.late(-0.01)
+    caught_up = crowd.window(0.03)
+
+    assert 0.19 < behind <= 0.2  # twice the lag
+    assert far_behind == Crowd.MAX_STRETCH
+    assert caught_up == 0.03
+
+
+async def test_waiting_for_the_end_returns_at_the_end_or_after_the_delay() -> None:
+    stream = GenerationStream()
+    await asyncio.wait_for(stream.finished_within(0.01), 5)  # not finished: after the delay
+    unfinished = stream.finished
+
+    waiting = asyncio.create_task(stream.finished_within(3600))
+    await asyncio.sleep(0)
+    stream.finish(ending("done"))
+    await asyncio.wait_for(waiting, 5)
+
+    assert not unfinished
+    assert waiting.done()
+    assert waiting.exception() is None
+    await stream.finished_within(3600)  # already finished: at once
+
+
 async def test_a_follower_counts_in_its_crowd_until_it_ends() -> None:
     crowd = Crowd(events_per_second=1_000)
     stream = GenerationStream()

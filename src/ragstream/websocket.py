@@ -7,6 +7,10 @@
   the socket stays up; Strawberry's own error had no code.
 - A subscription event rendered from its plan (``schema/rendering.py``) is sent as the text
   rendered once for every subscriber of the same selection, not encoded again per socket.
+- A subscription whose every event type renders from its plan is read here directly: after its
+  first result, each event costs a rendering and a send, not a trip through Strawberry's
+  per-result pipeline (``DirectEvents``). Only extension hooks known to act on errors alone may
+  be skipped that way; events the plan cannot render, errors and the end go through the pipeline.
 - A socket cannot outlive its access token: it is closed (4403) when the token expires, and the
   timer ends with the socket instead of lingering until the token's expiry.
 - A user over the open-socket limit is closed with 4429 at ``connection_init`` (see
@@ -22,26 +26,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import strawberry
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.websockets import WebSocketDisconnect
 from strawberry.asgi import ASGIWebSocketAdapter
+from strawberry.extensions import SchemaExtension
 from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.schema.base import BaseSchema
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     ConnectionInitMessage,
     Message,
     SubscribeMessage,
 )
+from strawberry.types.execution import ExecutionResult, PreExecutionError
 
 from ragstream.domain.errors import DomainError
 from ragstream.persisted import wants_resolving
 from ragstream.schema.context import Context
-from ragstream.schema.rendering import RenderedData, next_text
+from ragstream.schema.errors import ErrorContract
+from ragstream.schema.observed import ObserveOperations
+from ragstream.schema.rendering import (
+    DirectEvents,
+    RenderedData,
+    next_head,
+    next_text,
+    wanting_direct_events,
+)
 from ragstream.socket_limits import TOO_MANY_SOCKETS, TOO_MANY_SOCKETS_REASON
 
 logger = logging.getLogger("ragstream.errors")
@@ -85,8 +103,34 @@ def persisted_only(payload: dict[str, Any]) -> bool:
     )
 
 
+# Per-result hooks that only touch a result's errors (and note that results were streamed,
+# which the first result, always sent through the pipeline, has done): a result that is data
+# alone is the same with or without them.
+_ERRORS_ONLY_HOOKS = {
+    SchemaExtension.on_stream_result,
+    ErrorContract.on_stream_result,
+    ObserveOperations.on_stream_result,
+}
+_results_untouched: weakref.WeakKeyDictionary[BaseSchema, bool] = weakref.WeakKeyDictionary()
+
+
+def results_untouched(schema: BaseSchema) -> bool:
+    """Whether the schema's extensions leave a result without errors as it is."""
+    known = _results_untouched.get(schema)
+    if known is None:
+        known = isinstance(schema, strawberry.Schema) and all(
+            type(extension).on_stream_result in _ERRORS_ONLY_HOOKS
+            and type(extension).get_results is SchemaExtension.get_results
+            for extension in schema.get_extensions()
+        )
+        _results_untouched[schema] = known
+    return known
+
+
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     expiry_task: asyncio.Task[None] | None = None
+    # Read planned subscriptions' events directly (see DirectEvents).
+    direct_events = True
 
     async def handle(self) -> None:
         metrics = self.context.state.metrics
@@ -174,6 +218,42 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                     raise WebSocketDisconnected from exc
                 return
         await super().send_message(message)
+
+    async def _send_result_stream(
+        self, operation: Operation[Context, None], result_source: Any
+    ) -> None:
+        # Strawberry's loop, with planned subscriptions' events sent as they are rendered.
+        wanted = (
+            wanting_direct_events()
+            if self.direct_events and results_untouched(self.schema)
+            else None
+        )
+        first = True
+        async for result in result_source:
+            if first and isinstance(result, PreExecutionError):
+                await self._handle_pre_execution_error(operation, result)
+                return
+            if not isinstance(result, ExecutionResult):
+                await self._reject_incremental_delivery(operation)
+                return
+            await operation.send_next(result)
+            first = False
+            if wanted is not None and wanted.events is not None:
+                await self._send_direct(operation, wanted.events)
+
+    async def _send_direct(self, operation: Operation[Context, None], events: DirectEvents) -> None:
+        """Send rendered events until the source hands one back to the pipeline."""
+        adapter = self.websocket
+        assert isinstance(adapter, ASGIWebSocketAdapter)
+        ws = adapter.ws
+        head = next_head(operation.id)  # next_text's frame, its first part encoded once
+        while (rendered := await events.next_rendered()) is not None:
+            if operation.completed:
+                continue
+            try:
+                await ws.send_text(f"{head}{rendered.text}}}}}")
+            except WebSocketDisconnect as exc:
+                raise WebSocketDisconnected from exc
 
     async def shutdown(self) -> None:
         if self.expiry_task is not None:

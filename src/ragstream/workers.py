@@ -64,6 +64,8 @@ def worker_app() -> Starlette:
 
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's configuration of a ragstream server, one process or several."""
+    from ragstream.ws_compression import WebSocketProtocol
+
     return {
         "host": settings.host,
         "port": settings.port,
@@ -75,6 +77,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "lifespan": "on",
         # Larger frames are refused while read (1009); the app checks the same limit.
         "ws_max_size": settings.ws_message_limit,
+        # permessage-deflate as negotiated, small messages (streamed tokens) uncompressed.
+        "ws": WebSocketProtocol,
     }
 
 

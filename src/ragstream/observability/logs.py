@@ -398,9 +398,12 @@ class RequestLogMiddleware:
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         try:
-            await self.app(scope, receive, send_with_id)
+            # A websocket's messages get nothing added: each would pass through send_with_id
+            # for nothing (a streamed answer sends one per token).
+            http = scope["type"] == "http"
+            await self.app(scope, receive, send_with_id if http else send)
         finally:
-            if self.log_requests and scope["type"] == "http":
+            if self.log_requests and http:
                 _log_request(scope, state, time.perf_counter() - started)
             REQUEST_ID.reset(token)
 

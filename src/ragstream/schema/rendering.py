@@ -17,14 +17,26 @@ field, a value of a type the union does not know).
 
 The result is a ``RenderedData``: a plain ``dict`` to everything that reads it, which also
 carries its JSON text so the websocket handler sends it without encoding it again.
+
+A subscription whose every event type renders from its plan can skip the per-event pipeline
+altogether (Strawberry's result handling and extension hooks, graphql-core's mapping of the
+stream): a websocket operation that asks for it (``wanting_direct_events``) gets the
+subscription's source as ``DirectEvents`` and reads and renders its events itself. Whatever the
+plan cannot render, the source's end and its errors are handed back to the pipeline, which then
+treats them exactly as it would have.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Any, cast
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from contextvars import ContextVar
+from json.encoder import (  # type: ignore[attr-defined]  # the C encoder has no stubs
+    c_make_encoder,
+    encode_basestring_ascii,
+)
+from typing import Any, TypeVar, cast
 
 from graphql import (
     ExecutionResult,
@@ -35,6 +47,7 @@ from graphql import (
     GraphQLOutputType,
     GraphQLScalarType,
     GraphQLUnionType,
+    OperationType,
     Undefined,
 )
 from graphql.execution import Executor
@@ -46,20 +59,42 @@ from graphql.execution.collect_fields import (
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types.base import StrawberryObjectDefinition
 
+T = TypeVar("T")
+
 _DEFINITION = "strawberry-definition"
 # Plans shared by subscriptions whose selections compile alike, and the events rendered once.
 _PLANS_KEPT = 256
 _EVENTS_KEPT = 1024
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# json.dumps builds an encoder, and the encoder its C iterator, on every call (~4 µs, more than
+# the encoding of a token event); this one is built once. Without a check for circular
+# references: rendered data is made of fresh dicts and lists.
+_chunks = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(
+        None, _COMPACT.default, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+)
+
+
 def encode(data: object) -> str:
-    """The JSON text the websocket view sends (Strawberry's ``encode_json``)."""
-    return json.dumps(data, separators=(",", ":"))
+    """Compact JSON text, exactly as ``json.dumps(data, separators=(",", ":"))`` writes it."""
+    if _chunks is None:
+        return _COMPACT.encode(data)
+    return "".join(_chunks(data, 0))
+
+
+def next_head(operation_id: str) -> str:
+    """What comes before the data in an operation's ``next`` messages (see next_text)."""
+    return f'{{"id":{encode(operation_id)},"type":"next","payload":{{"data":'
 
 
 def next_text(operation_id: str, data: RenderedData) -> str:
     """A graphql-transport-ws ``next`` message with only data, as the view would encode it."""
-    return f'{{"id":{encode(operation_id)},"type":"next","payload":{{"data":{data.text}}}}}'
+    return f"{next_head(operation_id)}{data.text}}}}}"
 
 
 class RenderedData(dict[str, Any]):
@@ -218,6 +253,9 @@ class Plan:
             if selection is not None and all(e[0] in ("typename", "leaf") for e in selection)
         }
         self.rendered: OrderedDict[tuple[Any, ...], RenderedData] = OrderedDict()
+        # Every event type renders from the plan: no event needs executing, unless its values
+        # do (a null in a non-null field), which render() answers with None.
+        self.complete = all(selection is not None for selection in by_type.values())
 
     def render(self, event: object, type_name: str) -> RenderedData | None:
         selection = self.by_type.get(type_name)
@@ -300,6 +338,77 @@ def _type_name(event: object) -> str | None:
     return definition.name
 
 
+class DirectEvents:
+    """A planned subscription's source, read either by the pipeline or by its consumer.
+
+    The pipeline (graphql-core's mapping of the source to results) iterates this object; a
+    consumer that renders the events itself calls ``next_rendered`` instead. What the consumer
+    does not render is kept and handed to the pipeline's next read: an event the plan cannot
+    render (executed as before), the end of the source, or the error it raised (which the
+    pipeline reports and masks as it always does).
+    """
+
+    _END: Any = object()
+
+    def __init__(self, source: AsyncIterable[Any], plan: Plan) -> None:
+        self._source = source
+        self._items: AsyncIterator[Any] = aiter(source)
+        self._plan = plan
+        self._handed: tuple[Any, BaseException | None] | None = None
+
+    def __aiter__(self) -> DirectEvents:
+        return self
+
+    async def __anext__(self) -> Any:
+        handed = self._handed
+        if handed is None:
+            return await anext(self._items)
+        self._handed = None
+        item, error = handed
+        if error is not None:
+            raise error
+        if item is self._END:
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def next_rendered(self) -> RenderedData | None:
+        """The next event rendered, or None once something was handed back to the pipeline."""
+        try:
+            event = await anext(self._items)
+        except StopAsyncIteration:
+            self._handed = (self._END, None)
+            return None
+        except Exception as error:  # the pipeline turns it into the operation's error
+            self._handed = (None, error)
+            return None
+        name = _type_name(event)
+        rendered = None if name is None else self._plan.render(event, name)
+        if rendered is None:
+            self._handed = (event, None)
+        return rendered
+
+
+class DirectEventsWanted:
+    """Where a subscription started under ``wanting_direct_events`` leaves its DirectEvents."""
+
+    events: DirectEvents | None = None
+
+
+_wanted: ContextVar[DirectEventsWanted | None] = ContextVar("direct_events", default=None)
+
+
+def wanting_direct_events() -> DirectEventsWanted:
+    """Ask for the DirectEvents of a subscription started from now on in this task."""
+    wanted = DirectEventsWanted()
+    _wanted.set(wanted)
+    return wanted
+
+
 class _RenderedEvent:
     """Stands in for a per-event executor whose result is already known."""
 
@@ -316,11 +425,29 @@ class RenderingExecutor(StrawberryGraphQLCoreExecutionContext):
     _plan: Plan | None = None
     _planned = False
 
-    def build_per_event_executor(self, payload: Any) -> Executor[Any]:
+    def _plan_once(self) -> Plan | None:
         if not self._planned:
             self._planned = True
             self._plan = compile_plan(self)
-        plan = self._plan
+        return self._plan
+
+    def cancellable_iterable(self, iterable: AsyncIterable[T]) -> AsyncIterable[T]:
+        iterable = super().cancellable_iterable(iterable)
+        wanted = _wanted.get()
+        if (
+            wanted is None
+            or wanted.events is not None
+            or self.operation.operation is not OperationType.SUBSCRIPTION
+        ):
+            return iterable
+        plan = self._plan_once()
+        if plan is None or not plan.complete:
+            return iterable
+        wanted.events = DirectEvents(iterable, plan)
+        return cast("AsyncIterable[T]", wanted.events)
+
+    def build_per_event_executor(self, payload: Any) -> Executor[Any]:
+        plan = self._plan_once()
         if plan is not None:
             name = _type_name(payload)
             rendered = None if name is None else plan.render(payload, name)

@@ -170,9 +170,10 @@ class MessageRepository(ReadableRepository[Message]):
         return list(reversed(rows.all()))
 
     async def add(self, message: Message) -> Message:
+        """Inserts the message; what the database fills in (created_at) comes back with the
+        INSERT (RETURNING), so the row needs no second read."""
         self.session.add(message)
         await self.session.flush()
-        await self.session.refresh(message)
         return message
 
     async def sources_for(

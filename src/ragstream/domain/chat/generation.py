@@ -323,25 +323,25 @@ class GenerationManager:
             raise InvalidInput("fromOffset must not be negative", field="fromOffset")
         async with self.tools.sessionmaker() as session:
             stored = await service.get_message(session, viewer, message_id)  # NOT_FOUND
-        async for item in self._follow(stored, from_offset):
-            yield item
+        async with contextlib.aclosing(self._follow(stored, from_offset)) as items:
+            async for item in items:
+                yield item
 
-    async def follow_new(self, exchange: service.NewExchange) -> AsyncGenerator[StreamItem, None]:
+    def follow_new(self, exchange: service.NewExchange) -> AsyncGenerator[StreamItem, None]:
         """Follows an answer just submitted by the caller (no further authorization needed)."""
-        async for item in self._follow(exchange.answer, 0):
-            yield item
+        return self._follow(exchange.answer, 0)
 
-    async def _follow(
-        self, stored: MessageView, from_offset: int
-    ) -> AsyncGenerator[StreamItem, None]:
+    def _follow(self, stored: MessageView, from_offset: int) -> AsyncGenerator[StreamItem, None]:
+        # The live stream itself when the answer runs here: every generator that passes its
+        # items on costs each event (each token) a step more.
         live = self.hub.follow(
             stored.id, from_offset, window=self.settings.chat_coalesce_window_ms / 1000
         )
-        if live is not None:
-            async with contextlib.aclosing(live):
-                async for item in live:
-                    yield item
-            return
+        return self._not_here(stored, from_offset) if live is None else live
+
+    async def _not_here(
+        self, stored: MessageView, from_offset: int
+    ) -> AsyncGenerator[StreamItem, None]:
         if stored.status == STREAMING:
             # Running in another process, or it ended between the read and now.
             async for item in self.remote.follow(stored, from_offset):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ class GenerationStream:
     """The text of one answer so far, its sources once known, and how it ended."""
 
     __slots__ = (
-        "_end_waiter",
+        "_end_waiters",
         "_ends",
         "_joined",
         "_joined_parts",
@@ -57,7 +56,7 @@ class GenerationStream:
         self._parts: list[str] = []
         self._ends: list[int] = []  # cumulative length after each part
         self._waiters: list[asyncio.Future[None]] = []
-        self._end_waiter: asyncio.Future[None] | None = None
+        self._end_waiters: list[asyncio.Future[None]] = []
         self._joined = ""
         self._joined_parts = 0
         self.sources: Sequence[SourceView] | None = None
@@ -86,8 +85,9 @@ class GenerationStream:
         if self.ending is None:
             self.ending = ending
             self._wake()
-            if self._end_waiter is not None and not self._end_waiter.done():
-                self._end_waiter.set_result(None)
+            waiters, self._end_waiters = self._end_waiters, []
+            for waiter in waiters:
+                _resolve(waiter)
 
     def text(self) -> str:
         """The whole text so far (joined incrementally, so frequent flushes stay cheap)."""
@@ -115,14 +115,23 @@ class GenerationStream:
                 waiter.cancel()
 
     async def finished_within(self, delay: float) -> None:
-        """Returns when the stream ends, or after ``delay`` seconds, whichever comes first."""
+        """Returns when the stream ends, or after ``delay`` seconds, whichever comes first.
+
+        A follower waits here once per event: a future and a timer handle, no cancellation
+        (``asyncio.timeout`` would cancel the task and catch the error every time).
+        """
         if self.ending is not None:
             return
-        if self._end_waiter is None:
-            self._end_waiter = asyncio.get_running_loop().create_future()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await asyncio.shield(self._end_waiter)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._end_waiters.append(waiter)
+        timer = loop.call_later(delay, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if self.ending is None:
+                self._end_waiters.remove(waiter)
 
     def _wake(self) -> None:
         if self._waiters:
@@ -132,20 +141,38 @@ class GenerationStream:
                     waiter.set_result(None)
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Crowd:
     """The followers of this process's running answers, and the pace their number asks for.
 
-    Every follower sends at most one text item per window; with many followers the window
-    stretches so that all of them together send at most ``events_per_second`` items: a process
-    that is behind sends fewer, larger deltas instead of building queues.
+    Every follower sends at most one text item per window. The window stretches:
+
+    - with many followers, so that all of them together send at most ``events_per_second``
+      items;
+    - when the process is behind: followers that wake up late (their timers fire after their
+      due time because the event loop is busy) report by how much (``late``), and the window
+      grows to twice that lag, up to ``MAX_STRETCH`` seconds. A busy process thus sends fewer,
+      larger deltas instead of building queues, and returns to the base window as it catches up.
     """
+
+    MAX_STRETCH = 0.5  # seconds; a token waits at most this long for its event, plus the lag
+    _SMOOTHING = 0.05  # weight of each new observation of the lag
 
     def __init__(self, events_per_second: float) -> None:
         self.events_per_second = events_per_second
         self.size = 0
+        self.lag = 0.0  # how late followers wake up (exponentially smoothed), in seconds
 
     def window(self, base: float) -> float:
-        return max(base, self.size / self.events_per_second)
+        return max(base, self.size / self.events_per_second, min(2 * self.lag, self.MAX_STRETCH))
+
+    def late(self, seconds: float) -> None:
+        """A follower woke up ``seconds`` after it was due (0 when on time)."""
+        self.lag += (max(seconds, 0.0) - self.lag) * self._SMOOTHING
 
 
 async def follow(
@@ -172,9 +199,12 @@ async def follow(
                 continue
             if stream.length > offset:
                 pace = window if crowd is None else crowd.window(window)
-                wait = last_sent + pace - loop.time()
+                due = last_sent + pace
+                wait = due - loop.time()
                 if wait > 0:
                     await stream.finished_within(wait)
+                    if crowd is not None and stream.ending is None:
+                        crowd.late(loop.time() - due)
                 text = stream.read_from(offset)
                 yield TextItem(offset, text)
                 offset += len(text)
