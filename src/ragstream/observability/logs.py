@@ -395,12 +395,12 @@ class RequestLogMiddleware:
                 message["headers"] = [*message.get("headers", ()), echoed]
             await send(message)
 
+        # A websocket's messages get nothing added: each would pass through send_with_id for
+        # nothing (a streamed answer sends one per token).
+        http = scope["type"] == "http"
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         try:
-            # A websocket's messages get nothing added: each would pass through send_with_id
-            # for nothing (a streamed answer sends one per token).
-            http = scope["type"] == "http"
             await self.app(scope, receive, send_with_id if http else send)
         finally:
             if self.log_requests and http:
