@@ -233,5 +233,5 @@ class _PgStream:
     async def __anext__(self) -> Payload:
         return await self._memory.__anext__()
 
-    def ready(self) -> Payload | None:
-        return self._memory.ready()
+    async def next_within(self, quiet: float) -> Payload | None:
+        return await self._memory.next_within(quiet)

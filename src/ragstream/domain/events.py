@@ -11,8 +11,8 @@ first event, elsewhere ``replay`` changes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
@@ -36,8 +36,8 @@ class EventStream(Protocol):
 
     async def __anext__(self) -> Payload: ...
 
-    def ready(self) -> Payload | None:
-        """The next event if one is already waiting, else None (never waits)."""
+    async def next_within(self, quiet: float) -> Payload | None:
+        """The next event, or None once ``quiet`` seconds of waiting passed without one."""
         ...
 
 
@@ -64,18 +64,26 @@ class EventBroker(Protocol):
 
 
 class _MemoryStream:
+    """One subscriber's events, in order, read by one task.
+
+    A subscriber that stopped reading must not grow memory without bound: past ``max_pending``
+    events it loses the oldest, and can re-read state from the database.
+    """
+
     def __init__(self, broker: InMemoryBroker, topic: str, max_pending: int) -> None:
         self._broker = broker
         self._topic = topic
-        self._queue: asyncio.Queue[Payload] = asyncio.Queue(max_pending)
+        self._pending: deque[Payload] = deque(maxlen=max_pending)
+        self._waiter: asyncio.Future[None] | None = None
+        # `next_within`: when the current wait gives up, and the timer that checks it.
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def _deliver(self, payload: Payload) -> None:
-        if self._queue.full():
-            # A subscriber that stopped reading must not grow memory without bound; it loses
-            # the oldest event and can re-read state from the database.
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
-        self._queue.put_nowait(payload)
+        self._pending.append(payload)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def __aenter__(self) -> _MemoryStream:
         self._broker._streams.setdefault(self._topic, set()).add(self)
@@ -87,6 +95,9 @@ class _MemoryStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         streams = self._broker._streams.get(self._topic)
         if streams is not None:
             streams.discard(self)
@@ -97,13 +108,46 @@ class _MemoryStream:
         return self
 
     async def __anext__(self) -> Payload:
-        return await self._queue.get()
+        while not self._pending:
+            await self._wait()
+        return self._pending.popleft()
 
-    def ready(self) -> Payload | None:
+    async def next_within(self, quiet: float) -> Payload | None:
+        """The next event, or None once ``quiet`` seconds of waiting passed without one.
+
+        The timer behind the wait is armed at most about once per ``quiet`` seconds, not at
+        every wait: a follower woken by an event every few milliseconds costs no timer each.
+        """
+        if self._pending:
+            return self._pending.popleft()
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + quiet
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check_quiet, self._deadline)
+        await self._wait()
+        return self._pending.popleft() if self._pending else None
+
+    def _check_quiet(self, deadline: float) -> None:
+        """The timer of `next_within`: ends a wait that started before ``deadline``'s, else
+        checks again at the current wait's deadline."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait arms a timer
+        if self._deadline <= deadline:
+            waiter.set_result(None)  # nothing came: the caller gets None
+        else:
+            self._timer = waiter.get_loop().call_at(
+                self._deadline, self._check_quiet, self._deadline
+            )
+
+    async def _wait(self) -> None:
+        """Until an event is delivered (or the quiet timer ends the wait)."""
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
+            await self._waiter
+        finally:
+            self._waiter = None
 
 
 class InMemoryBroker:

@@ -278,13 +278,8 @@ class RemoteAnswers:
                 asked_at = -1 if replayed else offset  # replayed: a first gap asks
                 asked_when = loop.time()
                 while running:
-                    # An event already waiting needs no timer (one per event adds up).
-                    event = events.ready()
-                    try:
-                        if event is None:
-                            async with asyncio.timeout(self._poll):
-                                event = await anext(events)
-                    except TimeoutError:
+                    event = await events.next_within(self._poll)
+                    if event is None:
                         view = await self._load(message_id)
                         if view is None or view.status != STREAMING:
                             break
