@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from ragstream.db.notify import PgBroker, asyncpg_dsn
+from ragstream.db.notify import MAX_PAYLOAD_BYTES, PgBroker, asyncpg_dsn
 from ragstream.domain.events import EventStream, Payload
 from tests.chat_support import WITHIN, eventually
 
@@ -71,7 +72,7 @@ async def test_an_event_too_large_for_a_notification_is_refused(database_url: st
         assert await _next(there) == {"text": "small"}  # nothing of the refused one
 
 
-async def test_a_lost_connection_is_reopened_and_its_topics_listened_to_again(
+async def test_a_lost_connection_is_reopened_and_listened_on_again(
     database_url: str,
 ) -> None:
     async with two_brokers(database_url) as (a, b), b.subscribe("t") as there:
@@ -96,15 +97,38 @@ async def test_a_lost_connection_is_reopened_and_its_topics_listened_to_again(
         await eventually(delivered)
 
 
-async def test_a_topic_is_listened_to_only_while_someone_here_follows_it(
+async def test_a_process_gets_only_the_events_of_topics_it_follows(database_url: str) -> None:
+    async with two_brokers(database_url) as (a, b), b.subscribe("message:1") as there:
+        await a.publish("message:2", {"n": 2})  # nobody follows it on B
+        await a.publish("message:1", {"n": 1})
+        await a.publish("process:x", {"n": 3})
+
+        assert await _next(there) == {"n": 1}
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await anext(there)
+
+
+async def test_events_too_many_for_one_notification_go_in_several_in_order(
     database_url: str,
 ) -> None:
-    async with two_brokers(database_url) as (a, _b):
-        async with a.subscribe("t"), a.subscribe("t"):
-            assert await a.listening() == {"t"}
-        # Unlistened in the background once the last subscriber left.
-        await eventually(lambda: _listens_to_nothing(a))
+    texts = [f"{n:04d}" + "x" * 3_000 for n in range(20)]  # two fit in a notification
+    async with two_brokers(database_url) as (a, b), b.subscribe("message:x") as there:
+        for text in texts:
+            await a.publish("message:x", {"text": text})
+
+        received = [(await _next(there))["text"] for _ in texts]
+
+    assert received == texts
 
 
-async def _listens_to_nothing(broker: PgBroker) -> bool:
-    return await broker.listening() == set()
+def test_a_batch_is_packed_into_notifications_within_the_size_limit() -> None:
+    broker = PgBroker("postgresql://unused")
+    entries = [f'["t",{{"n":{n},"text":"{"y" * (n * 97 % 3_000)}"}}]' for n in range(200)]
+
+    payloads = broker._notifications(entries)
+
+    assert all(len(payload) <= MAX_PAYLOAD_BYTES for payload in payloads)
+    unpacked = [entry for payload in payloads for entry in json.loads(payload)["e"]]
+    assert unpacked == [json.loads(entry) for entry in entries]
+    assert len(payloads) < len(entries) // 2  # packed, not one notification per event

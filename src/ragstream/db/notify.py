@@ -1,16 +1,20 @@
 """Events between server processes on one database: PostgreSQL LISTEN/NOTIFY.
 
 `PgBroker` is the event broker of a server process (`domain/events.py`). Each process keeps one
-dedicated connection (outside the pool): it LISTENs on a topic while a subscriber of that
-process follows it, and sends every published event as a NOTIFY on the topic's channel. An
-event reaches the subscribers of its own process at once, in memory, and those of the other
-processes through the database (each process ignores its own notifications).
+dedicated connection (outside the pool), LISTENs on one channel, ``ragstream_events``, and sends
+what it publishes there: the events published within one pace (`SEND_PACE`) go out together,
+packed into as few notifications as their size allows (each names the topic of each event).
+An event reaches the subscribers of its own process at once, in memory, and those of the other
+processes through the database: each process reads every notification of the others (it skips
+its own) and passes each event to its subscribers of that topic, if any. One notification per
+batch rather than one per event and topic keeps the receiving side's cost (a notification
+message, a callback and a JSON parse each) off every delta of a streamed answer.
 
-Notifications are sent in batches by one task, in the order they were published, so the
-subscribers of a topic see its events in that order. A lost connection is reopened (and its
-topics listened to again) with backoff; events published meanwhile wait in a bounded outbox,
-and a subscriber that must not miss one re-reads the state (the chat followers and
-`documentEvents` do). A NOTIFY payload is at most 8000 bytes: larger events are refused.
+Batches are sent by one task, in the order their events were published, so the subscribers of
+a topic see its events in that order. A lost connection is reopened (and the channel listened
+to again) with backoff; events published meanwhile wait in a bounded outbox, and a subscriber
+that must not miss one re-reads the state (the chat followers and `documentEvents` do). A
+NOTIFY payload is at most 8000 bytes: an event that cannot fit in one is refused.
 """
 
 from __future__ import annotations
@@ -20,20 +24,20 @@ import contextlib
 import json
 import logging
 import uuid
-from types import TracebackType
 from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from ragstream.domain.events import InMemoryBroker, Outbox, Payload
+from ragstream.domain.events import EventStream, InMemoryBroker, Outbox, Payload
 
 logger = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 7_999  # PostgreSQL's limit is 8000, terminator included
 MAX_OUTBOX = 10_000  # events kept while the connection is away; then the oldest are dropped
 SEND_PACE = 0.01  # seconds between two batches of notifications at least (events.Outbox)
-NOTIFY_MANY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)"
+CHANNEL = "ragstream_events"
+NOTIFY_MANY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS t(p)"
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -48,15 +52,16 @@ class PgBroker:
 
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0, max_pending: int = 1_000) -> None:
         self.origin = uuid.uuid4().hex
+        # Every notification of this process: this, its events as [topic, payload] pairs
+        # separated by commas, then "]}".
+        self._head = f'{{"o":"{self.origin}","e":['
         self._dsn = dsn
         self._timeout = connect_timeout
         self._local = InMemoryBroker(max_pending)
-        self._listening: dict[str, int] = {}  # topic -> subscribers in this process
         self._conn: asyncpg.Connection[Any] | None = None
         self._lock = asyncio.Lock()  # one operation at a time on the connection
-        self._outbox: Outbox[tuple[str, str]] = Outbox(MAX_OUTBOX, pace=SEND_PACE)
+        self._outbox: Outbox[str] = Outbox(MAX_OUTBOX, pace=SEND_PACE)
         self._sender: asyncio.Task[None] | None = None
-        self._chores: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         async with self._lock:
@@ -75,9 +80,6 @@ class PgBroker:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
-        for chore in list(self._chores):
-            chore.cancel()
-        await asyncio.gather(*self._chores, return_exceptions=True)
         if self._conn is not None:
             with contextlib.suppress(Exception):  # closing a connection that already broke
                 await self._conn.close(timeout=self._timeout)
@@ -87,88 +89,63 @@ class PgBroker:
     # --- publishing --------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: Payload) -> None:
-        data = json.dumps({"o": self.origin, "d": payload}, separators=(",", ":"))
-        if len(data.encode()) > MAX_PAYLOAD_BYTES:
+        # ASCII (json escapes the rest): its length is its size in bytes.
+        entry = json.dumps([topic, payload], separators=(",", ":"))
+        if len(self._head) + len(entry) + 2 > MAX_PAYLOAD_BYTES:
             raise ValueError(f"an event on {topic} is larger than a notification can carry")
         self._local.deliver(topic, payload)
-        self._outbox.put((topic, data))
+        self._outbox.put(entry)
 
-    async def _send(self, batch: list[tuple[str, str]]) -> None:
+    def _notifications(self, entries: list[str]) -> list[str]:
+        """The entries, in order, in as few notification payloads as can carry them."""
+        payloads: list[str] = []
+        packed: list[str] = []
+        size = len(self._head) + 2
+        for entry in entries:
+            if packed and size + len(entry) + 1 > MAX_PAYLOAD_BYTES:
+                payloads.append(self._head + ",".join(packed) + "]}")
+                packed, size = [], len(self._head) + 2
+            packed.append(entry)
+            size += len(entry) + 1
+        if packed:
+            payloads.append(self._head + ",".join(packed) + "]}")
+        return payloads
+
+    async def _send(self, batch: list[str]) -> None:
         async with self._lock:
             conn = await self._live()  # also after a lost connection, with nothing to send
             if batch:
                 # One statement, so one round trip and one transaction whatever the batch's
-                # size (executemany binds each row: several times the CPU for a few rows);
-                # unnest yields the rows in array order, so they are delivered in this order.
-                channels, payloads = zip(*batch, strict=True)
-                await conn.execute(NOTIFY_MANY, list(channels), list(payloads))
+                # size; unnest yields the payloads in array order, delivered in that order.
+                await conn.execute(NOTIFY_MANY, CHANNEL, self._notifications(batch))
 
     # --- subscribing -------------------------------------------------------------------------
 
     async def retire(self, topic: str) -> None:
         """Notifications keep no history."""
 
-    def subscribe(self, topic: str, *, replay: bool = False) -> _PgStream:
-        return _PgStream(self, topic)
+    def subscribe(self, topic: str, *, replay: bool = False) -> EventStream:
+        return self._local.subscribe(topic)
 
     def subscriber_count(self, topic: str) -> int:
         return self._local.subscriber_count(topic)
 
-    async def listening(self) -> set[str]:
-        """The channels the database has this process listening to."""
-        async with self._lock:
-            conn = await self._live()
-            return {row[0] for row in await conn.fetch("SELECT pg_listening_channels()")}
-
-    async def _listen(self, topic: str) -> None:
-        count = self._listening.get(topic, 0)
-        self._listening[topic] = count + 1
-        if count:
-            return
-        try:
-            async with self._lock:
-                conn = await self._live()
-                await conn.add_listener(topic, self._received)
-        except BaseException:
-            self._unlisten(topic)
-            raise
-
-    def _unlisten(self, topic: str) -> None:
-        """Synchronous, so a subscriber leaving on cancellation never leaks its count."""
-        count = self._listening.get(topic, 0) - 1
-        if count > 0:
-            self._listening[topic] = count
-            return
-        self._listening.pop(topic, None)
-        chore = asyncio.create_task(self._stop_listening(topic), name="events-unlisten")
-        self._chores.add(chore)
-        chore.add_done_callback(self._chores.discard)
-
-    async def _stop_listening(self, topic: str) -> None:
-        async with self._lock:
-            conn = self._conn
-            if topic in self._listening or conn is None or conn.is_closed():
-                return
-            try:
-                await conn.remove_listener(topic, self._received)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await self._drop_connection()  # reopened without the topic
-
     def _received(
         self, conn: asyncpg.Connection[Any], pid: int, channel: str, payload: str
     ) -> None:
+        if payload.startswith(self._head):
+            return  # this process's own: its subscribers had them in memory
         try:
             message = json.loads(payload)
-        except ValueError:
+            for topic, event in message["e"]:
+                self._local.deliver(topic, event)
+        except (ValueError, KeyError, TypeError):
             return  # not one of ragstream's
-        if message.get("o") != self.origin:
-            self._local.deliver(channel, message["d"])
 
     # --- the connection ----------------------------------------------------------------------
 
     async def _live(self) -> asyncpg.Connection[Any]:
-        """The connection, reopened (listening to every current topic) if it was lost.
-        Called with the lock held."""
+        """The connection, reopened (and listening) if it was lost. Called with the lock held."""
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         conn: asyncpg.Connection[Any] = await asyncpg.connect(
@@ -177,10 +154,7 @@ class PgBroker:
             server_settings={"application_name": "ragstream-events"},
         )
         try:
-            # A copy: subscribers come and go while this waits (their own calls then wait for
-            # the lock, and find this connection).
-            for topic in list(self._listening):
-                await conn.add_listener(topic, self._received)
+            await conn.add_listener(CHANNEL, self._received)
         except BaseException:
             await conn.close()
             raise
@@ -198,40 +172,3 @@ class PgBroker:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()
-
-
-class _PgStream:
-    """One subscription: the topic's events from this process and, through the database,
-    from the others."""
-
-    def __init__(self, broker: PgBroker, topic: str) -> None:
-        self._broker = broker
-        self._topic = topic
-        self._memory = broker._local.subscribe(topic)
-
-    async def __aenter__(self) -> _PgStream:
-        await self._memory.__aenter__()
-        try:
-            await self._broker._listen(self._topic)
-        except BaseException:
-            await self._memory.__aexit__(None, None, None)
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._memory.__aexit__(exc_type, exc, tb)
-        self._broker._unlisten(self._topic)
-
-    def __aiter__(self) -> _PgStream:
-        return self
-
-    async def __anext__(self) -> Payload:
-        return await self._memory.__anext__()
-
-    async def next_within(self, quiet: float) -> Payload | None:
-        return await self._memory.next_within(quiet)
