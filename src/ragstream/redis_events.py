@@ -5,8 +5,10 @@ for replicas on many machines. Every topic is one Redis Stream (``ragstream:<top
 publishing is an ``XADD`` (capped with ``MAXLEN ~``, and expiring an hour after its last
 event). One task per process reads every stream its subscriptions follow with a single
 ``XREAD BLOCK``, each from where its subscriptions are, so following many answers costs one
-read per batch of entries rather than one per subscription and entry; a new subscription ends
-the current read by adding an entry to the process's own wake-up stream, and is read at once.
+read per batch of entries rather than one per subscription and entry (and at most one read
+per `READ_PACE`, so that what another process sent together is read together); a new
+subscription ends the current read by adding an entry to the process's own wake-up stream, and
+is read at once.
 An event reaches the subscribers of its own process at once, in memory, and those of the other
 processes through Redis (each process skips its own entries).
 
@@ -44,6 +46,10 @@ IDLE_EXPIRY_SECONDS = 3_600  # a stream nobody writes to for this long goes
 RETIRED_EXPIRY_SECONDS = 60  # a retired stream's last entry stays this long for late readers
 MAX_OUTBOX = 10_000  # entries kept while Redis is away; then the oldest are dropped
 SEND_PACE = 0.01  # seconds between two pipelines of entries at least (events.Outbox)
+# Seconds between the starts of two reads at least: the entries of another process's pipeline
+# then come in one read rather than one each (a read names every stream followed here, and
+# preparing its command is most of what following costs this process).
+READ_PACE = 0.01
 BLOCK_MS = 2_000  # one XREAD waits at most this long, so a reader notices a closed broker
 
 
@@ -183,11 +189,17 @@ class RedisBroker:
         The entries of this process are skipped (its subscribers got them in memory)."""
         backoff = 0.1
         wake_after = "0-0"
+        loop = asyncio.get_running_loop()
+        last_read = -READ_PACE
         while True:
             if not self._reading:
                 self._joined.clear()
                 await self._joined.wait()
                 continue
+            wait = last_read + READ_PACE - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last_read = loop.time()
             self._joined.clear()
             streams: dict[str, str] = {self._wake_key: wake_after}
             for key, subscriptions in self._reading.items():
