@@ -69,7 +69,16 @@ class PgBroker:
         self._sender = asyncio.create_task(
             self._outbox.send_forever(
                 self._send,
-                (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError),
+                # InternalClientError: a statement on a connection whose end the server has
+                # announced but asyncpg has not finished reading ("another operation is in
+                # progress"); like the others, it means a new connection.
+                (
+                    OSError,
+                    TimeoutError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    asyncpg.InternalClientError,
+                ),
                 retry=self._drop_connection,
             ),
             name="events-notify",
