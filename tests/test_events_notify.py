@@ -97,6 +97,39 @@ async def test_a_lost_connection_is_reopened_and_listened_on_again(
         await eventually(delivered)
 
 
+async def test_a_connection_caught_reading_its_end_is_replaced_and_nothing_is_lost(
+    database_url: str,
+) -> None:
+    """When the server ends the connection while asyncpg is still reading the goodbye, the next
+    statement raises InternalClientError ("another operation is in progress"): the batch is
+    kept, the connection replaced, and the sender goes on."""
+    a, b = PgBroker(asyncpg_dsn(database_url)), PgBroker(asyncpg_dsn(database_url))
+    send = a._send
+    failed: list[asyncpg.Connection] = []
+
+    async def send_once_refused(batch: list[str]) -> None:
+        if batch and not failed:
+            assert a._conn is not None
+            failed.append(a._conn)
+            raise asyncpg.InternalClientError("cannot switch to state 11; another operation")
+        await send(batch)
+
+    a._send = send_once_refused  # type: ignore[method-assign]  # before the sender starts
+    await a.start()
+    await b.start()
+    try:
+        async with b.subscribe("t") as there:
+            await a.publish("t", {"n": 1})
+            await a.publish("t", {"n": 2})
+            assert await _next(there) == {"n": 1}
+            assert await _next(there) == {"n": 2}
+    finally:
+        await a.close()
+        await b.close()
+    assert len(failed) == 1
+    assert failed[0].is_closed()  # the refused connection was let go
+
+
 async def test_a_process_gets_only_the_events_of_topics_it_follows(database_url: str) -> None:
     async with two_brokers(database_url) as (a, b), b.subscribe("message:1") as there:
         await a.publish("message:2", {"n": 2})  # nobody follows it on B

@@ -38,6 +38,16 @@ MAX_OUTBOX = 10_000  # events kept while the connection is away; then the oldest
 SEND_PACE = 0.01  # seconds between two batches of notifications at least (events.Outbox)
 CHANNEL = "ragstream_events"
 NOTIFY_MANY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS t(p)"
+# What a failed batch raises when the connection must be replaced. InternalClientError: a
+# statement on a connection whose end the server has announced but asyncpg has not finished
+# reading ("another operation is in progress").
+CONNECTION_FAILURES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -67,20 +77,7 @@ class PgBroker:
         async with self._lock:
             await self._live()
         self._sender = asyncio.create_task(
-            self._outbox.send_forever(
-                self._send,
-                # InternalClientError: a statement on a connection whose end the server has
-                # announced but asyncpg has not finished reading ("another operation is in
-                # progress"); like the others, it means a new connection.
-                (
-                    OSError,
-                    TimeoutError,
-                    asyncpg.PostgresError,
-                    asyncpg.InterfaceError,
-                    asyncpg.InternalClientError,
-                ),
-                retry=self._drop_connection,
-            ),
+            self._outbox.send_forever(self._send, CONNECTION_FAILURES, retry=self._drop_connection),
             name="events-notify",
         )
 
