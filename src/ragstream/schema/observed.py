@@ -136,15 +136,22 @@ class ObserveOperations(ErrorContract):
 
     def _log(self, kind: str, name: str | None, outcome: str, seconds: float) -> None:
         context = self.execution_context.context
-        claims = None if context.token_invalid else context.claims
-        operation: OperationLine = (
-            (name or "")[:MAX_LOGGED_NAME] or None,
-            kind,
-            outcome,
-            self._codes or [],
-            claims.user_id if claims is not None else None,  # made a string with the line
-        )
+        operation = operation_line(context, kind, name, outcome, self._codes or [])
         if context.is_websocket:
             log_operation(operation, seconds)
         else:
             context.request.scope.setdefault("state", {})[OPERATION_KEY] = operation
+
+
+def operation_line(
+    context: Any, kind: str, name: str | None, outcome: str, codes: list[str]
+) -> OperationLine:
+    """An operation's fields for its log line (the viewer's id only from a valid token)."""
+    claims = None if context.token_invalid else context.claims
+    return (
+        (name or "")[:MAX_LOGGED_NAME] or None,
+        kind,
+        outcome,
+        codes,
+        claims.user_id if claims is not None else None,  # made a string with the line
+    )

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +49,7 @@ from ragstream.observability.logs import OPERATION_KEY
 from ragstream.schema.compiled import CompiledReadsExecutor, Plan, plan_for, run_plan
 from ragstream.schema.context import Context
 from ragstream.schema.list_size import estimate_list_items
-from ragstream.schema.observed import MAX_LOGGED_NAME
+from ragstream.schema.observed import operation_line
 from ragstream.schema.strings import unstorable_field
 
 _KEPT = 256
@@ -194,13 +193,5 @@ def _observe(context: Context, name: str | None, seconds: float) -> None:
     if metrics.enabled:
         metrics.operation(metrics.operation_label(name), "query", "ok", seconds)
     if state.settings.log_requests:
-        claims = None if context.token_invalid else context.claims
-        scope_state: Mapping[str, Any] = context.request.scope.setdefault("state", {})
-        assert isinstance(scope_state, dict)
-        scope_state[OPERATION_KEY] = (
-            (name or "")[:MAX_LOGGED_NAME] or None,
-            "query",
-            "ok",
-            [],
-            claims.user_id if claims is not None else None,
-        )
+        scope_state = context.request.scope.setdefault("state", {})
+        scope_state[OPERATION_KEY] = operation_line(context, "query", name, "ok", [])
