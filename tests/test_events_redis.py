@@ -1,4 +1,4 @@
-"""Events between processes through Redis Streams (`redis_events.py: RedisBroker`).
+"""Events between processes through Redis (`redis_events.py: RedisBroker`).
 
 Two brokers on one real `redis-server` stand for two server processes on two machines.
 """
@@ -10,8 +10,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from ragstream.domain.events import EventStream, Payload
-from ragstream.redis_events import RETIRED_EXPIRY_SECONDS, RedisBroker, stream_key
+from ragstream.redis_events import CHANNEL, RETIRED_EXPIRY_SECONDS, RedisBroker, stream_key
 from tests.chat_support import WITHIN, eventually
 from tests.redis_support import RedisServer, redis_server
 
@@ -105,6 +107,67 @@ async def test_events_published_while_redis_is_away_arrive_once_it_is_back(tmp_p
         await a.publish("document:3", {"n": 1})  # never blocks on Redis
         await redis.start()
 
+        assert await _next(there) == {"n": 1}
+
+
+async def test_a_replaying_subscriber_joining_mid_stream_gets_each_event_once_in_order(
+    tmp_path: Path,
+) -> None:
+    """The history it reads and the batches it hears meanwhile overlap: each event once."""
+    async with two_brokers(tmp_path) as (_, a, b):
+
+        async def publishing() -> None:
+            for n in range(400):
+                await a.publish("message:7", {"n": n})
+                if n % 20 == 0:
+                    await asyncio.sleep(0.005)  # several batches, some during the join
+
+        publisher = asyncio.create_task(publishing())
+        await asyncio.sleep(0.02)
+        async with b.subscribe("message:7", replay=True) as replayed:
+            await publisher
+            assert [(await _next(replayed))["n"] for _ in range(400)] == list(range(400))
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await anext(replayed)  # and nothing twice
+
+
+async def test_a_listener_that_lost_its_connection_reads_what_it_missed_once_back(
+    tmp_path: Path,
+) -> None:
+    async with (
+        two_brokers(tmp_path) as (redis, a, b),
+        b.subscribe("message:8") as there,
+    ):
+        await a.publish("message:8", {"n": 0})
+        assert await _next(there) == {"n": 0}
+        client = redis.client()
+        try:
+            # B's listener is cut off (Redis stays up): what A publishes meanwhile is only in
+            # the stream, which B reads once it has reconnected.
+            assert await client.client_kill_filter(_type="pubsub") >= 2
+            for n in range(1, 50):
+                await a.publish("message:8", {"n": n})
+        finally:
+            await client.aclose()
+
+        assert [(await _next(there))["n"] for _ in range(1, 50)] == list(range(1, 50))
+        await a.publish("message:8", {"n": "after"})
+        assert await _next(there) == {"n": "after"}  # nothing twice, nothing lost
+
+
+async def test_a_message_on_the_channel_that_is_not_ragstreams_is_ignored(tmp_path: Path) -> None:
+    async with (
+        two_brokers(tmp_path) as (redis, a, b),
+        b.subscribe("document:9") as there,
+    ):
+        client = redis.client()
+        try:
+            for junk in ("not json", "[1, 2]", '{"o": "x", "e": [["k"]]}', '{"o": "x"}'):
+                await client.publish(CHANNEL, junk)
+        finally:
+            await client.aclose()
+        await a.publish("document:9", {"n": 1})
         assert await _next(there) == {"n": 1}
 
 

@@ -1,39 +1,43 @@
-"""Events between server processes and replicas through Redis Streams (`RAGSTREAM_REDIS_URL`).
+"""Events between server processes and replicas through Redis (`RAGSTREAM_REDIS_URL`).
 
 `RedisBroker` is the event broker of a server process (`domain/events.py`), like `PgBroker`,
-for replicas on many machines. Every topic is one Redis Stream (``ragstream:<topic>``):
-publishing is an ``XADD`` (capped with ``MAXLEN ~``, and expiring an hour after its last
-event). One task per process reads every stream its subscriptions follow with a single
-``XREAD BLOCK``, each from where its subscriptions are, so following many answers costs one
-read per batch of entries rather than one per subscription and entry (and at most one read
-per `READ_PACE`, so that what another process sent together is read together); a new
-subscription ends the current read by adding an entry to the process's own wake-up stream, and
-is read at once.
-An event reaches the subscribers of its own process at once, in memory, and those of the other
-processes through Redis (each process skips its own entries).
+for replicas on many machines. Every topic has a Redis Stream (``ragstream:<topic>``), its
+history: capped with ``MAXLEN ~``, expiring an hour after its last event. What a process
+publishes in one batch is added to those streams by one script, which also sends the batch,
+with each entry's id, as one Pub/Sub message on ``ragstream:events``. Every process listens
+on that channel and hands each entry to the subscriptions it has for the entry's topic, so
+following many answers costs a process one message per batch of another process, whatever
+the number of topics it follows (the other processes' own entries it skips: their
+subscribers got them in memory).
 
-The broker keeps history: ``subscribe(topic, replay=True)`` reads the stream from its first
-entry, so a follower of an answer gets every delta the generating process added since the
-answer started (`remote.py`), and `retire` trims a topic's stream to its last entry and lets it
-expire soon after (an answer that ended: its text is in PostgreSQL).
+The streams are what Pub/Sub cannot give: ``subscribe(topic, replay=True)`` reads the topic's
+stream from its first entry, then the live entries after those, by id, with no gap and no
+duplicate (a follower of an answer gets every delta published since the answer started,
+`remote.py`); and a listener that lost its connection reads, once back, what it missed from
+the streams of the topics it follows. `retire` trims a topic's stream to its last entry and
+lets it expire soon after (an answer that ended: its text is in PostgreSQL).
 
 Entries are sent in batches by one task, in the order they were published. Redis away: entries
-wait in a bounded outbox and the reader retries with backoff; nothing blocks on Redis, and the chat
-followers and `documentEvents` re-read PostgreSQL while they hear nothing, so a subscriber gets
-the rest of an answer from the database (at its poll interval) until Redis is back.
+wait in a bounded outbox and the listener reconnects with backoff; nothing blocks on Redis, and
+the chat followers and `documentEvents` re-read PostgreSQL while they hear nothing, so a
+subscriber gets the rest of an answer from the database (at its poll interval) until Redis is
+back. The script needs a single Redis server (or a primary with its replicas), not a cluster:
+one batch names many keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from types import TracebackType
-from typing import cast
+from typing import Any, cast
 
+import orjson
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ragstream.domain.events import InMemoryBroker, Outbox, Payload
@@ -41,16 +45,41 @@ from ragstream.domain.events import InMemoryBroker, Outbox, Payload
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "ragstream:"
+CHANNEL = KEY_PREFIX + "events"  # every batch of every process, as one message
 MAX_ENTRIES = 10_000  # per stream (approximately): far above an answer's coalesced deltas
 IDLE_EXPIRY_SECONDS = 3_600  # a stream nobody writes to for this long goes
 RETIRED_EXPIRY_SECONDS = 60  # a retired stream's last entry stays this long for late readers
 MAX_OUTBOX = 10_000  # entries kept while Redis is away; then the oldest are dropped
-SEND_PACE = 0.01  # seconds between two pipelines of entries at least (events.Outbox)
-# Seconds between the starts of two reads at least: the entries of another process's pipeline
-# then come in one read rather than one each (a read names every stream followed here, and
-# preparing its command is most of what following costs this process).
-READ_PACE = 0.01
-BLOCK_MS = 2_000  # one XREAD waits at most this long, so a reader notices a closed broker
+SEND_PACE = 0.01  # seconds between two batches of entries at least (events.Outbox)
+QUIET_SECONDS = 2.0  # a listener that hears nothing this long pings, and gives up after two
+RETIRE = ""  # the script's argument for "trim this stream" (an entry is never empty)
+
+# KEYS: one stream key per entry. ARGV: origin, max entries, idle expiry, retired expiry,
+# channel, then one payload (JSON) per key, or "" to trim that stream to its last entry.
+# Each stream's expiry is set once, after its last entry of the batch (a retired stream's
+# after its trim); the message names each added entry's key and id.
+PUBLISH_SCRIPT = """
+local origin = ARGV[1]
+local sent, expiry, order = {}, {}, {}
+for i, key in ipairs(KEYS) do
+  local payload = ARGV[i + 5]
+  if payload == '' then
+    redis.call('XTRIM', key, 'MAXLEN', 1)
+    if expiry[key] == nil then order[#order + 1] = key end
+    expiry[key] = ARGV[4]
+  else
+    local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], '*',
+      'e', '{"o":"' .. origin .. '","d":' .. payload .. '}')
+    if expiry[key] == nil then order[#order + 1] = key; expiry[key] = ARGV[3] end
+    sent[#sent + 1] = '[' .. cjson.encode(key) .. ',"' .. id .. '",' .. payload .. ']'
+  end
+end
+for _, key in ipairs(order) do redis.call('EXPIRE', key, expiry[key]) end
+if #sent > 0 then
+  redis.call('PUBLISH', ARGV[5], '{"o":"' .. origin .. '","e":[' .. table.concat(sent, ',') .. ']}')
+end
+return #sent
+"""
 
 
 EntryId = tuple[int, int]  # a Redis Stream entry's id, "<ms>-<seq>", as numbers that compare
@@ -72,78 +101,90 @@ class RedisBroker:
 
     def __init__(self, url: str, *, connect_timeout: float = 5.0, max_pending: int = 1_000) -> None:
         self.origin = uuid.uuid4().hex
+        self._timeout = connect_timeout
         self._client: redis.Redis = redis.Redis.from_url(
             url,
             socket_connect_timeout=connect_timeout,
-            # Above BLOCK_MS: a blocking read that never answers fails instead of hanging.
-            socket_timeout=BLOCK_MS / 1000 + connect_timeout,
+            socket_timeout=connect_timeout,
             decode_responses=True,
         )
+        self._script = self._client.register_script(PUBLISH_SCRIPT)
+        # The listener reconnects itself (and then reads what it missed from the streams):
+        # its client must not do so silently.
+        self._listen_client: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=connect_timeout,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._local = InMemoryBroker(max_pending)
-        # (topic, entry); None: retire the topic
-        self._outbox: Outbox[tuple[str, str | None]] = Outbox(MAX_OUTBOX, pace=SEND_PACE)
+        # (topic, payload as JSON, or RETIRE)
+        self._outbox: Outbox[tuple[str, str]] = Outbox(MAX_OUTBOX, pace=SEND_PACE)
         self._sender: asyncio.Task[None] | None = None
-        # Stream key -> its subscriptions here, each with the last entry it had (None: from
-        # what comes next), all read by one task.
+        # Stream key -> its subscriptions here, each with the id of the last entry it had
+        # (None: it follows what comes next and has had nothing yet).
         self._reading: dict[str, dict[_RedisStream, EntryId | None]] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._joined = asyncio.Event()
-        self._wake_key = f"{KEY_PREFIX}wake:{self.origin}"
+        # Subscriptions reading their stream's history: what the listener hears for them
+        # meanwhile waits here, then goes after the history (by id, without duplicates).
+        self._joining: dict[_RedisStream, list[tuple[EntryId, Payload]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._connections = 0  # the listener's connections so far
+        self._own = f'{{"o":"{self.origin}"'  # how this process's own batches start
 
     async def start(self) -> None:
-        try:
-            await self._client.ping()
-        except (RedisError, OSError):
-            # Not fatal: answers are generated and stored without Redis; events wait for it.
-            logger.warning("Redis is not reachable yet; events will wait for it", exc_info=True)
+        self._listener = asyncio.create_task(self._listen_forever(), name="events-redis-listen")
         self._sender = asyncio.create_task(
             self._outbox.send_forever(self._send, (RedisError, OSError)), name="events-redis"
         )
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._listening.wait()
+        except TimeoutError:
+            # Not fatal: answers are generated and stored without Redis; events wait for it.
+            logger.warning("Redis is not reachable yet; events will wait for it")
 
     async def close(self) -> None:
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
-        if self._reader is not None:
-            self._reader.cancel()
-            # The client can absorb a cancellation while it reconnects: then the reader stops
-            # after its current read (at most BLOCK_MS), and nobody waits for it.
-            await asyncio.wait([self._reader], timeout=1.0)
+        for task in (self._sender, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for subscriptions in list(self._reading.values()):
+            for subscription in list(subscriptions):
+                subscription._stop_joining()
         await self._client.aclose()
+        await self._listen_client.aclose()
         await self._local.close()
 
     # --- publishing --------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: Payload) -> None:
         self._local.deliver(topic, payload)
-        self._outbox.put(
-            (topic, json.dumps({"o": self.origin, "d": payload}, separators=(",", ":")))
-        )
+        self._outbox.put((topic, orjson.dumps(payload).decode()))
 
     async def retire(self, topic: str) -> None:
         """The topic's stream is done (after what was published before): trimmed to its last
         entry, which expires after `RETIRED_EXPIRY_SECONDS`."""
-        self._outbox.put((topic, None))
+        self._outbox.put((topic, RETIRE))
 
-    async def _send(self, batch: list[tuple[str, str | None]]) -> None:
+    async def _send(self, batch: list[tuple[str, str]]) -> None:
+        """One script call for the whole batch (a batch that fails is sent again whole, so it
+        is not split into calls that could land in part)."""
         if not batch:
             return
-        # One round trip; commands run in this order. A stream's expiry is set once per
-        # batch, after its last entry in it (a retired stream's, after its trim).
-        expiries: dict[str, int] = {}
-        async with self._client.pipeline(transaction=False) as pipe:
-            for topic, entry in batch:
-                key = stream_key(topic)
-                if entry is None:
-                    pipe.xtrim(key, maxlen=1, approximate=False)
-                    expiries[key] = RETIRED_EXPIRY_SECONDS
-                else:
-                    pipe.xadd(key, {"e": entry}, maxlen=MAX_ENTRIES, approximate=True)
-                    expiries.setdefault(key, IDLE_EXPIRY_SECONDS)
-            for key, seconds in expiries.items():
-                pipe.expire(key, seconds)
-            await pipe.execute()
+        await self._script(
+            keys=[stream_key(topic) for topic, _ in batch],
+            args=[
+                self.origin,
+                MAX_ENTRIES,
+                IDLE_EXPIRY_SECONDS,
+                RETIRED_EXPIRY_SECONDS,
+                CHANNEL,
+                *(payload for _, payload in batch),
+            ],
+        )
 
     # --- subscribing -------------------------------------------------------------------------
 
@@ -153,108 +194,167 @@ class RedisBroker:
     def subscriber_count(self, topic: str) -> int:
         return self._local.subscriber_count(topic)
 
-    async def _start_id(self, key: str) -> EntryId | None:
-        """The id of the stream's last entry: a subscription reads what comes after it."""
-        try:
-            last = await self._client.xrevrange(key, count=1)
-        except (RedisError, OSError):
-            return None  # Redis away: from the first entry the reader sees once it is back
-        return entry_id(str(last[0][0])) if last else (0, 0)
-
-    async def _join(self, subscription: _RedisStream, key: str, after: EntryId | None) -> None:
-        """Adds a subscription to the process's reader, which reads it at once: a blocked read
-        is ended by an entry on this process's wake-up stream."""
-        self._reading.setdefault(key, {})[subscription] = after
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read_forever(), name="events-redis-read")
-        self._joined.set()
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
-                pipe.expire(self._wake_key, IDLE_EXPIRY_SECONDS)
-                await pipe.execute()
-        except (RedisError, OSError):
-            pass  # the reader is retrying meanwhile, and reads every key again when back
-
     def _leave(self, subscription: _RedisStream, key: str) -> None:
+        self._joining.pop(subscription, None)
         subscriptions = self._reading.get(key)
         if subscriptions is not None:
             subscriptions.pop(subscription, None)
             if not subscriptions:
                 del self._reading[key]
 
-    async def _read_forever(self) -> None:
-        """One XREAD for every stream this process follows, each from the oldest position
-        its subscriptions reached; an entry goes to the subscriptions that have not had it.
-        The entries of this process are skipped (its subscribers got them in memory)."""
+    async def _history(self, key: str, after: EntryId) -> list[tuple[EntryId, Payload | None]]:
+        """The stream's entries after ``after``, oldest first (None: not one of ragstream's
+        or this process's own)."""
+        start = "({}-{}".format(*after) if after > (0, 0) else "-"
+        entries = cast("list[tuple[str, dict[str, str]]]", await self._client.xrange(key, start))
+        return [(entry_id(raw), self._payload(fields.get("e"))) for raw, fields in entries]
+
+    def _payload(self, entry: str | None) -> Payload | None:
+        try:
+            message = orjson.loads(entry) if entry is not None else None
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(message, dict) or message.get("o") == self.origin:
+            return None
+        payload = message.get("d")
+        return payload if isinstance(payload, dict) else None
+
+    async def _join(self, subscription: _RedisStream, key: str) -> None:
+        """A replaying subscription: its stream's history, then what the listener heard for
+        it meanwhile. Retried until Redis answers (the subscription waits, nothing blocks)."""
         backoff = 0.1
-        wake_after = "0-0"
-        loop = asyncio.get_running_loop()
-        last_read = -READ_PACE
+        after: EntryId = (0, 0)
         while True:
-            if not self._reading:
-                self._joined.clear()
-                await self._joined.wait()
-                continue
-            wait = last_read + READ_PACE - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            last_read = loop.time()
-            self._joined.clear()
-            streams: dict[str, str] = {self._wake_key: wake_after}
-            for key, subscriptions in self._reading.items():
-                known = [after for after in subscriptions.values() if after is not None]
-                streams[key] = "{}-{}".format(*min(known)) if known else "$"
+            await self._listening.wait()  # what comes after the history reaches the listener
+            connection = self._connections
             try:
-                response = cast(
-                    "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
-                    await self._client.xread(streams, block=BLOCK_MS, count=500),  # type: ignore[arg-type]
-                )
+                history = await self._history(key, after)
             except (RedisError, OSError):
-                logger.warning("could not read events from Redis; retrying", exc_info=True)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            backoff = 0.1
-            for key, entries in response:
-                if key == self._wake_key:
-                    wake_after = entries[-1][0]
-                    continue
-                for raw_id, fields in entries:
-                    self._deliver(key, entry_id(raw_id), fields)
+            held = self._joining[subscription]
+            self._joining[subscription] = []
+            for at, payload in [*history, *held]:
+                if at > after:
+                    after = at
+                    if payload is not None:
+                        subscription._memory._deliver(payload)
+            if connection == self._connections and self._listening.is_set():
+                break
+            # The listener lost its connection meanwhile: what it missed is in the stream.
+        del self._joining[subscription]
+        if after > (0, 0):
+            self._reading[key][subscription] = after
 
-    def _deliver(self, key: str, at: EntryId, fields: dict[str, str]) -> None:
-        subscriptions = self._reading.get(key, {})
-        waiting = [s for s, after in subscriptions.items() if after is None or at > after]
-        for subscription in waiting:
-            subscriptions[subscription] = at
-        if not waiting:
-            return
+    async def _listen_forever(self) -> None:
+        """Listens on the channel; after each (re)connection, first reads from the streams what
+        the subscriptions here missed while the listener was away."""
+        backoff = 0.1
+        while True:
+            pubsub: Any = self._listen_client.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                while (await pubsub.get_message(timeout=self._timeout)) is None:
+                    pass  # the subscription's confirmation
+                await self._catch_up()
+                self._connections += 1
+                self._listening.set()
+                backoff = 0.1
+                await self._hear(pubsub)
+            except (RedisError, OSError, TimeoutError):
+                self._listening.clear()
+                logger.warning("lost the events channel of Redis; reconnecting", exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self._listening.clear()
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    async def _catch_up(self) -> None:
+        """Entries the subscriptions here missed (each after the last one it had), in order."""
+        for key, subscriptions in list(self._reading.items()):
+            known = [
+                after
+                for subscription, after in subscriptions.items()
+                if after is not None and subscription not in self._joining
+            ]
+            if not known:
+                continue
+            for at, payload in await self._history(key, min(known)):
+                self._hand_over(key, at, payload)
+
+    async def _hear(self, pubsub: Any) -> None:
+        """Batches from the channel until the connection fails (a silent one is pinged)."""
+        pinged = False
+        while True:
+            message = await pubsub.get_message(timeout=QUIET_SECONDS)
+            if message is None:
+                if pinged:
+                    raise TimeoutError("Redis did not answer a ping on the events channel")
+                await pubsub.ping()
+                pinged = True
+                continue
+            pinged = False
+            if message.get("type") == "message":
+                self._on_batch(message["data"])
+
+    def _on_batch(self, data: str) -> None:
+        if data.startswith(self._own):
+            return  # this process's subscribers had these in memory
         try:
-            message = json.loads(fields["e"])
-        except (KeyError, ValueError):
+            for key, raw, payload in orjson.loads(data)["e"]:
+                if key in self._reading:
+                    self._hand_over(
+                        key, entry_id(raw), payload if isinstance(payload, dict) else None
+                    )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return  # not one of ragstream's
-        payload = message.get("d") if isinstance(message, dict) else None
-        if isinstance(payload, dict) and message.get("o") != self.origin:
-            for subscription in waiting:
-                subscription._memory._deliver(payload)
+
+    def _hand_over(self, key: str, at: EntryId, payload: Payload | None) -> None:
+        """An entry to each subscription of ``key`` that has not had it (one still reading its
+        history keeps it for later)."""
+        subscriptions = self._reading.get(key)
+        if not subscriptions:
+            return
+        for subscription, after in subscriptions.items():
+            held = self._joining.get(subscription)
+            if held is not None:
+                if payload is not None:
+                    held.append((at, payload))
+            elif after is None or at > after:
+                subscriptions[subscription] = at
+                if payload is not None:
+                    subscription._memory._deliver(payload)
 
 
 class _RedisStream:
-    """One subscription: the topic's events from this process (in memory) and, through its
-    Redis Stream read by the process's reader, from the others."""
+    """One subscription: the topic's events from this process (in memory) and, through the
+    process's listener (and the topic's stream, when replaying), from the others."""
 
     def __init__(self, broker: RedisBroker, topic: str, replay: bool) -> None:
         self._broker = broker
         self._key = stream_key(topic)
         self._replay = replay
         self._memory = broker._local.subscribe(topic)
+        self._joiner: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> _RedisStream:
         await self._memory.__aenter__()
-        after = (0, 0) if self._replay else await self._broker._start_id(self._key)
-        await self._broker._join(self, self._key, after)
+        broker = self._broker
+        broker._reading.setdefault(self._key, {})[self] = None
+        if self._replay:
+            broker._joining[self] = []
+            self._joiner = asyncio.create_task(
+                broker._join(self, self._key), name="events-redis-join"
+            )
         return self
+
+    def _stop_joining(self) -> None:
+        if self._joiner is not None:
+            self._joiner.cancel()
+            self._joiner = None
 
     async def __aexit__(
         self,
@@ -262,6 +362,7 @@ class _RedisStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._stop_joining()
         self._broker._leave(self, self._key)
         await self._memory.__aexit__(exc_type, exc, tb)
 
