@@ -67,9 +67,13 @@ async def test_an_event_too_large_for_a_notification_is_refused(database_url: st
     async with two_brokers(database_url) as (a, b), b.subscribe("t") as there:
         with pytest.raises(ValueError, match="larger than a notification"):
             await a.publish("t", {"text": "x" * 8_000})
+        with pytest.raises(ValueError, match="larger than a notification"):
+            await a.publish("t", {"text": "€" * 2_700})  # 2,700 characters, 8,100 bytes
         await a.publish("t", {"text": "small"})
+        await a.publish("t", {"text": "€" * 2_600})  # 7,800 bytes: sent as they are
 
-        assert await _next(there) == {"text": "small"}  # nothing of the refused one
+        assert await _next(there) == {"text": "small"}  # nothing of the refused ones
+        assert await _next(there) == {"text": "€" * 2_600}
 
 
 async def test_a_lost_connection_is_reopened_and_listened_on_again(
@@ -107,7 +111,7 @@ async def test_a_connection_caught_reading_its_end_is_replaced_and_nothing_is_lo
     send = a._send
     failed: list[asyncpg.Connection] = []
 
-    async def send_once_refused(batch: list[str]) -> None:
+    async def send_once_refused(batch: list[bytes]) -> None:
         if batch and not failed:
             assert a._conn is not None
             failed.append(a._conn)
@@ -157,11 +161,14 @@ async def test_events_too_many_for_one_notification_go_in_several_in_order(
 
 def test_a_batch_is_packed_into_notifications_within_the_size_limit() -> None:
     broker = PgBroker("postgresql://unused")
-    entries = [f'["t",{{"n":{n},"text":"{"y" * (n * 97 % 3_000)}"}}]' for n in range(200)]
+    # Some texts take two or three bytes a character: the limit is on bytes.
+    entries = [
+        f'["t",{{"n":{n},"text":"{"yé€"[n % 3] * (n * 97 % 2_000)}"}}]'.encode() for n in range(200)
+    ]
 
     payloads = broker._notifications(entries)
 
-    assert all(len(payload) <= MAX_PAYLOAD_BYTES for payload in payloads)
+    assert all(len(payload.encode()) <= MAX_PAYLOAD_BYTES for payload in payloads)
     unpacked = [entry for payload in payloads for entry in json.loads(payload)["e"]]
     assert unpacked == [json.loads(entry) for entry in entries]
     assert len(payloads) < len(entries) // 2  # packed, not one notification per event

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from typing import Any
 
 import asyncpg
+import orjson
 from sqlalchemy.engine import make_url
 
 from ragstream.domain.events import EventStream, InMemoryBroker, Outbox, Payload
@@ -65,12 +65,13 @@ class PgBroker:
         # Every notification of this process: this, its events as [topic, payload] pairs
         # separated by commas, then "]}".
         self._head = f'{{"o":"{self.origin}","e":['
+        self._head_bytes = self._head.encode()
         self._dsn = dsn
         self._timeout = connect_timeout
         self._local = InMemoryBroker(max_pending)
         self._conn: asyncpg.Connection[Any] | None = None
         self._lock = asyncio.Lock()  # one operation at a time on the connection
-        self._outbox: Outbox[str] = Outbox(MAX_OUTBOX, pace=SEND_PACE)
+        self._outbox: Outbox[bytes] = Outbox(MAX_OUTBOX, pace=SEND_PACE)
         self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -95,29 +96,29 @@ class PgBroker:
     # --- publishing --------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: Payload) -> None:
-        # ASCII (json escapes the rest): its length is its size in bytes.
-        entry = json.dumps([topic, payload], separators=(",", ":"))
-        if len(self._head) + len(entry) + 2 > MAX_PAYLOAD_BYTES:
+        entry = orjson.dumps([topic, payload])  # UTF-8: its length is its size in bytes
+        if len(self._head_bytes) + len(entry) + 2 > MAX_PAYLOAD_BYTES:
             raise ValueError(f"an event on {topic} is larger than a notification can carry")
         self._local.deliver(topic, payload)
         self._outbox.put(entry)
 
-    def _notifications(self, entries: list[str]) -> list[str]:
+    def _notifications(self, entries: list[bytes]) -> list[str]:
         """The entries, in order, in as few notification payloads as can carry them."""
+        head = self._head_bytes
         payloads: list[str] = []
-        packed: list[str] = []
-        size = len(self._head) + 2
+        packed: list[bytes] = []
+        size = len(head) + 2
         for entry in entries:
             if packed and size + len(entry) + 1 > MAX_PAYLOAD_BYTES:
-                payloads.append(self._head + ",".join(packed) + "]}")
-                packed, size = [], len(self._head) + 2
+                payloads.append((head + b",".join(packed) + b"]}").decode())
+                packed, size = [], len(head) + 2
             packed.append(entry)
             size += len(entry) + 1
         if packed:
-            payloads.append(self._head + ",".join(packed) + "]}")
+            payloads.append((head + b",".join(packed) + b"]}").decode())
         return payloads
 
-    async def _send(self, batch: list[str]) -> None:
+    async def _send(self, batch: list[bytes]) -> None:
         async with self._lock:
             conn = await self._live()  # also after a lost connection, with nothing to send
             if batch:
@@ -142,10 +143,9 @@ class PgBroker:
         if payload.startswith(self._head):
             return  # this process's own: its subscribers had them in memory
         try:
-            message = json.loads(payload)
-            for topic, event in message["e"]:
+            for topic, event in orjson.loads(payload)["e"]:
                 self._local.deliver(topic, event)
-        except (ValueError, KeyError, TypeError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return  # not one of ragstream's
 
     # --- the connection ----------------------------------------------------------------------
