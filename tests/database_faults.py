@@ -17,6 +17,18 @@ def database_of(database_url: str) -> tuple[str, str]:
     return url.database, admin.render_as_string(hide_password=False)
 
 
+async def end_connections(database_url: str) -> None:
+    """Every open connection to the test database is ended (as a restart would end them)."""
+    name, admin_uri = database_of(database_url)
+    conn = await asyncpg.connect(admin_uri)
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+    finally:
+        await conn.close()
+
+
 @asynccontextmanager
 async def database_unreachable(database_url: str) -> AsyncIterator[str]:
     """The database refuses new connections and its open ones are ended; yields its name."""

@@ -26,6 +26,7 @@ from graphql import (
 
 from ragstream.schema.compiled import compiles
 from tests.conftest import make_settings
+from tests.database_faults import end_connections
 from tests.evaluations_support import count_statements, create_evaluation
 from tests.support import Account, LiveServer, running_server
 
@@ -409,16 +410,68 @@ async def test_several_operations_and_the_bench_query_answer_the_same(pair: Pair
     }
 
 
-async def test_a_compiled_list_reads_its_owners_in_the_page_statement(pair: Pair) -> None:
+async def test_a_compiled_list_reads_the_viewer_and_its_owners_in_the_page_statement(
+    pair: Pair,
+) -> None:
     world = await seed(pair.compiled)
-    with count_statements(pair.compiled, requests_only=True) as compiled_sql:
-        await answer(pair.compiled, BENCH_LIST, None, token=world.admin.access_token)
+    for account in (world.admin, world.user):
+        with count_statements(pair.compiled, requests_only=True) as compiled_sql:
+            await assert_same(pair, BENCH_LIST, token=account.access_token)
+        # The viewer, the page and its owners: one statement, against three when executed.
+        assert len(compiled_sql) == 1, compiled_sql
+        assert "JOIN LATERAL" in compiled_sql[0]
+        assert "JOIN users" in compiled_sql[0]
     with count_statements(pair.executed, requests_only=True) as executed_sql:
         await answer(pair.executed, BENCH_LIST, None, token=world.admin.access_token)
-    # The viewer and the page with its owners, against the viewer, the page and the owners.
-    assert len(compiled_sql) == 2, compiled_sql
     assert len(executed_sql) == 3, executed_sql
-    assert "JOIN users" in compiled_sql[1]
+    # With its count, the viewer is checked on its own first, as before.
+    counted = "{ evaluations(first: 2) { totalCount edges { node { id } } } }"
+    with count_statements(pair.compiled, requests_only=True) as compiled_sql:
+        await assert_same(pair, counted, token=world.user.access_token)
+    assert len(compiled_sql) == 3, compiled_sql
+
+
+async def test_a_list_read_with_its_viewer_follows_the_viewers_role(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    empty = await pair.compiled.register(name="Nora Nothing")
+    document = list_document(CONNECTION_SELECTIONS[2], NODE_SELECTIONS[4])
+    # A viewer with nothing to list still gets the viewer's row, with an empty page.
+    for variables in ({"first": 2}, {}):
+        body = await assert_same(pair, document, variables, token=empty.access_token)
+        assert b'"edges":[]' in body, body
+    mine = orjson.loads(await assert_same(pair, document, token=world.user.access_token))
+    assert len(mine["data"]["evaluations"]["edges"]) == 4
+    # Promoted, the same token reads every evaluation on its next request; demoted, its own.
+    await pair.compiled.make_admin(world.user)
+    pages: list[dict[str, Any]] = [{"first": 3}, {"first": 3, "after": world.cursor}, {}]
+    for page in pages:
+        body = await assert_same(pair, document, page, token=world.user.access_token)
+        assert b'"errors"' not in body, body
+    every = orjson.loads(await assert_same(pair, document, token=world.user.access_token))
+    assert len(every["data"]["evaluations"]["edges"]) == 9
+    demote = "mutation($id: ID!) { updateUser(id: $id, input: {role: USER}) { role } }"
+    demoted = await pair.compiled.execute(
+        demote, {"id": world.user.id}, token=world.admin.access_token
+    )
+    assert demoted.ok()["updateUser"]["role"] == "USER"
+    again = orjson.loads(await assert_same(pair, document, token=world.user.access_token))
+    assert again == mine
+
+
+async def test_a_list_read_with_its_viewer_is_retried_once_on_a_new_connection(
+    pair: Pair, database_url: str
+) -> None:
+    world = await seed(pair.compiled)
+    expected = await assert_same(pair, BENCH_LIST, token=world.user.access_token)
+    await end_connections(database_url)
+    # The pooled connections are dead: the first statement fails, is invalidated and retried.
+    with count_statements(pair.compiled, requests_only=True) as compiled_sql:
+        status, _, body = await answer(
+            pair.compiled, BENCH_LIST, None, token=world.user.access_token
+        )
+    assert (status, body) == (200, expected)
+    assert len(compiled_sql) == 2, compiled_sql
+    assert compiled_sql[0] == compiled_sql[1]
 
 
 # --- prepared reads: a repeated document answered without the pipeline ----------------------

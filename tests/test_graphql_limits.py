@@ -21,7 +21,7 @@ from strawberry.extensions.validation_cache import _get_validate_cache
 from ragstream.schema.fragments import PerDocument
 from tests import raw
 from tests.conftest import make_settings
-from tests.database_faults import database_of, database_unreachable
+from tests.database_faults import database_of, database_unreachable, end_connections
 from tests.support import PASSWORD, LiveServer, Result, running_server
 
 
@@ -308,14 +308,7 @@ async def test_service_recovers_when_the_database_comes_back(
     server: LiveServer, database_url: str
 ) -> None:
     account = await server.register()
-    name, admin_uri = database_of(database_url)
-    conn = await asyncpg.connect(admin_uri)
-    try:
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-        )
-    finally:
-        await conn.close()
+    await end_connections(database_url)
     # Pooled connections were killed; the first read fails, is invalidated and retried once.
     result = await raw.graphql(server, "{ me { id } }", token=account.access_token)
     assert result.ok()["me"]["id"] == account.id

@@ -67,8 +67,12 @@ from graphql.pyutils import Path
 from graphql.type.scalars import serialize_boolean, serialize_id, serialize_string
 from strawberry.permission import PermissionExtension
 
+from ragstream.db.driver import DriverTarget
 from ragstream.db.pagination import Page
+from ragstream.domain.errors import DomainError
 from ragstream.domain.evaluations import service as evaluations
+from ragstream.domain.flags.service import SignedIn
+from ragstream.domain.users.tokens import AccessClaims
 from ragstream.resolvers import evaluations as evaluation_resolvers
 from ragstream.resolvers import users as user_resolvers
 from ragstream.schema.context import Context
@@ -339,19 +343,21 @@ def _list_reader(
     reads: Reads,
 ) -> Callable[[Context, dict[str, Any]], Awaitable[tuple[Any, Env]]]:
     async def read(context: Context, arguments: dict[str, Any]) -> tuple[Any, Env]:
-        # As IsAuthenticated and `resolvers.evaluations.evaluations` do, in the same order:
-        # the viewer first, then the page size and the cursor.
-        viewer = await context.viewer()
-        async with context.reads() as on:
-            page = await evaluations.list_evaluation_rows(
-                on,
-                viewer,
-                first=arguments.get("first"),
-                after=arguments.get("after"),
-                count=reads.count,
-                criteria=reads.criteria,
-                owners=reads.owners,
-            )
+        page = await _folded_page(context, arguments, reads)
+        if page is None:
+            # As IsAuthenticated and `resolvers.evaluations.evaluations` do, in the same
+            # order: the viewer first, then the page size and the cursor.
+            viewer = await context.viewer()
+            async with context.reads() as on:
+                page = await evaluations.list_evaluation_rows(
+                    on,
+                    viewer,
+                    first=arguments.get("first"),
+                    after=arguments.get("after"),
+                    count=reads.count,
+                    criteria=reads.criteria,
+                    owners=reads.owners,
+                )
         env = Env()
         if reads.owners:
             for _, owner in page.items:
@@ -363,6 +369,37 @@ def _list_reader(
         return _PlanConnection(page, [to_evaluation(row[0]) for row in page.items]), env
 
     return read
+
+
+async def _folded_page(
+    context: Context, arguments: dict[str, Any], reads: Reads
+) -> Page[evaluations.ListedRow] | None:
+    """The page read in the viewer check's statement (one round trip), when the viewer is
+    still to be checked, no count is asked for and the page size and cursor are sound; else
+    None. Refusals are left to the order above (a bad cursor from a token that is no longer
+    valid is UNAUTHENTICATED), and so is a token that fails before any read."""
+    if reads.count or context.viewer_checked:
+        return None
+    try:
+        request = evaluations.listing_request(arguments.get("first"), arguments.get("after"))
+    except DomainError:
+        return None
+    settings = context.state.settings
+
+    async def read(
+        on: DriverTarget, claims: AccessClaims
+    ) -> tuple[SignedIn, Page[evaluations.ListedRow]] | None:
+        return await evaluations.signed_in_evaluation_rows(
+            on,
+            claims,
+            request,
+            environment=settings.environment,
+            defaults=context.state.feature_defaults,
+            criteria=reads.criteria,
+            owners=reads.owners,
+        )
+
+    return await context.signed_in_with(read)
 
 
 class _PlanEdge:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import strawberry
 from sqlalchemy.exc import DBAPIError
@@ -174,8 +174,36 @@ class Context:
         claims = self.require_claims()
         if self._signed_in is not None and not self.is_websocket:
             return self._signed_in
+        return (await self._check_viewer(claims, self._viewer_alone))[1]
+
+    @property
+    def viewer_checked(self) -> bool:
+        """Whether `signed_in` would answer without reading (checked earlier in the request)."""
+        return self._signed_in is not None and not self.is_websocket
+
+    async def signed_in_with(self, read: ViewerRead[T]) -> T:
+        """What ``read`` reads together with the viewer check, in the statement that checks
+        the viewer: for a request's first read, when `viewer_checked` is False. Raises as
+        `signed_in` does, and the viewer is then checked for the rest of the request."""
+        claims = self.require_claims()
+        return (await self._check_viewer(claims, read))[1]
+
+    async def _viewer_alone(
+        self, on: DriverTarget, claims: AccessClaims
+    ) -> tuple[SignedIn, SignedIn] | None:
+        found = await resolve_signed_in(
+            on,
+            claims.user_id,
+            claims.session_id,
+            environment=self.state.settings.environment,
+            defaults=self.state.feature_defaults,
+        )
+        return None if found is None else (found, found)
+
+    async def _check_viewer(self, claims: AccessClaims, read: ViewerRead[T]) -> tuple[SignedIn, T]:
         try:
-            found = await self._check_viewer(claims)
+            async with self.reads() as on:
+                found = await read(on, claims)
         except DBAPIError as error:
             # No pre-ping on checkout: a pooled connection that died with the database (a
             # restart) fails its first statement and is invalidated. The check is the first
@@ -183,22 +211,17 @@ class Context:
             if not error.connection_invalidated:
                 raise
             await self.release()
-            found = await self._check_viewer(claims)
+            async with self.reads() as on:
+                found = await read(on, claims)
         if found is None:
             raise Unauthenticated("authentication required")
-        self._signed_in = found
+        self._signed_in = found[0]
         return found
 
-    async def _check_viewer(self, claims: AccessClaims) -> SignedIn | None:
-        async with self.reads() as on:
-            return await resolve_signed_in(
-                on,
-                claims.user_id,
-                claims.session_id,
-                environment=self.state.settings.environment,
-                defaults=self.state.feature_defaults,
-            )
 
+T = TypeVar("T")
+# Reads the viewer check (the signed-in viewer, or None) and something else in one statement.
+ViewerRead = Callable[[DriverTarget, AccessClaims], Awaitable[tuple[SignedIn, T] | None]]
 
 _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, TypedDict, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -25,6 +25,7 @@ from sqlalchemy import (
     null,
     select,
     true,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import with_expression
@@ -45,6 +46,7 @@ from ragstream.db.pagination import (
     parent_page_key,
 )
 from ragstream.db.repositories.base import ReadableRepository
+from ragstream.db.repositories.flags import SIGNED_IN_WITH_FLAGS, signed_in_from_row
 from ragstream.db.repositories.users import UserRepository
 from ragstream.domain.evaluations.enums import EvaluationStatus, ProjectType
 from ragstream.domain.users.enums import Role
@@ -161,7 +163,11 @@ def _listed_keys(order: EvaluationOrder) -> tuple[Any, ...]:
 
 @functools.cache
 def _listed_page(shape: _ListShape) -> DriverStatement:
-    viewer = _viewer_parameter(shape.admin)
+    return DriverStatement(_listed_select(shape, _viewer_parameter(shape.admin)))
+
+
+def _listed_select(shape: _ListShape, viewer: User) -> Select[Any]:
+    """A list page for ``viewer`` (whose id may be a parameter or a column)."""
     key, evaluation_id = keys = _listed_keys(shape.order)
     stored = Evaluation.criteria if shape.criteria else null()
     stmt = select(
@@ -177,8 +183,35 @@ def _listed_page(shape: _ListShape) -> DriverStatement:
             bindparam("after_id", type_=evaluation_id.type),
         ]
     limit = bindparam("page_limit", type_=Integer)
-    page = keyset_page(stmt, keys, descending=shape.order.descending, after=after, limit=limit)
-    return DriverStatement(page)
+    return keyset_page(stmt, keys, descending=shape.order.descending, after=after, limit=limit)
+
+
+@functools.cache
+def _signed_in_page(shape: _ListShape) -> DriverStatement:
+    """The viewer check and a list page in one statement: the row of `SIGNED_IN_WITH_FLAGS`
+    (none when the token's account or session is not live) joined with the page read for that
+    account, so a signed-in page load is one round trip instead of two.
+
+    Which rule applies (an administrator reads every evaluation, anyone else their own) is
+    known only once the viewer's row is read: both pages are written with `readable_by` and
+    each runs only for its kind of viewer (a condition on the viewer's row alone, decided
+    before any evaluation is scanned). A viewer with no evaluation to list gets one row whose
+    page columns are all null.
+    """
+    viewer = SIGNED_IN_WITH_FLAGS.subquery("viewer")
+    admin = viewer.c.role == Role.ADMIN
+    pages = [
+        _listed_select(
+            shape._replace(admin=is_admin), cast("User", _ViewerParameter(is_admin, viewer.c.id))
+        ).where(admin if is_admin else ~admin)
+        for is_admin in (True, False)
+    ]
+    page = union_all(*pages).lateral("page")
+    keys = (page.c.sort_key, page.c.id)
+    ordering = [key.desc() for key in keys] if shape.order.descending else keys
+    return DriverStatement(
+        select(*viewer.c, *page.c).select_from(viewer.outerjoin(page, true())).order_by(*ordering)
+    )
 
 
 @functools.cache
@@ -186,6 +219,37 @@ def _listed_count(admin: bool) -> DriverStatement:
     viewer = _viewer_parameter(admin)
     readable = EvaluationRepository.readable_by(viewer)
     return DriverStatement(select(func.count()).select_from(Evaluation).where(readable))
+
+
+class SignedInParameters(TypedDict):
+    """What the viewer check is run with: the token's account and sign-in session."""
+
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+    environment: str
+
+
+def _page_parameters(request: PageRequest, order: EvaluationOrder) -> dict[str, Any]:
+    """Raises ``InvalidCursor`` for an ``after`` that is not a cursor of this order."""
+    params: dict[str, Any] = {"page_limit": request.first + 1}
+    if request.after is not None:
+        key, evaluation_id = decode_cursor(request.after, _listed_keys(order))
+        params.update(after_key=key, after_id=evaluation_id)
+    return params
+
+
+def _listed_rows(
+    rows: Sequence[Sequence[Any]], request: PageRequest, *, owners: bool, total: int | None
+) -> Page[ListedRow]:
+    split = len(ListedEvaluation._fields)
+    listed = [
+        (
+            ListedEvaluation._make(row[:split]),
+            ListedOwner._make(row[split:]) if owners and row[split] is not None else None,
+        )
+        for row in rows
+    ]
+    return page_of(listed, request, lambda item: (item[0].sort_key, item[0].id), total)
 
 
 class EvaluationRepository(ReadableRepository[Evaluation]):
@@ -272,24 +336,43 @@ class EvaluationRepository(ReadableRepository[Evaluation]):
         db/driver.py): this is the list every page load asks for.
         """
         shape = _ListShape(viewer.is_admin, order, criteria, owners, request.after is not None)
-        params: dict[str, Any] = {"viewer_id": viewer.id, "page_limit": request.first + 1}
-        if request.after is not None:
-            key, evaluation_id = decode_cursor(request.after, _listed_keys(order))
-            params.update(after_key=key, after_id=evaluation_id)
+        params = _page_parameters(request, order)
+        params["viewer_id"] = viewer.id
         total = None
         if request.count:
             counted = await _listed_count(viewer.is_admin).fetch(on, params)
             total = int(counted[0][0])
         rows = await _listed_page(shape).fetch(on, params)
-        split = len(ListedEvaluation._fields)
-        listed = [
-            (
-                ListedEvaluation._make(row[:split]),
-                ListedOwner._make(row[split:]) if owners and row[split] is not None else None,
-            )
-            for row in rows
-        ]
-        return page_of(listed, request, lambda item: (item[0].sort_key, item[0].id), total)
+        return _listed_rows(rows, request, owners=owners, total=total)
+
+    @staticmethod
+    def check_cursor(request: PageRequest, order: EvaluationOrder) -> None:
+        """Raises ``InvalidCursor`` when ``request.after`` is not a cursor of ``order``."""
+        _page_parameters(request, order)
+
+    @staticmethod
+    async def signed_in_page_rows(
+        on: DriverTarget,
+        signed_in: SignedInParameters,
+        request: PageRequest,
+        order: EvaluationOrder,
+        *,
+        criteria: bool,
+        owners: bool,
+    ) -> tuple[tuple[User, str], Page[ListedRow]] | None:
+        """The viewer check (`FlagRepository.signed_in_with_flags`) and `page_rows` for that
+        viewer, without a count, in one statement; None when no live account signed in."""
+        shape = _ListShape(False, order, criteria, owners, request.after is not None)
+        params = _page_parameters(request, order)
+        params.update(signed_in)
+        rows = await _signed_in_page(shape).fetch(on, params)
+        if not rows:
+            return None
+        width = len(SIGNED_IN_WITH_FLAGS.selected_columns)
+        viewer = signed_in_from_row(rows[0][:width])
+        # The evaluation's id is null only in the row of a viewer with nothing to list.
+        listed = [row[width:] for row in rows if row[width] is not None]
+        return viewer, _listed_rows(listed, request, owners=owners, total=None)
 
     @staticmethod
     def page_key(owner_id: uuid.UUID, request: PageRequest) -> ParentPageKey:

@@ -62,12 +62,25 @@ def account_flags(environment: str | BindParameter[str]) -> ScalarSelect[Any]:
 
 
 _FLAGS = "account_flags"
-# Built once, like the statement it extends.
-_SIGNED_IN_WITH_FLAGS = DriverStatement(
-    SIGNED_IN.add_columns(account_flags(bindparam("environment", type_=String)).label(_FLAGS))
+# The viewer check: the signed-in account's columns, then its flags. Built once, like the
+# statement it extends; the evaluations list can run it as part of its page (see
+# `EvaluationRepository.signed_in_page_rows`).
+SIGNED_IN_WITH_FLAGS = SIGNED_IN.add_columns(
+    account_flags(bindparam("environment", type_=String)).label(_FLAGS)
 )
+_SIGNED_IN_WITH_FLAGS = DriverStatement(SIGNED_IN_WITH_FLAGS)
 
 _NEW_USER: Callable[[], User] = User._sa_class_manager.new_instance  # type: ignore[attr-defined]
+
+
+def signed_in_from_row(values: Sequence[Any]) -> tuple[User, str]:
+    """The account and its flags (JSON text) from a row of `SIGNED_IN_WITH_FLAGS`'s columns."""
+    *columns, flags = values
+    # A new instance with its columns set, as the ORM's loading does (a tenth of what the
+    # constructor's instrumented assignments cost); transient, like `User(**values)`.
+    user = _NEW_USER()
+    user.__dict__.update(zip(_SIGNED_IN_WITH_FLAGS.keys, columns, strict=False))
+    return user, flags
 
 
 @dataclass(frozen=True)
@@ -103,14 +116,7 @@ class FlagRepository(Repository):
         rows = await _SIGNED_IN_WITH_FLAGS.fetch(
             on, {"user_id": user_id, "session_id": session_id, "environment": environment}
         )
-        if not rows:
-            return None
-        *values, flags = rows[0]
-        # A new instance with its columns set, as the ORM's loading does (a tenth of what the
-        # constructor's instrumented assignments cost); transient, like `User(**values)`.
-        user = _NEW_USER()
-        user.__dict__.update(zip(_SIGNED_IN_WITH_FLAGS.keys, values, strict=False))
-        return user, flags
+        return signed_in_from_row(rows[0]) if rows else None
 
     async def of_accounts(
         self, user_ids: Sequence[uuid.UUID], environment: str

@@ -15,20 +15,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ragstream.db.driver import DriverTarget
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
-from ragstream.db.pagination import Page, ParentPageKey
+from ragstream.db.pagination import Page, PageRequest, ParentPageKey
 from ragstream.db.repositories.evaluations import (
     EvaluationFilter,
     EvaluationOrder,
     EvaluationRepository,
     ListedRow,
     OrderField,
+    SignedInParameters,
 )
 from ragstream.domain.changes import KEEP, Change, updated
 from ragstream.domain.errors import Forbidden, InvalidInput, not_found
 from ragstream.domain.evaluations import rules
 from ragstream.domain.evaluations.enums import EvaluationStatus, ProjectType
 from ragstream.domain.evaluations.rules import Criterion
+from ragstream.domain.flags.features import FeatureDefaults
+from ragstream.domain.flags.service import SignedIn, signed_in_of
 from ragstream.domain.pagination import cursor_errors, page_request
+from ragstream.domain.users.tokens import AccessClaims
 
 KIND = "evaluation"
 
@@ -220,6 +224,7 @@ __all__ = [
     "KEEP",
     "EvaluationChanges",
     "EvaluationOrder",
+    "ListedRow",
     "NewEvaluation",
     "OrderField",
     "create_evaluation",
@@ -249,3 +254,39 @@ async def list_evaluation_rows(
         return await EvaluationRepository.page_rows(
             on, viewer, request, EvaluationOrder(), criteria=criteria, owners=owners
         )
+
+
+def listing_request(first: int | None, after: str | None) -> PageRequest:
+    """The page `signed_in_evaluation_rows` reads, checked before anything is: BAD_USER_INPUT
+    for a size out of range or a cursor that is not one of the list's."""
+    request = page_request(first, after, count=False)
+    with cursor_errors():
+        EvaluationRepository.check_cursor(request, EvaluationOrder())
+    return request
+
+
+async def signed_in_evaluation_rows(
+    on: DriverTarget,
+    claims: AccessClaims,
+    request: PageRequest,
+    *,
+    environment: str,
+    defaults: FeatureDefaults,
+    criteria: bool,
+    owners: bool,
+) -> tuple[SignedIn, Page[ListedRow]] | None:
+    """The viewer check (`resolve_signed_in`) and `list_evaluation_rows` for that viewer with
+    a ``request`` from `listing_request`, in one statement; None when the token's account or
+    sign-in session is not live (nothing was listed)."""
+    signed_in: SignedInParameters = {
+        "user_id": claims.user_id,
+        "session_id": claims.session_id,
+        "environment": environment,
+    }
+    found = await EvaluationRepository.signed_in_page_rows(
+        on, signed_in, request, EvaluationOrder(), criteria=criteria, owners=owners
+    )
+    if found is None:
+        return None
+    viewer, page = found
+    return signed_in_of(viewer, defaults), page

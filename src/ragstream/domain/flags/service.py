@@ -61,8 +61,11 @@ async def resolve_signed_in(
     next one, with no cache to invalidate.
     """
     found = await FlagRepository.signed_in_with_flags(on, user_id, session_id, environment)
-    if found is None:
-        return None
+    return None if found is None else signed_in_of(found, defaults)
+
+
+def signed_in_of(found: tuple[User, str], defaults: FeatureDefaults) -> SignedIn:
+    """The viewer from what the viewer check read: the account and its flags (JSON text)."""
     user, raw = found
     return SignedIn(user, AccountFlags(role=user.role, raw=raw, defaults=defaults))
 
