@@ -15,6 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from ragstream.backend import connect, shared_events
 from ragstream.db.embedded import EarlyStart
@@ -39,6 +40,7 @@ from ragstream.observability.providers import observed
 from ragstream.observability.search import timed_retriever
 from ragstream.observability.tracing import TraceMiddleware, build_tracing
 from ragstream.persisted import PersistedDocuments, load_manifest
+from ragstream.prepared_lane import PreparedLane
 from ragstream.schema import build_schema
 from ragstream.schema.prepared import PreparedReads
 from ragstream.security_headers import SecurityHeadersMiddleware
@@ -154,6 +156,23 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+class App(Starlette):
+    """The application: prepared reads go through their lane (prepared_lane.py) in front of
+    the middleware stack, everything else through the stack."""
+
+    lane: PreparedLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.lane
+        if lane is not None and lane.takes(scope):
+            scope["app"] = self
+            given_way = await lane(scope, receive, send)
+            if given_way is None:
+                return
+            receive = given_way
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -221,7 +240,7 @@ def create_app(
     # Tracing is on or off for the process: off, its middleware is left out (each layer costs
     # every request a call and a resumption per wait).
     tracing = [Middleware(TraceMiddleware, tracing=state.tracing)] if state.tracing.enabled else []
-    app = Starlette(
+    app = App(
         routes=routes,
         middleware=[
             Middleware(RequestLogMiddleware, log_requests=settings.log_requests),
@@ -257,4 +276,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ragstream = state
+    if state.prepared is not None:
+        app.lane = PreparedLane(
+            view, max_body_bytes=settings.max_body_bytes, log_requests=settings.log_requests
+        )
     return app

@@ -30,8 +30,9 @@ from ragstream.edge import (
 from ragstream.graphiql import GraphiQLAssets
 from ragstream.graphql_http import GRAPHQL_RESPONSE_JSON, is_request_error, wants_graphql_response
 from ragstream.persisted import wants_resolving
+from ragstream.prepared_lane import PREPARED_TRIED
 from ragstream.schema.context import Context
-from ragstream.schema.prepared import PreparedReads, request_key
+from ragstream.schema.prepared import request_key
 from ragstream.upload_names import UploadNameRefused, scan_upload_names
 from ragstream.websocket import TooManySockets, TransportWSHandler
 
@@ -91,10 +92,10 @@ class GraphQLView(GraphQL[Context, None]):
         # Repeated reads answered from their plan without the pipeline (schema/prepared.py).
         self.prepared = state.prepared
 
-    def _may_prepare(self, scope: Scope) -> bool:
+    def may_prepare(self, scope: Scope) -> bool:
         """A plain JSON POST, outside trusted-document modes and tracing (which the pipeline
-        alone handles)."""
-        if scope["method"] != "POST":
+        alone handles), with prepared reads on."""
+        if self.prepared is None or scope["method"] != "POST":
             return False
         content_type = accept = b""
         for name, value in scope["headers"]:
@@ -110,13 +111,14 @@ class GraphQLView(GraphQL[Context, None]):
             and not self.state.tracing.enabled
         )
 
-    async def _prepared_response(
-        self, request: Request, prepared: PreparedReads
-    ) -> Response | None:
-        """The response of a prepared read, or None for the pipeline to answer (see
-        schema/prepared.py; a document it has not seen yet is marked to be learned)."""
+    async def prepared_response(self, request: Request, body: bytes) -> Response | None:
+        """The response of a prepared read with this ``body`` (a request `may_prepare`
+        accepted), or None for the pipeline to answer (see schema/prepared.py; a document it
+        has not seen yet is marked to be learned)."""
+        prepared = self.prepared
+        assert prepared is not None  # see may_prepare
         try:
-            found = request_key(self.decode_json(await request.body()))
+            found = request_key(self.decode_json(body))
         except MalformedJSON:
             return None
         if found is None:
@@ -164,8 +166,9 @@ class GraphQLView(GraphQL[Context, None]):
             await super().__call__(scope, receive, send)
             return
         request = Request(scope, scan_upload_names(scope, receive))
-        if self.prepared is not None and self._may_prepare(scope):
-            prepared_response = await self._prepared_response(request, self.prepared)
+        # A request the prepared lane (prepared_lane.py) tried is not tried again.
+        if PREPARED_TRIED not in scope and self.may_prepare(scope):
+            prepared_response = await self.prepared_response(request, await request.body())
             if prepared_response is not None:
                 await prepared_response(scope, receive, send)
                 return

@@ -382,10 +382,9 @@ class RequestLogMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
-        # Else 128 random bits, 32 hex digits: unique without a UUID object to build.
-        request_id = incoming if _SAFE_ID.match(incoming) else os.urandom(16).hex()
         state = scope.setdefault("state", {})
+        # An id the prepared lane gave the request before leaving it to the stack is kept.
+        request_id = state.get("request_id") or request_id_for(scope)
         state["request_id"] = request_id
         echoed = (b"x-request-id", request_id.encode())
 
@@ -404,11 +403,18 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send_with_id if http else send)
         finally:
             if self.log_requests and http:
-                _log_request(scope, state, time.perf_counter() - started)
+                log_request(scope, state, time.perf_counter() - started)
             REQUEST_ID.reset(token)
 
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+def request_id_for(scope: Scope) -> str:
+    """A sane incoming ``X-Request-ID``, else 128 random bits as 32 hex digits (unique without
+    a UUID object to build)."""
+    incoming = _header(scope, b"x-request-id")
+    return incoming if _SAFE_ID.match(incoming) else os.urandom(16).hex()
 
 
 def _header(scope: Scope, name: bytes) -> str:
@@ -420,7 +426,8 @@ def _header(scope: Scope, name: bytes) -> str:
     return found.decode("latin-1")
 
 
-def _log_request(scope: Scope, state: dict[str, Any], seconds: float) -> None:
+def log_request(scope: Scope, state: dict[str, Any], seconds: float) -> None:
+    """The line of an HTTP request that took ``seconds``, with what its ``state`` noted."""
     # 500: what the server answers when the app raises before responding.
     status: int = state.get(STATUS_KEY, 500)
     noted_line(
