@@ -198,7 +198,8 @@ def _signed_in_page(shape: _ListShape) -> DriverStatement:
     before any evaluation is scanned). A viewer with no evaluation to list gets one row whose
     page columns are all null.
     """
-    viewer = SIGNED_IN_WITH_FLAGS.subquery("viewer")
+    # Materialized: inlined, its flags subquery would run again for every row of the page.
+    viewer = SIGNED_IN_WITH_FLAGS.cte("viewer").prefix_with("MATERIALIZED")
     admin = viewer.c.role == Role.ADMIN
     pages = [
         _listed_select(
