@@ -420,6 +420,7 @@ async def test_a_compiled_list_reads_the_viewer_and_its_owners_in_the_page_state
         # The viewer, the page and its owners: one statement, against three when executed.
         assert len(compiled_sql) == 1, compiled_sql
         assert "JOIN LATERAL" in compiled_sql[0]
+        assert "viewer AS MATERIALIZED" in compiled_sql[0]  # its flags read once
         assert "JOIN users" in compiled_sql[0]
     with count_statements(pair.executed, requests_only=True) as executed_sql:
         await answer(pair.executed, BENCH_LIST, None, token=world.admin.access_token)
