@@ -432,6 +432,32 @@ async def test_a_compiled_list_reads_the_viewer_and_its_owners_in_the_page_state
     assert len(compiled_sql) == 3, compiled_sql
 
 
+async def test_a_compiled_list_reads_only_the_columns_its_selection_shows(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    wider = (
+        "{ evaluations(first: 5) { edges { node { id notes projectType updatedAt "
+        "owner { email role createdAt } } } } }"
+    )
+    for document, shown, not_read in (
+        (
+            BENCH_LIST,
+            ("evaluations.title", "users.display_name"),
+            ("evaluations.notes", "evaluations.project_type", "users.created_at"),
+        ),
+        (
+            wider,
+            ("evaluations.notes", "evaluations.project_type", "users.created_at"),
+            ("evaluations.title", "evaluations.company_name", "users.display_name"),
+        ),
+    ):
+        with count_statements(pair.compiled, requests_only=True) as compiled_sql:
+            await assert_same(pair, document, token=world.admin.access_token)
+        (page,) = compiled_sql
+        page = page.split(" AS page", 1)[0].split("JOIN LATERAL", 1)[1]  # not the viewer's
+        assert all(column in page for column in shown), page
+        assert not any(column in page for column in not_read), page
+
+
 async def test_a_list_read_with_its_viewer_follows_the_viewers_role(pair: Pair) -> None:
     world = await seed(pair.compiled)
     empty = await pair.compiled.register(name="Nora Nothing")

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Select, text
+from sqlalchemy import CompoundSelect, Select, text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -85,7 +85,9 @@ DriverTarget = AsyncSession | DriverLease
 class DriverStatement:
     """``statement`` compiled for the engine's dialect on first use; see the module."""
 
-    def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
+    def __init__(
+        self, statement: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]]
+    ) -> None:
         self.statement = statement
         self.keys: Sequence[str] = tuple(statement.selected_columns.keys())
         self._compiled: tuple[Dialect, _Compiled] | None = None
@@ -150,7 +152,11 @@ class DriverStatement:
 
 
 class _Compiled:
-    def __init__(self, statement: Select[*tuple[Any, ...]], dialect: Dialect) -> None:
+    def __init__(
+        self,
+        statement: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]],
+        dialect: Dialect,
+    ) -> None:
         compiled = statement.compile(dialect=dialect)
         if dialect.paramstyle != "numeric_dollar" or compiled.positiontup is None:
             raise TypeError(f"{dialect.name} does not compile to asyncpg's numbered parameters")

@@ -31,6 +31,7 @@ as execution would locate and propagate it from that root field; with several ro
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import uuid
 from collections import OrderedDict
@@ -105,6 +106,16 @@ class Reads:
     count: bool = False
     criteria: bool = False
     owners: bool = False
+    # The plain attributes read of each object type (by GraphQL name), e.g. "Evaluation".
+    attributes: dict[str, set[str]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def listed_columns(self) -> evaluations.ListedColumns:
+        """What a list page reads of each evaluation and its owner: what the selection shows
+        (asked for once the plan is compiled)."""
+        read = self.attributes.get("Evaluation", set()) | ({"criteria"} if self.criteria else set())
+        owner = frozenset(self.attributes.get("User", ())) if self.owners else None
+        return evaluations.ListedColumns(frozenset(read), owner)
 
 
 @dataclass
@@ -171,6 +182,8 @@ class _Compiler:
             if graphql_field is None:
                 raise Unsupported(name)
             read = self._read(graphql_field)
+            if isinstance(read, str):
+                self.reads.attributes.setdefault(parent.name, set()).add(read)
             entries.append((key, self._value(read, graphql_field.type, group)))
 
         def render(source: Any, env: Env) -> dict[str, Any]:
@@ -355,8 +368,7 @@ def _list_reader(
                     first=arguments.get("first"),
                     after=arguments.get("after"),
                     count=reads.count,
-                    criteria=reads.criteria,
-                    owners=reads.owners,
+                    columns=reads.listed_columns,
                 )
         env = Env()
         if reads.owners:
@@ -395,8 +407,7 @@ async def _folded_page(
             request,
             environment=settings.environment,
             defaults=context.state.feature_defaults,
-            criteria=reads.criteria,
-            owners=reads.owners,
+            columns=reads.listed_columns,
         )
 
     return await context.signed_in_with(read)

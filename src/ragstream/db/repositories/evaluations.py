@@ -25,6 +25,7 @@ from sqlalchemy import (
     null,
     select,
     true,
+    type_coerce,
     union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -86,7 +87,9 @@ def _sort_key(order: EvaluationOrder) -> SQLColumnExpression[Any]:
 
 
 class ListedEvaluation(NamedTuple):
-    """An evaluation of a list as plain values, named as the model's attributes (no ORM object)."""
+    """An evaluation of a list as plain values, named as the model's attributes (no ORM object).
+
+    A column the list was not asked for (`ListedColumns`) is None: it was not read."""
 
     id: uuid.UUID
     owner_id: uuid.UUID
@@ -103,7 +106,8 @@ class ListedEvaluation(NamedTuple):
 
 
 class ListedOwner(NamedTuple):
-    """The owner of a listed evaluation, named as the User model's attributes."""
+    """The owner of a listed evaluation, named as the User model's attributes (None: a column
+    the list was not asked for)."""
 
     id: uuid.UUID
     email: str
@@ -131,6 +135,44 @@ _OWNER = (User.id, User.email, User.display_name, User.role, User.is_active, Use
 ListedRow = tuple[ListedEvaluation, ListedOwner | None]
 
 
+class ListedColumns(NamedTuple):
+    """What a list reads of each evaluation and of its owner: `ListedEvaluation` and
+    `ListedOwner` field names. The rest is not sent by the database (the row has None there):
+    a page of twenty rows carries a few hundred values less when the query selects a few
+    fields. The keys a page needs (the evaluation's id and sort key, the owner's ids when the
+    owner is read) are always read."""
+
+    evaluation: frozenset[str]
+    owner: frozenset[str] | None = None  # None: no owner is read
+
+    @property
+    def criteria(self) -> bool:
+        return "criteria" in self.evaluation
+
+    @property
+    def owners(self) -> bool:
+        return self.owner is not None
+
+    def evaluation_columns(self, stored_criteria: Any, key: Any) -> list[Any]:
+        wanted = self.evaluation | {"id", "sort_key"} | ({"owner_id"} if self.owners else set())
+        sources = (*_LISTED, stored_criteria, *_LISTED_AFTER_CRITERIA, key)
+        return [
+            source.label(name) if name in wanted else null().label(name)
+            for name, source in zip(ListedEvaluation._fields, sources, strict=True)
+        ]
+
+    def owner_columns(self) -> list[Any]:
+        wanted = (self.owner or frozenset()) | {"id"}
+        return [
+            column if name in wanted else null().label(f"owner_{name}")
+            for name, column in zip(ListedOwner._fields, _OWNER, strict=True)
+        ]
+
+
+# Everything of each evaluation and its owner.
+ALL_LISTED = ListedColumns(frozenset(ListedEvaluation._fields), frozenset(ListedOwner._fields))
+
+
 # The cursor of User.evaluations (and of the default list order): newest first.
 _OWNER_PAGE_KEYS = (Evaluation.created_at, Evaluation.id)
 
@@ -140,8 +182,7 @@ class _ListShape(NamedTuple):
 
     admin: bool
     order: EvaluationOrder
-    criteria: bool
-    owners: bool
+    columns: ListedColumns
     after: bool
 
 
@@ -161,7 +202,12 @@ def _listed_keys(order: EvaluationOrder) -> tuple[Any, ...]:
     return (_sort_key(order), Evaluation.id)
 
 
-@functools.cache
+# One statement per shape; shapes differ by the columns a selection reads, so they are kept
+# in a bounded cache.
+_SHAPES_KEPT = 256
+
+
+@functools.lru_cache(maxsize=_SHAPES_KEPT)
 def _listed_page(shape: _ListShape) -> DriverStatement:
     return DriverStatement(_listed_select(shape, _viewer_parameter(shape.admin)))
 
@@ -169,13 +215,13 @@ def _listed_page(shape: _ListShape) -> DriverStatement:
 def _listed_select(shape: _ListShape, viewer: User) -> Select[Any]:
     """A list page for ``viewer`` (whose id may be a parameter or a column)."""
     key, evaluation_id = keys = _listed_keys(shape.order)
-    stored = Evaluation.criteria if shape.criteria else null()
-    stmt = select(
-        *_LISTED, stored.label("criteria"), *_LISTED_AFTER_CRITERIA, key.label("sort_key")
-    ).where(EvaluationRepository.readable_by(viewer))
-    if shape.owners:
+    columns = shape.columns
+    stmt = select(*columns.evaluation_columns(Evaluation.criteria, key)).where(
+        EvaluationRepository.readable_by(viewer)
+    )
+    if columns.owners:
         readable_owner = and_(User.id == Evaluation.owner_id, UserRepository.readable_by(viewer))
-        stmt = stmt.add_columns(*_OWNER).outerjoin(User, readable_owner)
+        stmt = stmt.add_columns(*columns.owner_columns()).outerjoin(User, readable_owner)
     after = None
     if shape.after:
         after = [
@@ -186,17 +232,18 @@ def _listed_select(shape: _ListShape, viewer: User) -> Select[Any]:
     return keyset_page(stmt, keys, descending=shape.order.descending, after=after, limit=limit)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=_SHAPES_KEPT)
 def _signed_in_page(shape: _ListShape) -> DriverStatement:
-    """The viewer check and a list page in one statement: the row of `SIGNED_IN_WITH_FLAGS`
-    (none when the token's account or session is not live) joined with the page read for that
-    account, so a signed-in page load is one round trip instead of two.
+    """The viewer check and a list page in one statement, so a signed-in page load is one
+    round trip instead of two: first the row of `SIGNED_IN_WITH_FLAGS` (none when the token's
+    account or session is not live), then the page read for that account. Each part fills its
+    own columns and leaves the other's null: the viewer's columns travel once, not with every
+    row of the page.
 
     Which rule applies (an administrator reads every evaluation, anyone else their own) is
     known only once the viewer's row is read: both pages are written with `readable_by` and
     each runs only for its kind of viewer (a condition on the viewer's row alone, decided
-    before any evaluation is scanned). A viewer with no evaluation to list gets one row whose
-    page columns are all null.
+    before any evaluation is scanned).
     """
     # Materialized: inlined, its flags subquery would run again for every row of the page.
     viewer = SIGNED_IN_WITH_FLAGS.cte("viewer").prefix_with("MATERIALIZED")
@@ -208,11 +255,24 @@ def _signed_in_page(shape: _ListShape) -> DriverStatement:
         for is_admin in (True, False)
     ]
     page = union_all(*pages).lateral("page")
-    keys = (page.c.sort_key, page.c.id)
-    ordering = [key.desc() for key in keys] if shape.order.descending else keys
-    return DriverStatement(
-        select(*viewer.c, *page.c).select_from(viewer.outerjoin(page, true())).order_by(*ordering)
+
+    def columns(of: Any, prefix: str, filled: bool) -> list[Any]:
+        # Typed nulls: the result's types (and so its conversions) are the first part's.
+        return [
+            (column if filled else type_coerce(null(), column.type)).label(prefix + column.key)
+            for column in of.c
+        ]
+
+    viewer_row = select(
+        literal(0).label("part"), *columns(viewer, "v_", True), *columns(page, "p_", False)
     )
+    page_rows = select(
+        literal(1), *columns(viewer, "v_", False), *columns(page, "p_", True)
+    ).select_from(viewer.join(page, true()))
+    keys = [viewer_row.selected_columns.p_sort_key, viewer_row.selected_columns.p_id]
+    ordering = [key.desc() for key in keys] if shape.order.descending else keys
+    both = union_all(viewer_row, page_rows).order_by(viewer_row.selected_columns.part, *ordering)
+    return DriverStatement(both)
 
 
 @functools.cache
@@ -326,17 +386,16 @@ class EvaluationRepository(ReadableRepository[Evaluation]):
         request: PageRequest,
         order: EvaluationOrder,
         *,
-        criteria: bool,
-        owners: bool,
+        columns: ListedColumns,
     ) -> Page[ListedRow]:
         """`page` with no filter, as plain rows: the same items and cursors, no ORM objects.
 
-        ``criteria``: read the stored criteria (else they are None). ``owners``: each row's owner
-        in the same statement, joined with the accounts the viewer may read (None for one it
-        may not). The statements are compiled once per shape and run on the driver (see
-        db/driver.py): this is the list every page load asks for.
+        ``columns``: what to read of each evaluation (the stored criteria among it) and, if
+        anything, of its owner, in the same statement, joined with the accounts the viewer may
+        read (None for one it may not). The statements are compiled once per shape and run on
+        the driver (see db/driver.py): this is the list every page load asks for.
         """
-        shape = _ListShape(viewer.is_admin, order, criteria, owners, request.after is not None)
+        shape = _ListShape(viewer.is_admin, order, columns, request.after is not None)
         params = _page_parameters(request, order)
         params["viewer_id"] = viewer.id
         total = None
@@ -344,7 +403,7 @@ class EvaluationRepository(ReadableRepository[Evaluation]):
             counted = await _listed_count(viewer.is_admin).fetch(on, params)
             total = int(counted[0][0])
         rows = await _listed_page(shape).fetch(on, params)
-        return _listed_rows(rows, request, owners=owners, total=total)
+        return _listed_rows(rows, request, owners=columns.owners, total=total)
 
     @staticmethod
     def check_cursor(request: PageRequest, order: EvaluationOrder) -> None:
@@ -358,22 +417,21 @@ class EvaluationRepository(ReadableRepository[Evaluation]):
         request: PageRequest,
         order: EvaluationOrder,
         *,
-        criteria: bool,
-        owners: bool,
+        columns: ListedColumns,
     ) -> tuple[tuple[User, str], Page[ListedRow]] | None:
         """The viewer check (`FlagRepository.signed_in_with_flags`) and `page_rows` for that
         viewer, without a count, in one statement; None when no live account signed in."""
-        shape = _ListShape(False, order, criteria, owners, request.after is not None)
+        shape = _ListShape(False, order, columns, request.after is not None)
         params = _page_parameters(request, order)
         params.update(signed_in)
         rows = await _signed_in_page(shape).fetch(on, params)
         if not rows:
             return None
+        # The viewer's row, then the page's, each after the part number.
         width = len(SIGNED_IN_WITH_FLAGS.selected_columns)
-        viewer = signed_in_from_row(rows[0][:width])
-        # The evaluation's id is null only in the row of a viewer with nothing to list.
-        listed = [row[width:] for row in rows if row[width] is not None]
-        return viewer, _listed_rows(listed, request, owners=owners, total=None)
+        viewer = signed_in_from_row(rows[0][1 : 1 + width])
+        listed = [row[1 + width :] for row in rows[1:]]
+        return viewer, _listed_rows(listed, request, owners=columns.owners, total=None)
 
     @staticmethod
     def page_key(owner_id: uuid.UUID, request: PageRequest) -> ParentPageKey:

@@ -20,6 +20,7 @@ from ragstream.db.repositories.evaluations import (
     EvaluationFilter,
     EvaluationOrder,
     EvaluationRepository,
+    ListedColumns,
     ListedRow,
     OrderField,
     SignedInParameters,
@@ -224,6 +225,7 @@ __all__ = [
     "KEEP",
     "EvaluationChanges",
     "EvaluationOrder",
+    "ListedColumns",
     "ListedRow",
     "NewEvaluation",
     "OrderField",
@@ -244,15 +246,14 @@ async def list_evaluation_rows(
     first: int | None,
     after: str | None,
     count: bool,
-    criteria: bool,
-    owners: bool,
+    columns: ListedColumns,
 ) -> Page[ListedRow]:
     """`list_evaluations` with no filter in the default order, as plain rows; see
-    `EvaluationRepository.page_rows` for ``criteria`` and ``owners``."""
+    `EvaluationRepository.page_rows` for ``columns``."""
     request = page_request(first, after, count=count)
     with cursor_errors():
         return await EvaluationRepository.page_rows(
-            on, viewer, request, EvaluationOrder(), criteria=criteria, owners=owners
+            on, viewer, request, EvaluationOrder(), columns=columns
         )
 
 
@@ -272,8 +273,7 @@ async def signed_in_evaluation_rows(
     *,
     environment: str,
     defaults: FeatureDefaults,
-    criteria: bool,
-    owners: bool,
+    columns: ListedColumns,
 ) -> tuple[SignedIn, Page[ListedRow]] | None:
     """The viewer check (`resolve_signed_in`) and `list_evaluation_rows` for that viewer with
     a ``request`` from `listing_request`, in one statement; None when the token's account or
@@ -284,7 +284,7 @@ async def signed_in_evaluation_rows(
         "environment": environment,
     }
     found = await EvaluationRepository.signed_in_page_rows(
-        on, signed_in, request, EvaluationOrder(), criteria=criteria, owners=owners
+        on, signed_in, request, EvaluationOrder(), columns=columns
     )
     if found is None:
         return None

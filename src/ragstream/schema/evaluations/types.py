@@ -128,12 +128,14 @@ class EvaluationRow(Protocol):
 
 
 def to_evaluation(row: EvaluationRow) -> Evaluation:
+    """A listed row may hold None for what its list did not read (and will not show)."""
+    project_type, status = row.project_type, row.status
     return Evaluation(
         id=strawberry.ID(str(row.id)),
         title=row.title,
         company_name=row.company_name,
-        project_type=ProjectType(row.project_type),
-        status=EvaluationStatus(row.status),
+        project_type=ProjectType(project_type) if project_type is not None else project_type,
+        status=EvaluationStatus(status) if status is not None else status,
         stored_criteria=row.criteria,
         overall_score=row.overall_score,
         notes=row.notes,

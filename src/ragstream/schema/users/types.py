@@ -171,11 +171,13 @@ class UserRow(Protocol):
 
 
 def to_user(row: UserRow) -> User:
+    """A listed owner may hold None for what its list did not read (and will not show)."""
+    role = row.role
     return User(
         id=strawberry.ID(str(row.id)),
         email=row.email,
         display_name=row.display_name,
-        role=Role(row.role),
+        role=Role(role) if role is not None else role,
         is_active=row.is_active,
         created_at=row.created_at,
     )
