@@ -31,6 +31,7 @@ as execution would locate and propagate it from that root field; with several ro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import uuid
@@ -51,9 +52,11 @@ from graphql import (
     GraphQLOutputType,
     GraphQLScalarType,
     GraphQLSchema,
+    Node,
     OperationDefinitionNode,
     OperationType,
     Undefined,
+    VariableNode,
     Visitor,
     get_argument_values,
     visit,
@@ -341,10 +344,20 @@ class _Root:
     accepts: Callable[[dict[str, Any]], bool] = lambda arguments: True
 
     def arguments(self, operation: PlanOperation) -> dict[str, Any]:
+        """The field's argument values (read only by the plan: the same dict may be handed
+        to every request when the values are written in the document)."""
         node = self.details[0].node
         if not node.arguments:
             return {}
-        return get_argument_values(self.field, node, operation.variable_values)
+        written = self._written
+        if written is not None:
+            return written
+        values = get_argument_values(self.field, node, operation.variable_values)
+        if not _HasVariable.in_(node):
+            object.__setattr__(self, "_written", values)  # the same for every request
+        return values
+
+    _written: dict[str, Any] | None = dataclasses.field(default=None, init=False, compare=False)
 
 
 async def _read_me(context: Context, arguments: dict[str, Any]) -> tuple[Any, Env]:
@@ -502,6 +515,20 @@ def _compile_root(
             key, group, graphql_field, _list_reader(compiler.reads), render, _list_defaulted
         )
     raise Unsupported(name)
+
+
+class _HasVariable(Visitor):
+    found = False
+
+    def enter_variable(self, node: VariableNode, *args: Any) -> Any:
+        self.found = True
+        return self.BREAK
+
+    @classmethod
+    def in_(cls, node: Node) -> bool:
+        visitor = cls()
+        visit(node, visitor)
+        return visitor.found
 
 
 class _HasDirective(Visitor):
