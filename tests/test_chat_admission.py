@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
+from ragstream.db.models.chat import Conversation
 from ragstream.domain.chat.admission import ServerSlots
 from ragstream.domain.errors import NotFound, RateLimited
-from tests.generation_support import chat_database
+from tests.generation_support import ChatDatabase, chat_database
 
 
 def test_no_slot_before_start_up_or_during_shutdown() -> None:
@@ -58,23 +62,30 @@ async def test_an_exchange_is_stored_with_the_answer_id_it_was_given(
         assert exchange.question.created_at < exchange.answer.created_at
 
 
+@contextlib.contextmanager
+def recorded(db: ChatDatabase) -> Iterator[list[str]]:
+    """The SQL of every statement the database is sent inside the block, in order."""
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    engine = db.sessionmaker.kw["bind"]
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
 async def test_an_exchange_is_stored_without_reading_its_rows_back(
     database_url: str, tmp_path: Path
 ) -> None:
     async with chat_database(database_url, tmp_path) as db:
         viewer = await db.user()
         conversation_id = await db.conversation(viewer)
-        statements: list[str] = []
-
-        def record(*args: Any) -> None:
-            statements.append(args[2])
-
-        engine = db.sessionmaker.kw["bind"]
-        event.listen(engine.sync_engine, "before_cursor_execute", record)
-        try:
+        with recorded(db) as statements:
             exchange = await db.exchange(viewer, conversation_id)
-        finally:
-            event.remove(engine.sync_engine, "before_cursor_execute", record)
 
     inserts = [s for s in statements if s.startswith("INSERT INTO messages")]
     assert len(inserts) == 2
@@ -83,6 +94,64 @@ async def test_an_exchange_is_stored_without_reading_its_rows_back(
     assert not [s for s in statements if s.startswith("SELECT") and "messages.id = " in s]
     assert exchange.question.created_at < exchange.answer.created_at
     assert exchange.answer.content == ""
+
+
+async def test_an_exchange_is_stored_in_six_statements(database_url: str, tmp_path: Path) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        viewer = await db.user()
+        conversation_id = await db.conversation(viewer)
+        before = await updated_at(db, conversation_id)
+        with recorded(db) as statements:
+            await db.exchange(viewer, conversation_id)
+
+        # The conversation is read and marked active at once; the per-user lock comes before
+        # both counts, which one SELECT reads; then the two messages and the usage ledger.
+        assert [s.split(None, 2)[:2] for s in statements] == [
+            ["UPDATE", "conversations"],
+            ["SELECT", "pg_advisory_xact_lock($1,"],
+            ["SELECT", "(SELECT"],
+            ["INSERT", "INTO"],
+            ["INSERT", "INTO"],
+            ["INSERT", "INTO"],
+        ]
+        assert "RETURNING" in statements[0]
+        assert "FROM usage_daily" in statements[2]
+        assert "FROM messages" in statements[2]
+        assert [s.split(None, 3)[2] for s in statements[3:]] == [
+            "messages",
+            "messages",
+            "usage_daily",
+        ]
+        assert await updated_at(db, conversation_id) > before
+
+
+async def updated_at(db: ChatDatabase, conversation_id: uuid.UUID) -> datetime:
+    async with db.sessionmaker() as session:
+        conversation = await session.get(Conversation, conversation_id)
+        assert conversation is not None
+        return conversation.updated_at
+
+
+async def test_a_refused_send_leaves_the_conversation_as_it_was(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path, daily_message_limit=1) as db:
+        viewer, stranger = await db.user("viewer"), await db.user("stranger")
+        conversation_id = await db.conversation(viewer)
+        await db.exchange(viewer, conversation_id)
+        before = await updated_at(db, conversation_id)
+        messages = await db.count("messages")
+
+        with pytest.raises(RateLimited) as limited:
+            await db.exchange(viewer, conversation_id)
+        with pytest.raises(NotFound) as not_theirs:
+            await db.exchange(stranger, conversation_id)
+
+        assert limited.value.code == "RATE_LIMITED"
+        assert limited.value.extensions["reason"] == "DAILY_MESSAGE_LIMIT"
+        assert not_theirs.value.code == "NOT_FOUND"
+        assert await updated_at(db, conversation_id) == before
+        assert await db.count("messages") == messages
 
 
 async def test_a_user_at_the_concurrent_cap_is_refused_and_nothing_is_stored(

@@ -98,12 +98,15 @@ class ConversationRepository(ReadableRepository[Conversation]):
         )
         return {row.id: row for row in rows}
 
-    async def touch(self, conversation_id: uuid.UUID) -> None:
-        """Bump updated_at so a conversation list can show recent activity."""
-        await self.session.execute(
+    async def touch_owned(self, viewer: User, conversation_id: uuid.UUID) -> Conversation | None:
+        """The viewer's own conversation with updated_at bumped (so a conversation list can
+        show recent activity), read and bumped in one statement; None when it is not theirs."""
+        return await self.session.scalar(
             update(Conversation)
-            .where(Conversation.id == conversation_id)
+            .where(Conversation.id == conversation_id, Conversation.owner_id == viewer.id)
             .values(updated_at=func.now())
+            .returning(Conversation),
+            execution_options={"populate_existing": True},
         )
 
 
@@ -258,13 +261,22 @@ class MessageRepository(ReadableRepository[Message]):
             {"space": _CHAT_LOCK_SPACE, "owner": str(owner_id)},
         )
 
-    async def count_streaming(self, owner_id: uuid.UUID) -> int:
-        count = await self.session.scalar(
+    async def sending_counts(self, owner_id: uuid.UUID, day: date) -> tuple[int, int]:
+        """The questions ``owner_id`` asked on ``day`` (in the usage ledger, which deleting
+        conversations does not touch) and their answers still STREAMING, in one statement."""
+        questions = (
+            select(func.coalesce(func.sum(UsageDaily.questions), 0))
+            .where(UsageDaily.user_id == owner_id, UsageDaily.day == day)
+            .scalar_subquery()
+        )
+        running = (
             select(func.count())
             .select_from(Message)
             .where(Message.owner_id == owner_id, Message.status == MessageStatus.STREAMING)
+            .scalar_subquery()
         )
-        return int(count or 0)
+        asked, streaming = (await self.session.execute(select(questions, running))).one()
+        return int(asked), int(streaming)
 
     async def cited_chunks(
         self, viewer: User, chunk_ids: Sequence[uuid.UUID]
@@ -367,14 +379,6 @@ class UsageRepository(Repository):
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
-
-    async def questions_on(self, user_id: uuid.UUID, day: date) -> int:
-        count = await self.session.scalar(
-            select(func.sum(UsageDaily.questions)).where(
-                UsageDaily.user_id == user_id, UsageDaily.day == day
-            )
-        )
-        return int(count or 0)
 
     async def report(self, start: date, end: date, group: str, limit: int) -> list[UsageRow]:
         """Sums over the days ``start`` to ``end`` (both included) per day, user or model.

@@ -137,7 +137,7 @@ async def store_exchange(
     """
     text = service.normalize_content(content, settings.chat_max_message_chars)
     async with sessionmaker.begin() as session:
-        conversation = await service.owned_conversation(session, viewer, conversation_id)
+        conversation = await service.conversation_to_send_in(session, viewer, conversation_id)
         policy = await chat_policy(
             session, flags, conversation.evaluation_id, environment=settings.environment
         )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from ragstream.db.models.users import User
-from ragstream.db.repositories.chat import MessageRepository, UsageRepository
+from ragstream.db.repositories.chat import MessageRepository
 from ragstream.domain.errors import RateLimited
 
 
@@ -28,7 +28,6 @@ def utc_day(now: datetime | None = None) -> tuple[datetime, datetime]:
 
 async def check_can_send(
     repo: MessageRepository,
-    usage: UsageRepository,
     viewer: User,
     limits: ChatLimits,
     *,
@@ -41,9 +40,11 @@ async def check_can_send(
     deleting conversations does not touch.
     """
     await repo.lock_owner(viewer.id)
+    # Counted after the lock is held (a statement of its own: its snapshot sees the sends that
+    # held the lock before), both counts at once.
+    used, running = await repo.sending_counts(viewer.id, day)
     if limits.daily_messages is not None:
         reset = datetime.combine(day, datetime.min.time(), UTC) + timedelta(days=1)
-        used = await usage.questions_on(viewer.id, day)
         if used >= limits.daily_messages:
             raise RateLimited(
                 f"daily message limit of {limits.daily_messages} reached",
@@ -53,7 +54,6 @@ async def check_can_send(
                     "resetAt": reset.isoformat(),
                 },
             )
-    running = await repo.count_streaming(viewer.id)
     if running >= limits.concurrent_generations:
         raise RateLimited(
             f"at most {limits.concurrent_generations} answers can be generated at once",

@@ -193,11 +193,13 @@ class NewExchange:
     max_answer_tokens: int
 
 
-async def owned_conversation(
+async def conversation_to_send_in(
     session: AsyncSession, viewer: User, conversation_id: uuid.UUID
 ) -> Conversation:
-    """The viewer's conversation, or NOT_FOUND."""
-    conversation = await ConversationRepository(session).get_owned(viewer, conversation_id)
+    """The viewer's conversation a question is about to be stored in, its updated_at bumped
+    (a conversation list shows recent activity first), or NOT_FOUND. A refused send rolls
+    the bump back with the rest of its transaction."""
+    conversation = await ConversationRepository(session).touch_owned(viewer, conversation_id)
     if conversation is None:
         raise not_found("conversation")
     return conversation
@@ -224,7 +226,7 @@ async def start_exchange(
     messages = MessageRepository(session)
     usage = UsageRepository(session)
     today = utc_day()[0].date()
-    await check_can_send(messages, usage, viewer, limits, day=today)
+    await check_can_send(messages, viewer, limits, day=today)
     question = await messages.add(
         Message(
             conversation_id=conversation.id,
@@ -247,7 +249,6 @@ async def start_exchange(
         )
     )
     await usage.add_exchange(viewer.id, today, model=model)
-    await ConversationRepository(session).touch(conversation.id)
     return NewExchange(
         conversation_id=conversation.id,
         evaluation_id=conversation.evaluation_id,
