@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from ragstream import cli
 from ragstream.domain.llm.chat import ChatRequest, PromptMessage
-from ragstream.domain.llm.openai_chat import OpenAIChatProvider
+from ragstream.domain.llm.openai_chat import OpenAIChatProvider, _message_param
 from ragstream.domain.llm.providers import build_embedder
 from ragstream.settings import Settings
 from tests.chat_stub import CHAT_COMPLETIONS, ChatStub
@@ -88,3 +88,43 @@ async def test_both_providers_send_the_configured_key(chat_stub: ChatStub, tmp_p
     for path in (CHAT_COMPLETIONS, EMBEDDINGS):
         [sent] = chat_stub.requests_to(path)
         assert sent.headers["authorization"] == "Bearer sk-configured"
+
+
+async def test_a_chat_request_body_is_what_the_client_builds_from_its_typed_parameters(
+    chat_stub: ChatStub, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path).model_copy(
+        update={
+            "chat_provider": "openai",
+            "openai_api_key": SecretStr("sk-configured"),
+            "openai_base_url": chat_stub.base_url,
+            "chat_max_output_tokens": 300,
+            "chat_temperature": 0.2,
+        }
+    )
+    messages = [
+        PromptMessage("system", "Answer from the sources.\n[1] « quoted » text"),
+        PromptMessage("user", "Earlier question"),
+        PromptMessage("assistant", "Earlier answer [1]"),
+        PromptMessage("user", "What does it say?"),
+    ]
+    chat = OpenAIChatProvider.from_settings(settings)
+    try:
+        request = ChatRequest(messages=messages, question="What does it say?")
+        [_ async for _ in chat.stream(request)]
+        # The same request through the client's own typed path (its parameter transform).
+        async with chat.client.chat.completions.with_streaming_response.create(
+            model=settings.chat_model,
+            messages=[_message_param(m) for m in messages],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=300,
+            temperature=0.2,
+        ) as response:
+            await response.read()
+    finally:
+        await chat.aclose()
+
+    sent, typed = chat_stub.requests_to(CHAT_COMPLETIONS)
+    assert sent.body == typed.body
+    assert list(sent.body["messages"]) == [{"role": m.role, "content": m.content} for m in messages]
