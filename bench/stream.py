@@ -405,6 +405,7 @@ def serve() -> None:
     import uvicorn
 
     from ragstream.app import create_app
+    from ragstream.cli import freeze_startup_heap
     from ragstream.ws_compression import WebSocketProtocol
 
     settings = bench_settings(
@@ -432,16 +433,26 @@ def serve() -> None:
         # profile be written afterwards.
         signal.signal(signal.SIGTERM, lambda *_: None)
         profiler.enable()
+
+    class Server(uvicorn.Server):
+        """As `ragstream serve` runs it: the start-up heap frozen once the server listens."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                freeze_startup_heap()
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=int(os.environ["BENCH_PORT"]),
+        log_level="warning",
+        lifespan="on",
+        # As `ragstream serve` runs it (server_options): small messages uncompressed.
+        ws=WebSocketProtocol,
+    )
     try:
-        uvicorn.run(
-            create_app(settings),
-            host="127.0.0.1",
-            port=int(os.environ["BENCH_PORT"]),
-            log_level="warning",
-            lifespan="on",
-            # As `ragstream serve` runs it (server_options): small messages uncompressed.
-            ws=WebSocketProtocol,
-        )
+        Server(config).run()
     finally:
         if profiler is not None and profile:
             profiler.disable()

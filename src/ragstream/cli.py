@@ -107,6 +107,14 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def freeze_startup_heap() -> None:
+    """What start-up built lives as long as the process: the schema, the mappers, the
+    imported modules. Frozen (after its garbage is gone), full collections stop walking it
+    again and again under load. Called once the server listens."""
+    gc.collect()
+    gc.freeze()
+
+
 def _serve(settings: Settings, early: EarlyStart | None) -> int:
     import uvicorn
 
@@ -129,11 +137,7 @@ def _serve(settings: Settings, early: EarlyStart | None) -> int:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:
-                # What start-up built lives as long as the process: the schema, the mappers,
-                # the imported modules. Frozen (after its garbage is gone), full collections
-                # stop walking it again and again under load.
-                gc.collect()
-                gc.freeze()
+                freeze_startup_heap()
                 logger.info("%s", startup_banner(state, self))
 
     server = Server(config)
