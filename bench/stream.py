@@ -17,7 +17,8 @@ Each N is run against ragstream and the two floors of `bench/stream_floor.py` (s
 client), one after the other, so all three see the same machine (`--servers` picks among them,
 `--repeat` runs them in turn several times). `--against DIR` adds ragstream as another checkout
 has it (e.g. `git archive main | tar -x -C DIR`), on the same database and stub: two versions
-compared in one run, which a busy machine cannot do across runs. At the end: server memory
+compared in one run, which a busy machine cannot do across runs; `--also-window-ms 100` adds
+this ragstream with another coalescing window. At the end: server memory
 per idle connection (connection_init acknowledged, no operation), from the RSS of the server
 before and after opening them.
 
@@ -310,6 +311,24 @@ async def bench(args: argparse.Namespace) -> list[Round]:
             )
             if "ragstream" in wanted:
                 contestants.append(("ragstream", base, server.pid))
+            for window_ms in args.also_window_ms:
+                # The same code with another coalescing window, on the same database and stub.
+                other_port = free_port()
+                other = await stack.enter_async_context(
+                    process(
+                        sys.executable,
+                        "-m",
+                        "bench.stream",
+                        "--serve",
+                        env={
+                            **env,
+                            "BENCH_PORT": str(other_port),
+                            "BENCH_WINDOW_MS": str(window_ms),
+                        },
+                    )
+                )
+                label = f"ragstream {window_ms} ms"
+                contestants.append((label, f"http://127.0.0.1:{other_port}", other.pid))
             for other_root in args.against:
                 # Another checkout's server (e.g. `git archive main` unpacked), on the same
                 # database and stub: versions of ragstream side by side in one run.
@@ -524,6 +543,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="tokens/s of each answer")
     parser.add_argument("--tokens", type=int, default=200, help="tokens per answer")
     parser.add_argument("--window-ms", type=int, default=30, help="coalescing window")
+    parser.add_argument(
+        "--also-window-ms",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run ragstream with each of these coalescing windows (ms), same code",
+    )
     parser.add_argument("--port", type=int, default=0, help="server port (0: any free one)")
     parser.add_argument("--profile", help="write a cProfile of the server process to this file")
     parser.add_argument(
