@@ -180,8 +180,9 @@ class Settings(BaseSettings):
     chat_retry_backoff_seconds: float = 0.5
     chat_coalesce_window_ms: int = 30
     # Text events per second that all of a process's followers send together at most: with
-    # many followers the coalescing window stretches (domain/chat/streams.py: Crowd).
-    chat_max_events_per_second: int = 3_000
+    # many followers the coalescing window stretches, up to 1/3 s (domain/chat/streams.py:
+    # Crowd). 1,000: from about 34 followers on, events carry more than one window's text.
+    chat_max_events_per_second: int = 1_000
     chat_flush_interval_ms: int = 500
     chat_shutdown_grace_seconds: float = 5.0
     # Each server process holds a lease on the answers it generates and renews it every third

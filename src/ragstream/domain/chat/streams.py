@@ -152,7 +152,8 @@ class Crowd:
     Every follower sends at most one text item per window. The window stretches:
 
     - with many followers, so that all of them together send at most ``events_per_second``
-      items;
+      items, up to ``MAX_CROWD_WINDOW``: each event is a write to a socket, which costs the
+      process more than the text it carries, so a busy process sends fewer, larger events;
     - when the process is behind: followers that wake up late (their timers fire after their
       due time because the event loop is busy) report by how much (``late``), and the window
       grows to twice that lag, up to ``MAX_STRETCH`` seconds. A busy process thus sends fewer,
@@ -160,6 +161,8 @@ class Crowd:
     """
 
     MAX_STRETCH = 0.5  # seconds; a token waits at most this long for its event, plus the lag
+    # Seconds; past this many followers per events_per_second, the budget gives way to delay.
+    MAX_CROWD_WINDOW = 1 / 3
     _SMOOTHING = 0.05  # weight of each new observation of the lag
 
     def __init__(self, events_per_second: float) -> None:
@@ -168,7 +171,8 @@ class Crowd:
         self.lag = 0.0  # how late followers wake up (exponentially smoothed), in seconds
 
     def window(self, base: float) -> float:
-        return max(base, self.size / self.events_per_second, min(2 * self.lag, self.MAX_STRETCH))
+        crowd = min(self.size / self.events_per_second, self.MAX_CROWD_WINDOW)
+        return max(base, crowd, min(2 * self.lag, self.MAX_STRETCH))
 
     def late(self, seconds: float) -> None:
         """A follower woke up ``seconds`` after it was due (0 when on time)."""
