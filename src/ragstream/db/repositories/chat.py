@@ -31,6 +31,11 @@ from ragstream.db.repositories.evaluations import EvaluationRepository
 from ragstream.db.repositories.users import UserRepository
 from ragstream.domain.chat.enums import FailureCode, MessageStatus
 
+# An UPDATE ... RETURNING of whole entities: the returned rows overwrite the objects the
+# session holds for them (populate_existing), which is all the synchronising it needs; the ORM's
+# own ("auto": evaluating the WHERE clause in Python against the identity map) is skipped.
+_RETURNED_ROWS_REFRESH = {"populate_existing": True, "synchronize_session": False}
+
 
 class ConversationRepository(ReadableRepository[Conversation]):
     """Reads go through `readable` (the owner; an admin reads everyone's), changes through
@@ -106,7 +111,7 @@ class ConversationRepository(ReadableRepository[Conversation]):
             .where(Conversation.id == conversation_id, Conversation.owner_id == viewer.id)
             .values(updated_at=func.now())
             .returning(Conversation),
-            execution_options={"populate_existing": True},
+            execution_options=_RETURNED_ROWS_REFRESH,
         )
 
 
@@ -250,7 +255,7 @@ class MessageRepository(ReadableRepository[Message]):
                 updated_at=func.now(),
             )
             .returning(Message),
-            execution_options={"populate_existing": True},
+            execution_options=_RETURNED_ROWS_REFRESH,
         )
         return result.one_or_none()
 

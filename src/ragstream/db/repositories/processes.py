@@ -71,7 +71,9 @@ class ProcessRepository(Repository):
                 completed_at=func.now(),
                 updated_at=func.now(),
             )
-            .returning(Message.id)
+            .returning(Message.id),
+            # The sweep's own session holds no message: nothing to synchronise.
+            execution_options={"synchronize_session": False},
         )
         return list(result.scalars())
 
