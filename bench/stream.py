@@ -378,7 +378,7 @@ async def bench(args: argparse.Namespace) -> list[Round]:
                         await settle([pid for _, _, pid in contestants])
                         rounds.append(await run_round(name, url, pid, clients, users, deadline))
                         print_rounds(rounds, args)
-            for name, url, pid in contestants:
+            for name, url, pid in contestants if args.idle > 0 else ():
                 per_socket = await idle_memory(url, pid, users, args.idle)
                 Console().print(
                     f"{name}: {per_socket / 1024:,.1f} KiB of server RSS per idle connection "
@@ -553,7 +553,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="server port (0: any free one)")
     parser.add_argument("--profile", help="write a cProfile of the server process to this file")
     parser.add_argument(
-        "--idle", type=int, default=200, help="idle connections for the memory figure"
+        "--idle",
+        type=int,
+        default=200,
+        help="idle connections for the memory figure (0: no memory figure)",
     )
     parser.add_argument(
         "--servers",
