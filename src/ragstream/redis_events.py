@@ -286,19 +286,27 @@ class RedisBroker:
                 self._hand_over(key, at, payload)
 
     async def _hear(self, pubsub: Any) -> None:
-        """Batches from the channel until the connection fails (a silent one is pinged)."""
+        """Batches from the channel until the connection fails (a silent one is pinged).
+
+        Read from the subscribed connection itself: the client's message reading (retries,
+        health checks, a dict per message) cost more than the batch it carried, and this
+        listener reconnects on its own anyway."""
+        connection = pubsub.connection
         pinged = False
         while True:
-            message = await pubsub.get_message(timeout=QUIET_SECONDS)
-            if message is None:
+            reply = await connection.read_response(
+                timeout=QUIET_SECONDS, disconnect_on_error=False, push_request=True
+            )
+            if reply is None:
                 if pinged:
                     raise TimeoutError("Redis did not answer a ping on the events channel")
                 await pubsub.ping()
                 pinged = True
                 continue
             pinged = False
-            if message.get("type") == "message":
-                self._on_batch(message["data"])
+            # ["message", channel, data]; the answers to pings and (un)subscriptions are not.
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == "message":
+                self._on_batch(reply[2])
 
     def _on_batch(self, data: str) -> None:
         if data.startswith(self._own):
