@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,6 +155,57 @@ async def test_a_listener_that_lost_its_connection_reads_what_it_missed_once_bac
         assert [(await _next(there))["n"] for _ in range(1, 50)] == list(range(1, 50))
         await a.publish("message:8", {"n": "after"})
         assert await _next(there) == {"n": "after"}  # nothing twice, nothing lost
+
+
+async def test_a_replaying_subscriber_whose_listener_reconnects_meanwhile_misses_nothing(
+    tmp_path: Path,
+) -> None:
+    """While a joining subscription reads its history, the listener hears some entries, loses
+    its connection (missing others), reconnects and hears more: the subscriber still gets
+    every entry once, in order (what was heard past the gap is read again from the stream)."""
+    async with two_brokers(tmp_path) as (redis, a, b):
+        for n in range(3):
+            await a.publish("message:10", {"n": n})
+        await eventually(lambda: _length(redis, "message:10", 3))
+        read_history = b._history
+        cut = False
+
+        async def history_with_a_cut(key: str, after: tuple[int, int]) -> Any:
+            nonlocal cut
+            entries = await read_history(key, after)
+            if not cut:
+                cut = True
+                joining = next(iter(b._joining))
+                for n in range(3, 6):  # heard while joining
+                    await a.publish("message:10", {"n": n})
+                await eventually(lambda: _holds(b, joining, 3))
+                connections = b._connections
+                client = redis.client()
+                try:
+                    await client.client_kill_filter(_type="pubsub")
+                    for n in range(6, 8):  # missed: only in the stream
+                        await a.publish("message:10", {"n": n})
+                    await eventually(lambda: _length(redis, "message:10", 8))
+                    await eventually(lambda: _reconnected(b, connections))
+                finally:
+                    await client.aclose()
+                await a.publish("message:10", {"n": 8})  # heard after the reconnection
+                await eventually(lambda: _holds(b, joining, 4))
+            return entries
+
+        b._history = history_with_a_cut  # type: ignore[method-assign]
+        async with b.subscribe("message:10", replay=True) as replayed:
+            assert [(await _next(replayed))["n"] for _ in range(9)] == list(range(9))
+            await a.publish("message:10", {"n": 9})
+            assert await _next(replayed) == {"n": 9}  # nothing twice before it
+
+
+async def _holds(broker: RedisBroker, subscription: Any, count: int) -> bool:
+    return len(broker._joining.get(subscription, ())) >= count
+
+
+async def _reconnected(broker: RedisBroker, connections: int) -> bool:
+    return broker._connections > connections and broker._listening.is_set()
 
 
 async def test_a_message_on_the_channel_that_is_not_ragstreams_is_ignored(tmp_path: Path) -> None:

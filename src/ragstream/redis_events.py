@@ -233,17 +233,21 @@ class RedisBroker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            held = self._joining[subscription]
-            self._joining[subscription] = []
-            for at, payload in [*history, *held]:
+            for at, payload in history:
                 if at > after:
                     after = at
                     if payload is not None:
                         subscription._memory._deliver(payload)
-            if connection == self._connections and self._listening.is_set():
-                break
-            # The listener lost its connection meanwhile: what it missed is in the stream.
-        del self._joining[subscription]
+            if connection != self._connections or not self._listening.is_set():
+                # The listener lost its connection meanwhile: what it heard may lie past what
+                # it missed, and the stream has both; read on from there.
+                self._joining[subscription] = []
+                continue
+            for at, payload in self._joining.pop(subscription):
+                if at > after:
+                    after = at
+                    subscription._memory._deliver(payload)
+            break
         if after > (0, 0):
             self._reading[key][subscription] = after
 
