@@ -208,6 +208,37 @@ async def _reconnected(broker: RedisBroker, connections: int) -> bool:
     return broker._connections > connections and broker._listening.is_set()
 
 
+@pytest.mark.parametrize("replay", [False, True], ids=["live", "replaying"])
+async def test_a_subscriber_that_had_nothing_yet_gets_what_was_published_while_cut_off(
+    tmp_path: Path, replay: bool
+) -> None:
+    """A subscription that has received nothing (its stream empty so far) still has a place
+    to read on from once the listener is back."""
+    async with (
+        two_brokers(tmp_path) as (redis, a, b),
+        b.subscribe("message:11", replay=replay) as there,
+    ):
+        await eventually(lambda: _joined(b))
+        connections = b._connections
+        client = redis.client()
+        try:
+            assert await client.client_kill_filter(_type="pubsub") >= 2
+            for n in range(5):
+                await a.publish("message:11", {"n": n})
+            await eventually(lambda: _length(redis, "message:11", 5))
+        finally:
+            await client.aclose()
+        await eventually(lambda: _reconnected(b, connections))
+
+        assert [(await _next(there))["n"] for _ in range(5)] == list(range(5))
+        await a.publish("message:11", {"n": "after"})
+        assert await _next(there) == {"n": "after"}  # nothing twice, nothing lost
+
+
+async def _joined(broker: RedisBroker) -> bool:
+    return not broker._joining
+
+
 async def test_a_message_on_the_channel_that_is_not_ragstreams_is_ignored(tmp_path: Path) -> None:
     async with (
         two_brokers(tmp_path) as (redis, a, b),

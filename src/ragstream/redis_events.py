@@ -151,9 +151,13 @@ class RedisBroker:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for subscriptions in list(self._reading.values()):
-            for subscription in list(subscriptions):
-                subscription._stop_joining()
+        joins = [
+            joiner
+            for subscriptions in self._reading.values()
+            for subscription in subscriptions
+            if (joiner := subscription._stop_joining()) is not None
+        ]
+        await asyncio.gather(*joins, return_exceptions=True)
         await self._client.aclose()
         await self._listen_client.aclose()
         await self._local.close()
@@ -202,6 +206,14 @@ class RedisBroker:
             if not subscriptions:
                 del self._reading[key]
 
+    async def _last_id(self, key: str) -> EntryId | None:
+        """The id of the stream's last entry ((0, 0) for none yet); None when Redis is away."""
+        try:
+            last = await self._client.xrevrange(key, count=1)
+        except (RedisError, OSError):
+            return None
+        return entry_id(str(last[0][0])) if last else (0, 0)
+
     async def _history(self, key: str, after: EntryId) -> list[tuple[EntryId, Payload | None]]:
         """The stream's entries after ``after``, oldest first (None: not one of ragstream's
         or this process's own)."""
@@ -248,8 +260,8 @@ class RedisBroker:
                     after = at
                     subscription._memory._deliver(payload)
             break
-        if after > (0, 0):
-            self._reading[key][subscription] = after
+        # Even (0, 0): after a reconnection the listener reads the stream from its start.
+        self._reading[key][subscription] = after
 
     async def _listen_forever(self) -> None:
         """Listens on the channel; after each (re)connection, first reads from the streams what
@@ -258,15 +270,16 @@ class RedisBroker:
         while True:
             pubsub: Any = self._listen_client.pubsub()
             try:
-                await pubsub.subscribe(CHANNEL)
-                while (await pubsub.get_message(timeout=self._timeout)) is None:
-                    pass  # the subscription's confirmation
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.subscribe(CHANNEL)
+                    while (await pubsub.get_message(timeout=self._timeout)) is None:
+                        pass  # the subscription's confirmation
                 await self._catch_up()
                 self._connections += 1
                 self._listening.set()
                 backoff = 0.1
                 await self._hear(pubsub)
-            except (RedisError, OSError, TimeoutError):
+            except Exception:  # Redis away, or anything else: never stop listening
                 self._listening.clear()
                 logger.warning("lost the events channel of Redis; reconnecting", exc_info=True)
                 await asyncio.sleep(backoff)
@@ -361,12 +374,22 @@ class _RedisStream:
             self._joiner = asyncio.create_task(
                 broker._join(self, self._key), name="events-redis-join"
             )
+        else:
+            # Live entries reach it from now on; the stream's last entry is where a catch-up
+            # after a lost connection starts (None while Redis is away: from what comes next).
+            last = await broker._last_id(self._key)
+            reading = broker._reading.get(self._key, {})
+            had = reading.get(self)
+            if self in reading and last is not None and (had is None or last > had):
+                reading[self] = last
         return self
 
-    def _stop_joining(self) -> None:
-        if self._joiner is not None:
-            self._joiner.cancel()
-            self._joiner = None
+    def _stop_joining(self) -> asyncio.Task[None] | None:
+        """Cancels the join still reading the history, if any; returns its task."""
+        joiner, self._joiner = self._joiner, None
+        if joiner is not None:
+            joiner.cancel()
+        return joiner
 
     async def __aexit__(
         self,
