@@ -198,6 +198,15 @@ def test_stream_chunks_give_text_usage_or_a_provider_error() -> None:
         parse_chunk("not json")
 
 
+def test_half_of_a_surrogate_pair_in_a_chunk_becomes_a_replacement_character() -> None:
+    lone = '{"choices":[{"delta":{"content":"a\\ud83db"}}]}'
+    pair = '{"choices":[{"delta":{"content":"a\\ud83d\\ude00b \u00e9"}}]}'
+
+    assert parse_chunk(lone) == ChatChunk(text="a\ufffdb")
+    assert parse_chunk(pair) == ChatChunk(text="a\U0001f600b \u00e9")  # whole ones stay
+    assert parse_chunk(lone).text.encode("utf-8") == b"a\xef\xbf\xbdb"
+
+
 def test_a_crowd_of_followers_stretches_the_window() -> None:
     crowd = Crowd(events_per_second=1_000)
 

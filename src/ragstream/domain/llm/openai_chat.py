@@ -91,6 +91,16 @@ class SSEDecoder:
         return None
 
 
+def _storable(text: str) -> str:
+    """``text`` with any lone UTF-16 surrogate (JSON can carry half of a pair, e.g. a character
+    split across two events) as U+FFFD: such text can be neither stored nor sent on."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def parse_chunk(data: str) -> ChatChunk:
     """One streamed chat completion chunk: its text delta and, in the last one, the usage."""
     try:
@@ -108,6 +118,8 @@ def parse_chunk(data: str) -> ChatChunk:
         delta = choices[0].get("delta")
         if isinstance(delta, dict) and isinstance(delta.get("content"), str):
             text = delta["content"]
+            if not text.isascii():
+                text = _storable(text)
     usage = None
     reported = payload.get("usage")
     if isinstance(reported, dict):
