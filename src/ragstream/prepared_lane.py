@@ -93,6 +93,7 @@ class PreparedLane:
             try:
                 response = await self.view.prepared_response(request, body)
             except Exception:  # the full stack runs it again, and reports what it finds
+                logger.debug("a prepared read gave way to the full stack", exc_info=True)
                 response = None
             if response is None:
                 given_way = True
