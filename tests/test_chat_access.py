@@ -28,6 +28,7 @@ from tests.chat_support import (
     stream_all,
     subscription_error,
 )
+from tests.evaluations_support import count_statements
 from tests.support import LiveServer
 
 
@@ -219,3 +220,33 @@ async def test_conversations_and_messages_are_paginated(server: LiveServer) -> N
 
 async def _complete(server: LiveServer, message_id: str) -> bool:
     return bool((await stored_message(server, message_id))["status"] == "COMPLETE")
+
+
+async def test_a_new_conversation_is_one_insert_with_its_stored_timestamps(
+    server: LiveServer,
+) -> None:
+    account = await server.register()
+    created_query = (
+        "mutation($input: CreateConversationInput!) "
+        "{ createConversation(input: $input) { id title createdAt updatedAt } }"
+    )
+    with count_statements(server, requests_only=True) as statements:
+        created = (
+            await server.execute(
+                created_query, {"input": {"title": "Plans"}}, token=account.access_token
+            )
+        ).ok()["createConversation"]
+
+    # The viewer check, then the INSERT, whose RETURNING brings the timestamps back.
+    assert [s.split(None, 2)[:2] for s in statements] == [
+        ["SELECT", "users.email,"],
+        ["INSERT", "INTO"],
+    ]
+    read = (
+        await server.execute(
+            "query($id: ID!) { conversation(id: $id) { title createdAt updatedAt } }",
+            {"id": created["id"]},
+            token=account.access_token,
+        )
+    ).ok()["conversation"]
+    assert read == {k: created[k] for k in ("title", "createdAt", "updatedAt")}

@@ -62,9 +62,9 @@ class ConversationRepository(ReadableRepository[Conversation]):
         )
 
     async def add(self, conversation: Conversation) -> Conversation:
+        """Inserted with its timestamps read back by the INSERT itself (RETURNING)."""
         self.session.add(conversation)
         await self.session.flush()
-        await self.session.refresh(conversation)
         return conversation
 
     async def list_owned(
