@@ -311,40 +311,29 @@ async def bench(args: argparse.Namespace) -> list[Round]:
             )
             if "ragstream" in wanted:
                 contestants.append(("ragstream", base, server.pid))
+
+            async def another(label: str, root: Path = ROOT, **extra: str) -> None:
+                """One more ragstream server on the same database and stub."""
+                other_port = free_port()
+                other = await stack.enter_async_context(
+                    process(
+                        sys.executable,
+                        "-m",
+                        "bench.stream",
+                        "--serve",
+                        env={**env, "BENCH_PORT": str(other_port), **extra},
+                        root=root,
+                    )
+                )
+                contestants.append((label, f"http://127.0.0.1:{other_port}", other.pid))
+
             for window_ms in args.also_window_ms:
-                # The same code with another coalescing window, on the same database and stub.
-                other_port = free_port()
-                other = await stack.enter_async_context(
-                    process(
-                        sys.executable,
-                        "-m",
-                        "bench.stream",
-                        "--serve",
-                        env={
-                            **env,
-                            "BENCH_PORT": str(other_port),
-                            "BENCH_WINDOW_MS": str(window_ms),
-                        },
-                    )
-                )
-                label = f"ragstream {window_ms} ms"
-                contestants.append((label, f"http://127.0.0.1:{other_port}", other.pid))
+                # The same code with another coalescing window.
+                await another(f"ragstream {window_ms} ms", BENCH_WINDOW_MS=str(window_ms))
             for other_root in args.against:
-                # Another checkout's server (e.g. `git archive main` unpacked), on the same
-                # database and stub: versions of ragstream side by side in one run.
-                other_port = free_port()
-                other = await stack.enter_async_context(
-                    process(
-                        sys.executable,
-                        "-m",
-                        "bench.stream",
-                        "--serve",
-                        env={**env, "BENCH_PORT": str(other_port)},
-                        root=other_root,
-                    )
-                )
-                label = f"ragstream {other_root.name}"
-                contestants.append((label, f"http://127.0.0.1:{other_port}", other.pid))
+                # Another checkout's server (e.g. `git archive main` unpacked): versions of
+                # ragstream side by side in one run.
+                await another(f"ragstream {other_root.name}", root=other_root)
             for mode in ("proxy", "timer"):
                 if mode not in wanted:
                     continue
