@@ -26,6 +26,7 @@ from websockets.typing import Subprotocol
 
 from tests.conftest import make_settings
 from tests.database_faults import database_unreachable
+from tests.evaluations_support import count_statements
 from tests.support import OPERATION_TIMEOUT, Account, LiveServer, running_server
 
 ME = "{ me { id email } }"
@@ -348,3 +349,25 @@ async def test_cross_site_sockets_need_an_allowed_origin(database_url: str, tmp_
             await init(ws)
             await send(ws, subscribe("1", "{ __typename }"))
             assert (await receive(ws))["payload"]["data"] == {"__typename": "Query"}
+
+
+async def test_an_operation_checks_the_viewer_once_and_the_next_one_again(
+    server: LiveServer,
+) -> None:
+    account = await server.register()
+    both = "{ me { id } conversations(first: 1) { edges { node { id } } } }"
+    async with raw_socket(server) as ws:
+        await sign_in(ws, account)
+        with count_statements(server) as statements:
+            await send(ws, subscribe("2", both))
+            answered = await receive(ws)
+            assert (await receive(ws))["type"] == "complete"
+            await send(ws, subscribe("3", ME))
+            again = await receive(ws)
+            assert (await receive(ws))["type"] == "complete"
+    assert answered["payload"]["data"] == {"me": {"id": account.id}, "conversations": {"edges": []}}
+    assert again["payload"]["data"]["me"]["id"] == account.id
+    # Two root fields that each need the viewer share the operation's one check; the next
+    # operation checks again (a revoked session stops it: see the test above).
+    checks = [s for s in statements if s.startswith("SELECT users.email")]
+    assert len(checks) == 2

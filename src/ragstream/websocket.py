@@ -50,7 +50,7 @@ from strawberry.types.execution import ExecutionResult, PreExecutionError
 
 from ragstream.domain.errors import DomainError
 from ragstream.persisted import wants_resolving
-from ragstream.schema.context import Context
+from ragstream.schema.context import Context, operation_scope
 from ragstream.schema.errors import ErrorContract
 from ragstream.schema.observed import ObserveOperations
 from ragstream.schema.rendering import (
@@ -203,6 +203,10 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 )
                 return
         await super().handle_subscribe(message)
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        operation_scope()  # the operation's own task: one viewer check for all of it
+        await super().run_operation(operation)
 
     async def send_message(self, message: Message) -> None:
         payload = cast("dict[str, Any]", message).get("payload")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -172,14 +173,30 @@ class Context:
         the next operation on an open websocket.
         """
         claims = self.require_claims()
-        if self._signed_in is not None and not self.is_websocket:
-            return self._signed_in
-        return (await self._check_viewer(claims, self._viewer_alone))[1]
+        checked = self._checked()
+        if checked is not None:
+            return checked
+        operation = _OPERATION.get() if self.is_websocket else None
+        if operation is None:
+            return (await self._check_viewer(claims, self._viewer_alone))[1]
+        async with operation.lock:  # root fields resolved at once wait for the one check
+            if operation.signed_in is not None:
+                return operation.signed_in
+            return (await self._check_viewer(claims, self._viewer_alone))[1]
 
     @property
     def viewer_checked(self) -> bool:
-        """Whether `signed_in` would answer without reading (checked earlier in the request)."""
-        return self._signed_in is not None and not self.is_websocket
+        """Whether `signed_in` would answer without reading (checked earlier in the request,
+        or in the websocket operation)."""
+        return self._checked() is not None
+
+    def _checked(self) -> SignedIn | None:
+        """The viewer as checked earlier in this request, or in this websocket operation (the
+        socket's context outlives its operations: see `operation_scope`)."""
+        if not self.is_websocket:
+            return self._signed_in
+        operation = _OPERATION.get()
+        return None if operation is None else operation.signed_in
 
     async def signed_in_with(self, read: ViewerRead[T]) -> T:
         """What ``read`` reads together with the viewer check, in the statement that checks
@@ -216,7 +233,29 @@ class Context:
         if found is None:
             raise Unauthenticated("authentication required")
         self._signed_in = found[0]
+        operation = _OPERATION.get() if self.is_websocket else None
+        if operation is not None:
+            operation.signed_in = found[0]
         return found
+
+
+@dataclass
+class _OperationCheck:
+    signed_in: SignedIn | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+# The viewer check of the websocket operation running in this task (see `operation_scope`).
+_OPERATION: contextvars.ContextVar[_OperationCheck | None] = contextvars.ContextVar(
+    "ragstream_operation_check", default=None
+)
+
+
+def operation_scope() -> None:
+    """Start a websocket operation's own viewer check: its permission check and its resolver
+    then share one read, and the next operation (its own task) reads again. Called first in
+    the operation's task, whose context every later step of the operation inherits."""
+    _OPERATION.set(_OperationCheck())
 
 
 T = TypeVar("T")
