@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
-from ragstream.db.models.chat import Conversation
+from ragstream.db.models.chat import Conversation, Message
 from ragstream.domain.chat.admission import ServerSlots
+from ragstream.domain.chat.enums import MessageStatus
+from ragstream.domain.chat.service import NewExchange, finish_answer
 from ragstream.domain.errors import NotFound, RateLimited
 from tests.generation_support import ChatDatabase, chat_database
 
@@ -242,3 +244,91 @@ async def test_a_send_that_waits_too_long_is_refused_as_busy() -> None:
     assert slots.active == 1
     slots.give_back()
     assert slots.active == 0
+
+
+async def ledger(db: ChatDatabase, user_id: uuid.UUID) -> tuple[int, int, int]:
+    """The user's questions, prompt and completion tokens in the usage ledger."""
+    async with db.sessionmaker() as session:
+        row = (
+            await session.execute(
+                text(
+                    "SELECT coalesce(sum(questions), 0), coalesce(sum(prompt_tokens), 0),"
+                    " coalesce(sum(completion_tokens), 0) FROM usage_daily WHERE user_id = :u"
+                ),
+                {"u": user_id},
+            )
+        ).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+async def finish(db: ChatDatabase, exchange: NewExchange, content: str) -> Message | None:
+    answer = exchange.answer
+    async with db.sessionmaker.begin() as session:
+        return await finish_answer(
+            session,
+            answer.id,
+            owner_id=answer.owner_id,
+            started_at=answer.created_at,
+            status=MessageStatus.COMPLETE,
+            content=content,
+            model="stub-model",
+            prompt_tokens=30,
+            completion_tokens=7,
+            error_code=None,
+        )
+
+
+async def test_an_answers_end_and_its_tokens_are_one_statement(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        viewer = await db.user()
+        exchange = await db.exchange(viewer, await db.conversation(viewer))
+        with recorded(db) as statements:
+            row = await finish(db, exchange, "The answer.")
+
+        assert [s.split(None, 2)[:2] for s in statements] == [["WITH", "finished"]]
+        assert row is not None
+        assert (row.status, row.content, row.completion_tokens) == ("COMPLETE", "The answer.", 7)
+        stored = await db.message(exchange.answer.id)
+        assert stored is not None
+        assert (stored.status, stored.content, stored.completed_at) == (
+            "COMPLETE",
+            "The answer.",
+            row.completed_at,
+        )
+        assert await ledger(db, viewer.id) == (1, 30, 7)
+
+
+async def test_an_answer_ends_once_and_its_tokens_count_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        viewer = await db.user()
+        exchange = await db.exchange(viewer, await db.conversation(viewer))
+        assert await finish(db, exchange, "First.") is not None
+
+        assert await finish(db, exchange, "Second.") is None
+
+        stored = await db.message(exchange.answer.id)
+        assert stored is not None
+        assert stored.content == "First."
+        assert await ledger(db, viewer.id) == (1, 30, 7)
+
+
+async def test_an_answer_deleted_while_it_ran_still_counts_its_tokens(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        viewer = await db.user()
+        conversation_id = await db.conversation(viewer)
+        exchange = await db.exchange(viewer, conversation_id)
+        async with db.sessionmaker.begin() as session:
+            await session.execute(
+                text("DELETE FROM conversations WHERE id = :id"), {"id": conversation_id}
+            )
+
+        assert await finish(db, exchange, "Too late.") is None
+
+        assert await db.message(exchange.answer.id) is None
+        assert await ledger(db, viewer.id) == (1, 30, 7)

@@ -52,16 +52,22 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-async def wait_for_connection(session: AsyncSession, attempts: int, what: str) -> None:
+AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
+async def wait_for_connection(
+    session: AsyncSession, attempts: int, what: str, *, autocommit: bool = False
+) -> None:
     """Checks out ``session``'s connection, waiting through up to ``attempts`` pool timeouts.
 
     For work already under way (an admitted answer's retrieval and end): a busy pool delays
     it instead of failing it; the connections in use come back within a statement timeout.
-    The last timeout is raised.
+    The last timeout is raised. With ``autocommit``, each statement of the session is its
+    own transaction: no BEGIN and no COMMIT, for work that is one statement.
     """
     for attempt in range(1, attempts + 1):
         try:
-            await session.connection()
+            await session.connection(execution_options=AUTOCOMMIT if autocommit else None)
             return
         except PoolTimeout:
             if attempt == attempts:

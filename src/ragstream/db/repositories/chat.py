@@ -9,9 +9,20 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, func, select, text, true, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import defer
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import Insert, insert
+from sqlalchemy.orm import aliased, defer
 
 from ragstream.db.models.chat import Conversation, Message, MessageSource, UsageDaily
 from ragstream.db.models.documents import Chunk, Document
@@ -239,9 +250,15 @@ class MessageRepository(ReadableRepository[Message]):
         prompt_tokens: int | None,
         completion_tokens: int | None,
         error_code: FailureCode | None,
+        usage: UsageKey,
     ) -> Message | None:
-        """Store the final state once; a message that already left STREAMING is not touched."""
-        result = await self.session.scalars(
+        """Store the final state once and add its tokens to ``usage``'s ledger row, in one
+        statement; a message that already left STREAMING is not touched.
+
+        The tokens count when the answer ends here, and when it is gone (deleted with its
+        conversation while it ran: its tokens were spent); not when it had already ended.
+        """
+        finished = (
             update(Message)
             .where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
             .values(
@@ -254,7 +271,26 @@ class MessageRepository(ReadableRepository[Message]):
                 completed_at=func.now(),
                 updated_at=func.now(),
             )
-            .returning(Message),
+            .returning(*Message.__table__.c)
+            .cte("finished")
+        )
+        # Every part of the statement sees the rows as they were before it: the message is
+        # gone only if it was gone already.
+        counts = exists(select(finished.c.id)) | ~exists(
+            select(Message.id).where(Message.id == message_id)
+        )
+        rows = select(
+            literal(usage.user_id, UsageDaily.user_id.type),
+            literal(usage.day, UsageDaily.day.type),
+            literal(usage.model, UsageDaily.model.type),
+            literal(0),
+            literal(0),
+            literal(prompt_tokens or 0),
+            literal(completion_tokens or 0),
+        ).where(counts)
+        tokens = _adding(insert(UsageDaily).from_select(_USAGE_COLUMNS, rows)).cte("counted")
+        result = await self.session.scalars(
+            select(aliased(Message, finished)).add_cte(tokens),
             execution_options=_RETURNED_ROWS_REFRESH,
         )
         return result.one_or_none()
@@ -327,6 +363,38 @@ class UsageRow:
     completion_tokens: int
 
 
+@dataclass(frozen=True)
+class UsageKey:
+    """The ledger row an answer's tokens are added to."""
+
+    user_id: uuid.UUID
+    day: date
+    model: str
+
+
+_USAGE_COLUMNS = (
+    "user_id",
+    "day",
+    "model",
+    "questions",
+    "answers",
+    "prompt_tokens",
+    "completion_tokens",
+)
+
+
+def _adding(stmt: Insert) -> Any:
+    """``stmt``, an INSERT into the ledger, adding to the row already there instead: atomic
+    per row, so concurrent additions for the same user, day and model all count."""
+    return stmt.on_conflict_do_update(
+        index_elements=[UsageDaily.user_id, UsageDaily.day, UsageDaily.model],
+        set_={
+            name: getattr(UsageDaily, name) + getattr(stmt.excluded, name)
+            for name in _USAGE_COLUMNS[3:]
+        },
+    )
+
+
 class UsageRepository(Repository):
     async def _add(
         self,
@@ -348,42 +416,11 @@ class UsageRepository(Repository):
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
-        # Atomic per row: concurrent additions for the same user, day and model all count.
-        await self.session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[UsageDaily.user_id, UsageDaily.day, UsageDaily.model],
-                set_={
-                    "questions": UsageDaily.questions + stmt.excluded.questions,
-                    "answers": UsageDaily.answers + stmt.excluded.answers,
-                    "prompt_tokens": UsageDaily.prompt_tokens + stmt.excluded.prompt_tokens,
-                    "completion_tokens": (
-                        UsageDaily.completion_tokens + stmt.excluded.completion_tokens
-                    ),
-                },
-            )
-        )
+        await self.session.execute(_adding(stmt))
 
     async def add_exchange(self, user_id: uuid.UUID, day: date, *, model: str) -> None:
         """A question and the answer started for it by ``model``."""
         await self._add(user_id, day, model=model, questions=1, answers=1)
-
-    async def add_tokens(
-        self,
-        user_id: uuid.UUID,
-        day: date,
-        *,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-    ) -> None:
-        """The final token counts of one answer."""
-        await self._add(
-            user_id,
-            day,
-            model=model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
 
     async def report(self, start: date, end: date, group: str, limit: int) -> list[UsageRow]:
         """Sums over the days ``start`` to ``end`` (both included) per day, user or model.

@@ -187,9 +187,11 @@ class Answer:
         model = exchange.model  # the one the asker's chat feature chose
         answer = exchange.answer
         try:
-            async with self._tools.lanes, self._tools.sessionmaker.begin() as session:
+            # One statement (see `MessageRepository.finish`): its own transaction.
+            async with self._tools.lanes, self._tools.sessionmaker() as session:
                 attempts = self._tools.settings.answer_connection_attempts
-                await wait_for_connection(session, attempts, f"the end of answer {self.id}")
+                what = f"the end of answer {self.id}"
+                await wait_for_connection(session, attempts, what, autocommit=True)
                 row = await service.finish_answer(
                     session,
                     self.id,

@@ -22,6 +22,7 @@ from ragstream.db.repositories.chat import (
     ConversationRepository,
     MessageRepository,
     TokenTotals,
+    UsageKey,
     UsageRepository,
 )
 from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
@@ -386,8 +387,7 @@ async def finish_answer(
     Returns None when the answer had already ended or is gone. An answer deleted with its
     conversation while it ran still counts: its tokens were spent.
     """
-    messages = MessageRepository(session)
-    row = await messages.finish(
+    return await MessageRepository(session).finish(
         message_id,
         status=status,
         content=content,
@@ -395,13 +395,5 @@ async def finish_answer(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         error_code=error_code,
+        usage=UsageKey(owner_id, usage_day(started_at), model or ""),
     )
-    if row is not None or await messages.get(message_id) is None:
-        await UsageRepository(session).add_tokens(
-            owner_id,
-            usage_day(started_at),
-            model=model or "",
-            prompt_tokens=prompt_tokens or 0,
-            completion_tokens=completion_tokens or 0,
-        )
-    return row
