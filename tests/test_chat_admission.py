@@ -89,42 +89,44 @@ async def test_an_exchange_is_stored_without_reading_its_rows_back(
         with recorded(db) as statements:
             exchange = await db.exchange(viewer, conversation_id)
 
-    inserts = [s for s in statements if s.startswith("INSERT INTO messages")]
-    assert len(inserts) == 2
-    assert all("RETURNING" in s and "created_at" in s.split("RETURNING")[1] for s in inserts)
+    [inserts] = [s for s in statements if "INSERT INTO messages" in s]
+    assert inserts.count("RETURNING") == 2
+    assert all("created_at" in part for part in inserts.split("RETURNING")[1:])
     # What the database filled in came back with the INSERTs: no SELECT of a message by id.
     assert not [s for s in statements if s.startswith("SELECT") and "messages.id = " in s]
     assert exchange.question.created_at < exchange.answer.created_at
     assert exchange.answer.content == ""
 
 
-async def test_an_exchange_is_stored_in_six_statements(database_url: str, tmp_path: Path) -> None:
+async def test_an_exchange_is_stored_in_three_statements(database_url: str, tmp_path: Path) -> None:
     async with chat_database(database_url, tmp_path) as db:
         viewer = await db.user()
         conversation_id = await db.conversation(viewer)
         before = await updated_at(db, conversation_id)
         with recorded(db) as statements:
-            await db.exchange(viewer, conversation_id)
+            exchange = await db.exchange(viewer, conversation_id)
 
-        # The conversation is read and marked active at once; the per-user lock comes before
-        # both counts, which one SELECT reads; then the two messages and the usage ledger.
+        # The conversation is read and marked active, and the per-user lock taken, at once;
+        # both counts come after the lock in one SELECT; then the two messages and the usage
+        # ledger are written together.
         assert [s.split(None, 2)[:2] for s in statements] == [
-            ["UPDATE", "conversations"],
-            ["SELECT", "pg_advisory_xact_lock($1,"],
+            ["WITH", "touched"],
             ["SELECT", "(SELECT"],
-            ["INSERT", "INTO"],
-            ["INSERT", "INTO"],
-            ["INSERT", "INTO"],
+            ["WITH", "counted"],
         ]
-        assert "RETURNING" in statements[0]
-        assert "FROM usage_daily" in statements[2]
-        assert "FROM messages" in statements[2]
-        assert [s.split(None, 3)[2] for s in statements[3:]] == [
-            "messages",
-            "messages",
-            "usage_daily",
-        ]
+        assert "UPDATE conversations" in statements[0]
+        assert "pg_advisory_xact_lock" in statements[0]
+        assert "FROM usage_daily" in statements[1]
+        assert "FROM messages" in statements[1]
+        assert statements[2].count("INSERT INTO messages") == 2
+        assert "INSERT INTO usage_daily" in statements[2]
         assert await updated_at(db, conversation_id) > before
+        assert await ledger(db, viewer.id) == (1, 0, 0)
+        stored = [await db.message(exchange.question.id), await db.message(exchange.answer.id)]
+        assert [(m.role, m.status, m.content) for m in stored if m is not None] == [
+            ("USER", "COMPLETE", exchange.question.content),
+            ("ASSISTANT", "STREAMING", ""),
+        ]
 
 
 async def updated_at(db: ChatDatabase, conversation_id: uuid.UUID) -> datetime:
@@ -332,3 +334,28 @@ async def test_an_answer_deleted_while_it_ran_still_counts_its_tokens(
 
         assert await db.message(exchange.answer.id) is None
         assert await ledger(db, viewer.id) == (1, 30, 7)
+
+
+async def test_sends_racing_for_the_last_questions_of_the_day_pass_only_up_to_the_limit(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(
+        database_url, tmp_path, daily_message_limit=3, chat_max_concurrent_generations=10
+    ) as db:
+        viewer = await db.user()
+        conversations = [await db.conversation(viewer) for _ in range(6)]
+
+        sent = await asyncio.gather(
+            *(db.exchange(viewer, c) for c in conversations), return_exceptions=True
+        )
+
+        refused = [s for s in sent if isinstance(s, RateLimited)]
+        assert len(refused) == 3
+        assert {r.extensions["reason"] for r in refused} == {"DAILY_MESSAGE_LIMIT"}
+        assert len([s for s in sent if isinstance(s, NewExchange)]) == 3
+        assert await ledger(db, viewer.id) == (3, 0, 0)
+        async with db.sessionmaker() as session:
+            stored = await session.scalar(
+                text("SELECT count(*) FROM messages WHERE owner_id = :u"), {"u": viewer.id}
+            )
+        assert stored == 6  # three questions and their answers; the refused stored nothing

@@ -6,7 +6,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -19,6 +19,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import Insert, insert
@@ -40,11 +41,14 @@ from ragstream.db.repositories.base import ReadableRepository, Repository
 from ragstream.db.repositories.documents import DocumentRepository
 from ragstream.db.repositories.evaluations import EvaluationRepository
 from ragstream.db.repositories.users import UserRepository
-from ragstream.domain.chat.enums import FailureCode, MessageStatus
+from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
 
 # An UPDATE ... RETURNING of whole entities: the returned rows overwrite the objects the
 # session holds for them (populate_existing), which is all the synchronising it needs; the ORM's
 # own ("auto": evaluating the WHERE clause in Python against the identity map) is skipped.
+# A moment: the least step of PostgreSQL's timestamps.
+_AFTER = timedelta(microseconds=1)
+
 _RETURNED_ROWS_REFRESH = {"populate_existing": True, "synchronize_session": False}
 
 
@@ -116,18 +120,33 @@ class ConversationRepository(ReadableRepository[Conversation]):
 
     async def touch_owned(self, viewer: User, conversation_id: uuid.UUID) -> Conversation | None:
         """The viewer's own conversation with updated_at bumped (so a conversation list can
-        show recent activity), read and bumped in one statement; None when it is not theirs."""
-        return await self.session.scalar(
+        show recent activity), about to get a question: read and bumped in one statement,
+        which also takes the viewer's send lock (`send_lock`); None when it is not theirs."""
+        touched = (
             update(Conversation)
             .where(Conversation.id == conversation_id, Conversation.owner_id == viewer.id)
             .values(updated_at=func.now())
-            .returning(Conversation),
-            execution_options=_RETURNED_ROWS_REFRESH,
+            .returning(*Conversation.__table__.c)
+            .cte("touched")
         )
+        row = (
+            await self.session.execute(
+                select(aliased(Conversation, touched), send_lock(viewer.id)),
+                execution_options=_RETURNED_ROWS_REFRESH,
+            )
+        ).one_or_none()
+        return None if row is None else row[0]
 
 
 # First key of the two-key advisory locks taken per user by chat ("ch").
 _CHAT_LOCK_SPACE = 0x6368
+
+
+def send_lock(owner_id: uuid.UUID) -> ColumnElement[Any]:
+    """Takes ``owner_id``'s chat lock until the transaction ends: it serialises one user's
+    sends, so the limits they check are exact."""
+    return func.pg_advisory_xact_lock(literal(_CHAT_LOCK_SPACE), func.hashtext(str(owner_id)))
+
 
 # A conversation's messages in the order they were written (the cursor of Conversation.messages).
 _PAGE_KEYS = (Message.created_at, Message.id)
@@ -194,6 +213,79 @@ class MessageRepository(ReadableRepository[Message]):
         self.session.add(message)
         await self.session.flush()
         return message
+
+    async def add_exchange(
+        self,
+        conversation_id: uuid.UUID,
+        owner_id: uuid.UUID,
+        question: str,
+        *,
+        answer_id: uuid.UUID,
+        model: str,
+        generator_id: uuid.UUID | None,
+        usage: UsageKey,
+    ) -> tuple[Message, Message]:
+        """The question (COMPLETE), its empty answer ``answer_id`` (STREAMING) and both
+        counted in ``usage``'s ledger row, in one statement; the rows as stored.
+
+        The answer's ``created_at`` is later than the question's, so the two sort in the order
+        they were written however fast the clock is read.
+        """
+        columns = Message.__table__.c
+        asked = (
+            insert(Message)
+            .values(
+                id=uuid.uuid4(),
+                conversation_id=conversation_id,
+                owner_id=owner_id,
+                role=MessageRole.USER,
+                content=question,
+                status=MessageStatus.COMPLETE,
+            )
+            .returning(*columns)
+            .cte("asked")
+        )
+        answer = {
+            "id": answer_id,
+            "conversation_id": conversation_id,
+            "owner_id": owner_id,
+            "role": MessageRole.ASSISTANT,
+            "content": "",
+            "status": MessageStatus.STREAMING,
+            "model": model,
+            "generator_id": generator_id,
+        }
+        after = func.greatest(func.clock_timestamp(), asked.c.created_at + _AFTER)
+        started = (
+            insert(Message)
+            .from_select(
+                [*answer, "created_at"],
+                select(
+                    *(literal(value, columns[name].type) for name, value in answer.items()),
+                    after,
+                ).select_from(asked),
+            )
+            .returning(*columns)
+            .cte("started")
+        )
+        counted = _adding(
+            insert(UsageDaily).values(
+                user_id=usage.user_id,
+                day=usage.day,
+                model=usage.model,
+                questions=1,
+                answers=1,
+                prompt_tokens=0,
+                completion_tokens=0,
+            )
+        ).cte("counted")
+        both = union_all(select(asked), select(started)).subquery("exchange")
+        rows = await self.session.scalars(
+            select(aliased(Message, both)).add_cte(counted).order_by(both.c.created_at),
+            execution_options=_RETURNED_ROWS_REFRESH,
+        )
+        stored_question, stored_answer = rows.all()
+        return stored_question, stored_answer
 
     async def sources_for(
         self, message_ids: Sequence[uuid.UUID]
@@ -294,13 +386,6 @@ class MessageRepository(ReadableRepository[Message]):
             execution_options=_RETURNED_ROWS_REFRESH,
         )
         return result.one_or_none()
-
-    async def lock_owner(self, owner_id: uuid.UUID) -> None:
-        """Serialise one user's sends until the transaction ends, so limits are exact."""
-        await self.session.execute(
-            text("SELECT pg_advisory_xact_lock(:space, hashtext(:owner))"),
-            {"space": _CHAT_LOCK_SPACE, "owner": str(owner_id)},
-        )
 
     async def sending_counts(self, owner_id: uuid.UUID, day: date) -> tuple[int, int]:
         """The questions ``owner_id`` asked on ``day`` (in the usage ledger, which deleting

@@ -35,11 +35,10 @@ async def check_can_send(
 ) -> None:
     """Raises RATE_LIMITED with ``limit`` and ``resetAt`` when the viewer may not ask on ``day``.
 
-    Holds a per-user lock until the transaction ends, so two sends racing for the last
-    allowed message cannot both pass. Questions are counted in the usage ledger, which
-    deleting conversations does not touch.
+    The caller holds the viewer's send lock (`service.conversation_to_send_in` takes it) until
+    the transaction ends, so two sends racing for the last allowed message cannot both pass.
+    Questions are counted in the usage ledger, which deleting conversations does not touch.
     """
-    await repo.lock_owner(viewer.id)
     # Counted after the lock is held (a statement of its own: its snapshot sees the sends that
     # held the lock before), both counts at once.
     used, running = await repo.sending_counts(viewer.id, day)

@@ -198,8 +198,9 @@ async def conversation_to_send_in(
     session: AsyncSession, viewer: User, conversation_id: uuid.UUID
 ) -> Conversation:
     """The viewer's conversation a question is about to be stored in, its updated_at bumped
-    (a conversation list shows recent activity first), or NOT_FOUND. A refused send rolls
-    the bump back with the rest of its transaction."""
+    (a conversation list shows recent activity first), or NOT_FOUND. The viewer's send lock
+    is held from then on, until the transaction ends (see `quota.check_can_send`). A refused
+    send rolls the bump back with the rest of its transaction."""
     conversation = await ConversationRepository(session).touch_owned(viewer, conversation_id)
     if conversation is None:
         raise not_found("conversation")
@@ -225,31 +226,17 @@ async def start_exchange(
     under the per-user lock the checks take, so the count is exact.
     """
     messages = MessageRepository(session)
-    usage = UsageRepository(session)
     today = utc_day()[0].date()
     await check_can_send(messages, viewer, limits, day=today)
-    question = await messages.add(
-        Message(
-            conversation_id=conversation.id,
-            owner_id=viewer.id,
-            role=MessageRole.USER,
-            content=text,
-            status=MessageStatus.COMPLETE,
-        )
+    question, answer = await messages.add_exchange(
+        conversation.id,
+        viewer.id,
+        text,
+        answer_id=answer_id,
+        model=model,
+        generator_id=generator_id,
+        usage=UsageKey(viewer.id, today, model),
     )
-    answer = await messages.add(
-        Message(
-            id=answer_id,
-            conversation_id=conversation.id,
-            owner_id=viewer.id,
-            role=MessageRole.ASSISTANT,
-            content="",
-            status=MessageStatus.STREAMING,
-            model=model,
-            generator_id=generator_id,
-        )
-    )
-    await usage.add_exchange(viewer.id, today, model=model)
     return NewExchange(
         conversation_id=conversation.id,
         evaluation_id=conversation.evaluation_id,
