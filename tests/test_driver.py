@@ -4,15 +4,16 @@ gives, and a connection that died or was left busy is never handed out again."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import bindparam, func, literal, select, text
+from sqlalchemy import Text, bindparam, func, insert, literal, select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from ragstream.db.driver import DriverLease, DriverStatement
 from ragstream.db.models import User
@@ -162,3 +163,45 @@ async def test_leases_given_back_beyond_the_pool_size_are_closed(database_url: s
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name
         )
     assert left == 0
+
+
+async def test_a_writing_statement_runs_in_the_sessions_transaction_and_a_read_needs_none(
+    engine: AsyncEngine,
+) -> None:
+    xid = select(func.cast(func.pg_current_xact_id(), Text))
+
+    async def transactions(*, writes: bool) -> set[str]:
+        statement = DriverStatement(xid, writes=writes)
+        async with AsyncSession(engine) as session:
+            ids = {(await statement.fetch(session, {}))[0][0] for _ in range(2)}
+            await session.rollback()
+        return ids
+
+    # A read sends no BEGIN: each statement is a transaction of its own.
+    assert len(await transactions(writes=False)) == 2
+    # A writing statement begins the session's transaction, which the next one shares.
+    assert len(await transactions(writes=True)) == 1
+
+
+async def test_what_a_writing_statement_wrote_ends_with_the_sessions_transaction(
+    engine: AsyncEngine,
+) -> None:
+    added = (
+        insert(User)
+        .values(
+            id=bindparam("id"), email=bindparam("email"), display_name="Probe", password_hash="-"
+        )
+        .returning(User.id)
+        .cte("added")
+    )
+    write = DriverStatement(select(added.c.id), writes=True)
+    emails = [f"driver-{uuid.uuid4().hex[:8]}@example.com" for _ in range(2)]
+    async with AsyncSession(engine) as session:
+        await write.fetch(session, {"id": uuid.uuid4(), "email": emails[0]})
+        await session.rollback()
+    async with AsyncSession(engine) as session:
+        await write.fetch(session, {"id": uuid.uuid4(), "email": emails[1]})
+        await session.commit()
+    async with AsyncSession(engine) as session:
+        stored = await session.scalars(select(User.email).where(User.email.in_(emails)))
+        assert list(stored) == [emails[1]]

@@ -10,6 +10,10 @@ its transaction once SQLAlchemy has begun one) or on a `DriverLease`, a pooled c
 without a session by a request that only reads, and returns rows exactly as SQLAlchemy would
 have processed them.
 
+The same holds for the few writes every chat exchange makes (a question stored, an answer
+ended): written as one SELECT over data-modifying CTEs, they run the same way, inside the
+session's transaction (`writes`).
+
 The SQL still lives in the repositories, written with Core like every other statement; only
 where it runs changes. A connection found dead (a database restart) is invalidated with the
 rest of the pool and reported as SQLAlchemy's ``DBAPIError`` marked ``connection_invalidated``,
@@ -86,10 +90,17 @@ class DriverStatement:
     """``statement`` compiled for the engine's dialect on first use; see the module."""
 
     def __init__(
-        self, statement: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]]
+        self,
+        statement: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]],
+        *,
+        writes: bool = False,
     ) -> None:
         self.statement = statement
         self.keys: Sequence[str] = tuple(statement.selected_columns.keys())
+        # A statement that writes (data-modifying CTEs) runs in the session's database
+        # transaction, begun first if no statement has begun it yet, as SQLAlchemy's own
+        # statements do; a read runs without one when none is open (no BEGIN to send).
+        self.writes = writes
         self._compiled: tuple[Dialect, _Compiled] | None = None
 
     def compiled(self, dialect: Dialect) -> _Compiled:
@@ -108,6 +119,10 @@ class DriverStatement:
         compiled = self.compiled(sync.dialect)
         events = sync.dispatch if sync._has_events or sync.engine._has_events else None
         driver = raw.driver_connection
+        if self.writes:
+            adapter = raw.dbapi_connection
+            if adapter is not None and adapter._transaction is None:
+                await adapter._start_transaction()  # nothing to begin under AUTOCOMMIT
         try:
             return await compiled.run(driver, params, events, sync, sync.dialect)
         except Exception as error:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
+    Text,
+    Uuid,
+    bindparam,
+    cast,
     delete,
     exists,
     func,
@@ -23,8 +28,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import Insert, insert
-from sqlalchemy.orm import aliased, defer
+from sqlalchemy.orm import defer
 
+from ragstream.db.driver import DriverStatement
 from ragstream.db.models.chat import Conversation, Message, MessageSource, UsageDaily
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.evaluations import Evaluation
@@ -121,31 +127,16 @@ class ConversationRepository(ReadableRepository[Conversation]):
     async def touch_owned(self, viewer: User, conversation_id: uuid.UUID) -> Conversation | None:
         """The viewer's own conversation with updated_at bumped (so a conversation list can
         show recent activity), about to get a question: read and bumped in one statement,
-        which also takes the viewer's send lock (`send_lock`); None when it is not theirs."""
-        touched = (
-            update(Conversation)
-            .where(Conversation.id == conversation_id, Conversation.owner_id == viewer.id)
-            .values(updated_at=func.now())
-            .returning(*Conversation.__table__.c)
-            .cte("touched")
+        which also takes the viewer's send lock (see `_TOUCH`); None when it is not theirs."""
+        rows = await _TOUCH.fetch(
+            self.session,
+            {"conversation_id": conversation_id, "owner_id": viewer.id, "locked": viewer.id},
         )
-        row = (
-            await self.session.execute(
-                select(aliased(Conversation, touched), send_lock(viewer.id)),
-                execution_options=_RETURNED_ROWS_REFRESH,
-            )
-        ).one_or_none()
-        return None if row is None else row[0]
+        return _loaded(_NEW_CONVERSATION, _TOUCH, rows[0][:-1]) if rows else None
 
 
 # First key of the two-key advisory locks taken per user by chat ("ch").
 _CHAT_LOCK_SPACE = 0x6368
-
-
-def send_lock(owner_id: uuid.UUID) -> ColumnElement[Any]:
-    """Takes ``owner_id``'s chat lock until the transaction ends: it serialises one user's
-    sends, so the limits they check are exact."""
-    return func.pg_advisory_xact_lock(literal(_CHAT_LOCK_SPACE), func.hashtext(str(owner_id)))
 
 
 # A conversation's messages in the order they were written (the cursor of Conversation.messages).
@@ -231,60 +222,24 @@ class MessageRepository(ReadableRepository[Message]):
         The answer's ``created_at`` is later than the question's, so the two sort in the order
         they were written however fast the clock is read.
         """
-        columns = Message.__table__.c
-        asked = (
-            insert(Message)
-            .values(
-                id=uuid.uuid4(),
-                conversation_id=conversation_id,
-                owner_id=owner_id,
-                role=MessageRole.USER,
-                content=question,
-                status=MessageStatus.COMPLETE,
-            )
-            .returning(*columns)
-            .cte("asked")
+        rows = await _EXCHANGE.fetch(
+            self.session,
+            {
+                "question_id": uuid.uuid4(),
+                "conversation_id": conversation_id,
+                "owner_id": owner_id,
+                "question": question,
+                "answer_id": answer_id,
+                "answer_conversation_id": conversation_id,
+                "answer_owner_id": owner_id,
+                "model": model,
+                "generator_id": generator_id,
+                "usage_user_id": usage.user_id,
+                "usage_day": usage.day,
+                "usage_model": usage.model,
+            },
         )
-        answer = {
-            "id": answer_id,
-            "conversation_id": conversation_id,
-            "owner_id": owner_id,
-            "role": MessageRole.ASSISTANT,
-            "content": "",
-            "status": MessageStatus.STREAMING,
-            "model": model,
-            "generator_id": generator_id,
-        }
-        after = func.greatest(func.clock_timestamp(), asked.c.created_at + _AFTER)
-        started = (
-            insert(Message)
-            .from_select(
-                [*answer, "created_at"],
-                select(
-                    *(literal(value, columns[name].type) for name, value in answer.items()),
-                    after,
-                ).select_from(asked),
-            )
-            .returning(*columns)
-            .cte("started")
-        )
-        counted = _adding(
-            insert(UsageDaily).values(
-                user_id=usage.user_id,
-                day=usage.day,
-                model=usage.model,
-                questions=1,
-                answers=1,
-                prompt_tokens=0,
-                completion_tokens=0,
-            )
-        ).cte("counted")
-        both = union_all(select(asked), select(started)).subquery("exchange")
-        rows = await self.session.scalars(
-            select(aliased(Message, both)).add_cte(counted).order_by(both.c.created_at),
-            execution_options=_RETURNED_ROWS_REFRESH,
-        )
-        stored_question, stored_answer = rows.all()
+        stored_question, stored_answer = (_loaded(_NEW_MESSAGE, _EXCHANGE, r) for r in rows)
         return stored_question, stored_answer
 
     async def sources_for(
@@ -350,58 +305,32 @@ class MessageRepository(ReadableRepository[Message]):
         The tokens count when the answer ends here, and when it is gone (deleted with its
         conversation while it ran: its tokens were spent); not when it had already ended.
         """
-        finished = (
-            update(Message)
-            .where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
-            .values(
-                status=status,
-                content=content,
-                model=model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                error_code=error_code,
-                completed_at=func.now(),
-                updated_at=func.now(),
-            )
-            .returning(*Message.__table__.c)
-            .cte("finished")
+        rows = await _FINISH.fetch(
+            self.session,
+            {
+                "message_id": message_id,
+                "status": status,
+                "content": content,
+                "model": model,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "error_code": error_code,
+                "gone_id": message_id,
+                "usage_user_id": usage.user_id,
+                "usage_day": usage.day,
+                "usage_model": usage.model,
+                "usage_prompt_tokens": prompt_tokens or 0,
+                "usage_completion_tokens": completion_tokens or 0,
+            },
         )
-        # Every part of the statement sees the rows as they were before it: the message is
-        # gone only if it was gone already.
-        counts = exists(select(finished.c.id)) | ~exists(
-            select(Message.id).where(Message.id == message_id)
-        )
-        rows = select(
-            literal(usage.user_id, UsageDaily.user_id.type),
-            literal(usage.day, UsageDaily.day.type),
-            literal(usage.model, UsageDaily.model.type),
-            literal(0),
-            literal(0),
-            literal(prompt_tokens or 0),
-            literal(completion_tokens or 0),
-        ).where(counts)
-        tokens = _adding(insert(UsageDaily).from_select(_USAGE_COLUMNS, rows)).cte("counted")
-        result = await self.session.scalars(
-            select(aliased(Message, finished)).add_cte(tokens),
-            execution_options=_RETURNED_ROWS_REFRESH,
-        )
-        return result.one_or_none()
+        return _loaded(_NEW_MESSAGE, _FINISH, rows[0]) if rows else None
 
     async def sending_counts(self, owner_id: uuid.UUID, day: date) -> tuple[int, int]:
         """The questions ``owner_id`` asked on ``day`` (in the usage ledger, which deleting
         conversations does not touch) and their answers still STREAMING, in one statement."""
-        questions = (
-            select(func.coalesce(func.sum(UsageDaily.questions), 0))
-            .where(UsageDaily.user_id == owner_id, UsageDaily.day == day)
-            .scalar_subquery()
+        [(asked, streaming)] = await _COUNTS.fetch(
+            self.session, {"owner_id": owner_id, "day": day, "running_owner_id": owner_id}
         )
-        running = (
-            select(func.count())
-            .select_from(Message)
-            .where(Message.owner_id == owner_id, Message.status == MessageStatus.STREAMING)
-            .scalar_subquery()
-        )
-        asked, streaming = (await self.session.execute(select(questions, running))).one()
         return int(asked), int(streaming)
 
     async def cited_chunks(
@@ -478,6 +407,168 @@ def _adding(stmt: Insert) -> Any:
             for name in _USAGE_COLUMNS[3:]
         },
     )
+
+
+# --- The statements of a send and of an answer's end, compiled once (db/driver.py) -----------
+# Each runs for every question or answer, and each is a large tree (CTEs, every column
+# returned): through the ORM, building it and its cache key cost more than running it.
+
+_MESSAGE_COLUMNS = Message.__table__.c
+_NEW_MESSAGE: Callable[[], Message] = Message._sa_class_manager.new_instance  # type: ignore[attr-defined]
+_NEW_CONVERSATION: Callable[[], Conversation] = Conversation._sa_class_manager.new_instance  # type: ignore[attr-defined]
+
+_TOUCHED = (
+    update(Conversation)
+    .where(
+        Conversation.id == bindparam("conversation_id"),
+        Conversation.owner_id == bindparam("owner_id"),
+    )
+    .values(updated_at=func.now())
+    .returning(*Conversation.__table__.c)
+    .cte("touched")
+)
+# The conversation bumped, and the owner's send lock taken until the transaction ends: it
+# serialises one user's sends, so the limits they check are exact.
+_TOUCH = DriverStatement(
+    select(
+        *_TOUCHED.c,
+        func.pg_advisory_xact_lock(
+            literal(_CHAT_LOCK_SPACE),
+            func.hashtext(cast(bindparam("locked", type_=Uuid), Text)),
+        ).label("locked"),
+    ),
+    writes=True,
+)
+
+_COUNTS = DriverStatement(
+    select(
+        select(func.coalesce(func.sum(UsageDaily.questions), 0))
+        .where(UsageDaily.user_id == bindparam("owner_id"), UsageDaily.day == bindparam("day"))
+        .scalar_subquery(),
+        select(func.count())
+        .select_from(Message)
+        .where(
+            Message.owner_id == bindparam("running_owner_id"),
+            Message.status == MessageStatus.STREAMING,
+        )
+        .scalar_subquery(),
+    )
+)
+
+
+def _usage_row(questions: int, answers: int, tokens: bool) -> list[ColumnElement[Any]]:
+    """A ledger row's values in `_USAGE_COLUMNS` order, for an INSERT ... SELECT."""
+    kinds = UsageDaily.__table__.c
+    return [
+        bindparam("usage_user_id", type_=kinds.user_id.type),
+        bindparam("usage_day", type_=kinds.day.type),
+        bindparam("usage_model", type_=kinds.model.type),
+        literal(questions),
+        literal(answers),
+        bindparam("usage_prompt_tokens", type_=Integer) if tokens else literal(0),
+        bindparam("usage_completion_tokens", type_=Integer) if tokens else literal(0),
+    ]
+
+
+_ASKED = (
+    insert(Message)
+    .values(
+        id=bindparam("question_id"),
+        conversation_id=bindparam("conversation_id"),
+        owner_id=bindparam("owner_id"),
+        role=MessageRole.USER,
+        content=bindparam("question"),
+        status=MessageStatus.COMPLETE,
+    )
+    .returning(*_MESSAGE_COLUMNS)
+    .cte("asked")
+)
+# The answer is written after the question: at least a microsecond later, so the two sort
+# in the order they were written however fast the clock is read.
+_STARTED = (
+    insert(Message)
+    .from_select(
+        [
+            "id",
+            "conversation_id",
+            "owner_id",
+            "role",
+            "content",
+            "status",
+            "model",
+            "generator_id",
+            "created_at",
+        ],
+        select(
+            bindparam("answer_id", type_=Uuid),
+            bindparam("answer_conversation_id", type_=Uuid),
+            bindparam("answer_owner_id", type_=Uuid),
+            literal(MessageRole.ASSISTANT, _MESSAGE_COLUMNS.role.type),
+            literal(""),
+            literal(MessageStatus.STREAMING, _MESSAGE_COLUMNS.status.type),
+            bindparam("model", type_=_MESSAGE_COLUMNS.model.type),
+            bindparam("generator_id", type_=Uuid),
+            func.greatest(func.clock_timestamp(), _ASKED.c.created_at + _AFTER),
+        ).select_from(_ASKED),
+    )
+    .returning(*_MESSAGE_COLUMNS)
+    .cte("started")
+)
+_EXCHANGE_ROWS = union_all(select(_ASKED), select(_STARTED)).subquery("exchange")
+# The question, its answer, and both counted in the ledger.
+_EXCHANGE = DriverStatement(
+    select(*_EXCHANGE_ROWS.c)
+    .add_cte(
+        _adding(
+            insert(UsageDaily).from_select(_USAGE_COLUMNS, select(*_usage_row(1, 1, False)))
+        ).cte("counted")
+    )
+    .order_by(_EXCHANGE_ROWS.c.created_at),
+    writes=True,
+)
+
+_FINISHED = (
+    update(Message)
+    .where(Message.id == bindparam("message_id"), Message.status == MessageStatus.STREAMING)
+    .values(
+        status=bindparam("status"),
+        content=bindparam("content"),
+        model=bindparam("model"),
+        prompt_tokens=bindparam("prompt_tokens"),
+        completion_tokens=bindparam("completion_tokens"),
+        error_code=bindparam("error_code"),
+        completed_at=func.now(),
+        updated_at=func.now(),
+    )
+    .returning(*_MESSAGE_COLUMNS)
+    .cte("finished")
+)
+# The end stored once, and its tokens counted when it ended here or is gone (deleted with
+# its conversation while it ran: its tokens were spent); every part of the statement sees
+# the rows as they were before it, so the message is gone only if it was gone already.
+_FINISH = DriverStatement(
+    select(*_FINISHED.c).add_cte(
+        _adding(
+            insert(UsageDaily).from_select(
+                _USAGE_COLUMNS,
+                select(*_usage_row(0, 0, True)).where(
+                    exists(select(_FINISHED.c.id))
+                    | ~exists(select(Message.id).where(Message.id == bindparam("gone_id")))
+                ),
+            )
+        ).cte("counted")
+    ),
+    writes=True,
+)
+
+T = TypeVar("T")
+
+
+def _loaded(new: Callable[[], T], statement: DriverStatement, row: Sequence[Any]) -> T:
+    """A transient instance with the row's columns set, as the ORM's loading would."""
+    instance = new()
+    instance.__dict__.update(zip(statement.keys, row, strict=False))
+    return instance
 
 
 class UsageRepository(Repository):
