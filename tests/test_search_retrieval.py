@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ragstream.backend import Backend, connect
@@ -94,6 +98,62 @@ async def test_search_leaves_the_transactions_planner_settings_alone(server: Liv
     assert len(hits) == 1
     assert tuple(after) == tuple(before)
     assert before[:3] == ("on", "on", "auto")
+
+
+@contextlib.asynccontextmanager
+async def one_connection(server: LiveServer) -> AsyncIterator[AsyncSession]:
+    """A session that keeps one connection across its transactions (pgvector's settings
+    exist only in a backend that has loaded its library)."""
+    engine = server.state.engine
+    assert engine is not None
+    async with engine.connect() as connection, AsyncSession(bind=connection) as session:
+        yield session
+
+
+async def test_in_its_own_transaction_search_leaves_the_settings_to_its_end(
+    server: LiveServer,
+) -> None:
+    account = await server.register()
+    await create(server, account.access_token, "Cold storage keeps fish at minus twenty.")
+    await wait_until_idle(server)
+
+    async with one_connection(server) as session:
+        await session.execute(text("SELECT CAST('[1]' AS vector)"))  # pgvector's settings
+        before = (await session.execute(text(SETTINGS))).one()
+        await session.rollback()
+        viewer = await session.get(User, uuid.UUID(account.id))
+        assert viewer is not None
+        hits = await search(
+            session, viewer, "fish storage", 5, server.state.embedder, own_transaction=True
+        )
+        during = (await session.execute(text(SETTINGS))).one()
+        await session.rollback()  # the end of the transaction ends them
+        after = (await session.execute(text(SETTINGS))).one()
+
+    assert len(hits) == 1
+    # Nothing was sent to set them back: the statements after it in the transaction ran
+    # with them, and the transaction's end took them away.
+    assert during[0] == "off"  # enable_seqscan
+    assert during[2] == "force_custom_plan"
+    assert tuple(after) == tuple(before)
+
+
+async def test_a_failure_inside_the_settings_block_is_not_hidden_by_setting_them_back(
+    server: LiveServer,
+) -> None:
+    async with one_connection(server) as session:
+        await session.execute(text("SELECT CAST('[1]' AS vector)"))
+        before = (await session.execute(text(SETTINGS))).one()
+        await session.rollback()
+        repository = SearchRepository(session)
+        with pytest.raises(DBAPIError) as failed:
+            async with repository._scoped(index_scan_settings(10, 20_000)):
+                await session.execute(text("SELECT 1 / 0"))
+        await session.rollback()
+        after = (await session.execute(text(SETTINGS))).one()
+
+    assert "division by zero" in str(failed.value.orig)
+    assert tuple(after) == tuple(before)
 
 
 def _unit(vector: list[float]) -> list[float]:

@@ -188,15 +188,13 @@ class MessageRepository(ReadableRepository[Message]):
 
     async def recent(
         self, conversation_id: uuid.UUID, *, before: datetime, limit: int
-    ) -> list[Message]:
-        """The latest ``limit`` messages written before ``before``, oldest first."""
-        rows = await self.session.scalars(
-            select(Message)
-            .where(Message.conversation_id == conversation_id, Message.created_at < before)
-            .order_by(Message.created_at.desc(), Message.id.desc())
-            .limit(limit)
+    ) -> list[tuple[MessageRole, MessageStatus, str]]:
+        """The role, status and content of the latest ``limit`` messages written before
+        ``before``, oldest first."""
+        rows = await _RECENT.fetch(
+            self.session, {"conversation_id": conversation_id, "before": before, "limit": limit}
         )
-        return list(reversed(rows.all()))
+        return [(role, status, content) for role, status, content in reversed(rows)]
 
     async def add(self, message: Message) -> Message:
         """Inserts the message; what the database fills in (created_at) comes back with the
@@ -416,6 +414,16 @@ def _adding(stmt: Insert) -> Any:
 _MESSAGE_COLUMNS = Message.__table__.c
 _NEW_MESSAGE: Callable[[], Message] = Message._sa_class_manager.new_instance  # type: ignore[attr-defined]
 _NEW_CONVERSATION: Callable[[], Conversation] = Conversation._sa_class_manager.new_instance  # type: ignore[attr-defined]
+
+_RECENT = DriverStatement(
+    select(Message.role, Message.status, Message.content)
+    .where(
+        Message.conversation_id == bindparam("conversation_id"),
+        Message.created_at < bindparam("before"),
+    )
+    .order_by(Message.created_at.desc(), Message.id.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
 
 _TOUCHED = (
     update(Conversation)

@@ -9,6 +9,7 @@ from datetime import datetime
 
 import asyncpg
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Select,
     bindparam,
@@ -157,7 +158,12 @@ def retrievable_by(viewer: User) -> ColumnElement[bool]:
     Narrower than ``DocumentRepository.readable_by`` on purpose: search and chat never reach
     another user's private document, not even for an administrator.
     """
-    return or_(Document.owner_id == viewer.id, Document.visibility == Visibility.SHARED)
+    return retrievable_by_id(viewer.id)
+
+
+def retrievable_by_id(viewer_id: uuid.UUID | BindParameter[uuid.UUID]) -> ColumnElement[bool]:
+    """`retrievable_by` for the viewer ``viewer_id`` (a value, or a statement's parameter)."""
+    return or_(Document.owner_id == viewer_id, Document.visibility == Visibility.SHARED)
 
 
 class DocumentRepository(ReadableRepository[Document]):

@@ -9,39 +9,38 @@ queries returning ``k`` rows.
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import ColumnElement, Float, Select, Text, cast, func, literal, select, text
+from sqlalchemy import (
+    ARRAY,
+    Float,
+    Integer,
+    Select,
+    Text,
+    Uuid,
+    any_,
+    bindparam,
+    cast,
+    column,
+    func,
+    literal,
+    select,
+    table,
+    text,
+    true,
+)
 from sqlalchemy.dialects.postgresql import TSQUERY
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from ragstream.db.driver import DriverStatement
 from ragstream.db.models import User
 from ragstream.db.models.documents import TEXT_SEARCH_CONFIG, Chunk, Document
 from ragstream.db.repositories.base import Repository
-from ragstream.db.repositories.documents import retrievable_by
-
-
-# Query vectors and tsqueries are sent as text and cast in the statement, as pgvector and
-# PostgreSQL parse them; the planner still sees constants (custom plans, see below).
-def _vector(vector: Sequence[float]) -> ColumnElement[Any]:
-    return cast(literal(vector_literal(vector), Text), Vector())
-
-
-def _tsquery(query: str) -> ColumnElement[Any]:
-    return cast(literal(query, Text), TSQUERY)
-
-
-def _retrievable_chunks(viewer: User) -> Select[uuid.UUID]:
-    """Chunk ids of the documents retrieval may return to ``viewer`` (the documents rule)."""
-    return (
-        select(Chunk.id)
-        .join(Document, Document.id == Chunk.document_id)
-        .where(retrievable_by(viewer))
-    )
-
+from ragstream.db.repositories.documents import retrievable_by, retrievable_by_id
 
 # The lexemes of a query with the share of chunks holding each, from the statistics ANALYZE
 # keeps for the tsvector column (its most common lexemes). A lexeme missing from that list is
@@ -94,23 +93,81 @@ def nearest_statement(
     viewer: User, vector: Sequence[float], k: int, *, scan: int | None = None
 ) -> Select[tuple[uuid.UUID]]:
     """The ids of the ``k`` readable chunks closest to ``vector`` among the ``scan`` (default
-    ``k``) candidates the scan of the embedding's order hands over."""
-    distance = Chunk.embedding.op("<=>", return_type=Float)(_vector(vector)).label("distance")
+    ``k``) candidates the scan of the embedding's order hands over (`_NEAREST` with these
+    values)."""
+    return _NEAREST_SELECT.params(
+        viewer_id=viewer.id, vector=vector_literal(vector), k=k, scan=scan or k
+    )
+
+
+# Query vectors and tsqueries are sent as text and cast in the statement, as pgvector and
+# PostgreSQL parse them; the planner still sees their values (custom plans: see
+# `index_scan_settings`).
+def _nearest() -> Select[tuple[uuid.UUID]]:
+    """The nearest readable chunks, with bind parameters for the viewer, the vector and both
+    limits; compiled once, the planner still sees their values (custom plans, see
+    `index_scan_settings`)."""
     # relaxed_order may return candidates out of order: materialize them, then sort by
     # the distance (exact: the index holds the full vectors) and keep the closest k. The
     # sort is on `distance + 0`: PostgreSQL knows the CTE's rows come ordered by
     # `distance`, and a sort on that would only break ties, leave the scan's order as it
     # came, and read just the first k candidates.
+    distance = Chunk.embedding.op("<=>", return_type=Float)(
+        cast(bindparam("vector", type_=Text), Vector())
+    ).label("distance")
     candidates = (
-        _retrievable_chunks(viewer)
-        .add_columns(distance)
+        select(Chunk.id, distance)
+        .join(Document, Document.id == Chunk.document_id)
+        .where(retrievable_by_id(bindparam("viewer_id", type_=Uuid)))
         .where(Chunk.embedding.is_not(None))
         .order_by(distance)
-        .limit(scan or k)
+        .limit(bindparam("scan", type_=Integer))
         .cte("candidates")
         .prefix_with("MATERIALIZED")
     )
-    return select(candidates.c.id).order_by(candidates.c.distance + 0, candidates.c.id).limit(k)
+    return (
+        select(candidates.c.id)
+        .order_by(candidates.c.distance + 0, candidates.c.id)
+        .limit(bindparam("k", type_=Integer))
+    )
+
+
+_NEAREST_SELECT = _nearest()
+_NEAREST = DriverStatement(_NEAREST_SELECT)
+
+_BEST_BY_TEXT = DriverStatement(
+    select(Chunk.id)
+    .join(Document, Document.id == Chunk.document_id)
+    .where(retrievable_by_id(bindparam("viewer_id", type_=Uuid)))
+    .where(Chunk.tsv.op("@@")(cast(bindparam("matching", type_=Text), TSQUERY)))
+    .order_by(
+        func.ts_rank(Chunk.tsv, cast(bindparam("ranking", type_=Text), TSQUERY), 1).desc(),
+        Chunk.id,
+    )
+    .limit(bindparam("k", type_=Integer))
+)
+
+
+@functools.cache
+def _setting(names: tuple[str, ...]) -> DriverStatement:
+    """Sets each of ``names`` (to the parameter ``value<i>``) until the transaction ends."""
+    return DriverStatement(
+        select(
+            *(
+                func.set_config(literal(name), bindparam(f"value{i}", type_=Text), true())
+                for i, name in enumerate(names)
+            )
+        )
+    )
+
+
+_SETTINGS = table("pg_settings", column("name", Text), column("reset_val", Text))
+# Each setting named (``names``) back to its session value, for the rest of the transaction.
+_RESETTING = DriverStatement(
+    select(func.count(func.set_config(_SETTINGS.c.name, _SETTINGS.c.reset_val, true()))).where(
+        _SETTINGS.c.name == any_(bindparam("names", type_=ARRAY(Text)))
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -147,6 +204,13 @@ class SearchResult:
 
 
 class SearchRepository(Repository):
+    """``own_transaction``: the session's transaction is retrieval's alone (it ends when
+    retrieval does), so planner settings need not be set back after their statement."""
+
+    def __init__(self, session: AsyncSession, *, own_transaction: bool = False) -> None:
+        super().__init__(session)
+        self.own_transaction = own_transaction
+
     async def nearest_by_vector(
         self,
         viewer: User,
@@ -184,9 +248,10 @@ class SearchRepository(Repository):
         *,
         scan: int | None = None,
     ) -> list[uuid.UUID]:
-        stmt = nearest_statement(viewer, vector, k, scan=scan)
+        params = {"viewer_id": viewer.id, "vector": vector_literal(vector), "k": k}
         async with self._scoped(settings):
-            return list(await self.session.scalars(stmt))
+            rows = await _NEAREST.fetch(self.session, {**params, "scan": scan or k})
+        return [row[0] for row in rows]
 
     async def query_terms(self, query: str) -> list[QueryTerm]:
         """The distinct lexemes of ``query`` (as the chunks' full text indexes words), with
@@ -212,15 +277,16 @@ class SearchRepository(Repository):
         """
         if not match:
             return []
-        matching = _tsquery(tsquery_literal(match, "&" if match_all else "|"))
-        ranking = _tsquery(tsquery_literal(rank or match, "|"))
-        stmt = (
-            _retrievable_chunks(viewer)
-            .where(Chunk.tsv.op("@@")(matching))
-            .order_by(func.ts_rank(Chunk.tsv, ranking, 1).desc(), Chunk.id)
-            .limit(k)
+        rows = await _BEST_BY_TEXT.fetch(
+            self.session,
+            {
+                "viewer_id": viewer.id,
+                "matching": tsquery_literal(match, "&" if match_all else "|"),
+                "ranking": tsquery_literal(rank or match, "|"),
+                "k": k,
+            },
         )
-        return list(await self.session.scalars(stmt))
+        return [row[0] for row in rows]
 
     async def load(
         self, viewer: User, chunk_ids: Sequence[uuid.UUID]
@@ -255,18 +321,17 @@ class SearchRepository(Repository):
 
     @contextlib.asynccontextmanager
     async def _scoped(self, settings: dict[str, str]) -> AsyncIterator[None]:
-        """``settings`` for the statements inside the block only.
+        """``settings`` for the statements inside the block.
 
-        They are SET LOCAL inside a savepoint that is rolled back afterwards, which undoes
-        them: the caller's transaction goes on with its own planner settings.
+        They are set for the rest of the transaction and, unless the repository's
+        transaction is retrieval's alone (``own_transaction``), set back to the session's
+        values after the block, so the caller's transaction goes on with its own.
         """
-        names = list(settings)
-        calls = ", ".join(f"set_config(:name{i}, :value{i}, true)" for i in range(len(names)))
-        params = {f"name{i}": name for i, name in enumerate(names)}
-        params.update({f"value{i}": settings[name] for i, name in enumerate(names)})
-        savepoint = await self.session.begin_nested()
-        try:
-            await self.session.execute(text(f"SELECT {calls}"), params)
-            yield
-        finally:
-            await savepoint.rollback()
+        names = tuple(settings)
+        values = {f"value{i}": settings[name] for i, name in enumerate(names)}
+        await _setting(names).fetch(self.session, values)
+        yield
+        # (Not after a failure: the transaction is then only good for its ROLLBACK, which
+        # ends the settings with it.)
+        if not self.own_transaction:
+            await _RESETTING.fetch(self.session, {"names": list(names)})

@@ -45,7 +45,9 @@ class SearchHit(Protocol):
     def score(self) -> float: ...
 
 
-# (session, viewer, query, limit) -> hits over what the viewer may read, best first
+# (session, viewer, query, limit) -> hits over what the viewer may read, best first. The
+# session's transaction is the answer's preparation's alone: it only reads, and it ends when
+# the preparation has read what it needs.
 Retriever = Callable[[AsyncSession, User, str, int], Awaitable[Sequence[SearchHit]]]
 
 
@@ -62,7 +64,13 @@ def knowledge_base_retriever(embedder: Embedder, tuning: SearchTuning) -> Retrie
     ) -> Sequence[SearchHit]:
         # Long questions are cut for retrieval only; the model still sees all of it.
         return await search(
-            session, viewer, query[:MAX_QUERY_CHARS], limit, embedder, tuning=tuning
+            session,
+            viewer,
+            query[:MAX_QUERY_CHARS],
+            limit,
+            embedder,
+            tuning=tuning,
+            own_transaction=True,
         )
 
     return retrieve

@@ -281,9 +281,9 @@ async def history(
         conversation_id, before=before, limit=HISTORY_MESSAGES
     )
     return [
-        HistoryTurn("user" if m.role == MessageRole.USER else "assistant", m.content)
-        for m in rows
-        if m.content and (m.role == MessageRole.USER or m.status in HISTORY_STATUSES)
+        HistoryTurn("user" if role == MessageRole.USER else "assistant", content)
+        for role, status, content in rows
+        if content and (role == MessageRole.USER or status in HISTORY_STATUSES)
     ]
 
 

@@ -91,9 +91,13 @@ async def search(
     embedder: Embedder,
     *,
     tuning: SearchTuning | None = None,
+    own_transaction: bool = False,
 ) -> list[SearchResult]:
     """The ``limit`` chunks most relevant to ``query`` among the documents the viewer may read
     (their own and shared ones), best first. ``score`` is the fused RRF score.
+
+    ``own_transaction``: the session's transaction ends with the caller's reads, nothing
+    else runs in it (see `SearchRepository`).
     """
     tuning = tuning or SearchTuning()
     query = " ".join(query.split())
@@ -105,7 +109,7 @@ async def search(
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
     pool = max(tuning.candidates, limit)
     [vector] = await embedder.embed([query])
-    repo = SearchRepository(session)
+    repo = SearchRepository(session, own_transaction=own_transaction)
     by_vector = await repo.nearest_by_vector(
         viewer,
         vector,
