@@ -373,3 +373,24 @@ def test_waiting_lines_are_written_when_the_process_exits() -> None:
     )
     [line] = [json.loads(text) for text in done.stderr.splitlines()]
     assert (line["request_id"], line["status"]) == ("exit-0001", 200)
+
+
+def test_request_ids_are_random_128_bits_and_not_shared_with_a_forked_child() -> None:
+    scope: dict[str, Any] = {"headers": []}
+    ids = [logs.request_id_for(scope) for _ in range(600)]  # more than one batch read
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # A sane incoming id is kept, another one replaced.
+    assert logs.request_id_for({"headers": [(b"x-request-id", b"client-id-1")]}) == "client-id-1"
+    assert len(logs.request_id_for({"headers": [(b"x-request-id", b"bad id!")]})) == 32
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child writes its next id and leaves at once
+        os.write(write, logs.request_id_for(scope).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        childs = pipe.read()
+    assert len(childs) == 32
+    assert childs != logs.request_id_for(scope)

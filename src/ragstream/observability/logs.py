@@ -414,7 +414,35 @@ def request_id_for(scope: Scope) -> str:
     """A sane incoming ``X-Request-ID``, else 128 random bits as 32 hex digits (unique without
     a UUID object to build)."""
     incoming = _header(scope, b"x-request-id")
-    return incoming if _SAFE_ID.match(incoming) else os.urandom(16).hex()
+    return incoming if _SAFE_ID.match(incoming) else _random_ids.next()
+
+
+class _RandomIds:
+    """Request ids of 128 bits from the operating system's random source, read for 256 ids at
+    once: one system call per request was about 1 % of a prepared read's CPU. A child process
+    forked meanwhile reads its own (the bits left here are not used in both)."""
+
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._digits = ""
+        self._at = 0
+
+    def next(self) -> str:
+        at = self._at
+        if at >= len(self._digits):
+            self._digits = os.urandom(16 * self._BATCH).hex()
+            at = 0
+        self._at = at + 32
+        return self._digits[at : at + 32]
+
+    def forget(self) -> None:
+        self._digits = ""
+        self._at = 0
+
+
+_random_ids = _RandomIds()
+os.register_at_fork(after_in_child=_random_ids.forget)
 
 
 def _header(scope: Scope, name: bytes) -> str:
