@@ -24,7 +24,15 @@ from graphql import (
     parse,
 )
 
-from ragstream.schema.compiled import compiles
+from ragstream.schema.compiled import (
+    Env,
+    Unsupported,
+    _Completed,
+    _Constant,
+    _Leaf,
+    _object_renderer,
+    compiles,
+)
 from tests.conftest import make_settings
 from tests.database_faults import end_connections
 from tests.evaluations_support import count_statements, create_evaluation
@@ -576,3 +584,44 @@ async def test_a_prepared_read_measures_its_list_size_with_each_requests_variabl
         assert "up to 200 list items" in refused.errors[0]["message"]
         assert refused.data is None
         assert prepared.answered == answered
+
+
+def test_a_generated_renderer_completes_each_field_as_execution_does() -> None:
+    """The renderer written for an object's selection: keys in the selection's order, leaves
+    of their exact type returned as they are and others serialized, None where the field is
+    nullable, and Unsupported (execution then reports the error) for a null in a non-null
+    field or a leaf that serializes to nothing."""
+
+    @dataclass
+    class Source:
+        id: Any
+        score: Any
+        child: Any
+
+    render = _object_renderer(
+        [
+            ("__typename", _Constant("Thing")),
+            ("score", _Leaf("score", lambda value: f"<{value}>", None, nullable=True)),
+            ("id", _Leaf("id", str, str, nullable=False)),
+            ("child", _Completed("child", lambda value, env: {"of": value}, nullable=True)),
+            ("known", _Completed(lambda source, env: env, lambda value, env: value, False)),
+        ]
+    )
+    env = Env()
+    rendered = render(Source("a", 2, None), env)
+    assert list(rendered) == ["__typename", "score", "id", "child", "known"]
+    assert rendered == {
+        "__typename": "Thing",
+        "score": "<2>",
+        "id": "a",
+        "child": None,
+        "known": env,
+    }
+    assert render(Source(7, None, 1), env)["id"] == "7"
+    assert render(Source(7, None, 1), env)["child"] == {"of": 1}
+    with pytest.raises(Unsupported, match="null in a non-null field"):
+        render(Source(None, 2, None), env)
+    nothing = _object_renderer([("x", _Leaf("id", lambda value: None, None, nullable=True))])
+    with pytest.raises(Unsupported, match="serialized to nothing"):
+        nothing(Source(1, 2, 3), env)
+    assert nothing(Source(None, 2, 3), env) == {"x": None}
