@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Text, bindparam, func, insert, literal, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from ragstream.db.driver import DriverLease, DriverStatement
 from ragstream.db.models import User
@@ -205,3 +206,26 @@ async def test_what_a_writing_statement_wrote_ends_with_the_sessions_transaction
     async with AsyncSession(engine) as session:
         stored = await session.scalars(select(User.email).where(User.email.in_(emails)))
         assert list(stored) == [emails[1]]
+
+
+async def test_a_lease_goes_back_to_a_pool_with_room_at_once(database_url: str) -> None:
+    engine = create_async_engine(database_url, pool_size=1, max_overflow=1)
+    try:
+        pool = engine.sync_engine.pool
+        assert isinstance(pool, AsyncAdaptedQueuePool)
+        first, second = [await DriverLease.checkout(engine) for _ in range(2)]
+        pid = await backend_of(first)
+        assert first._returns_at_once()  # valid, no transaction, room in the pool
+        await first.release()
+        assert pool.checkedin() == 1
+        # The pool is full now: the overflow connection is closed, which awaits asyncpg.
+        assert not second._returns_at_once()
+        await second.release()
+        again = await DriverLease.checkout(engine)
+        assert await backend_of(again) == pid  # the connection given back is handed out
+        again.pooled.invalidate()
+        assert not again._returns_at_once()
+        await again.release()
+        assert pool.checkedin() == 1  # a new connection opens next time
+    finally:
+        await engine.dispose()

@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util.queue import AsyncAdaptedQueue
 
 Processor = Callable[[Any], Any] | None
 
@@ -76,10 +77,25 @@ class DriverLease:
         return self.pooled.is_valid
 
     async def release(self) -> None:
+        if self._returns_at_once():
+            self.pooled.close()
+            return
         # In SQLAlchemy's greenlet: returning it may close it (a pool already full closes an
-        # overflow connection), which awaits asyncpg. No transaction was begun through the
-        # adapter, so the reset on return (a rollback) has nothing to send.
+        # overflow connection), which awaits asyncpg.
         await greenlet_spawn(self.pooled.close)
+
+    def _returns_at_once(self) -> bool:
+        """Whether giving the connection back awaits nothing, so it needs no greenlet (one
+        spawned per release was about 2 % of a prepared read): the connection is valid, no
+        transaction was begun through SQLAlchemy's adapter (the reset on return, a rollback,
+        then sends nothing), and the pool's queue has room for it (a full one closes it)."""
+        queue = getattr(self.engine.sync_engine.pool, "_pool", None)
+        return (
+            self.pooled.is_valid
+            and getattr(self.pooled.dbapi_connection, "_transaction", True) is None
+            and isinstance(queue, AsyncAdaptedQueue)
+            and not queue.full()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves it untyped
+        )
 
 
 # Where driver statements run: a session's connection, or a lease.
