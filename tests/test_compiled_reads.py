@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import ast
 import itertools
+import operator
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -625,3 +627,39 @@ def test_a_generated_renderer_completes_each_field_as_execution_does() -> None:
     with pytest.raises(Unsupported, match="serialized to nothing"):
         nothing(Source(1, 2, 3), env)
     assert nothing(Source(None, 2, 3), env) == {"x": None}
+
+
+def test_a_generated_renderer_writes_datetimes_as_isoformat_does() -> None:
+    """UTC datetimes are written by orjson in the generated renderer: the same text as the
+    DateTime scalar's `isoformat`, for every kind of value (other time zones, subclasses and
+    dates still go through the scalar's serializer)."""
+
+    @dataclass
+    class Source:
+        at: Any
+
+    class Later(datetime):
+        def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+            return "later"
+
+    isoformat = operator.methodcaller("isoformat")
+    leaf = _Leaf("at", isoformat, None, nullable=False)
+    assert leaf.isoformat
+    assert not _Leaf("at", str, str, nullable=False).isoformat
+    render = _object_renderer([("at", leaf)])
+    plus_two = timezone(timedelta(hours=2, seconds=7))
+    values: list[Any] = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 11, 30, 21, 15, 15, tzinfo=UTC),
+        datetime(2026, 11, 30, 21, 15, 15, 10, tzinfo=UTC),
+        datetime(2026, 11, 30, 21, 15, 15, 120000, tzinfo=UTC),
+        datetime(2026, 11, 30, 21, 15, 15, 5, tzinfo=UTC, fold=1),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 11, 30, 21, 15, 15, 5, tzinfo=plus_two),
+        datetime(2026, 11, 30, 21, 15, 15, 5),
+        date(2026, 11, 30),
+    ]
+    for value in values:
+        assert render(Source(value), Env()) == {"at": value.isoformat()}
+    assert render(Source(Later(2026, 1, 1, tzinfo=UTC)), Env()) == {"at": "later"}

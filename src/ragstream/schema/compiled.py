@@ -35,12 +35,15 @@ import dataclasses
 import functools
 import inspect
 import keyword
+import operator
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
 from graphql import (
     DirectiveNode,
     DocumentNode,
@@ -269,6 +272,15 @@ class _Leaf:
     exact: type | None
     nullable: bool
 
+    @property
+    def isoformat(self) -> bool:
+        """Whether the serializer is ``value.isoformat()`` (Strawberry's DateTime)."""
+        serialize = self.serialize
+        return isinstance(serialize, operator.methodcaller) and serialize.__reduce__() == (
+            operator.methodcaller,
+            ("isoformat",),
+        )
+
 
 @dataclass(frozen=True)
 class _Completed:
@@ -292,7 +304,13 @@ def _object_renderer(entries: Sequence[tuple[str, _Entry]]) -> Render:
     serialized inline, with no call per field and no comprehension over closures, which was
     most of rendering a list page.
     """
-    names: dict[str, Any] = {"Unsupported": Unsupported, "Undefined": Undefined}
+    names: dict[str, Any] = {
+        "Unsupported": Unsupported,
+        "Undefined": Undefined,
+        "datetime": datetime,
+        "UTC": UTC,
+        "dumps": orjson.dumps,
+    }
     body: list[str] = []
     items: list[str] = []
     for index, (key, entry) in enumerate(entries):
@@ -315,6 +333,14 @@ def _object_renderer(entries: Sequence[tuple[str, _Entry]]) -> Render:
             body += ["    else:", f"        {value} = complete{index}({value}, env)"]
             continue
         names[f"serialize{index}"] = entry.serialize
+        if entry.isoformat:
+            # A UTC datetime (what the driver reads from a timestamptz column) is written by
+            # orjson exactly as `isoformat` writes it, in a third of the time: a page of 20
+            # evaluations spent a twentieth of its CPU in `isoformat`.
+            body += [
+                f"    elif type({value}) is datetime and {value}.tzinfo is UTC:",
+                f"        {value} = dumps({value})[1:-1].decode()",
+            ]
         if entry.exact is not None:  # a value of exactly that type serializes to itself
             names[f"exact{index}"] = entry.exact
             body.append(f"    elif type({value}) is not exact{index}:")
