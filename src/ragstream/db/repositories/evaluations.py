@@ -300,13 +300,22 @@ def _page_parameters(request: PageRequest, order: EvaluationOrder) -> dict[str, 
 
 
 def _listed_rows(
-    rows: Sequence[Sequence[Any]], request: PageRequest, *, owners: bool, total: int | None
+    rows: Sequence[Sequence[Any]],
+    request: PageRequest,
+    *,
+    owners: bool,
+    total: int | None,
+    start: int = 0,
 ) -> Page[ListedRow]:
-    split = len(ListedEvaluation._fields)
+    """The page of ``rows``, each an evaluation's columns from ``start`` on, then its owner's."""
+    split = start + len(ListedEvaluation._fields)
+    # The named tuples built directly (the lengths are the statement's): `_make` is a Python
+    # call, two for each row of every page.
+    new = tuple.__new__
     listed = [
         (
-            ListedEvaluation._make(row[:split]),
-            ListedOwner._make(row[split:]) if owners and row[split] is not None else None,
+            new(ListedEvaluation, row[start:split]),
+            new(ListedOwner, row[split:]) if owners and row[split] is not None else None,
         )
         for row in rows
     ]
@@ -430,8 +439,8 @@ class EvaluationRepository(ReadableRepository[Evaluation]):
         # The viewer's row, then the page's, each after the part number.
         width = len(SIGNED_IN_WITH_FLAGS.selected_columns)
         viewer = signed_in_from_row(rows[0][1 : 1 + width])
-        listed = [row[1 + width :] for row in rows[1:]]
-        return viewer, _listed_rows(listed, request, owners=columns.owners, total=None)
+        page = _listed_rows(rows[1:], request, owners=columns.owners, total=None, start=1 + width)
+        return viewer, page
 
     @staticmethod
     def page_key(owner_id: uuid.UUID, request: PageRequest) -> ParentPageKey:
