@@ -359,3 +359,40 @@ async def test_sends_racing_for_the_last_questions_of_the_day_pass_only_up_to_th
                 text("SELECT count(*) FROM messages WHERE owner_id = :u"), {"u": viewer.id}
             )
         assert stored == 6  # three questions and their answers; the refused stored nothing
+
+
+async def test_an_answer_ending_as_its_conversation_is_deleted_still_counts_its_tokens(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        viewer = await db.user()
+        conversation_id = await db.conversation(viewer)
+        exchange = await db.exchange(viewer, conversation_id)
+        async with db.sessionmaker() as deleting:
+            await deleting.execute(
+                text("DELETE FROM conversations WHERE id = :id"), {"id": conversation_id}
+            )
+            ending = asyncio.create_task(finish(db, exchange, "Late."))
+            await waiting_on_a_lock(db, "WITH finished")  # the end waits for the delete
+            await deleting.commit()
+
+        assert await ending is None
+        assert await db.message(exchange.answer.id) is None
+        assert await ledger(db, viewer.id) == (1, 30, 7)
+
+
+async def waiting_on_a_lock(db: ChatDatabase, statement: str) -> None:
+    """Until a backend running ``statement`` (its first words) waits for a lock."""
+    for _ in range(500):
+        async with db.sessionmaker() as session:
+            waiting = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE :statement"
+                ),
+                {"statement": statement + "%"},
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no backend running {statement!r} waits for a lock")

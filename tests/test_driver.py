@@ -18,6 +18,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from ragstream.db.driver import DriverLease, DriverStatement
 from ragstream.db.models import User
+from ragstream.db.unit_of_work import wrote
 from ragstream.domain.users.enums import Role
 from tests.database_faults import database_of
 
@@ -229,3 +230,37 @@ async def test_a_lease_goes_back_to_a_pool_with_room_at_once(database_url: str) 
         assert pool.checkedin() == 1  # a new connection opens next time
     finally:
         await engine.dispose()
+
+
+async def test_a_connection_dead_at_begin_is_reported_invalidated_and_not_reused(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    write = DriverStatement(select(literal(1).label("one")), begins=True)
+    async with AsyncSession(engine) as session:
+        raw = await (await session.connection()).get_raw_connection()
+        assert raw.driver_connection is not None
+        pid = await raw.driver_connection.fetchval("SELECT pg_backend_pid()")  # no BEGIN yet
+        await terminate(database_url, [pid])
+        with pytest.raises(DBAPIError) as raised:
+            await write.fetch(session, {})
+        assert raised.value.connection_invalidated
+    async with AsyncSession(engine) as session:
+        [(again,)] = await DriverStatement(select(func.pg_backend_pid())).fetch(session, {})
+        assert again != pid
+        assert await write.fetch(session, {}) == [(1,)]
+
+
+async def test_only_a_writing_statement_makes_the_transaction_one_to_commit(
+    engine: AsyncEngine,
+) -> None:
+    statement = select(literal(1).label("one"))
+    made_writes = {}
+    for name, kind in {
+        "read": DriverStatement(statement),
+        "begins": DriverStatement(statement, begins=True),
+        "writes": DriverStatement(statement, writes=True),
+    }.items():
+        async with AsyncSession(engine) as session:
+            await kind.fetch(session, {})
+            made_writes[name] = wrote(session)
+    assert made_writes == {"read": False, "begins": False, "writes": True}

@@ -138,6 +138,22 @@ async def test_in_its_own_transaction_search_leaves_the_settings_to_its_end(
     assert tuple(after) == tuple(before)
 
 
+@pytest.mark.parametrize("own_transaction", [False, True])
+async def test_the_settings_hold_inside_the_block_when_nothing_ran_before_it(
+    server: LiveServer, own_transaction: bool
+) -> None:
+    async with one_connection(server) as session:
+        await session.execute(text("SELECT CAST('[1]' AS vector)"))  # pgvector's settings
+        await session.commit()
+        # A fresh transaction, nothing sent in it yet (as in an answer's preparation)
+        repository = SearchRepository(session, own_transaction=own_transaction)
+        async with repository._scoped(index_scan_settings(123, 4_567)):
+            inside = (await session.execute(text(SETTINGS))).one()
+        await session.rollback()
+
+    assert tuple(inside) == ("off", "on", "force_custom_plan", "123", "relaxed_order", "4567")
+
+
 async def test_a_failure_inside_the_settings_block_is_not_hidden_by_setting_them_back(
     server: LiveServer,
 ) -> None:

@@ -36,6 +36,8 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util.queue import AsyncAdaptedQueue
 
+from ragstream.db.unit_of_work import mark_written
+
 Processor = Callable[[Any], Any] | None
 
 # What asyncpg raises for a connection that is gone (terminated backend, restart, network):
@@ -110,13 +112,17 @@ class DriverStatement:
         statement: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]],
         *,
         writes: bool = False,
+        begins: bool = False,
     ) -> None:
         self.statement = statement
         self.keys: Sequence[str] = tuple(statement.selected_columns.keys())
-        # A statement that writes (data-modifying CTEs) runs in the session's database
-        # transaction, begun first if no statement has begun it yet, as SQLAlchemy's own
-        # statements do; a read runs without one when none is open (no BEGIN to send).
+        # A statement that writes (data-modifying CTEs), or whose effect lasts until the
+        # transaction ends (``begins``: `set_config(..., true)`), runs in the session's
+        # database transaction, begun first if no statement has begun it yet, as SQLAlchemy's
+        # own statements do; a read runs without one when none is open (no BEGIN to send).
+        # A write also marks the transaction as one (`unit_of_work`), so it is committed.
         self.writes = writes
+        self.begins = begins or writes
         self._compiled: tuple[Dialect, _Compiled] | None = None
 
     def compiled(self, dialect: Dialect) -> _Compiled:
@@ -135,12 +141,12 @@ class DriverStatement:
         compiled = self.compiled(sync.dialect)
         events = sync.dispatch if sync._has_events or sync.engine._has_events else None
         driver = raw.driver_connection
-        if self.writes:
-            adapter = raw.dbapi_connection
-            if adapter is not None and adapter._transaction is None:
-                await adapter._start_transaction()  # nothing to begin under AUTOCOMMIT
         try:
-            return await compiled.run(driver, params, events, sync, sync.dialect)
+            if self.begins:
+                adapter = raw.dbapi_connection
+                if adapter is not None and adapter._transaction is None:
+                    await adapter._start_transaction()  # nothing to begin under AUTOCOMMIT
+            rows = await compiled.run(driver, params, events, sync, sync.dialect)
         except Exception as error:
             if _gone(error, driver):
                 # SQLAlchemy, finding the connection dead, invalidates the pool's connections
@@ -151,9 +157,13 @@ class DriverStatement:
                 await connection.invalidate()  # asyncpg may be in the middle of it
             raise  # a PostgresError: the statement failed, the connection is fine
         except BaseException:
-            # Cancelled halfway through: asyncpg may still be busy with the statement.
+            # Cancelled halfway through (the BEGIN or the statement): asyncpg may still be
+            # busy with it, or hold a transaction the adapter does not know of.
             await connection.invalidate()
             raise
+        if self.writes:
+            mark_written(on)
+        return rows
 
     async def _fetch_leased(
         self, lease: DriverLease, params: Mapping[str, Any]

@@ -303,6 +303,13 @@ class MessageRepository(ReadableRepository[Message]):
         The tokens count when the answer ends here, and when it is gone (deleted with its
         conversation while it ran: its tokens were spent); not when it had already ended.
         """
+        tokens = {
+            "usage_user_id": usage.user_id,
+            "usage_day": usage.day,
+            "usage_model": usage.model,
+            "usage_prompt_tokens": prompt_tokens or 0,
+            "usage_completion_tokens": completion_tokens or 0,
+        }
         rows = await _FINISH.fetch(
             self.session,
             {
@@ -313,15 +320,13 @@ class MessageRepository(ReadableRepository[Message]):
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "error_code": error_code,
-                "gone_id": message_id,
-                "usage_user_id": usage.user_id,
-                "usage_day": usage.day,
-                "usage_model": usage.model,
-                "usage_prompt_tokens": prompt_tokens or 0,
-                "usage_completion_tokens": completion_tokens or 0,
+                **tokens,
             },
         )
-        return _loaded(_NEW_MESSAGE, _FINISH, rows[0]) if rows else None
+        if rows:
+            return _loaded(_NEW_MESSAGE, _FINISH, rows[0])
+        await _COUNT_IF_GONE.fetch(self.session, {"message_id": message_id, **tokens})
+        return None
 
     async def sending_counts(self, owner_id: uuid.UUID, day: date) -> tuple[int, int]:
         """The questions ``owner_id`` asked on ``day`` (in the usage ledger, which deleting
@@ -551,23 +556,30 @@ _FINISHED = (
     .returning(*_MESSAGE_COLUMNS)
     .cte("finished")
 )
-# The end stored once, and its tokens counted when it ended here or is gone (deleted with
-# its conversation while it ran: its tokens were spent); every part of the statement sees
-# the rows as they were before it, so the message is gone only if it was gone already.
+# The end stored once, and its tokens counted with it.
 _FINISH = DriverStatement(
     select(*_FINISHED.c).add_cte(
         _adding(
             insert(UsageDaily).from_select(
                 _USAGE_COLUMNS,
-                select(*_usage_row(0, 0, True)).where(
-                    exists(select(_FINISHED.c.id))
-                    | ~exists(select(Message.id).where(Message.id == bindparam("gone_id")))
-                ),
+                select(*_usage_row(0, 0, True)).where(exists(select(_FINISHED.c.id))),
             )
         ).cte("counted")
     ),
     writes=True,
 )
+# An answer's tokens when the answer is gone (deleted with its conversation while it ran: its
+# tokens were spent). A statement of its own, after the end found nothing to store: its
+# snapshot sees a delete the end's UPDATE waited for, which the end's own snapshot does not.
+_GONE_COUNTED = _adding(
+    insert(UsageDaily).from_select(
+        _USAGE_COLUMNS,
+        select(*_usage_row(0, 0, True)).where(
+            ~exists(select(Message.id).where(Message.id == bindparam("message_id")))
+        ),
+    )
+).returning(UsageDaily.user_id)
+_COUNT_IF_GONE = DriverStatement(select(_GONE_COUNTED.cte("counted").c.user_id), writes=True)
 
 T = TypeVar("T")
 
@@ -580,32 +592,6 @@ def _loaded(new: Callable[[], T], statement: DriverStatement, row: Sequence[Any]
 
 
 class UsageRepository(Repository):
-    async def _add(
-        self,
-        user_id: uuid.UUID,
-        day: date,
-        *,
-        model: str,
-        questions: int = 0,
-        answers: int = 0,
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
-    ) -> None:
-        stmt = insert(UsageDaily).values(
-            user_id=user_id,
-            day=day,
-            model=model,
-            questions=questions,
-            answers=answers,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
-        await self.session.execute(_adding(stmt))
-
-    async def add_exchange(self, user_id: uuid.UUID, day: date, *, model: str) -> None:
-        """A question and the answer started for it by ``model``."""
-        await self._add(user_id, day, model=model, questions=1, answers=1)
-
     async def report(self, start: date, end: date, group: str, limit: int) -> list[UsageRow]:
         """Sums over the days ``start`` to ``end`` (both included) per day, user or model.
 

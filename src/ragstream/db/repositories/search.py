@@ -150,14 +150,16 @@ _BEST_BY_TEXT = DriverStatement(
 
 @functools.cache
 def _setting(names: tuple[str, ...]) -> DriverStatement:
-    """Sets each of ``names`` (to the parameter ``value<i>``) until the transaction ends."""
+    """Sets each of ``names`` (to the parameter ``value<i>``) until the transaction ends,
+    beginning the session's transaction if no statement has yet."""
     return DriverStatement(
         select(
             *(
                 func.set_config(literal(name), bindparam(f"value{i}", type_=Text), true())
                 for i, name in enumerate(names)
             )
-        )
+        ),
+        begins=True,
     )
 
 

@@ -46,8 +46,8 @@ class SearchHit(Protocol):
 
 
 # (session, viewer, query, limit) -> hits over what the viewer may read, best first. The
-# session's transaction is the answer's preparation's alone: it only reads, and it ends when
-# the preparation has read what it needs.
+# session's transaction is the answer's preparation's alone: it only reads, and retrieval is
+# the last thing in it, so its planner settings need not be set back.
 Retriever = Callable[[AsyncSession, User, str, int], Awaitable[Sequence[SearchHit]]]
 
 
@@ -100,12 +100,13 @@ async def prepare_answer(
     what = f"answer {exchange.answer.id}"
     async with sessionmaker() as session:
         await wait_for_connection(session, attempts, what)
+        evaluation = await service.evaluation_context(session, viewer, exchange.evaluation_id)
+        turns = await service.history(session, exchange.conversation_id, before=question.created_at)
+        # Last: retrieval's planner settings last until the transaction ends (see Retriever).
         try:
             hits = await retriever(session, viewer, question.content, settings.chat_retrieval_limit)
         except Exception as exc:
             raise RetrievalFailed from exc
-        evaluation = await service.evaluation_context(session, viewer, exchange.evaluation_id)
-        turns = await service.history(session, exchange.conversation_id, before=question.created_at)
     candidates = [
         SourceView(
             index=i,

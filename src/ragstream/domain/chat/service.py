@@ -222,8 +222,9 @@ async def start_exchange(
     """Stores the viewer's question ``text`` (normalized) and an empty answer ``answer_id``,
     after the quota checks.
 
-    The question and the answer are counted in the usage ledger in the same transaction,
-    under the per-user lock the checks take, so the count is exact.
+    The caller holds the viewer's send lock (`conversation_to_send_in` takes it). The question
+    and the answer are counted in the usage ledger in the same transaction, under that lock,
+    so the count is exact.
     """
     messages = MessageRepository(session)
     today = utc_day()[0].date()
