@@ -318,6 +318,9 @@ async def test_an_answer_ends_once_and_its_tokens_count_once(
         assert await ledger(db, viewer.id) == (1, 30, 7)
 
 
+DELETE_CONVERSATION = text("DELETE FROM conversations WHERE id = :id")
+
+
 async def test_an_answer_deleted_while_it_ran_still_counts_its_tokens(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -326,9 +329,7 @@ async def test_an_answer_deleted_while_it_ran_still_counts_its_tokens(
         conversation_id = await db.conversation(viewer)
         exchange = await db.exchange(viewer, conversation_id)
         async with db.sessionmaker.begin() as session:
-            await session.execute(
-                text("DELETE FROM conversations WHERE id = :id"), {"id": conversation_id}
-            )
+            await session.execute(DELETE_CONVERSATION, {"id": conversation_id})
 
         assert await finish(db, exchange, "Too late.") is None
 
@@ -369,9 +370,7 @@ async def test_an_answer_ending_as_its_conversation_is_deleted_still_counts_its_
         conversation_id = await db.conversation(viewer)
         exchange = await db.exchange(viewer, conversation_id)
         async with db.sessionmaker() as deleting:
-            await deleting.execute(
-                text("DELETE FROM conversations WHERE id = :id"), {"id": conversation_id}
-            )
+            await deleting.execute(DELETE_CONVERSATION, {"id": conversation_id})
             ending = asyncio.create_task(finish(db, exchange, "Late."))
             await waiting_on_a_lock(db, "WITH finished")  # the end waits for the delete
             await deleting.commit()
