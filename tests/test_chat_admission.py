@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import event, text
 
 from ragstream.db.models.chat import Conversation, Message
+from ragstream.db.models.users import User
 from ragstream.domain.chat.admission import ServerSlots
 from ragstream.domain.chat.enums import MessageStatus
 from ragstream.domain.chat.service import NewExchange, finish_answer
@@ -280,12 +281,17 @@ async def finish(db: ChatDatabase, exchange: NewExchange, content: str) -> Messa
         )
 
 
+async def asked(db: ChatDatabase) -> tuple[User, NewExchange]:
+    """A new user's question in a new conversation, with its answer still STREAMING."""
+    viewer = await db.user()
+    return viewer, await db.exchange(viewer, await db.conversation(viewer))
+
+
 async def test_an_answers_end_and_its_tokens_are_one_statement(
     database_url: str, tmp_path: Path
 ) -> None:
     async with chat_database(database_url, tmp_path) as db:
-        viewer = await db.user()
-        exchange = await db.exchange(viewer, await db.conversation(viewer))
+        viewer, exchange = await asked(db)
         with recorded(db) as statements:
             row = await finish(db, exchange, "The answer.")
 
@@ -306,8 +312,7 @@ async def test_an_answer_ends_once_and_its_tokens_count_once(
     database_url: str, tmp_path: Path
 ) -> None:
     async with chat_database(database_url, tmp_path) as db:
-        viewer = await db.user()
-        exchange = await db.exchange(viewer, await db.conversation(viewer))
+        viewer, exchange = await asked(db)
         assert await finish(db, exchange, "First.") is not None
 
         assert await finish(db, exchange, "Second.") is None
@@ -321,18 +326,24 @@ async def test_an_answer_ends_once_and_its_tokens_count_once(
 DELETE_CONVERSATION = text("DELETE FROM conversations WHERE id = :id")
 
 
-async def test_an_answer_deleted_while_it_ran_still_counts_its_tokens(
-    database_url: str, tmp_path: Path
+@pytest.mark.parametrize("while_ending", [False, True])
+async def test_an_answer_deleted_with_its_conversation_still_counts_its_tokens(
+    database_url: str, tmp_path: Path, while_ending: bool
 ) -> None:
     async with chat_database(database_url, tmp_path) as db:
-        viewer = await db.user()
-        conversation_id = await db.conversation(viewer)
-        exchange = await db.exchange(viewer, conversation_id)
-        async with db.sessionmaker.begin() as session:
-            await session.execute(DELETE_CONVERSATION, {"id": conversation_id})
+        viewer, exchange = await asked(db)
+        async with db.sessionmaker() as deleting:
+            await deleting.execute(DELETE_CONVERSATION, {"id": exchange.conversation_id})
+            if while_ending:  # the end waits for the delete, then finds the answer gone
+                ending = asyncio.create_task(finish(db, exchange, "Late."))
+                await waiting_on_a_lock(db, "WITH finished")
+                await deleting.commit()
+                ended = await ending
+            else:
+                await deleting.commit()
+                ended = await finish(db, exchange, "Too late.")
 
-        assert await finish(db, exchange, "Too late.") is None
-
+        assert ended is None
         assert await db.message(exchange.answer.id) is None
         assert await ledger(db, viewer.id) == (1, 30, 7)
 
@@ -360,24 +371,6 @@ async def test_sends_racing_for_the_last_questions_of_the_day_pass_only_up_to_th
                 text("SELECT count(*) FROM messages WHERE owner_id = :u"), {"u": viewer.id}
             )
         assert stored == 6  # three questions and their answers; the refused stored nothing
-
-
-async def test_an_answer_ending_as_its_conversation_is_deleted_still_counts_its_tokens(
-    database_url: str, tmp_path: Path
-) -> None:
-    async with chat_database(database_url, tmp_path) as db:
-        viewer = await db.user()
-        conversation_id = await db.conversation(viewer)
-        exchange = await db.exchange(viewer, conversation_id)
-        async with db.sessionmaker() as deleting:
-            await deleting.execute(DELETE_CONVERSATION, {"id": conversation_id})
-            ending = asyncio.create_task(finish(db, exchange, "Late."))
-            await waiting_on_a_lock(db, "WITH finished")  # the end waits for the delete
-            await deleting.commit()
-
-        assert await ending is None
-        assert await db.message(exchange.answer.id) is None
-        assert await ledger(db, viewer.id) == (1, 30, 7)
 
 
 async def waiting_on_a_lock(db: ChatDatabase, statement: str) -> None:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.websockets import WebSocket
 
 from ragstream.db.driver import DriverLease, DriverTarget
+from ragstream.db.engine import AUTOCOMMIT
 from ragstream.db.models import User
 from ragstream.db.unit_of_work import wrote
 from ragstream.domain.errors import Unauthenticated
@@ -93,7 +94,7 @@ class Context:
                 await self._drop_lease()  # one connection at a time
                 self._session = self.state.sessionmaker()
                 if self._autocommit:
-                    await self._session.connection(execution_options=_AUTOCOMMIT)
+                    await self._session.connection(execution_options=AUTOCOMMIT)
             async with _unit_of_work(self._session):
                 yield self._session
 
@@ -261,8 +262,6 @@ def operation_scope() -> None:
 T = TypeVar("T")
 # Reads the viewer check (the signed-in viewer, or None) and something else in one statement.
 ViewerRead = Callable[[DriverTarget, AccessClaims], Awaitable[tuple[SignedIn, T] | None]]
-
-_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
 @contextlib.asynccontextmanager
