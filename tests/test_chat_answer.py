@@ -4,6 +4,7 @@ against the OpenAI-compatible stub and the real database."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -87,6 +88,44 @@ async def test_a_cancel_stops_the_provider_and_keeps_the_partial_text(
     assert await stored(db, answer.id) == ("CANCELLED", view.content, None)
     record = chat_stub.streams[-1]
     await eventually(lambda: done(record.abandoned))
+
+
+class TimedStream(GenerationStream):
+    """A stream that notes when each delta was appended (on the event loop's clock)."""
+
+    __slots__ = ("appended",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appended: list[float] = []
+
+    def append(self, delta: str) -> None:
+        self.appended.append(asyncio.get_running_loop().time())
+        super().append(delta)
+
+
+async def test_with_a_pace_the_provider_is_read_at_most_once_per_pace(
+    db: ChatDatabase, chat_stub: ChatStub
+) -> None:
+    # given a provider sending a token every 20 ms and answers read at most every 100 ms
+    chat_stub.script = ChatScript(tokens=TOKENS[:15], delay=0.02)
+    pace = 0.1
+    viewer = await db.user()
+    exchange = await db.exchange(viewer, await db.conversation(viewer), "Go on")
+    tools = dataclasses.replace(db.collaborators(), pace=lambda: pace)
+    stream = TimedStream()
+
+    # when the answer is generated
+    started = asyncio.get_running_loop().time()
+    view = await Answer(exchange.answer.id, viewer, stream, tools).generate(exchange)
+
+    # then every token is there, in order, from fewer reads than tokens: no more than one
+    # read began per pace (a read's text is appended once it is in)
+    assert view.status == "COMPLETE"
+    assert view.content == "".join(TOKENS[:15])
+    reads = len(stream.appended)
+    assert 1 < reads < 15
+    assert reads - 1 <= (stream.appended[-1] - started) / pace
 
 
 async def done(value: bool) -> bool:

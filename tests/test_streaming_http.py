@@ -92,6 +92,38 @@ async def test_a_chunked_stream_arrives_whole_and_the_connection_is_reused() -> 
         assert server.requests[0].endswith(b'\r\n\r\n{"a": 1}')
 
 
+async def test_what_arrives_while_the_reader_is_away_comes_in_one_piece() -> None:
+    # given a server that sends an event, and two more once the reader has the first
+    more = asyncio.Event()
+    sent = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"%x\r\n%s\r\n" % (11, b"data: one\n\n"))
+        await writer.drain()
+        await more.wait()
+        writer.write(chunked(b"data: two\n\n", b"data: three\n\n"))
+        await writer.drain()
+        sent.set()
+
+    async with (
+        raw_server(handler) as (server, url),
+        client() as http,
+        http.stream("POST", f"{url}/v1/x", content=b"{}") as response,
+    ):
+        pieces = response.aiter_raw()
+        first = await anext(pieces)
+        # when the rest is sent while the reader is not asking for it
+        more.set()
+        await sent.wait()
+        rest = [piece async for piece in pieces]
+
+    # then the reader gets it whole, in one piece, and the response ends
+    assert first == b"data: one\n\n"
+    assert rest == [b"data: two\n\ndata: three\n\n"]
+
+
 async def test_a_body_with_a_length_and_an_error_status_reach_the_client() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)

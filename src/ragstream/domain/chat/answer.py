@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -68,6 +69,9 @@ class Collaborators:
     # The connections the answers' own statements may use at once: a burst of answers waits
     # here for its turn instead of timing out in the pool (Settings.chat_database_lanes).
     lanes: asyncio.Semaphore
+    # Seconds between the answers' reads of their provider streams: the pace their followers
+    # are sent at (`streams.Crowd.window`). None reads every delta as it arrives.
+    pace: Callable[[], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,12 @@ class Answer:
         """Passes the provider's deltas to the stream; returns the usage it reported."""
         usage: TokenUsage | None = None
         flusher = self._tools.flusher
+        pace = self._tools.pace
+        loop = asyncio.get_running_loop()
         # Closing the provider's stream (also when the work is cancelled) stops its call.
         limit = self._tools.settings.chat_max_answer_chars
         answer = capped(self._tools.provider.stream(request), limit)
+        asked = loop.time()
         async with contextlib.aclosing(answer) as chunks:
             async for chunk in chunks:
                 if chunk.text:
@@ -155,6 +162,13 @@ class Answer:
                     flusher.grew(self.id)
                 if chunk.usage is not None:
                     usage = chunk.usage
+                if pace is not None:
+                    # At most one read per pace, the pace the followers are sent at: what the
+                    # provider sends meanwhile waits in the connection and comes as one read,
+                    # one wake-up of this task for several deltas (a follower due by then
+                    # sends at once). A provider slower than that is read as it sends.
+                    await _sleep_until(loop, asked + pace())
+                    asked = loop.time()
         return usage
 
     def _outcome(self, work: asyncio.Task[TokenUsage | None] | None) -> Outcome:
@@ -225,3 +239,10 @@ class Answer:
             completed_at=datetime.now(answer.created_at.tzinfo),
             sources=self._sources,
         )
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """Sleeps until ``when`` on the loop's clock (returns at once if that has passed)."""
+    delay = when - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)

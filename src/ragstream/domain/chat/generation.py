@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -134,8 +135,15 @@ class GenerationManager:
         )
         flusher = Flusher(sessionmaker, self.settings.chat_flush_interval_ms / 1000)
         lanes = asyncio.Semaphore(self.settings.chat_database_connections)
+        crowd = self.hub.crowd
         self._tools = Collaborators(
-            sessionmaker, self.settings, self.provider, retriever, flusher, lanes
+            sessionmaker,
+            self.settings,
+            self.provider,
+            retriever,
+            flusher,
+            lanes,
+            pace=None if crowd is None else functools.partial(crowd.window, window),
         )
         try:
             async with (

@@ -44,6 +44,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._silence: float | None = None
         self._since = 0.0
+        self._paused = False
         self._reset()
 
     def _reset(self) -> None:
@@ -73,6 +74,12 @@ class _Connection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError(f"malformed response: {exc}"))
             self.close()
         self._wake()
+        if self.body and self.transport is not None and not self._paused:
+            # The reader has something to take: what comes next waits in the socket until it
+            # asks again, so a reader that comes back less often than the provider sends
+            # gets several events in one read instead of one call here for each.
+            self._paused = True
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         if self.head and self.until_eof:  # a body without a length ends with the connection
@@ -138,6 +145,7 @@ class _Connection(asyncio.Protocol):
         timer per connection checks it and is re-armed only when it fires, so a steady stream
         pays nothing for it.
         """
+        self.resume()
         waiter = self._waiter = self.loop.create_future()
         self._since = self.loop.time()
         self._silence = silence
@@ -159,6 +167,13 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(httpx.ReadTimeout("no data within the read timeout"))
             return
         self._timer = self.loop.call_at(quiet_since + silence, self._check)
+
+    def resume(self) -> None:
+        """Reads from the socket again (see `data_received`)."""
+        if self._paused:
+            self._paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
 
     def stop_timer(self) -> None:
         if self._timer is not None:
@@ -334,6 +349,7 @@ class StreamingTransport(httpx.AsyncBaseTransport):
             connection.close()
             return
         connection.idle_since = connection.loop.time()
+        connection.resume()  # an idle connection notices the server closing it
         idle.append(connection)
 
     async def aclose(self) -> None:
