@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -182,6 +183,31 @@ def test_server_sent_events_may_be_split_anywhere_across_reads() -> None:
     found = [data for i in range(len(stream)) for data in decoder.feed_bytes(stream[i : i + 1])]
 
     assert found == ['{"x":"é"}', "[DONE]"]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_one_line_events_and_others_come_out_alike_however_the_reads_fall(newline: str) -> None:
+    events = [
+        ['data: {"a":1}'],
+        [": keep-alive"],
+        ["data:no space", "data: second line"],
+        ["event: message", "id: 7", "data: é"],
+        ["data: "],
+        ["data: [DONE]"],
+    ]
+    stream = "".join(newline.join(lines) + newline * 2 for lines in events).encode()
+    expected = ['{"a":1}', "no space\nsecond line", "é", "", "[DONE]"]
+    rng = random.Random(7)
+
+    for _ in range(200):
+        decoder = SSEDecoder()
+        found: list[str] = []
+        start = 0
+        while start < len(stream):
+            end = start + rng.randint(1, 9)
+            found += decoder.feed_bytes(stream[start:end])
+            start = end
+        assert found == expected
 
 
 def test_stream_chunks_give_text_usage_or_a_provider_error() -> None:

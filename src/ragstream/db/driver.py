@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
-from sqlalchemy import CompoundSelect, Select, text
+from sqlalchemy import CompoundSelect, Select, TextualSelect, text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -109,7 +109,7 @@ class DriverStatement:
 
     def __init__(
         self,
-        statement: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]],
+        statement: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]] | TextualSelect,
         *,
         writes: bool = False,
         begins: bool = False,
@@ -195,7 +195,7 @@ class DriverStatement:
 class _Compiled:
     def __init__(
         self,
-        statement: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]],
+        statement: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]] | TextualSelect,
         dialect: Dialect,
     ) -> None:
         compiled = statement.compile(dialect=dialect)

@@ -46,15 +46,19 @@ from ragstream.db.repositories.documents import retrievable_by, retrievable_by_i
 # keeps for the tsvector column (its most common lexemes). A lexeme missing from that list is
 # rarer than every listed one: its share is null. The shares are over all chunks; they only
 # decide which words select candidates, while the readable filter applies to every row.
-_QUERY_TERMS = text(
-    "SELECT t.lexeme, s.share"  # noqa: S608  (constant SQL)
-    f" FROM unnest(to_tsvector('{TEXT_SEARCH_CONFIG}', :query)) AS t"
-    " LEFT JOIN (SELECT e.lexeme, e.share FROM pg_stats p,"
-    "  unnest(CAST(CAST(p.most_common_elems AS text) AS text[]), p.most_common_elem_freqs)"
-    "   AS e(lexeme, share)"
-    "  WHERE p.schemaname = current_schema() AND p.tablename = 'chunks'"
-    "  AND p.attname = 'tsv' AND NOT p.inherited) AS s ON s.lexeme = t.lexeme"
-    " ORDER BY t.lexeme"
+_QUERY_TERMS = DriverStatement(
+    text(
+        "SELECT t.lexeme, s.share"  # noqa: S608  (constant SQL)
+        f" FROM unnest(to_tsvector('{TEXT_SEARCH_CONFIG}', :query)) AS t"
+        " LEFT JOIN (SELECT e.lexeme, e.share FROM pg_stats p,"
+        "  unnest(CAST(CAST(p.most_common_elems AS text) AS text[]), p.most_common_elem_freqs)"
+        "   AS e(lexeme, share)"
+        "  WHERE p.schemaname = current_schema() AND p.tablename = 'chunks'"
+        "  AND p.attname = 'tsv' AND NOT p.inherited) AS s ON s.lexeme = t.lexeme"
+        " ORDER BY t.lexeme"
+    )
+    .bindparams(bindparam("query", type_=Text))
+    .columns(column("lexeme", Text), column("share", Float))
 )
 
 
@@ -258,7 +262,7 @@ class SearchRepository(Repository):
     async def query_terms(self, query: str) -> list[QueryTerm]:
         """The distinct lexemes of ``query`` (as the chunks' full text indexes words), with
         the share of chunks holding each as far as PostgreSQL's statistics know it."""
-        rows = await self.session.execute(_QUERY_TERMS, {"query": query})
+        rows = await _QUERY_TERMS.fetch(self.session, {"query": query})
         return [QueryTerm(lexeme=row[0], share=row[1]) for row in rows]
 
     async def best_by_text(

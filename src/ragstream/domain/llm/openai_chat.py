@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 import openai
+import orjson
 from openai.types.chat import ChatCompletionMessageParam
 
 from ragstream.domain.llm.chat import (
@@ -62,23 +63,39 @@ async def _close_iterator(iterator: AsyncIterator[bytes]) -> None:
 
 
 class SSEDecoder:
-    """Server-sent events, line by line: returns the data of each complete event."""
+    """Server-sent events: returns the data of each complete event."""
 
     def __init__(self) -> None:
         self._data: list[str] = []
         self._pending = b""
 
     def feed_bytes(self, chunk: bytes) -> list[str]:
-        """The data of every event completed by ``chunk`` (lines may span reads)."""
-        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        """The data of every event completed by ``chunk`` (events may span reads).
+
+        Whole events are cut out of the bytes at their blank line; an event that is one
+        ``data:`` line, as a provider's chunks are, is taken without looking at its lines.
+        """
+        buffer = self._pending + chunk if self._pending else chunk
+        if b"\r" in buffer:
+            # CRLF and CR end lines too. A CR last may be the first half of a CRLF: kept.
+            held = b"\r" if buffer.endswith(b"\r") else b""
+            buffer = buffer[: len(buffer) - len(held)]
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + held
+        *events, self._pending = buffer.split(b"\n\n")
         found = []
-        for raw in lines:
-            data = self.feed(raw.rstrip(b"\r").decode("utf-8", errors="replace"))
+        for event in events:
+            if event.startswith(b"data: ") and b"\n" not in event:
+                found.append(event[6:].decode("utf-8", errors="replace"))
+                continue
+            for line in event.split(b"\n"):
+                self.feed(line.decode("utf-8", errors="replace"))
+            data = self.feed("")
             if data is not None:
                 found.append(data)
         return found
 
     def feed(self, line: str) -> str | None:
+        """One line; the event's data when ``line`` is the blank line that ends it."""
         if not line:
             if not self._data:
                 return None
@@ -104,9 +121,14 @@ def _storable(text: str) -> str:
 def parse_chunk(data: str) -> ChatChunk:
     """One streamed chat completion chunk: its text delta and, in the last one, the usage."""
     try:
-        payload = json.loads(data)
-    except ValueError:
-        raise ChatProviderError(PROVIDER_ERROR, "malformed stream event", retryable=True) from None
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:  # half of a surrogate pair, which orjson refuses and the text may still carry
+            payload = json.loads(data)
+        except ValueError:
+            raise ChatProviderError(
+                PROVIDER_ERROR, "malformed stream event", retryable=True
+            ) from None
     if not isinstance(payload, dict):
         raise ChatProviderError(PROVIDER_ERROR, "malformed stream event", retryable=True)
     if payload.get("error"):
