@@ -2,18 +2,22 @@
 ragstream's own vector statement (HNSW, iterative scan, exact re-ranking).
 
 Usage: python -m bench.vector_designs [--chunks 100000] [--queries 60]
-           [--binary-candidates 400 3200] [--ivfflat-probes 8 32] [--no-hnsw]
-           [--server NAME=VALUE ...]
+           [--binary-candidates 400 3200] [--ivfflat-probes 8 32] [--parallel 1 2]
+           [--no-hnsw] [--server NAME=VALUE ...]
 
 The chunks are the topical synthetic passages of bench.search (the offline hashing embedder,
 COPY, the viewer owns half the documents). Each design answers every question for the 60
 closest readable chunks, as the vector side of search does; recall@10 is its first 10 against
 the exact scan of the full vectors (ragstream's exact statement). The designs run in turn for
-each question (interleaved rounds) on one connection without parallel workers, so the
-backend's CPU time read from /proc is all the CPU a statement used:
+each question (interleaved rounds) on one connection, without parallel workers unless their
+name says so. The CPU time of every process of the (private) PostgreSQL server is read from
+/proc around each statement, parallel workers included (a worker's time is counted once the
+postmaster has reaped it, which happens as the statement ends):
 
 - *HNSW (default)*: ragstream's statement, through the repository, with the default settings.
 - *exact halfvec*: every readable chunk compared, on a narrow table of 16-bit vectors.
+- *exact halfvec, leader + N workers*: the same statement split over N parallel workers and
+  the backend itself (``--parallel``; parallel plans made free so the planner takes them).
 - *binary K, re-ranked*: the K readable chunks closest by Hamming distance of
   ``binary_quantize(embedding)`` (an exact scan of the 48-byte codes: an index over them can
   only find fewer of the true ones), then ordered by the full vectors' cosine distance.
@@ -32,6 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 from pgvector.asyncpg import register_vector
@@ -80,6 +85,16 @@ HALFVEC_INSERT = (
 SERIAL = {"max_parallel_workers_per_gather": "0", "plan_cache_mode": "force_custom_plan"}
 
 
+def parallel(workers: int) -> dict[str, str]:
+    """Settings under which the planner splits a scan of the narrow table over ``workers``."""
+    return {
+        "max_parallel_workers_per_gather": str(workers),
+        "parallel_setup_cost": "0",
+        "parallel_tuple_cost": "0",
+        "min_parallel_table_scan_size": "0",
+    }
+
+
 Search = Callable[[list[float]], Awaitable[list[uuid.UUID]]]
 
 
@@ -91,7 +106,8 @@ class Design:
     run: Search
     recalls: list[float] = field(default_factory=list)
     wall_ms: list[float] = field(default_factory=list)
-    cpu_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # the backend's
+    server_cpu_ms: list[float] = field(default_factory=list)  # every server process's
 
 
 @contextlib.asynccontextmanager
@@ -244,6 +260,15 @@ async def build_designs(
             statement(HALFVEC, {"enable_indexscan": "off"}),
         )
     )
+    for workers in args.parallel:
+        designs.append(
+            Design(
+                f"exact halfvec, leader + {workers} workers",
+                build_s,
+                copy_ms + halfvec_insert,
+                statement(HALFVEC, {"enable_indexscan": "off", **parallel(workers)}),
+            )
+        )
     build_s = await timed_ddl(
         conn,
         "CREATE TABLE bench_bits AS SELECT id, document_id,"
@@ -307,6 +332,7 @@ async def measure(
     assert viewer is not None
     repo = SearchRepository(session)
     backend = int(await session.scalar(text("SELECT pg_backend_pid()")) or 0)
+    postmaster = parent_pid(backend)
     await session.execute(text("SET max_parallel_workers_per_gather = 0"))
     vectors = embedder.embed_sync(questions)
     for design in designs:  # warm-up: caches, plans
@@ -316,20 +342,48 @@ async def measure(
     for vector in vectors:
         truth = set(await repo.exact_nearest_by_vector(viewer, vector, K))
         for design in designs:
+            server = server_cpu_ms(postmaster)
             cpu = backend_cpu_ms(backend)
             started = time.perf_counter()
             found = await design.run(vector)
             design.wall_ms.append((time.perf_counter() - started) * 1000)
             design.cpu_ms.append(backend_cpu_ms(backend) - cpu)
+            design.server_cpu_ms.append(server_cpu_ms(postmaster) - server)
             design.recalls.append(len(set(found[:K]) & truth) / K)
     return before, os.getloadavg()[0]
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def parent_pid(pid: int) -> int:
+    return int(_stat(pid)[1])
+
+
+def server_cpu_ms(postmaster: int) -> float:
+    """CPU time used so far by the postmaster, its live child processes (backends, parallel
+    workers, background processes) and the children it has reaped (exited parallel workers)."""
+    fields = _stat(postmaster)
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = _stat(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError):  # exited meanwhile
+            continue
+        if int(child[1]) == postmaster:
+            ticks += int(child[11]) + int(child[12])
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def print_table(designs: list[Design], chunks: int, load: tuple[float, float]) -> None:
     table = Table(
         title=f"vector-search designs at {chunks:,} chunks (topical corpus, hashing embedder, "
         f"384 dimensions; the viewer reads half the chunks; {CANDIDATES} rows per question; "
-        f"no parallel workers; load average {load[0]:.1f}-{load[1]:.1f}; "
+        f"load average {load[0]:.1f}-{load[1]:.1f}; "
         f"{os.cpu_count()} CPUs)"
     )
     for column in (
@@ -339,12 +393,14 @@ def print_table(designs: list[Design], chunks: int, load: tuple[float, float]) -
         "recall@10",
         "statement p50 ms",
         "backend CPU ms",
+        "server CPU ms",
         "CPU vs first row",
     ):
         table.add_column(column, justify="right")
-    peer = sum(designs[0].cpu_ms) / len(designs[0].cpu_ms)
+    peer = sum(designs[0].server_cpu_ms) / len(designs[0].server_cpu_ms)
     for design in designs:
         cpu = sum(design.cpu_ms) / len(design.cpu_ms)
+        server = sum(design.server_cpu_ms) / len(design.server_cpu_ms)
         table.add_row(
             design.name,
             f"{design.build_s:.1f}",
@@ -352,16 +408,18 @@ def print_table(designs: list[Design], chunks: int, load: tuple[float, float]) -
             f"{sum(design.recalls) / len(design.recalls):.3f}",
             f"{percentile(design.wall_ms, 50):.1f}",
             f"{cpu:.1f}",
-            f"{cpu / peer:.2f}x" if peer else "",
+            f"{server:.1f}",
+            f"{server / peer:.2f}x" if peer else "",
         )
     console = Console(width=max(Console().width, 160))
     console.print(table)
     console.print(
         "recall@10: the first 10 of the 60 rows against the exact scan of the full vectors. "
         "backend CPU ms: mean CPU time of the PostgreSQL backend per statement (/proc), which "
-        "competing processes hardly change. insert ms/chunk: COPY of 1,000 chunks into "
-        "`chunks` (with the HNSW index for the first row, without it for the others) plus "
-        "adding their rows to the design's own table. build s: the index or the table."
+        "competing processes hardly change; server CPU ms: of every server process, parallel "
+        "workers included (what 'CPU vs first row' compares). insert ms/chunk: COPY of 1,000 "
+        "chunks into `chunks` (with the HNSW index for the first row, without it for the "
+        "others) plus adding their rows to the design's own table. build s: the index or the table."
     )
 
 
@@ -371,6 +429,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=60)
     parser.add_argument("--binary-candidates", type=int, nargs="*", default=[400, 3200])
     parser.add_argument("--ivfflat-probes", type=int, nargs="*", default=[8, 32])
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        metavar="WORKERS",
+        help="also run the exact halfvec scan with this many parallel workers besides the backend",
+    )
     parser.add_argument(
         "--no-hnsw",
         action="store_true",
