@@ -14,7 +14,7 @@ import pytest
 from ragstream.db.models.chat import Conversation
 from ragstream.domain.chat.answer import Answer
 from ragstream.domain.chat.service import NewExchange
-from ragstream.domain.chat.streams import GenerationStream
+from ragstream.domain.chat.streams import Crowd, GenerationStream
 from ragstream.domain.chat.views import MessageView
 from tests.chat_stub import CHAT_COMPLETIONS, ChatScript, ChatStub
 from tests.chat_support import eventually
@@ -104,15 +104,17 @@ class TimedStream(GenerationStream):
         super().append(delta)
 
 
-async def test_with_a_pace_the_provider_is_read_at_most_once_per_pace(
+async def test_with_a_crowd_the_provider_is_read_at_most_once_per_window(
     db: ChatDatabase, chat_stub: ChatStub
 ) -> None:
-    # given a provider sending a token every 20 ms and answers read at most every 100 ms
+    # given a provider sending a token every 20 ms and followers sent to every 100 ms
     chat_stub.script = ChatScript(tokens=TOKENS[:15], delay=0.02)
     pace = 0.1
+    crowd = Crowd(events_per_second=100)
+    crowd.size = 10  # followers: a window of 10 / 100 s
     viewer = await db.user()
     exchange = await db.exchange(viewer, await db.conversation(viewer), "Go on")
-    tools = dataclasses.replace(db.collaborators(), pace=lambda: pace)
+    tools = dataclasses.replace(db.collaborators(), crowd=crowd)
     stream = TimedStream()
 
     # when the answer is generated
@@ -120,7 +122,8 @@ async def test_with_a_pace_the_provider_is_read_at_most_once_per_pace(
     view = await Answer(exchange.answer.id, viewer, stream, tools).generate(exchange)
 
     # then every token is there, in order, from fewer reads than tokens: no more than one
-    # read began per pace (a read's text is appended once it is in)
+    # read began per window (a read's text is appended once it is in)
+    assert stream.paced
     assert view.status == "COMPLETE"
     assert view.content == "".join(TOKENS[:15])
     reads = len(stream.appended)

@@ -113,6 +113,29 @@ async def test_live_deltas_within_the_window_are_merged() -> None:
     assert isinstance(items[-1], EndItem)
 
 
+async def test_each_append_to_a_paced_stream_is_sent_at_once() -> None:
+    # given a stream its producer appends to at most once per window
+    stream = GenerationStream()
+    stream.paced = True
+    stream.set_sources([])
+    follower = asyncio.create_task(collect(stream, 0, window=3600.0))
+
+    # when it appends three times
+    for part in ("a", "b", "c"):
+        await asyncio.sleep(0)
+        stream.append(part)
+        await asyncio.sleep(0)
+    stream.finish(ending("abc"))
+    items = await follower
+
+    # then each append is an event of its own, none held back for the follower's window
+    assert [i for i in items if isinstance(i, TextItem)] == [
+        TextItem(0, "a"),
+        TextItem(1, "b"),
+        TextItem(2, "c"),
+    ]
+
+
 async def test_without_a_window_every_delta_is_its_own_event() -> None:
     stream = GenerationStream()
     stream.set_sources([])

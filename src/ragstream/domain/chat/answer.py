@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -42,7 +41,7 @@ from ragstream.domain.chat.endings import (
 from ragstream.domain.chat.enums import FailureCode, MessageStatus, failure_code
 from ragstream.domain.chat.flusher import Flusher
 from ragstream.domain.chat.preparation import RetrievalFailed, Retriever, prepare_answer
-from ragstream.domain.chat.streams import GenerationStream
+from ragstream.domain.chat.streams import Crowd, GenerationStream
 from ragstream.domain.chat.views import Ending, MessageView, SourceView, message_view
 from ragstream.domain.llm.chat import (
     PROVIDER_TIMEOUT,
@@ -69,9 +68,9 @@ class Collaborators:
     # The connections the answers' own statements may use at once: a burst of answers waits
     # here for its turn instead of timing out in the pool (Settings.chat_database_lanes).
     lanes: asyncio.Semaphore
-    # Seconds between the answers' reads of their provider streams: the pace their followers
-    # are sent at (`streams.Crowd.window`). None reads every delta as it arrives.
-    pace: Callable[[], float] | None = None
+    # This process's followers: the answers read their provider streams at the pace these
+    # are sent at (`Crowd.window`). None: every delta is read as it arrives.
+    crowd: Crowd | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,9 @@ class Answer:
         """Passes the provider's deltas to the stream; returns the usage it reported."""
         usage: TokenUsage | None = None
         flusher = self._tools.flusher
-        pace = self._tools.pace
+        crowd = self._tools.crowd
+        window = self._tools.settings.chat_coalesce_window_ms / 1000
+        self.stream.paced = crowd is not None
         loop = asyncio.get_running_loop()
         # Closing the provider's stream (also when the work is cancelled) stops its call.
         limit = self._tools.settings.chat_max_answer_chars
@@ -162,12 +163,15 @@ class Answer:
                     flusher.grew(self.id)
                 if chunk.usage is not None:
                     usage = chunk.usage
-                if pace is not None:
-                    # At most one read per pace, the pace the followers are sent at: what the
-                    # provider sends meanwhile waits in the connection and comes as one read,
-                    # one wake-up of this task for several deltas (a follower due by then
-                    # sends at once). A provider slower than that is read as it sends.
-                    await _sleep_until(loop, asked + pace())
+                if crowd is not None:
+                    # At most one read per window, the pace the followers are sent at: what
+                    # the provider sends meanwhile waits in the connection and comes as one
+                    # read, one wake-up of this task for several deltas, and each append is
+                    # one event to every follower (`GenerationStream.paced`). A provider
+                    # slower than that is read as it sends.
+                    due = asked + crowd.window(window)
+                    if await _sleep_until(loop, due):
+                        crowd.late(loop.time() - due)
                     asked = loop.time()
         return usage
 
@@ -241,8 +245,10 @@ class Answer:
         )
 
 
-async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
-    """Sleeps until ``when`` on the loop's clock (returns at once if that has passed)."""
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> bool:
+    """Sleeps until ``when`` on the loop's clock; False (at once) if that has passed."""
     delay = when - loop.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
+    if delay <= 0:
+        return False
+    await asyncio.sleep(delay)
+    return True

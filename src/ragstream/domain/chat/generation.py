@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -135,15 +134,8 @@ class GenerationManager:
         )
         flusher = Flusher(sessionmaker, self.settings.chat_flush_interval_ms / 1000)
         lanes = asyncio.Semaphore(self.settings.chat_database_connections)
-        crowd = self.hub.crowd
         self._tools = Collaborators(
-            sessionmaker,
-            self.settings,
-            self.provider,
-            retriever,
-            flusher,
-            lanes,
-            pace=None if crowd is None else functools.partial(crowd.window, window),
+            sessionmaker, self.settings, self.provider, retriever, flusher, lanes, self.hub.crowd
         )
         try:
             async with (

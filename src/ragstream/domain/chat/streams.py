@@ -49,6 +49,7 @@ class GenerationStream:
         "_parts",
         "_waiters",
         "ending",
+        "paced",
         "sources",
     )
 
@@ -61,6 +62,10 @@ class GenerationStream:
         self._joined_parts = 0
         self.sources: Sequence[SourceView] | None = None
         self.ending: Ending | None = None
+        # Appended to at most once per window (the generating answer reads its provider at
+        # the followers' pace): a follower sends each append at once, with no window of its
+        # own, so it is sent as soon as it is read rather than up to a window later.
+        self.paced = False
 
     @property
     def length(self) -> int:
@@ -205,7 +210,7 @@ async def follow(
                 pace = window if crowd is None else crowd.window(window)
                 due = last_sent + pace
                 wait = due - loop.time()
-                if wait > 0:
+                if wait > 0 and not stream.paced:
                     await stream.finished_within(wait)
                     if crowd is not None and stream.ending is None:
                         crowd.late(loop.time() - due)
