@@ -113,33 +113,17 @@ async def test_live_deltas_within_the_window_are_merged() -> None:
     assert isinstance(items[-1], EndItem)
 
 
-async def test_each_append_to_a_paced_stream_is_sent_at_once() -> None:
-    # given a stream its producer appends to at most once per window
+# Without a window; or paced: appended to at most once per window by its producer (the
+# generating answer reads its provider at the followers' pace), so no append waits for the
+# follower's own window.
+@pytest.mark.parametrize(("window", "paced"), [(0.0, False), (3600.0, True)])
+async def test_every_delta_is_its_own_event_without_a_window_or_when_paced(
+    window: float, paced: bool
+) -> None:
     stream = GenerationStream()
-    stream.paced = True
+    stream.paced = paced
     stream.set_sources([])
-    follower = asyncio.create_task(collect(stream, 0, window=3600.0))
-
-    # when it appends three times
-    for part in ("a", "b", "c"):
-        await asyncio.sleep(0)
-        stream.append(part)
-        await asyncio.sleep(0)
-    stream.finish(ending("abc"))
-    items = await follower
-
-    # then each append is an event of its own, none held back for the follower's window
-    assert [i for i in items if isinstance(i, TextItem)] == [
-        TextItem(0, "a"),
-        TextItem(1, "b"),
-        TextItem(2, "c"),
-    ]
-
-
-async def test_without_a_window_every_delta_is_its_own_event() -> None:
-    stream = GenerationStream()
-    stream.set_sources([])
-    follower = asyncio.create_task(collect(stream, 0, window=0.0))
+    follower = asyncio.create_task(collect(stream, 0, window=window))
     for part in ("a", "b", "c"):
         await asyncio.sleep(0)
         stream.append(part)
