@@ -7,16 +7,19 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
+    Float,
     Integer,
     Select,
     Text,
     Uuid,
     bindparam,
     cast,
+    column,
     delete,
     exists,
     func,
@@ -255,9 +258,16 @@ class MessageRepository(ReadableRepository[Message]):
             result[row.message_id].append(row)
         return result
 
-    async def add_sources(self, sources: Sequence[MessageSource]) -> None:
-        self.session.add_all(sources)
-        await self.session.flush()
+    async def add_sources(self, message_id: uuid.UUID, sources: Sequence[NewSource]) -> None:
+        """The numbered sources of an answer, in one statement (`_ADD_SOURCES`)."""
+        if not sources:
+            return
+        columns = list(zip(*sources, strict=True))
+        await _ADD_SOURCES.fetch(
+            self.session,
+            {"message_id": message_id}
+            | {name: list(values) for name, values in zip(NewSource._fields, columns, strict=True)},
+        )
 
     async def save_partial(self, contents: Sequence[tuple[uuid.UUID, str]]) -> None:
         """Write the text streamed so far for many running answers in one statement."""
@@ -417,6 +427,43 @@ def _adding(stmt: Insert) -> Any:
 # returned): through the ORM, building it and its cache key cost more than running it.
 
 _MESSAGE_COLUMNS = Message.__table__.c
+
+
+class NewSource(NamedTuple):
+    """A source to store with an answer (a `MessageSource` row; ``number`` is its index)."""
+
+    number: int
+    document_id: uuid.UUID | None
+    chunk_id: uuid.UUID | None
+    title: str
+    excerpt: str
+    page: int | None
+    score: float
+
+
+# An answer's sources as one INSERT of a row per array element: no ORM flush, and with the
+# session in autocommit, no BEGIN and COMMIT around it.
+_ADD_SOURCES = DriverStatement(
+    text(
+        "WITH added AS (INSERT INTO message_sources"
+        " (message_id, index, document_id, chunk_id, title, excerpt, page, score)"
+        " SELECT :message_id, s.* FROM unnest(:number, :document_id, :chunk_id, :title,"
+        " :excerpt, :page, :score) AS s RETURNING 1)"
+        " SELECT count(*) AS added FROM added"
+    )
+    .bindparams(
+        bindparam("message_id", type_=Uuid),
+        bindparam("number", type_=ARRAY(Integer)),
+        bindparam("document_id", type_=ARRAY(Uuid)),
+        bindparam("chunk_id", type_=ARRAY(Uuid)),
+        bindparam("title", type_=ARRAY(Text)),
+        bindparam("excerpt", type_=ARRAY(Text)),
+        bindparam("page", type_=ARRAY(Integer)),
+        bindparam("score", type_=ARRAY(Float)),
+    )
+    .columns(column("added", Integer)),
+    writes=True,
+)
 _NEW_MESSAGE: Callable[[], Message] = Message._sa_class_manager.new_instance  # type: ignore[attr-defined]
 _NEW_CONVERSATION: Callable[[], Conversation] = Conversation._sa_class_manager.new_instance  # type: ignore[attr-defined]
 

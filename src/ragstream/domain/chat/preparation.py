@@ -127,8 +127,8 @@ async def prepare_answer(
     )
     sources = tuple(candidates[: len(texts)])
     if sources:
-        async with sessionmaker.begin() as session:
-            await wait_for_connection(session, attempts, what)
+        async with sessionmaker() as session:  # one statement: its own transaction
+            await wait_for_connection(session, attempts, what, autocommit=True)
             await service.store_sources(session, exchange.answer.id, sources)
     messages = build_prompt(
         question=question.content,

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ragstream.db.models.chat import Conversation, Message, MessageSource
+from ragstream.db.models.chat import Conversation, Message
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
@@ -21,6 +21,7 @@ from ragstream.db.pagination import Page, ParentPageKey
 from ragstream.db.repositories.chat import (
     ConversationRepository,
     MessageRepository,
+    NewSource,
     TokenTotals,
     UsageKey,
     UsageRepository,
@@ -292,19 +293,11 @@ async def store_sources(
     session: AsyncSession, message_id: uuid.UUID, sources: Sequence[SourceView]
 ) -> None:
     await MessageRepository(session).add_sources(
+        message_id,
         [
-            MessageSource(
-                message_id=message_id,
-                index=s.index,
-                document_id=s.document_id,
-                chunk_id=s.chunk_id,
-                title=s.title,
-                excerpt=s.excerpt,
-                page=s.page,
-                score=s.score,
-            )
+            NewSource(s.index, s.document_id, s.chunk_id, s.title, s.excerpt, s.page, s.score)
             for s in sources
-        ]
+        ],
     )
 
 
