@@ -16,6 +16,7 @@ from ragstream.domain.chat.answer import Answer
 from ragstream.domain.chat.service import NewExchange
 from ragstream.domain.chat.streams import Crowd, GenerationStream
 from ragstream.domain.chat.views import MessageView
+from ragstream.domain.llm.extractive import ExtractiveChatProvider
 from tests.chat_stub import CHAT_COMPLETIONS, ChatScript, ChatStub
 from tests.chat_support import eventually
 from tests.generation_support import ChatDatabase, chat_database
@@ -129,6 +130,28 @@ async def test_with_a_crowd_the_provider_is_read_at_most_once_per_window(
     reads = len(stream.appended)
     assert 1 < reads < 15
     assert reads - 1 <= (stream.appended[-1] - started) / pace
+
+
+async def test_a_provider_that_makes_its_text_when_asked_is_read_as_it_goes(
+    db: ChatDatabase,
+) -> None:
+    # given the offline provider (each word made when it is asked for) and a crowd
+    crowd = Crowd(events_per_second=100)
+    crowd.size = 10
+    viewer = await db.user()
+    await db.document(viewer, "Notes", "The notes say the report is due on Friday.")
+    exchange = await db.exchange(viewer, await db.conversation(viewer), "When is it due?")
+    provider = ExtractiveChatProvider(word_delay=0.001)
+    tools = dataclasses.replace(db.collaborators(), provider=provider, crowd=crowd)
+    stream = TimedStream()
+
+    # when the answer is generated
+    view = await Answer(exchange.answer.id, viewer, stream, tools).generate(exchange)
+
+    # then it is not paced: every word is read, and appended, as it is made
+    assert view.status == "COMPLETE"
+    assert not stream.paced
+    assert len(stream.appended) == len(view.content.split())
 
 
 async def done(value: bool) -> bool:

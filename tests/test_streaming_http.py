@@ -114,13 +114,17 @@ async def test_what_arrives_while_the_reader_is_away_comes_in_one_piece() -> Non
     ):
         pieces = response.aiter_raw()
         first = await anext(pieces)
+        body = response.stream._stream  # type: ignore[union-attr]  # the transport's _Body
+        reading_meanwhile = body._connection.transport.is_reading()
         # when the rest is sent while the reader is not asking for it
         more.set()
         await sent.wait()
         rest = [piece async for piece in pieces]
 
-    # then the reader gets it whole, in one piece, and the response ends
+    # then the socket was not read meanwhile, and the reader gets the rest whole, in one
+    # piece, and the response ends
     assert first == b"data: one\n\n"
+    assert not reading_meanwhile
     assert rest == [b"data: two\n\ndata: three\n\n"]
 
 

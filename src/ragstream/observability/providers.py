@@ -28,6 +28,10 @@ class MeteredChatProvider:
     def model(self) -> str:
         return self.inner.model
 
+    @property
+    def buffers_unread(self) -> bool:
+        return self.inner.buffers_unread
+
     def model_for(self, requested: str) -> str:
         return self.inner.model_for(requested)
 
@@ -82,6 +86,10 @@ class TracedChatProvider:
     @property
     def model(self) -> str:
         return self.inner.model
+
+    @property
+    def buffers_unread(self) -> bool:
+        return self.inner.buffers_unread
 
     def model_for(self, requested: str) -> str:
         return self.inner.model_for(requested)

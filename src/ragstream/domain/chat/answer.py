@@ -148,13 +148,15 @@ class Answer:
         """Passes the provider's deltas to the stream; returns the usage it reported."""
         usage: TokenUsage | None = None
         flusher = self._tools.flusher
-        crowd = self._tools.crowd
+        provider = self._tools.provider
+        # Paced only when the provider keeps what it sends while not read (see below).
+        crowd = self._tools.crowd if provider.buffers_unread else None
         window = self._tools.settings.chat_coalesce_window_ms / 1000
         self.stream.paced = crowd is not None
         loop = asyncio.get_running_loop()
         # Closing the provider's stream (also when the work is cancelled) stops its call.
         limit = self._tools.settings.chat_max_answer_chars
-        answer = capped(self._tools.provider.stream(request), limit)
+        answer = capped(provider.stream(request), limit)
         asked = loop.time()
         async with contextlib.aclosing(answer) as chunks:
             async for chunk in chunks:
@@ -163,12 +165,13 @@ class Answer:
                     flusher.grew(self.id)
                 if chunk.usage is not None:
                     usage = chunk.usage
-                if crowd is not None:
-                    # At most one read per window, the pace the followers are sent at: what
-                    # the provider sends meanwhile waits in the connection and comes as one
-                    # read, one wake-up of this task for several deltas, and each append is
-                    # one event to every follower (`GenerationStream.paced`). A provider
-                    # slower than that is read as it sends.
+                if crowd is not None and chunk.usage is None:  # the usage comes last
+                    # Reads begin at least a window apart, the pace the followers are sent
+                    # at: what the provider sends meanwhile waits in the connection and comes
+                    # as one read, one wake-up of this task for several deltas, and each
+                    # append is one event to every follower (`GenerationStream.paced`). A
+                    # provider slower than that is read as it sends; after the usage, which
+                    # comes last, nothing waits.
                     due = asked + crowd.window(window)
                     if await _sleep_until(loop, due):
                         crowd.late(loop.time() - due)

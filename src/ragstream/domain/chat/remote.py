@@ -174,7 +174,7 @@ class Relay:
                 # once per window, deltas within it together; so a follower elsewhere (or one
                 # that resumes there) waits no window for text that comes after a pause.
                 wait = last_text + self._window - loop.time()
-                if wait > 0:
+                if wait > 0 and not stream.paced:  # a paced stream: once per window already
                     await stream.finished_within(wait)
                 text = stream.read_from(sent)
                 await self._send_text(topic, sent, text)

@@ -62,9 +62,10 @@ class GenerationStream:
         self._joined_parts = 0
         self.sources: Sequence[SourceView] | None = None
         self.ending: Ending | None = None
-        # Appended to at most once per window (the generating answer reads its provider at
-        # the followers' pace): a follower sends each append at once, with no window of its
-        # own, so it is sent as soon as it is read rather than up to a window later.
+        # Read from its provider at the followers' pace (its reads begin at least a window
+        # apart, so appends average at most one per window): a follower sends each append
+        # at once, with no window of its own, as soon as it is read rather than up to a
+        # window later.
         self.paced = False
 
     @property

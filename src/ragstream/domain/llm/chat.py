@@ -98,6 +98,13 @@ class ChatProvider(Protocol):
         """The configured model."""
         ...
 
+    @property
+    def buffers_unread(self) -> bool:
+        """Whether what it streams while nobody reads is kept for the next read (a network
+        stream waits in its connection), so reading less often costs no time. A generator
+        that makes its text only when asked for it does not."""
+        ...
+
     def model_for(self, requested: str) -> str:
         """The model that answers a request for ``requested`` (stored with the answer)."""
         ...

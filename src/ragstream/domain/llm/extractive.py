@@ -242,6 +242,7 @@ class ExtractiveChatProvider:
 
     word_delay: float = 0.0
     model: str = "extractive"
+    buffers_unread = False  # each word is made when it is asked for
 
     def model_for(self, requested: str) -> str:
         return self.model  # it has no other

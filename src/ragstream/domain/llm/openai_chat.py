@@ -219,6 +219,7 @@ class OpenAIChatProvider:
     max_retries: int = 2
     backoff: float = 0.5
     _rng: random.Random = field(default_factory=random.Random, repr=False)
+    buffers_unread = True  # what the endpoint sends meanwhile waits in the connection
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIChatProvider:
