@@ -120,6 +120,12 @@ def _storable(text: str) -> str:
 
 def parse_chunk(data: str) -> ChatChunk:
     """One streamed chat completion chunk: its text delta and, in the last one, the usage."""
+    text, usage = _parse_chunk(data)
+    return ChatChunk(text=text, usage=usage)
+
+
+def _parse_chunk(data: str) -> tuple[str, TokenUsage | None]:
+    """`parse_chunk` as a pair: the stream joins a read's deltas into one chunk of its own."""
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -149,7 +155,7 @@ def parse_chunk(data: str) -> ChatChunk:
             prompt_tokens=int(reported.get("prompt_tokens") or 0),
             completion_tokens=int(reported.get("completion_tokens") or 0),
         )
-    return ChatChunk(text=text, usage=usage)
+    return text, usage
 
 
 class _Watchdog:
@@ -336,13 +342,13 @@ class OpenAIChatProvider:
                         done = True
                         break
                     try:
-                        chunk = parse_chunk(event)
+                        delta, reported = _parse_chunk(event)
                     except ChatProviderError as exc:
                         failure = exc  # after the text that came before it
                         break
-                    if chunk.text:
-                        text.append(chunk.text)
-                    usage = chunk.usage or usage
+                    if delta:
+                        text.append(delta)
+                    usage = reported or usage
                 if text:
                     watchdog.move(loop.time() + self.stall_timeout)
                 if text or usage:
