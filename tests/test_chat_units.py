@@ -306,10 +306,22 @@ class _HistoryBroker(InMemoryBroker):
     retains_history = True
 
 
-async def test_the_relay_sends_new_text_at_once_then_merges_within_the_window() -> None:
+@pytest.mark.parametrize(
+    ("paced", "texts"),
+    [
+        # New text at once, then what comes within the window merged.
+        (False, [(0, "a"), (1, "bcd")]),
+        # A paced stream (read at most once per window by its answer): each append at once.
+        (True, [(0, "a"), (1, "b"), (2, "c"), (3, "d")]),
+    ],
+)
+async def test_the_relay_publishes_new_text_at_once_then_within_the_window(
+    paced: bool, texts: list[tuple[int, str]]
+) -> None:
     broker = _HistoryBroker()
     message_id = uuid.uuid4()
     stream = GenerationStream()
+    stream.paced = paced
     relay = Relay(broker, {}, window=3600.0)
     async with broker.subscribe(message_topic(message_id)) as events:
         relay.started(message_id, stream)
@@ -329,8 +341,7 @@ async def test_the_relay_sends_new_text_at_once_then_merges_within_the_window() 
 
     assert published == [
         {"kind": "sources"},
-        {"kind": "text", "offset": 0, "text": "a"},
-        {"kind": "text", "offset": 1, "text": "bcd"},
+        *({"kind": "text", "offset": offset, "text": text} for offset, text in texts),
         {"kind": "end"},
     ]
 
