@@ -47,6 +47,7 @@ import orjson
 from graphql import (
     DirectiveNode,
     DocumentNode,
+    FieldNode,
     GraphQLEnumType,
     GraphQLError,
     GraphQLField,
@@ -77,12 +78,16 @@ from strawberry.permission import PermissionExtension
 
 from ragstream.db.driver import DriverTarget
 from ragstream.db.pagination import Page
+from ragstream.domain.chat import service as chat
+from ragstream.domain.chat.views import MessageView
 from ragstream.domain.errors import DomainError
 from ragstream.domain.evaluations import service as evaluations
 from ragstream.domain.flags.service import SignedIn
 from ragstream.domain.users.tokens import AccessClaims
+from ragstream.resolvers import chat as chat_resolvers
 from ragstream.resolvers import evaluations as evaluation_resolvers
 from ragstream.resolvers import users as user_resolvers
+from ragstream.schema.chat.types import Conversation, to_conversation, to_message
 from ragstream.schema.context import Context
 from ragstream.schema.evaluations.types import (
     resolve_criteria,
@@ -100,6 +105,10 @@ _ENUM_VALUES_KEPT = 256  # per enum field of a plan
 _LIST_ARGUMENTS = frozenset({"first", "after"})
 # Arguments of the list the plan serves only when their value is null (the defaults).
 _LIST_DEFAULTED = frozenset({"filter", "orderBy"})
+_CONVERSATIONS_DEFAULTED = frozenset({"evaluationId"})
+# Where a root's arguments carry those of `Conversation.messages` below it (no argument of
+# GraphQL may be named so: names starting with "__" are reserved).
+_MESSAGES_ARGUMENTS = "__messages"
 
 
 class Unsupported(Exception):
@@ -115,6 +124,8 @@ class Reads:
     owners: bool = False
     # The plain attributes read of each object type (by GraphQL name), e.g. "Evaluation".
     attributes: dict[str, set[str]] = field(default_factory=dict)
+    # `Conversation.messages` below a conversation list, if selected.
+    messages: MessagesRead | None = None
 
     @functools.cached_property
     def listed_columns(self) -> evaluations.ListedColumns:
@@ -125,11 +136,23 @@ class Reads:
         return evaluations.ListedColumns(frozenset(read), owner)
 
 
+@dataclass(frozen=True)
+class MessagesRead:
+    """`Conversation.messages` as a conversation list's selection reads it: the field, where
+    it is written (its arguments are read for each request) and what its selection reads."""
+
+    field: GraphQLField
+    node: FieldNode
+    reads: Reads
+
+
 @dataclass
 class Env:
     """Per-request values a rendering reads besides its source object."""
 
     owners: dict[uuid.UUID, User] = field(default_factory=dict)
+    # The page of messages of each listed conversation, by the conversation's ID.
+    messages: dict[str, _PlanConnection] = field(default_factory=dict)
 
 
 # Renders one response value from its parent object (or, for a root, from what was read).
@@ -147,6 +170,22 @@ def _resolver(definition: Any) -> Callable[..., Any] | None:
 def _total_count() -> Callable[..., Any] | None:
     definition = Connection.__strawberry_definition__  # type: ignore[attr-defined]
     return _resolver(definition.get_field("total_count"))
+
+
+def _is_messages(graphql_field: GraphQLField) -> bool:
+    """Whether the field is `Conversation.messages` (with no permission or extension)."""
+    definition = graphql_field.extensions.get(_DEFINITION)
+    messages = Conversation.__strawberry_definition__.get_field("messages")  # type: ignore[attr-defined]
+    return (
+        definition is not None
+        and _resolver(definition) is _resolver(messages)
+        and not definition.permission_classes
+        and not definition.extensions
+    )
+
+
+def _read_messages(source: Any, env: Env) -> Any:
+    return env.messages[source.id]
 
 
 class _Compiler:
@@ -173,8 +212,6 @@ class _Compiler:
             for detail in group:
                 if detail.defer_usage is not None or detail.fragment_variable_values is not None:
                     raise Unsupported("defer or fragment variables")
-                if detail.node.arguments:
-                    raise Unsupported("arguments below the root")
         return collected.grouped_field_set
 
     def object(self, parent: GraphQLObjectType, details: Sequence[FieldDetails]) -> Render:
@@ -188,11 +225,30 @@ class _Compiler:
             graphql_field = parent.fields.get(name)
             if graphql_field is None:
                 raise Unsupported(name)
+            if _is_messages(graphql_field):
+                entries.append((key, self._messages(graphql_field, group)))
+                continue
+            if any(detail.node.arguments for detail in group):
+                raise Unsupported("arguments below the root")
             read = self._read(graphql_field)
             if isinstance(read, str):
                 self.reads.attributes.setdefault(parent.name, set()).add(read)
             entries.append((key, self._value(read, graphql_field.type, group)))
         return _object_renderer(entries)
+
+    def _messages(self, graphql_field: GraphQLField, group: list[FieldDetails]) -> _Entry:
+        """`Conversation.messages`: each conversation's page, read with the list's."""
+        type_ = graphql_field.type
+        if self.reads.messages is not None or not (
+            isinstance(type_, GraphQLNonNull) and isinstance(type_.of_type, GraphQLObjectType)
+        ):
+            raise Unsupported("messages selected twice")
+        nested = _Compiler(self.executor)
+        render = nested.object(type_.of_type, group)
+        if "sources" in nested.reads.attributes.get("Message", ()):
+            raise Unsupported("sources of messages")  # not read with the list
+        self.reads.messages = MessagesRead(graphql_field, group[0].node, nested.reads)
+        return _Completed(_read_messages, render, nullable=False)
 
     def _read(self, graphql_field: GraphQLField) -> str | Known:
         """The attribute a plain field reads, or the function reading a known resolver's value."""
@@ -411,8 +467,19 @@ class _Root:
     render: Render
     # Whether the plan serves these argument values (else the operation is executed).
     accepts: Callable[[dict[str, Any]], bool] = lambda arguments: True
+    # `Conversation.messages` below the field, whose arguments are handed to `read` too.
+    inner: MessagesRead | None = None
 
     def arguments(self, operation: PlanOperation) -> dict[str, Any]:
+        """The field's argument values, with those of `inner` under `_MESSAGES_ARGUMENTS`."""
+        values = self._arguments(operation)
+        inner = self.inner
+        if inner is None:
+            return values
+        nested = get_argument_values(inner.field, inner.node, operation.variable_values)
+        return {**values, _MESSAGES_ARGUMENTS: nested}
+
+    def _arguments(self, operation: PlanOperation) -> dict[str, Any]:
         """The field's argument values (read only by the plan: the same dict may be handed
         to every request when the values are written in the document)."""
         node = self.details[0].node
@@ -493,6 +560,45 @@ async def _folded_page(
         )
 
     return await context.signed_in_with(read)
+
+
+def _conversations_reader(
+    reads: Reads,
+) -> Callable[[Context, dict[str, Any]], Awaitable[tuple[Any, Env]]]:
+    messages = reads.messages
+
+    async def read(context: Context, arguments: dict[str, Any]) -> tuple[Any, Env]:
+        # As IsAuthenticated and `resolvers.chat.conversations` do, in the same order: the
+        # viewer first, then the page size and the cursor.
+        viewer = await context.viewer()
+        request = chat.listing_request(
+            arguments.get("first"), arguments.get("after"), count=reads.count
+        )
+        nested = None
+        if messages is not None:
+            given = arguments[_MESSAGES_ARGUMENTS]
+            try:
+                nested = chat.listing_request(
+                    given.get("first"),
+                    given.get("after"),
+                    count=messages.reads.count,
+                    of_messages=True,
+                )
+            except DomainError as error:
+                # Execution reports it at each conversation's field (none if none is listed).
+                raise Unsupported("the messages' arguments") from error
+        async with context.reads() as on:
+            listing = await chat.list_conversation_rows(on, viewer, request, nested)
+        env = Env()
+        if listing.messages is not None:
+            for conversation_id, page in listing.messages.items():
+                nodes = [to_message(MessageView(*row, sources=())) for row in page.items]
+                env.messages[str(conversation_id)] = _PlanConnection(page, nodes)
+        return _PlanConnection(
+            listing.page, [to_conversation(row) for row in listing.page.items]
+        ), env
+
+    return read
 
 
 class _PlanEdge:
@@ -583,7 +689,25 @@ def _compile_root(
         return _Root(
             key, group, graphql_field, _list_reader(compiler.reads), render, _list_defaulted
         )
+    if name == "conversations" and _is_signed_in_field(graphql_field, chat_resolvers.conversations):
+        given = {argument.name.value for argument in group[0].node.arguments or ()}
+        if not given <= _LIST_ARGUMENTS | _CONVERSATIONS_DEFAULTED:
+            raise Unsupported("list arguments")
+        reads = compiler.reads
+        return _Root(
+            key,
+            group,
+            graphql_field,
+            _conversations_reader(reads),
+            render,
+            _conversations_defaulted,
+            reads.messages,
+        )
     raise Unsupported(name)
+
+
+def _conversations_defaulted(arguments: dict[str, Any]) -> bool:
+    return all(arguments.get(name) is None for name in _CONVERSATIONS_DEFAULTED)
 
 
 class _HasVariable(Visitor):

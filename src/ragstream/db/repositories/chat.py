@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.orm import defer
 
-from ragstream.db.driver import DriverStatement
+from ragstream.db.driver import DriverStatement, DriverTarget
 from ragstream.db.models.chat import Conversation, Message, MessageSource, UsageDaily
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.evaluations import Evaluation
@@ -42,6 +43,9 @@ from ragstream.db.pagination import (
     Page,
     PageRequest,
     ParentPageKey,
+    decode_cursor,
+    keyset_page,
+    page_of,
     paginate,
     paginate_parents,
     parent_page_key,
@@ -690,3 +694,192 @@ class UsageRepository(Repository):
             user: TokenTotals(int(prompt), int(completion), int(answers), int(questions))
             for user, prompt, completion, answers, questions in rows
         }
+
+
+# --- A conversation list page with each conversation's messages, in one statement ------------
+# The `conversations` list a frontend shows, read by the compiled plan (schema/compiled.py) on
+# the driver: the conversations' page and, through a LATERAL join, each conversation's page of
+# messages (and, if asked for, their number), with the same rules, order and bounds as
+# `ConversationRepository.list_owned` and `MessageRepository.pages_readable`.
+
+# The cursor of the conversation list (`list_owned`): newest first.
+_LIST_KEYS = (Conversation.created_at, Conversation.id)
+
+
+class ListedConversation(NamedTuple):
+    """A conversation of a list page as plain values, named as the model's attributes."""
+
+    id: uuid.UUID
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    evaluation_id: uuid.UUID | None
+
+
+class ListedMessage(NamedTuple):
+    """A message of a conversation's page as plain values, named as the model's attributes."""
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    owner_id: uuid.UUID
+    role: MessageRole
+    content: str
+    status: MessageStatus
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    error_code: FailureCode | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class ConversationListShape(NamedTuple):
+    """What the SQL text of a list page depends on (values travel as parameters)."""
+
+    admin: bool
+    after: bool  # the list continues after a cursor
+    messages: bool  # each conversation's page of messages is read
+    messages_after: bool  # ... after a cursor
+    message_count: bool  # ... with the number of its messages
+
+
+@dataclass(frozen=True)
+class ConversationListing:
+    """A page of conversations; with ``messages``, each one's page of messages by its id."""
+
+    page: Page[ListedConversation]
+    messages: dict[uuid.UUID, Page[ListedMessage]] | None
+
+
+class _ListViewer(NamedTuple):
+    """A viewer whose id is the statement's ``viewer_id`` parameter, so the rules written
+    once (`owned`, `readable_by`) hold in a statement compiled once for every viewer."""
+
+    is_admin: bool
+    id: Any
+
+
+def _list_viewer(admin: bool) -> Any:
+    return _ListViewer(admin, bindparam("viewer_id", type_=Uuid))
+
+
+def _after_parameters(prefix: str, keys: Sequence[Any]) -> list[Any]:
+    return [bindparam(f"{prefix}_{key.key}", type_=key.type) for key in keys]
+
+
+@functools.lru_cache(maxsize=64)
+def _conversation_list(shape: ConversationListShape) -> DriverStatement:
+    viewer = _list_viewer(shape.admin)
+    conversations = keyset_page(
+        ConversationRepository.owned(viewer).with_only_columns(
+            *(getattr(Conversation, name) for name in ListedConversation._fields)
+        ),
+        _LIST_KEYS,
+        descending=True,
+        after=_after_parameters("after", _LIST_KEYS) if shape.after else None,
+        limit=bindparam("page_limit", type_=Integer),
+    ).subquery("page")
+    columns: list[Any] = list(conversations.c)
+    ordering: list[Any] = [conversations.c.created_at.desc(), conversations.c.id.desc()]
+    stmt = select()
+    if shape.messages:
+        readable = (
+            Message.conversation_id == conversations.c.id,
+            MessageRepository.readable_by(viewer),
+        )
+        messages = keyset_page(
+            select(*(getattr(Message, name) for name in ListedMessage._fields)).where(*readable),
+            _PAGE_KEYS,
+            descending=False,
+            after=_after_parameters("message_after", _PAGE_KEYS) if shape.messages_after else None,
+            limit=bindparam("message_limit", type_=Integer),
+        ).lateral("message_page")
+        columns += [column.label(f"m_{column.key}") for column in messages.c]
+        ordering += [messages.c.created_at, messages.c.id]
+        joined = conversations.outerjoin(messages, true())
+        if shape.message_count:
+            counted = (
+                select(func.count().label("message_count")).where(*readable).lateral("counted")
+            )
+            columns.append(counted.c.message_count)
+            joined = joined.join(counted, true())
+        stmt = stmt.select_from(joined)
+    return DriverStatement(stmt.add_columns(*columns).order_by(*ordering))
+
+
+@functools.cache
+def _conversation_count() -> DriverStatement:
+    owned = ConversationRepository.owned(_list_viewer(False))
+    return DriverStatement(
+        owned.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
+    )
+
+
+def _after_values(prefix: str, request: PageRequest, keys: Sequence[Any]) -> dict[str, Any]:
+    """Raises ``InvalidCursor`` for an ``after`` that is not a cursor of a list by ``keys``."""
+    if request.after is None:
+        return {}
+    values = decode_cursor(request.after, keys)
+    return {f"{prefix}_{key.key}": value for key, value in zip(keys, values, strict=True)}
+
+
+def check_list_cursor(request: PageRequest, *, of_messages: bool) -> None:
+    """Raises ``InvalidCursor`` when ``request.after`` is not a cursor of the conversation list
+    (``of_messages``: of a conversation's messages)."""
+    _after_values("after", request, _PAGE_KEYS if of_messages else _LIST_KEYS)
+
+
+async def conversation_list_rows(
+    on: DriverTarget, viewer: User, request: PageRequest, messages: PageRequest | None
+) -> ConversationListing:
+    """`list_owned` (without a filter) as plain rows and, with ``messages``, each listed
+    conversation's `pages_readable` page for that request: the same items, cursors and
+    counts, in one statement (a second one counts the list when ``request.count``)."""
+    shape = ConversationListShape(
+        viewer.is_admin,
+        request.after is not None,
+        messages is not None,
+        messages is not None and messages.after is not None,
+        messages is not None and messages.count,
+    )
+    params: dict[str, Any] = {"viewer_id": viewer.id, "page_limit": request.first + 1}
+    params |= _after_values("after", request, _LIST_KEYS)
+    if messages is not None:
+        params["message_limit"] = messages.first + 1
+        params |= _after_values("message_after", messages, _PAGE_KEYS)
+    total = None
+    if request.count:
+        total = int((await _conversation_count().fetch(on, params))[0][0])
+    rows = await _conversation_list(shape).fetch(on, params)
+    width = len(ListedConversation._fields)
+    new = tuple.__new__
+    listed: list[ListedConversation] = []
+    found: dict[uuid.UUID, list[ListedMessage]] = {}
+    counts: dict[uuid.UUID, int] = {}
+    for row in rows:
+        conversation_id = row[0]
+        if conversation_id not in found:
+            listed.append(new(ListedConversation, row[:width]))
+            found[conversation_id] = []
+            if shape.message_count:
+                counts[conversation_id] = int(row[-1])
+        if shape.messages and row[width] is not None:
+            found[conversation_id].append(
+                new(ListedMessage, row[width : width + len(ListedMessage._fields)])
+            )
+    page = page_of(listed, request, _list_cursor, total)
+    if messages is None:
+        return ConversationListing(page, None)
+    pages = {
+        item.id: page_of(found[item.id], messages, _message_cursor, counts.get(item.id))
+        for item in page.items
+    }
+    return ConversationListing(page, pages)
+
+
+def _list_cursor(item: ListedConversation) -> tuple[datetime, uuid.UUID]:
+    return (item.created_at, item.id)
+
+
+def _message_cursor(item: ListedMessage) -> tuple[datetime, uuid.UUID]:
+    return (item.created_at, item.id)

@@ -13,18 +13,22 @@ from datetime import UTC, date, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ragstream.db.driver import DriverTarget
 from ragstream.db.models.chat import Conversation, Message
 from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.evaluations import Evaluation
 from ragstream.db.models.users import User
-from ragstream.db.pagination import Page, ParentPageKey
+from ragstream.db.pagination import Page, PageRequest, ParentPageKey
 from ragstream.db.repositories.chat import (
+    ConversationListing,
     ConversationRepository,
     MessageRepository,
     NewSource,
     TokenTotals,
     UsageKey,
     UsageRepository,
+    check_list_cursor,
+    conversation_list_rows,
 )
 from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
 from ragstream.domain.chat.prompt import HistoryTurn, SourceText
@@ -96,6 +100,28 @@ async def list_conversations(
         return await ConversationRepository(session).list_owned(
             viewer, page_request(first, after), evaluation_id=evaluation_id
         )
+
+
+def listing_request(
+    first: int | None, after: str | None, *, count: bool, of_messages: bool = False
+) -> PageRequest:
+    """A page `list_conversation_rows` reads (``of_messages``: each conversation's page of
+    messages), checked before anything is read: BAD_USER_INPUT for a size out of range or a
+    cursor that is not one of its list's, as `list_conversations` and `message_page_key`."""
+    request = page_request(first, after, count=count)
+    with cursor_errors():
+        check_list_cursor(request, of_messages=of_messages)
+    return request
+
+
+async def list_conversation_rows(
+    on: DriverTarget, viewer: User, request: PageRequest, messages: PageRequest | None
+) -> ConversationListing:
+    """`list_conversations` without a filter, as plain rows, and with ``messages`` the
+    `message_pages` of the listed conversations (without their sources), in one statement;
+    the requests come from `listing_request`."""
+    with cursor_errors():
+        return await conversation_list_rows(on, viewer, request, messages)
 
 
 async def delete_conversation(

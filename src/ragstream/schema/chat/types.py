@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import strawberry
 
-from ragstream.db.models.chat import Conversation as ConversationRow
 from ragstream.domain.chat import service
 from ragstream.domain.chat.enums import (
     FailureCode,
@@ -191,6 +190,21 @@ class Conversation:
         key = service.message_page_key(uuid.UUID(str(self.id)), first=first, after=after)
         page = await info.context.loaders.chat.message_pages.load(key)
         return to_connection(page, to_message)
+
+
+class ConversationRow(Protocol):
+    """What a conversation is mapped from: the model, or a listed row (plain values)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def evaluation_id(self) -> uuid.UUID | None: ...
 
 
 def to_conversation(row: ConversationRow) -> Conversation:
