@@ -79,7 +79,7 @@ from strawberry.permission import PermissionExtension
 from ragstream.db.driver import DriverTarget
 from ragstream.db.pagination import Page
 from ragstream.domain.chat import service as chat
-from ragstream.domain.chat.views import MessageView
+from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
 from ragstream.domain.errors import DomainError
 from ragstream.domain.evaluations import service as evaluations
 from ragstream.domain.flags.service import SignedIn
@@ -87,7 +87,7 @@ from ragstream.domain.users.tokens import AccessClaims
 from ragstream.resolvers import chat as chat_resolvers
 from ragstream.resolvers import evaluations as evaluation_resolvers
 from ragstream.resolvers import users as user_resolvers
-from ragstream.schema.chat.types import Conversation, to_conversation, to_message
+from ragstream.schema.chat.types import Conversation, to_conversation
 from ragstream.schema.context import Context
 from ragstream.schema.evaluations.types import (
     resolve_criteria,
@@ -592,13 +592,60 @@ def _conversations_reader(
         env = Env()
         if listing.messages is not None:
             for conversation_id, page in listing.messages.items():
-                nodes = [to_message(MessageView(*row, sources=())) for row in page.items]
+                nodes = [_PlanMessage(*row) for row in page.items]
                 env.messages[str(conversation_id)] = _PlanConnection(page, nodes)
         return _PlanConnection(
             listing.page, [to_conversation(row) for row in listing.page.items]
         ), env
 
     return read
+
+
+class _PlanMessage:
+    """What `to_message` builds of a listed message, as the plan reads it: the same attribute
+    values (ids as text, the row's enum members), without a `MessageView` and a Strawberry
+    object for each of a page's hundred messages. No sources: a selection of them is executed."""
+
+    __slots__ = (
+        "completed_at",
+        "completion_tokens",
+        "content",
+        "conversation_id",
+        "created_at",
+        "error_code",
+        "id",
+        "model",
+        "prompt_tokens",
+        "role",
+        "status",
+    )
+
+    def __init__(
+        self,
+        id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        owner_id: uuid.UUID,
+        role: MessageRole,
+        content: str,
+        status: MessageStatus,
+        model: str | None,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        error_code: FailureCode | None,
+        created_at: datetime,
+        completed_at: datetime | None,
+    ) -> None:
+        self.id = str(id)
+        self.conversation_id = str(conversation_id)
+        self.role = role
+        self.content = content
+        self.status = status
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.error_code = None if error_code is None else str(error_code)
+        self.created_at = created_at
+        self.completed_at = completed_at
 
 
 class _PlanEdge:
