@@ -41,7 +41,8 @@ async def add_messages(server: LiveServer, conversation_id: str, owner: Account,
     rows = []
     for index in range(n):
         answer_ = index % 2 == 1
-        statuses = ("COMPLETE", "FAILED", "STREAMING", "CANCELLED")
+        # No STREAMING answer: the server would sweep it as left running by a stopped process.
+        statuses = ("COMPLETE", "FAILED", "INTERRUPTED", "CANCELLED")
         status = statuses[index // 2 % 4] if answer_ else None
         rows.append(
             {
@@ -54,10 +55,12 @@ async def add_messages(server: LiveServer, conversation_id: str, owner: Account,
                 "model": "stub-model" if answer_ else None,
                 "prompt_tokens": 10 + index if answer_ else None,
                 "completion_tokens": 20 + index if answer_ else None,
-                "error_code": "PROVIDER_TIMEOUT" if status == "FAILED" else None,
+                "error_code": {"FAILED": "PROVIDER_TIMEOUT", "INTERRUPTED": "INTERRUPTED"}.get(
+                    status or ""
+                ),
                 "created_at": _START + timedelta(seconds=max(index, 1)),
                 "completed_at": None
-                if status in (None, "STREAMING")
+                if status is None
                 else _START + timedelta(seconds=index, milliseconds=500),
             }
         )
@@ -210,14 +213,16 @@ async def test_the_list_and_its_messages_are_one_statement_after_the_viewer(pair
         body = await assert_same(pair, BENCH_CONVERSATIONS, token=world.admin.access_token)
     edges = orjson.loads(body)["data"]["conversations"]["edges"]
     assert [len(e["node"]["messages"]["edges"]) for e in edges].count(5) == 2
-    # The viewer check, then the conversations with their messages.
-    assert len(compiled_sql) == 2, compiled_sql
-    assert "JOIN LATERAL" in compiled_sql[1]
-    assert "message_sources" not in compiled_sql[1]
+    # The viewer check, the conversations and their messages: one statement.
+    assert len(compiled_sql) == 1, compiled_sql
+    assert "viewer AS MATERIALIZED" in compiled_sql[0]
+    assert "JOIN LATERAL" in compiled_sql[0]
+    assert "message_sources" not in compiled_sql[0]
     with count_statements(pair.executed, requests_only=True) as executed_sql:
         await answer(pair.executed, BENCH_CONVERSATIONS, None, token=world.admin.access_token)
-    assert len(executed_sql) > len(compiled_sql), executed_sql
-    # Counted only when asked for: the count is a statement of its own.
+    assert len(executed_sql) > 2, executed_sql
+    # Counted only when asked for: the viewer is then checked on its own first, and the count
+    # is a statement of its own.
     counted = "{ conversations { totalCount edges { node { messages { totalCount } } } } }"
     with count_statements(pair.compiled, requests_only=True) as compiled_sql:
         await assert_same(pair, counted, token=world.user.access_token)
@@ -226,8 +231,31 @@ async def test_the_list_and_its_messages_are_one_statement_after_the_viewer(pair
     titles = "{ conversations(first: 2) { edges { cursor node { id title } } } }"
     with count_statements(pair.compiled, requests_only=True) as compiled_sql:
         await assert_same(pair, titles, token=world.user.access_token)
-    assert len(compiled_sql) == 2, compiled_sql
-    assert "messages" not in compiled_sql[1]
+    assert len(compiled_sql) == 1, compiled_sql
+    assert "FROM messages" not in compiled_sql[0]
+
+
+async def test_messages_follow_the_viewers_role_in_the_one_statement(pair: Pair) -> None:
+    world = await seed(pair.compiled)
+    # A message of another account in a conversation: an admin reads every message, anyone
+    # else only their own (the rule of `MessageRepository.readable_by`).
+    for account, intruder in ((world.admin, world.user), (world.user, world.other)):
+        listing = await pair.compiled.execute(
+            "{ conversations(first: 1) { edges { node { id } } } }", token=account.access_token
+        )
+        conversation = listing.ok()["conversations"]["edges"][0]["node"]["id"]
+        await add_messages(pair.compiled, conversation, intruder, 1)
+    document = (
+        "{ conversations(first: 1) { edges { node { messages(first: 50) { "
+        "edges { node { content conversationId } } } } } } }"
+    )
+    for account, shown in ((world.admin, True), (world.user, False)):
+        with count_statements(pair.compiled, requests_only=True) as compiled_sql:
+            body = await assert_same(pair, document, token=account.access_token)
+        assert len(compiled_sql) == 1, compiled_sql
+        (edge,) = orjson.loads(body)["data"]["conversations"]["edges"]
+        contents = [e["node"]["content"] for e in edge["node"]["messages"]["edges"]]
+        assert (contents.count('Turn 0: "quoted", ä, 漢字\n') == 2) is shown, contents
 
 
 async def test_bad_arguments_at_either_level_fail_as_executed(pair: Pair) -> None:

@@ -77,7 +77,8 @@ from graphql.type.scalars import serialize_boolean, serialize_id, serialize_stri
 from strawberry.permission import PermissionExtension
 
 from ragstream.db.driver import DriverTarget
-from ragstream.db.pagination import Page
+from ragstream.db.pagination import Page, PageRequest
+from ragstream.db.repositories.chat import ConversationListing
 from ragstream.domain.chat import service as chat
 from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
 from ragstream.domain.errors import DomainError
@@ -567,28 +568,34 @@ def _conversations_reader(
 ) -> Callable[[Context, dict[str, Any]], Awaitable[tuple[Any, Env]]]:
     messages = reads.messages
 
-    async def read(context: Context, arguments: dict[str, Any]) -> tuple[Any, Env]:
-        # As IsAuthenticated and `resolvers.chat.conversations` do, in the same order: the
-        # viewer first, then the page size and the cursor.
-        viewer = await context.viewer()
+    def requests(arguments: dict[str, Any]) -> tuple[PageRequest, PageRequest | None]:
+        """The list's page and its messages', or a refusal: the list's arguments raise as
+        `resolvers.chat.conversations` raises, those of messages make the plan give way
+        (execution reports them at each conversation's field, or not at all if none is
+        listed)."""
         request = chat.listing_request(
             arguments.get("first"), arguments.get("after"), count=reads.count
         )
-        nested = None
-        if messages is not None:
-            given = arguments[_MESSAGES_ARGUMENTS]
-            try:
-                nested = chat.listing_request(
-                    given.get("first"),
-                    given.get("after"),
-                    count=messages.reads.count,
-                    of_messages=True,
-                )
-            except DomainError as error:
-                # Execution reports it at each conversation's field (none if none is listed).
-                raise Unsupported("the messages' arguments") from error
-        async with context.reads() as on:
-            listing = await chat.list_conversation_rows(on, viewer, request, nested)
+        if messages is None:
+            return request, None
+        given = arguments[_MESSAGES_ARGUMENTS]
+        try:
+            nested = chat.listing_request(
+                given.get("first"), given.get("after"), count=messages.reads.count, of_messages=True
+            )
+        except DomainError as error:
+            raise Unsupported("the messages' arguments") from error
+        return request, nested
+
+    async def read(context: Context, arguments: dict[str, Any]) -> tuple[Any, Env]:
+        listing = await _folded_listing(context, arguments, reads, requests)
+        if listing is None:
+            # As IsAuthenticated and `resolvers.chat.conversations` do, in the same order:
+            # the viewer first, then the page size and the cursor.
+            viewer = await context.viewer()
+            request, nested = requests(arguments)
+            async with context.reads() as on:
+                listing = await chat.list_conversation_rows(on, viewer, request, nested)
         env = Env()
         if listing.messages is not None:
             for conversation_id, page in listing.messages.items():
@@ -599,6 +606,38 @@ def _conversations_reader(
         ), env
 
     return read
+
+
+async def _folded_listing(
+    context: Context,
+    arguments: dict[str, Any],
+    reads: Reads,
+    requests: Callable[[dict[str, Any]], tuple[PageRequest, PageRequest | None]],
+) -> ConversationListing | None:
+    """The list read in the viewer check's statement (one round trip), when the viewer is
+    still to be checked, no count is asked for and every argument is sound; else None (see
+    `_folded_page`)."""
+    if reads.count or context.viewer_checked:
+        return None
+    try:
+        request, nested = requests(arguments)
+    except (DomainError, Unsupported):
+        return None
+    settings = context.state.settings
+
+    async def read(
+        on: DriverTarget, claims: AccessClaims
+    ) -> tuple[SignedIn, ConversationListing] | None:
+        return await chat.signed_in_conversation_listing(
+            on,
+            claims,
+            request,
+            nested,
+            environment=settings.environment,
+            defaults=context.state.feature_defaults,
+        )
+
+    return await context.signed_in_with(read)
 
 
 class _PlanMessage:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -54,6 +54,7 @@ from ragstream.db.repositories.base import ReadableRepository, Repository
 from ragstream.db.repositories.documents import DocumentRepository
 from ragstream.db.repositories.evaluations import EvaluationRepository
 from ragstream.db.repositories.users import UserRepository
+from ragstream.db.signed_in_rows import signed_in_rows, split_signed_in
 from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
 
 # An UPDATE ... RETURNING of whole entities: the returned rows overwrite the objects the
@@ -767,9 +768,9 @@ def _after_parameters(prefix: str, keys: Sequence[Any]) -> list[Any]:
     return [bindparam(f"{prefix}_{key.key}", type_=key.type) for key in keys]
 
 
-@functools.lru_cache(maxsize=64)
-def _conversation_list(shape: ConversationListShape) -> DriverStatement:
-    viewer = _list_viewer(shape.admin)
+def _conversation_list_select(shape: ConversationListShape, viewer: Any) -> Select[Any]:
+    """A list page and its conversations' messages for ``viewer`` (whose id may be a
+    parameter or a column)."""
     conversations = keyset_page(
         ConversationRepository.owned(viewer).with_only_columns(
             *(getattr(Conversation, name) for name in ListedConversation._fields)
@@ -778,7 +779,7 @@ def _conversation_list(shape: ConversationListShape) -> DriverStatement:
         descending=True,
         after=_after_parameters("after", _LIST_KEYS) if shape.after else None,
         limit=bindparam("page_limit", type_=Integer),
-    ).subquery("page")
+    ).subquery("listed")
     columns: list[Any] = list(conversations.c)
     ordering: list[Any] = [conversations.c.created_at.desc(), conversations.c.id.desc()]
     stmt = select()
@@ -804,7 +805,27 @@ def _conversation_list(shape: ConversationListShape) -> DriverStatement:
             columns.append(counted.c.message_count)
             joined = joined.join(counted, true())
         stmt = stmt.select_from(joined)
-    return DriverStatement(stmt.add_columns(*columns).order_by(*ordering))
+    return stmt.add_columns(*columns).order_by(*ordering)
+
+
+@functools.lru_cache(maxsize=64)
+def _conversation_list(shape: ConversationListShape) -> DriverStatement:
+    return DriverStatement(_conversation_list_select(shape, _list_viewer(shape.admin)))
+
+
+@functools.lru_cache(maxsize=64)
+def _signed_in_conversation_list(shape: ConversationListShape) -> DriverStatement:
+    """The viewer check and `_conversation_list` in one statement (see `signed_in_rows`)."""
+
+    def page(is_admin: bool, viewer_id: Any) -> Select[Any]:
+        viewer = _ListViewer(is_admin, viewer_id)
+        return _conversation_list_select(shape._replace(admin=is_admin), viewer)
+
+    def ordering(columns: Any) -> list[Any]:
+        keys = [columns.p_created_at.desc(), columns.p_id.desc()]
+        return [*keys, columns.p_m_created_at, columns.p_m_id] if shape.messages else keys
+
+    return DriverStatement(signed_in_rows(page, ordering))
 
 
 @functools.cache
@@ -829,28 +850,64 @@ def check_list_cursor(request: PageRequest, *, of_messages: bool) -> None:
     _after_values("after", request, _PAGE_KEYS if of_messages else _LIST_KEYS)
 
 
+def _list_parameters(
+    viewer_id: Any, request: PageRequest, messages: PageRequest | None
+) -> tuple[ConversationListShape, dict[str, Any]]:
+    shape = ConversationListShape(
+        False,
+        request.after is not None,
+        messages is not None,
+        messages is not None and messages.after is not None,
+        messages is not None and messages.count,
+    )
+    params: dict[str, Any] = {"viewer_id": viewer_id, "page_limit": request.first + 1}
+    params |= _after_values("after", request, _LIST_KEYS)
+    if messages is not None:
+        params["message_limit"] = messages.first + 1
+        params |= _after_values("message_after", messages, _PAGE_KEYS)
+    return shape, params
+
+
 async def conversation_list_rows(
     on: DriverTarget, viewer: User, request: PageRequest, messages: PageRequest | None
 ) -> ConversationListing:
     """`list_owned` (without a filter) as plain rows and, with ``messages``, each listed
     conversation's `pages_readable` page for that request: the same items, cursors and
     counts, in one statement (a second one counts the list when ``request.count``)."""
-    shape = ConversationListShape(
-        viewer.is_admin,
-        request.after is not None,
-        messages is not None,
-        messages is not None and messages.after is not None,
-        messages is not None and messages.count,
-    )
-    params: dict[str, Any] = {"viewer_id": viewer.id, "page_limit": request.first + 1}
-    params |= _after_values("after", request, _LIST_KEYS)
-    if messages is not None:
-        params["message_limit"] = messages.first + 1
-        params |= _after_values("message_after", messages, _PAGE_KEYS)
+    shape, params = _list_parameters(viewer.id, request, messages)
+    shape = shape._replace(admin=viewer.is_admin)
     total = None
     if request.count:
         total = int((await _conversation_count().fetch(on, params))[0][0])
     rows = await _conversation_list(shape).fetch(on, params)
+    return _listing(rows, shape, request, messages, total)
+
+
+async def signed_in_conversation_rows(
+    on: DriverTarget,
+    signed_in: Mapping[str, Any],
+    request: PageRequest,
+    messages: PageRequest | None,
+) -> tuple[tuple[User, str], ConversationListing] | None:
+    """The viewer check (`FlagRepository.signed_in_with_flags`, with ``signed_in``'s
+    parameters) and `conversation_list_rows` for that viewer without a count, in one
+    statement; None when no live account signed in."""
+    shape, params = _list_parameters(None, request, messages)
+    params.update(signed_in)
+    found = split_signed_in(await _signed_in_conversation_list(shape).fetch(on, params))
+    if found is None:
+        return None
+    viewer, rows = found
+    return viewer, _listing(rows, shape, request, messages, None)
+
+
+def _listing(
+    rows: Sequence[Sequence[Any]],
+    shape: ConversationListShape,
+    request: PageRequest,
+    messages: PageRequest | None,
+    total: int | None,
+) -> ConversationListing:
     width = len(ListedConversation._fields)
     new = tuple.__new__
     listed: list[ListedConversation] = []

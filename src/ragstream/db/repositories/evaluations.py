@@ -25,8 +25,6 @@ from sqlalchemy import (
     null,
     select,
     true,
-    type_coerce,
-    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import with_expression
@@ -47,8 +45,8 @@ from ragstream.db.pagination import (
     parent_page_key,
 )
 from ragstream.db.repositories.base import ReadableRepository
-from ragstream.db.repositories.flags import SIGNED_IN_WITH_FLAGS, signed_in_from_row
 from ragstream.db.repositories.users import UserRepository
+from ragstream.db.signed_in_rows import signed_in_rows, split_signed_in
 from ragstream.domain.evaluations.enums import EvaluationStatus, ProjectType
 from ragstream.domain.users.enums import Role
 
@@ -234,45 +232,19 @@ def _listed_select(shape: _ListShape, viewer: User) -> Select[Any]:
 
 @functools.lru_cache(maxsize=_SHAPES_KEPT)
 def _signed_in_page(shape: _ListShape) -> DriverStatement:
-    """The viewer check and a list page in one statement, so a signed-in page load is one
-    round trip instead of two: first the row of `SIGNED_IN_WITH_FLAGS` (none when the token's
-    account or session is not live), then the page read for that account. Each part fills its
-    own columns and leaves the other's null: the viewer's columns travel once, not with every
-    row of the page.
+    """The viewer check and a list page in one statement (see `signed_in_rows`), so a
+    signed-in page load is one round trip instead of two. Both pages (an administrator reads
+    every evaluation, anyone else their own) are written with `readable_by`."""
 
-    Which rule applies (an administrator reads every evaluation, anyone else their own) is
-    known only once the viewer's row is read: both pages are written with `readable_by` and
-    each runs only for its kind of viewer (a condition on the viewer's row alone, decided
-    before any evaluation is scanned).
-    """
-    # Materialized: inlined, its flags subquery would run again for every row of the page.
-    viewer = SIGNED_IN_WITH_FLAGS.cte("viewer").prefix_with("MATERIALIZED")
-    admin = viewer.c.role == Role.ADMIN
-    pages = [
-        _listed_select(
-            shape._replace(admin=is_admin), cast("User", _ViewerParameter(is_admin, viewer.c.id))
-        ).where(admin if is_admin else ~admin)
-        for is_admin in (True, False)
-    ]
-    page = union_all(*pages).lateral("page")
+    def page(is_admin: bool, viewer_id: Any) -> Select[Any]:
+        viewer = cast("User", _ViewerParameter(is_admin, viewer_id))
+        return _listed_select(shape._replace(admin=is_admin), viewer)
 
-    def columns(of: Any, prefix: str, filled: bool) -> list[Any]:
-        # Typed nulls: the result's types (and so its conversions) are the first part's.
-        return [
-            (column if filled else type_coerce(null(), column.type)).label(prefix + column.key)
-            for column in of.c
-        ]
+    def ordering(columns: Any) -> list[Any]:
+        keys = [columns.p_sort_key, columns.p_id]
+        return [key.desc() for key in keys] if shape.order.descending else keys
 
-    viewer_row = select(
-        literal(0).label("part"), *columns(viewer, "v_", True), *columns(page, "p_", False)
-    )
-    page_rows = select(
-        literal(1), *columns(viewer, "v_", False), *columns(page, "p_", True)
-    ).select_from(viewer.join(page, true()))
-    keys = [viewer_row.selected_columns.p_sort_key, viewer_row.selected_columns.p_id]
-    ordering = [key.desc() for key in keys] if shape.order.descending else keys
-    both = union_all(viewer_row, page_rows).order_by(viewer_row.selected_columns.part, *ordering)
-    return DriverStatement(both)
+    return DriverStatement(signed_in_rows(page, ordering))
 
 
 @functools.cache
@@ -433,14 +405,11 @@ class EvaluationRepository(ReadableRepository[Evaluation]):
         shape = _ListShape(False, order, columns, request.after is not None)
         params = _page_parameters(request, order)
         params.update(signed_in)
-        rows = await _signed_in_page(shape).fetch(on, params)
-        if not rows:
+        found = split_signed_in(await _signed_in_page(shape).fetch(on, params))
+        if found is None:
             return None
-        # The viewer's row, then the page's, each after the part number.
-        width = len(SIGNED_IN_WITH_FLAGS.selected_columns)
-        viewer = signed_in_from_row(rows[0][1 : 1 + width])
-        page = _listed_rows(rows[1:], request, owners=columns.owners, total=None, start=1 + width)
-        return viewer, page
+        viewer, rows = found
+        return viewer, _listed_rows(rows, request, owners=columns.owners, total=None)
 
     @staticmethod
     def page_key(owner_id: uuid.UUID, request: PageRequest) -> ParentPageKey:

@@ -29,6 +29,7 @@ from ragstream.db.repositories.chat import (
     UsageRepository,
     check_list_cursor,
     conversation_list_rows,
+    signed_in_conversation_rows,
 )
 from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
 from ragstream.domain.chat.prompt import HistoryTurn, SourceText
@@ -37,8 +38,11 @@ from ragstream.domain.chat.views import MessageView, SourceView, message_view, s
 from ragstream.domain.documents import service as documents
 from ragstream.domain.errors import InvalidInput, NotFound, not_found
 from ragstream.domain.evaluations import service as evaluations
+from ragstream.domain.flags.features import FeatureDefaults
+from ragstream.domain.flags.service import SignedIn, signed_in_of
 from ragstream.domain.llm.chat import CriterionContext, EvaluationContext
 from ragstream.domain.pagination import cursor_errors, page_request
+from ragstream.domain.users.tokens import AccessClaims
 
 MAX_TITLE = 200
 DEFAULT_TITLE = "New conversation"
@@ -122,6 +126,30 @@ async def list_conversation_rows(
     the requests come from `listing_request`."""
     with cursor_errors():
         return await conversation_list_rows(on, viewer, request, messages)
+
+
+async def signed_in_conversation_listing(
+    on: DriverTarget,
+    claims: AccessClaims,
+    request: PageRequest,
+    messages: PageRequest | None,
+    *,
+    environment: str,
+    defaults: FeatureDefaults,
+) -> tuple[SignedIn, ConversationListing] | None:
+    """The viewer check (`resolve_signed_in`) and `list_conversation_rows` for that viewer,
+    with requests from `listing_request` and no count, in one statement; None when the
+    token's account or sign-in session is not live (nothing was listed)."""
+    signed_in = {
+        "user_id": claims.user_id,
+        "session_id": claims.session_id,
+        "environment": environment,
+    }
+    found = await signed_in_conversation_rows(on, signed_in, request, messages)
+    if found is None:
+        return None
+    viewer, listing = found
+    return signed_in_of(viewer, defaults), listing
 
 
 async def delete_conversation(
