@@ -13,10 +13,12 @@ own scalar and enum types, so the data is the same dictionary execution builds, 
 Parsing, validation, every limit, trusted documents, metrics and logs are untouched: the plan
 takes over only where graphql-core would start executing the root fields. What it supports:
 
-- query operations whose root fields are `me` and `evaluations` (with `first` and `after` only),
-  any aliases, `__typename`, fragments and inline fragments;
+- query operations whose root fields are `me`, `evaluations` and `conversations` (with `first`
+  and `after` only), any aliases, `__typename`, fragments and inline fragments;
 - below them, plain fields (no resolver, no arguments, no permissions, no field extensions),
-  `Evaluation.owner`, `Evaluation.criteria` and `totalCount`.
+  `Evaluation.owner`, `Evaluation.criteria`, `totalCount`, and `Conversation.messages` (with
+  `first` and `after`, once per conversation, without the messages' `sources`): every listed
+  conversation's page of messages is read with the list, in its statement.
 
 Anything else is executed as before: another root field or argument, any directive anywhere in
 the operation (`@skip`/`@include` make the selection depend on variables), `@defer`, resolver
@@ -24,8 +26,10 @@ middleware, a field this module does not know. At run time, a value execution wo
 an error (a null in a non-null field, an owner the viewer may not read) makes the plan give way
 to execution too, which then reports it: nothing is guessed. An error raised while reading
 (UNAUTHENTICATED, a bad `first` or cursor, a database failure) is located and propagated exactly
-as execution would locate and propagate it from that root field; with several root fields
-(which graphql-core resolves concurrently) the operation is executed instead.
+as execution would locate and propagate it from that root field (a bad `first` or cursor of
+`messages`, which execution reports at each conversation's field, makes the plan give way);
+with several root fields (which graphql-core resolves concurrently) the operation is executed
+instead.
 """
 
 from __future__ import annotations
