@@ -11,8 +11,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import text
 
+from ragstream.schema import compiled as compiled_reads
 from tests.chat_support import count_rows, new_conversation
 from tests.evaluations_support import count_statements
 from tests.support import Account, LiveServer
@@ -164,7 +166,19 @@ def variable_sets(world: World) -> list[dict[str, Any]]:
     ]
 
 
-async def test_conversation_list_selections_answer_the_same(pair: Pair) -> None:
+async def test_conversation_list_selections_answer_the_same(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every answer below must come from the plan: one that gave way to execution would answer
+    # the same and prove nothing.
+    gave_way: list[object] = []
+    executed = compiled_reads._executed
+
+    async def noted(*args: Any) -> dict[str, Any]:
+        gave_way.append(args)
+        return await executed(*args)
+
+    monkeypatch.setattr(compiled_reads, "_executed", noted)
     world = await seed(pair.compiled)
     shapes = itertools.product(
         LIST_SELECTIONS, CONVERSATION_SELECTIONS, MESSAGES_SELECTIONS, MESSAGE_SELECTIONS
@@ -176,6 +190,7 @@ async def test_conversation_list_selections_answer_the_same(pair: Pair) -> None:
             for account in (world.admin, world.user):
                 body = await assert_same(pair, document, variables, token=account.access_token)
                 assert b'"errors"' not in body, body
+                assert not gave_way, (document, variables)
 
 
 async def test_the_list_holds_the_viewers_own_conversations_and_their_messages(

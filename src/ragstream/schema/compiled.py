@@ -14,7 +14,8 @@ Parsing, validation, every limit, trusted documents, metrics and logs are untouc
 takes over only where graphql-core would start executing the root fields. What it supports:
 
 - query operations whose root fields are `me`, `evaluations` and `conversations` (with `first`
-  and `after` only), any aliases, `__typename`, fragments and inline fragments;
+  and `after` only; `conversations` also with a null `evaluationId`), any aliases,
+  `__typename`, fragments and inline fragments;
 - below them, plain fields (no resolver, no arguments, no permissions, no field extensions),
   `Evaluation.owner`, `Evaluation.criteria`, `totalCount`, and `Conversation.messages` (with
   `first` and `after`, once per conversation, without the messages' `sources`): every listed
@@ -29,7 +30,10 @@ to execution too, which then reports it: nothing is guessed. An error raised whi
 as execution would locate and propagate it from that root field (a bad `first` or cursor of
 `messages`, which execution reports at each conversation's field, makes the plan give way);
 with several root fields (which graphql-core resolves concurrently) the operation is executed
-instead.
+instead. One difference remains: the conversation list reads its messages in its own
+statement, so a database failure there (a statement timeout) is reported once, at the list,
+where execution, which reads the messages apart, could report it at each conversation's
+`messages`. Either way the data is null and the error is INTERNAL_SERVER_ERROR.
 """
 
 from __future__ import annotations
