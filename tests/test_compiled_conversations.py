@@ -250,6 +250,20 @@ async def test_the_list_and_its_messages_are_one_statement_after_the_viewer(pair
     assert "FROM messages" not in compiled_sql[0]
 
 
+async def test_executed_the_list_is_counted_only_when_its_total_is_asked_for(
+    pair: Pair,
+) -> None:
+    world = await seed(pair.compiled)
+    token = world.user.access_token
+    for document, counts in [
+        ("{ conversations { edges { node { id } } } }", 0),
+        ("{ conversations { totalCount edges { node { id } } } }", 1),
+    ]:
+        with count_statements(pair.executed, requests_only=True) as executed_sql:
+            await assert_same(pair, document, token=token)
+        assert sum("count(" in sql.lower() for sql in executed_sql) == counts, executed_sql
+
+
 async def test_messages_follow_the_viewers_role_in_the_one_statement(pair: Pair) -> None:
     world = await seed(pair.compiled)
     # A message of another account in a conversation: an admin reads every message, anyone

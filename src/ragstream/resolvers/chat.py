@@ -30,6 +30,7 @@ from ragstream.schema.chat.types import (
 )
 from ragstream.schema.context import Info
 from ragstream.schema.pagination import AfterArg, Connection, FirstArg, to_connection
+from ragstream.schema.selection import selects
 
 
 def _chat(info: Info) -> GenerationManager:
@@ -59,7 +60,12 @@ async def conversations(
     evaluation = None if evaluation_id is None else parse_id(evaluation_id, "evaluation")
     async with info.context.transaction() as session:
         page = await service.list_conversations(
-            session, viewer, first=first, after=after, evaluation_id=evaluation
+            session,
+            viewer,
+            first=first,
+            after=after,
+            evaluation_id=evaluation,
+            count=selects(info, "totalCount"),
         )
     return to_connection(page, to_conversation)
 

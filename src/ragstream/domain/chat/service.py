@@ -99,10 +99,12 @@ async def list_conversations(
     first: int | None,
     after: str | None,
     evaluation_id: uuid.UUID | None,
+    count: bool = True,
 ) -> Page[Conversation]:
+    """``count=False`` when the list's total is not asked for (no count is read)."""
     with cursor_errors():
         return await ConversationRepository(session).list_owned(
-            viewer, page_request(first, after), evaluation_id=evaluation_id
+            viewer, page_request(first, after, count=count), evaluation_id=evaluation_id
         )
 
 
