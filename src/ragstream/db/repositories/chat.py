@@ -771,22 +771,29 @@ def _after_parameters(prefix: str, keys: Sequence[Any]) -> list[Any]:
 def _conversation_list_select(shape: ConversationListShape, viewer: Any) -> Select[Any]:
     """A list page and its conversations' messages for ``viewer`` (whose id may be a
     parameter or a column)."""
+    page_limit = bindparam("page_limit", type_=Integer)
+    listed_columns = [getattr(Conversation, name) for name in ListedConversation._fields]
+    if shape.messages:
+        # Each row's place in the page: the last of `page_limit` rows only tells whether
+        # there is a next page, and its messages are not read (see `readable`).
+        listed_columns.append(
+            func.row_number().over(order_by=[key.desc() for key in _LIST_KEYS]).label("place")
+        )
     conversations = keyset_page(
-        ConversationRepository.owned(viewer).with_only_columns(
-            *(getattr(Conversation, name) for name in ListedConversation._fields)
-        ),
+        ConversationRepository.owned(viewer).with_only_columns(*listed_columns),
         _LIST_KEYS,
         descending=True,
         after=_after_parameters("after", _LIST_KEYS) if shape.after else None,
-        limit=bindparam("page_limit", type_=Integer),
+        limit=page_limit,
     ).subquery("listed")
-    columns: list[Any] = list(conversations.c)
+    columns: list[Any] = [conversations.c[name] for name in ListedConversation._fields]
     ordering: list[Any] = [conversations.c.created_at.desc(), conversations.c.id.desc()]
     stmt = select()
     if shape.messages:
         readable = (
             Message.conversation_id == conversations.c.id,
             MessageRepository.readable_by(viewer),
+            conversations.c.place < page_limit,
         )
         messages = keyset_page(
             select(*(getattr(Message, name) for name in ListedMessage._fields)).where(*readable),
