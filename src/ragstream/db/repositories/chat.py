@@ -56,6 +56,7 @@ from ragstream.db.repositories.evaluations import EvaluationRepository
 from ragstream.db.repositories.users import UserRepository
 from ragstream.db.signed_in_rows import signed_in_rows, split_signed_in
 from ragstream.domain.chat.enums import FailureCode, MessageRole, MessageStatus
+from ragstream.domain.chat.views import SourceView
 
 # An UPDATE ... RETURNING of whole entities: the returned rows overwrite the objects the
 # session holds for them (populate_existing), which is all the synchronising it needs; the ORM's
@@ -263,15 +264,14 @@ class MessageRepository(ReadableRepository[Message]):
             result[row.message_id].append(row)
         return result
 
-    async def add_sources(self, message_id: uuid.UUID, sources: Sequence[NewSource]) -> None:
+    async def add_sources(self, message_id: uuid.UUID, sources: Sequence[SourceView]) -> None:
         """The numbered sources of an answer, in one statement (`_ADD_SOURCES`)."""
         if not sources:
             return
-        columns = list(zip(*sources, strict=True))
         await _ADD_SOURCES.fetch(
             self.session,
             {"message_id": message_id}
-            | {name: list(values) for name, values in zip(NewSource._fields, columns, strict=True)},
+            | {name: [getattr(s, name) for s in sources] for name in _SOURCE_FIELDS},
         )
 
     async def save_partial(self, contents: Sequence[tuple[uuid.UUID, str]]) -> None:
@@ -434,31 +434,21 @@ def _adding(stmt: Insert) -> Any:
 _MESSAGE_COLUMNS = Message.__table__.c
 
 
-class NewSource(NamedTuple):
-    """A source to store with an answer (a `MessageSource` row; ``number`` is its index)."""
-
-    number: int
-    document_id: uuid.UUID | None
-    chunk_id: uuid.UUID | None
-    title: str
-    excerpt: str
-    page: int | None
-    score: float
-
-
+# A `SourceView`'s fields, in the order of `_ADD_SOURCES`' columns (its parameters' names).
+_SOURCE_FIELDS = ("index", "document_id", "chunk_id", "title", "excerpt", "page", "score")
 # An answer's sources as one INSERT of a row per array element: no ORM flush, and with the
 # session in autocommit, no BEGIN and COMMIT around it.
 _ADD_SOURCES = DriverStatement(
     text(
         "WITH added AS (INSERT INTO message_sources"
         " (message_id, index, document_id, chunk_id, title, excerpt, page, score)"
-        " SELECT :message_id, s.* FROM unnest(:number, :document_id, :chunk_id, :title,"
+        " SELECT :message_id, s.* FROM unnest(:index, :document_id, :chunk_id, :title,"
         " :excerpt, :page, :score) AS s RETURNING 1)"
         " SELECT count(*) AS added FROM added"
     )
     .bindparams(
         bindparam("message_id", type_=Uuid),
-        bindparam("number", type_=ARRAY(Integer)),
+        bindparam("index", type_=ARRAY(Integer)),
         bindparam("document_id", type_=ARRAY(Uuid)),
         bindparam("chunk_id", type_=ARRAY(Uuid)),
         bindparam("title", type_=ARRAY(Text)),

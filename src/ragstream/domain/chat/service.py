@@ -23,7 +23,6 @@ from ragstream.db.repositories.chat import (
     ConversationListing,
     ConversationRepository,
     MessageRepository,
-    NewSource,
     TokenTotals,
     UsageKey,
     UsageRepository,
@@ -348,13 +347,7 @@ async def history(
 async def store_sources(
     session: AsyncSession, message_id: uuid.UUID, sources: Sequence[SourceView]
 ) -> None:
-    await MessageRepository(session).add_sources(
-        message_id,
-        [
-            NewSource(s.index, s.document_id, s.chunk_id, s.title, s.excerpt, s.page, s.score)
-            for s in sources
-        ],
-    )
+    await MessageRepository(session).add_sources(message_id, sources)
 
 
 def source_texts(
