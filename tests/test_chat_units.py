@@ -12,7 +12,7 @@ from typing import cast
 
 import pytest
 
-from ragstream.domain.chat.answer import Answer
+from ragstream.domain.chat.answer import Answer, read_due
 from ragstream.domain.chat.prompt import (
     HistoryTurn,
     SourceText,
@@ -380,3 +380,15 @@ async def test_text_that_comes_while_the_relay_answers_a_follow_is_published_wit
         received += str(event["text"])
     assert received == stream.text()[asked_from:]
     assert [event["kind"] for event in published].count("sources") == 1
+
+
+def test_paced_reads_fall_on_a_shared_grid_of_whole_windows() -> None:
+    grid = 0.03
+    # reads that ended at different moments of one tick begin together, a window later
+    assert read_due(100.002, 0.03, grid) == pytest.approx(100.02)
+    assert read_due(99.991, 0.03, grid) == pytest.approx(100.02)
+    # a stretched window is rounded to whole grid steps and stays on the grid
+    assert read_due(100.002, 0.1, grid) == pytest.approx(100.08)  # 99.99 + 3 steps
+    assert read_due(100.002, 0.01, grid) == pytest.approx(100.02)  # at least one step
+    # without a base window there is no grid
+    assert read_due(100.002, 0.05, 0.0) == pytest.approx(100.052)

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx2
 import pytest
 
+from ragstream.domain.llm.pace import READ_PACE, ReadPace
 from ragstream.domain.llm.streaming_http import StreamingTransport
+from tests.chat_support import eventually
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -63,6 +65,10 @@ async def raw_server(handler: Handler) -> AsyncIterator[tuple[RawServer, str]]:
 async def client() -> AsyncIterator[httpx2.AsyncClient]:
     async with httpx2.AsyncClient(transport=StreamingTransport(), timeout=2.0) as http:
         yield http
+
+
+async def holds(condition: bool) -> bool:
+    return condition
 
 
 def chunked(*pieces: bytes) -> bytes:
@@ -126,6 +132,92 @@ async def test_what_arrives_while_the_reader_is_away_comes_in_one_piece() -> Non
     assert first == b"data: one\n\n"
     assert not reading_meanwhile
     assert rest == [b"data: two\n\ndata: three\n\n"]
+
+
+async def test_a_paced_reader_reads_the_socket_again_only_once_its_pace_allows() -> None:
+    # given a server that sends an event, and the next one at once when told
+    more = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"%x\r\n%s\r\n" % (11, b"data: one\n\n"))
+        await writer.drain()
+        await more.wait()
+        writer.write(chunked(b"data: two\n\n"))
+        await writer.drain()
+
+    loop = asyncio.get_running_loop()
+    lateness: list[float] = []
+    pace = ReadPace(late=lateness.append)
+    paced = READ_PACE.set(pace)
+    try:
+        async with (
+            raw_server(handler) as (server, url),
+            client() as http,
+            http.stream("POST", f"{url}/v1/x", content=b"{}") as response,
+        ):
+            pieces = response.aiter_raw()
+            first = await anext(pieces)
+            # when the reader may read again only 0.2 s from now, and the next event is
+            # already on its way
+            pace.not_before = loop.time() + 0.2
+            more.set()
+            second = await anext(pieces)
+            arrived = loop.time()
+    finally:
+        READ_PACE.reset(paced)
+
+    # then the transport took the pace, and the event came no earlier than it allowed
+    assert (first, second) == (b"data: one\n\n", b"data: two\n\n")
+    assert pace.honoured
+    assert arrived >= pace.not_before
+    assert len(lateness) == 1
+    assert lateness[0] >= 0
+
+
+async def test_with_a_grid_a_read_that_found_nothing_waits_for_the_next_tick() -> None:
+    # given a server that sends an event, and the next one only when told
+    more = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"%x\r\n%s\r\n" % (11, b"data: one\n\n"))
+        await writer.drain()
+        await more.wait()
+        writer.write(chunked(b"data: two\n\n"))
+        await writer.drain()
+
+    loop = asyncio.get_running_loop()
+    grid = 0.2
+    pace = ReadPace(grid=grid)  # may read again at once, but on the grid's ticks only
+    paced = READ_PACE.set(pace)
+    try:
+        async with (
+            raw_server(handler) as (server, url),
+            client() as http,
+            http.stream("POST", f"{url}/v1/x", content=b"{}") as response,
+        ):
+            pieces = response.aiter_raw()
+            first = await anext(pieces)
+            connection = response.stream._stream._connection  # type: ignore[union-attr]
+            second = asyncio.create_task(anext(pieces))
+            await eventually(lambda: holds(connection.tick is not None))  # waits for a tick
+            tick = connection.tick
+            await eventually(lambda: holds(connection.tick not in (None, tick)))  # found nothing
+            next_tick = connection.tick
+            # when the next event is sent after that tick
+            more.set()
+            piece = await second
+            arrived = loop.time()
+    finally:
+        READ_PACE.reset(paced)
+
+    # then the reading paused again until the next tick, and the event came with that tick
+    assert (first, piece) == (b"data: one\n\n", b"data: two\n\n")
+    assert next_tick == pytest.approx(tick + grid)
+    assert arrived >= next_tick
 
 
 async def test_a_body_with_a_length_and_an_error_status_reach_the_client() -> None:

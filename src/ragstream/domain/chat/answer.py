@@ -50,6 +50,7 @@ from ragstream.domain.llm.chat import (
     ChatRequest,
     TokenUsage,
 )
+from ragstream.domain.llm.pace import READ_PACE, ReadPace
 from ragstream.domain.text import estimate_tokens
 from ragstream.settings import Settings
 
@@ -153,29 +154,32 @@ class Answer:
         crowd = self._tools.crowd if provider.buffers_unread else None
         window = self._tools.settings.chat_coalesce_window_ms / 1000
         self.stream.paced = crowd is not None
+        pace = ReadPace(grid=window, late=crowd.late) if crowd is not None else None
         loop = asyncio.get_running_loop()
         # Closing the provider's stream (also when the work is cancelled) stops its call.
         limit = self._tools.settings.chat_max_answer_chars
         answer = capped(provider.stream(request), limit)
-        asked = loop.time()
-        async with contextlib.aclosing(answer) as chunks:
-            async for chunk in chunks:
-                if chunk.text:
-                    self.stream.append(chunk.text)
-                    flusher.grew(self.id)
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                if crowd is not None and chunk.usage is None:  # the usage comes last
-                    # Reads begin at least a window apart, the pace the followers are sent
-                    # at: what the provider sends meanwhile waits in the connection and comes
-                    # as one read, one wake-up of this task for several deltas, and each
-                    # append is one event to every follower (`GenerationStream.paced`). A
-                    # provider slower than that is read as it sends; after the usage, which
-                    # comes last, nothing waits.
-                    due = asked + crowd.window(window)
-                    if await _sleep_until(loop, due):
-                        crowd.late(loop.time() - due)
-                    asked = loop.time()
+        paced = READ_PACE.set(pace)
+        try:
+            async with contextlib.aclosing(answer) as chunks:
+                async for chunk in chunks:
+                    if chunk.text:
+                        self.stream.append(chunk.text)
+                        flusher.grew(self.id)
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if pace is not None and crowd is not None and chunk.usage is None:
+                        # Reads begin about a window apart, the pace the followers are sent
+                        # at: what the provider sends meanwhile waits in the connection and
+                        # comes as one read, one wake-up of this task for several deltas,
+                        # and each append is one event to every follower
+                        # (`GenerationStream.paced`). A provider slower than that is read as
+                        # it sends; after the usage, which comes last, nothing waits.
+                        pace.not_before = read_due(loop.time(), crowd.window(window), window)
+                        if not pace.honoured and await _sleep_until(loop, pace.not_before):
+                            crowd.late(loop.time() - pace.not_before)
+        finally:
+            READ_PACE.reset(paced)
         return usage
 
     def _outcome(self, work: asyncio.Task[TokenUsage | None] | None) -> Outcome:
@@ -246,6 +250,21 @@ class Answer:
             completed_at=datetime.now(answer.created_at.tzinfo),
             sources=self._sources,
         )
+
+
+def read_due(now: float, step: float, grid: float) -> float:
+    """When a read that ended ``now`` lets the next one begin: about ``step`` later, on a
+    multiple of ``grid`` (the base window), with ``step`` rounded to whole grid steps.
+
+    Every paced answer of a process (and of every process on the machine: the loop's clock is
+    the monotonic one) then reads on the same ticks: the timers that let their reads begin fire
+    in one turn of the event loop, the data of all of them comes in the next one, and one
+    wake-up of the process serves them all where their own phases would each cost one.
+    """
+    if grid <= 0:
+        return now + step
+    steps = max(round(step / grid), 1)
+    return (round(now / grid) + steps) * grid
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> bool:

@@ -22,11 +22,14 @@ once more on a fresh one.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 from collections.abc import AsyncIterator
 
 import httptools
 import httpx2 as httpx
+
+from ragstream.domain.llm.pace import READ_PACE, ReadPace
 
 Origin = tuple[str, str, int]
 
@@ -34,9 +37,10 @@ Origin = tuple[str, str, int]
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: the response being read and a reader waiting for more of it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: Origin, pacer: _Pacer) -> None:
         self.loop = loop
         self.origin = origin
+        self._pacer = pacer
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
@@ -45,6 +49,8 @@ class _Connection(asyncio.Protocol):
         self._silence: float | None = None
         self._since = 0.0
         self._paused = False
+        self.tick: float | None = None  # the tick this connection's reading resumes at
+        self.pace: ReadPace | None = None  # the pace of the reader waiting, if any
         self._reset()
 
     def _reset(self) -> None:
@@ -144,8 +150,16 @@ class _Connection(asyncio.Protocol):
         ``silence``: the longest silence allowed while waiting (httpx's read timeout). One
         timer per connection checks it and is re-armed only when it fires, so a steady stream
         pays nothing for it.
+        Reading the socket starts again at once, or, if the task reads at a pace
+        (`READ_PACE`), not before its ``not_before``.
         """
-        self.resume()
+        pace = self.pace = READ_PACE.get()
+        if pace is None or not self._paused:
+            self.resume()
+        else:
+            pace.honoured = True
+            if self.tick is None:
+                self._pacer.resume_at(pace.not_before, pace.grid, self)
         waiter = self._waiter = self.loop.create_future()
         self._since = self.loop.time()
         self._silence = silence
@@ -170,12 +184,32 @@ class _Connection(asyncio.Protocol):
 
     def resume(self) -> None:
         """Reads from the socket again (see `data_received`)."""
+        self.tick = None
         if self._paused:
             self._paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
 
+    def idle_since_tick(self) -> bool:
+        """Resumed at a tick, the socket had nothing for its waiting, paced reader."""
+        waiter = self._waiter
+        return (
+            self.tick is None
+            and not self._paused
+            and not self.body
+            and waiter is not None
+            and not waiter.done()
+            and self.transport is not None
+        )
+
+    def pause(self) -> None:
+        if self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
     def stop_timer(self) -> None:
+        self.tick = None
+        self.pace = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -193,6 +227,64 @@ class _Connection(asyncio.Protocol):
         self.stop_timer()
         if self.transport is not None:
             self.transport.close()
+
+
+class _Pacer:
+    """Resumes the reading of paced connections (`READ_PACE`) in groups, one timer per tick.
+
+    A connection whose reader may read again from ``not_before`` on joins the group of that
+    time; the group's timer resumes them all in one turn of the event loop, and each reports
+    how late that turn came. With a grid, connections that found nothing in their socket by
+    the next turn are paused again until the next tick: reads begin on ticks only, and a
+    process serving many paced answers wakes up once per tick, not once per arriving delta.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._groups: dict[float, list[_Connection]] = {}
+
+    def resume_at(self, when: float, grid: float, connection: _Connection) -> None:
+        now = self.loop.time()
+        if when <= now:
+            if grid <= 0:
+                connection.resume()
+                return
+            when = (math.floor(now / grid) + 1) * grid  # the next tick
+        self._join(when, connection)
+
+    def _join(self, when: float, connection: _Connection) -> None:
+        connection.tick = when
+        group = self._groups.get(when)
+        if group is None:
+            group = self._groups[when] = []
+            self.loop.call_at(when, self._fire, when)
+        group.append(connection)
+
+    def _fire(self, when: float) -> None:
+        late = self.loop.time() - when
+        resumed = []
+        for connection in self._groups.pop(when, ()):
+            if connection.tick != when:
+                continue  # resumed, closed or released since it joined
+            connection.resume()
+            pace = connection.pace
+            if pace is not None:
+                if pace.late is not None:
+                    pace.late(late)
+                if pace.grid > 0:
+                    resumed.append(connection)
+        if resumed:
+            # The sockets that hold data are read in the turn of the loop that follows this
+            # one; the timer runs after it.
+            self.loop.call_at(self.loop.time() + 0.001, self._settle, resumed)
+
+    def _settle(self, resumed: list[_Connection]) -> None:
+        now = self.loop.time()
+        for connection in resumed:
+            pace = connection.pace
+            if pace is not None and connection.idle_since_tick():
+                connection.pause()
+                self._join((math.floor(now / pace.grid) + 1) * pace.grid, connection)
 
 
 class _Body(httpx.AsyncByteStream):
@@ -262,6 +354,7 @@ class StreamingTransport(httpx.AsyncBaseTransport):
         self._max_idle = max_idle
         self._keepalive_expiry = keepalive_expiry
         self._idle: dict[Origin, list[_Connection]] = {}
+        self._pacer: _Pacer | None = None
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -322,7 +415,9 @@ class StreamingTransport(httpx.AsyncBaseTransport):
     async def _connect(self, origin: Origin, within: float | None) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        connection = _Connection(loop, origin)
+        if self._pacer is None or self._pacer.loop is not loop:
+            self._pacer = _Pacer(loop)
+        connection = _Connection(loop, origin, self._pacer)
         secure = scheme == "https"
         try:
             async with asyncio.timeout(within):
