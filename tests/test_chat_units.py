@@ -387,8 +387,9 @@ def test_paced_reads_fall_on_a_shared_grid_of_whole_windows() -> None:
     # reads that ended at different moments of one tick begin together, a window later
     assert read_due(100.002, 0.03, grid) == pytest.approx(100.02)
     assert read_due(99.991, 0.03, grid) == pytest.approx(100.02)
-    # a stretched window is rounded to whole grid steps and stays on the grid
-    assert read_due(100.002, 0.1, grid) == pytest.approx(100.08)  # 99.99 + 3 steps
+    # a stretched window becomes the whole grid steps that cover it, and stays on the grid
+    assert read_due(100.002, 0.1, grid) == pytest.approx(100.11)  # 99.99 + 4 steps
+    assert read_due(100.002, 0.06, grid) == pytest.approx(100.05)  # exactly 2 steps
     assert read_due(100.002, 0.01, grid) == pytest.approx(100.02)  # at least one step
     # without a base window there is no grid
     assert read_due(100.002, 0.05, 0.0) == pytest.approx(100.052)

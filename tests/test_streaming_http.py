@@ -157,6 +157,7 @@ async def test_a_paced_reader_reads_the_socket_again_only_once_its_pace_allows()
             client() as http,
             http.stream("POST", f"{url}/v1/x", content=b"{}") as response,
         ):
+            honoured_by_the_head = pace.honoured  # before the first read of the body
             pieces = response.aiter_raw()
             first = await anext(pieces)
             # when the reader may read again only 0.2 s from now, and the next event is
@@ -168,9 +169,10 @@ async def test_a_paced_reader_reads_the_socket_again_only_once_its_pace_allows()
     finally:
         READ_PACE.reset(paced)
 
-    # then the transport took the pace, and the event came no earlier than it allowed
+    # then the transport took the pace from the start, and the event came no earlier than
+    # it allowed
     assert (first, second) == (b"data: one\n\n", b"data: two\n\n")
-    assert pace.honoured
+    assert honoured_by_the_head
     assert arrived >= pace.not_before
     assert len(lateness) == 1
     assert lateness[0] >= 0
@@ -211,13 +213,48 @@ async def test_with_a_grid_a_read_that_found_nothing_waits_for_the_next_tick() -
             more.set()
             piece = await second
             arrived = loop.time()
+            resumed_at = connection.resumed_at
     finally:
         READ_PACE.reset(paced)
 
-    # then the reading paused again until the next tick, and the event came with that tick
+    # then the reading paused again until the next tick, and the event was read once that
+    # tick resumed it (no later one did)
     assert (first, piece) == (b"data: one\n\n", b"data: two\n\n")
     assert next_tick == pytest.approx(tick + grid)
     assert arrived >= next_tick
+    assert resumed_at == next_tick
+
+
+async def test_a_released_connection_forgets_its_ticks() -> None:
+    # given a server answering every request on a connection with an event, and the end of
+    # the body a moment later (so the reader waits for a tick in between)
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"%x\r\n%s\r\n" % (11, b"data: one\n\n"))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    paced = READ_PACE.set(ReadPace(grid=0.05))
+    try:
+        async with raw_server(handler) as (server, url), client() as http:
+            # when a paced response is read to its end, and the connection is released
+            async with http.stream("POST", f"{url}/v1/x", content=b"{}") as response:
+                connection = response.stream._stream._connection  # type: ignore[union-attr]
+                body = b"".join([piece async for piece in response.aiter_raw()])
+            # then nothing of its pace stays with it to pause the next request's reads
+            state = (connection.tick, connection.resumed_at, connection.pace)
+            async with http.stream("POST", f"{url}/v1/x", content=b"{}") as response:
+                again = b"".join([piece async for piece in response.aiter_raw()])
+    finally:
+        READ_PACE.reset(paced)
+
+    assert body == again == b"data: one\n\n"
+    assert state == (None, None, None)
+    assert server.connections == 1
 
 
 async def test_a_body_with_a_length_and_an_error_status_reach_the_client() -> None:

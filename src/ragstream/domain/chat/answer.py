@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -168,16 +169,21 @@ class Answer:
                         flusher.grew(self.id)
                     if chunk.usage is not None:
                         usage = chunk.usage
-                    if pace is not None and crowd is not None and chunk.usage is None:
-                        # Reads begin about a window apart, the pace the followers are sent
-                        # at: what the provider sends meanwhile waits in the connection and
-                        # comes as one read, one wake-up of this task for several deltas,
-                        # and each append is one event to every follower
-                        # (`GenerationStream.paced`). A provider slower than that is read as
-                        # it sends; after the usage, which comes last, nothing waits.
-                        pace.not_before = read_due(loop.time(), crowd.window(window), window)
-                        if not pace.honoured and await _sleep_until(loop, pace.not_before):
-                            crowd.late(loop.time() - pace.not_before)
+                    if pace is None or crowd is None:
+                        continue
+                    if chunk.usage is not None:  # it comes last: nothing waits after it
+                        pace.not_before, pace.grid = 0.0, 0.0
+                        continue
+                    # Reads begin at least a window apart, the pace the followers are sent
+                    # at, on the ticks of the base window that every paced answer of the
+                    # process shares: what the provider sends meanwhile waits in the
+                    # connection and comes as one read, one wake-up of this task for several
+                    # deltas, and each append is one event to every follower
+                    # (`GenerationStream.paced`). Through a transport that does not take
+                    # the pace, the task sleeps until the read is due.
+                    pace.not_before = read_due(loop.time(), crowd.window(window), window)
+                    if not pace.honoured and await _sleep_until(loop, pace.not_before):
+                        crowd.late(loop.time() - pace.not_before)
         finally:
             READ_PACE.reset(paced)
         return usage
@@ -253,8 +259,8 @@ class Answer:
 
 
 def read_due(now: float, step: float, grid: float) -> float:
-    """When a read that ended ``now`` lets the next one begin: about ``step`` later, on a
-    multiple of ``grid`` (the base window), with ``step`` rounded to whole grid steps.
+    """When a read that ended ``now`` lets the next one begin: the first tick of ``grid``
+    (the base window) at least ``step`` after the tick nearest ``now``.
 
     Every paced answer of a process (and of every process on the machine: the loop's clock is
     the monotonic one) then reads on the same ticks: the timers that let their reads begin fire
@@ -263,7 +269,7 @@ def read_due(now: float, step: float, grid: float) -> float:
     """
     if grid <= 0:
         return now + step
-    steps = max(round(step / grid), 1)
+    steps = max(math.ceil(step / grid - 1e-9), 1)
     return (round(now / grid) + steps) * grid
 
 

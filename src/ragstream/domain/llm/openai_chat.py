@@ -162,7 +162,8 @@ class _Watchdog:
     """The first-token and stall limits of one streamed response, for its reads only.
 
     One timer cancels the reading task if the deadline passed while it waits for a read (the
-    time the caller spends between chunks is not the provider's). Moving the deadline later is
+    time the caller spends between chunks is not the provider's; a paced read's wait for its
+    tick, at most a coalescing window, is counted as reading). Moving the deadline later is
     an assignment, and the timer is re-armed only when it fires; an `asyncio.timeout` around
     each read would cost about 10 µs per token.
     """

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httptools
 import httpx2 as httpx
@@ -50,6 +50,7 @@ class _Connection(asyncio.Protocol):
         self._since = 0.0
         self._paused = False
         self.tick: float | None = None  # the tick this connection's reading resumes at
+        self.resumed_at: float | None = None  # the tick it was last resumed at, if still waiting
         self.pace: ReadPace | None = None  # the pace of the reader waiting, if any
         self._reset()
 
@@ -150,15 +151,17 @@ class _Connection(asyncio.Protocol):
         ``silence``: the longest silence allowed while waiting (httpx's read timeout). One
         timer per connection checks it and is re-armed only when it fires, so a steady stream
         pays nothing for it.
-        Reading the socket starts again at once, or, if the task reads at a pace
-        (`READ_PACE`), not before its ``not_before``.
+
+        If the socket was paused (the reader had something to take) reading starts again at
+        once; if the task reads at a pace (`READ_PACE`), not before its ``not_before`` and,
+        with a grid, on a tick of it (see `_Pacer`).
         """
         pace = self.pace = READ_PACE.get()
-        if pace is None or not self._paused:
+        if pace is None:
             self.resume()
         else:
             pace.honoured = True
-            if self.tick is None:
+            if self._paused and self.tick is None:
                 self._pacer.resume_at(pace.not_before, pace.grid, self)
         waiter = self._waiter = self.loop.create_future()
         self._since = self.loop.time()
@@ -185,16 +188,18 @@ class _Connection(asyncio.Protocol):
     def resume(self) -> None:
         """Reads from the socket again (see `data_received`)."""
         self.tick = None
+        self.resumed_at = None
         if self._paused:
             self._paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
 
-    def idle_since_tick(self) -> bool:
-        """Resumed at a tick, the socket had nothing for its waiting, paced reader."""
+    def found_nothing_at(self, tick: float) -> bool:
+        """Resumed at ``tick``, the socket had nothing for the paced reader still waiting."""
         waiter = self._waiter
         return (
-            self.tick is None
+            self.resumed_at == tick
+            and self.tick is None
             and not self._paused
             and not self.body
             and waiter is not None
@@ -209,6 +214,7 @@ class _Connection(asyncio.Protocol):
 
     def stop_timer(self) -> None:
         self.tick = None
+        self.resumed_at = None
         self.pace = None
         if self._timer is not None:
             self._timer.cancel()
@@ -221,6 +227,7 @@ class _Connection(asyncio.Protocol):
 
     def next_cycle(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
+        self.stop_timer()
         self._reset()
 
     def close(self) -> None:
@@ -233,10 +240,13 @@ class _Pacer:
     """Resumes the reading of paced connections (`READ_PACE`) in groups, one timer per tick.
 
     A connection whose reader may read again from ``not_before`` on joins the group of that
-    time; the group's timer resumes them all in one turn of the event loop, and each reports
-    how late that turn came. With a grid, connections that found nothing in their socket by
-    the next turn are paused again until the next tick: reads begin on ticks only, and a
-    process serving many paced answers wakes up once per tick, not once per arriving delta.
+    time; the group's timer resumes them all in one turn of the event loop, and the lateness
+    of that turn is reported once to each distinct ``late`` callback. With a grid,
+    connections that found nothing in their socket by the next turn are paused again until
+    the next tick: reads begin on ticks only, and a process serving many paced answers over
+    plain HTTP wakes up once per tick, not once per arriving delta. (Over TLS the transport
+    goes on reading the socket into its TLS buffer while paused: the process still wakes as
+    data arrives, only the reader does not.)
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -244,13 +254,10 @@ class _Pacer:
         self._groups: dict[float, list[_Connection]] = {}
 
     def resume_at(self, when: float, grid: float, connection: _Connection) -> None:
-        now = self.loop.time()
-        if when <= now:
-            if grid <= 0:
-                connection.resume()
-                return
-            when = (math.floor(now / grid) + 1) * grid  # the next tick
-        self._join(when, connection)
+        if when <= self.loop.time():  # the reader came back late: no tick to wait for
+            self._resume([connection], when, report=False)
+        else:
+            self._join(when, connection)
 
     def _join(self, when: float, connection: _Connection) -> None:
         connection.tick = when
@@ -261,28 +268,34 @@ class _Pacer:
         group.append(connection)
 
     def _fire(self, when: float) -> None:
+        group = [c for c in self._groups.pop(when, ()) if c.tick == when]  # else since resumed,
+        self._resume(group, when, report=True)  # closed or released
+
+    def _resume(self, group: list[_Connection], when: float, *, report: bool) -> None:
         late = self.loop.time() - when
-        resumed = []
-        for connection in self._groups.pop(when, ()):
-            if connection.tick != when:
-                continue  # resumed, closed or released since it joined
+        told: set[Callable[[float], None]] = set()
+        settle = []
+        for connection in group:
             connection.resume()
             pace = connection.pace
-            if pace is not None:
-                if pace.late is not None:
-                    pace.late(late)
-                if pace.grid > 0:
-                    resumed.append(connection)
-        if resumed:
-            # The sockets that hold data are read in the turn of the loop that follows this
-            # one; the timer runs after it.
-            self.loop.call_at(self.loop.time() + 0.001, self._settle, resumed)
+            if pace is None:
+                continue
+            if report and pace.late is not None and pace.late not in told:
+                told.add(pace.late)
+                pace.late(late)
+            if pace.grid > 0:
+                connection.resumed_at = when
+                settle.append(connection)
+        if settle:
+            # The sockets that hold data are read by the poll of the loop's next turn; a
+            # timer (never 0 ms on uvloop, which would run it before that poll) comes after.
+            self.loop.call_later(0.001, self._settle, settle, when)
 
-    def _settle(self, resumed: list[_Connection]) -> None:
+    def _settle(self, group: list[_Connection], when: float) -> None:
         now = self.loop.time()
-        for connection in resumed:
+        for connection in group:
             pace = connection.pace
-            if pace is not None and connection.idle_since_tick():
+            if pace is not None and pace.grid > 0 and connection.found_nothing_at(when):
                 connection.pause()
                 self._join((math.floor(now / pace.grid) + 1) * pace.grid, connection)
 
