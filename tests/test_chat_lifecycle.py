@@ -134,6 +134,10 @@ async def test_cancel_stops_the_provider_and_keeps_the_partial_text(
         answer = await send(server, account.access_token, conversation_id, "Count")
         watcher = asyncio.create_task(stream_all(server, account.access_token, answer["id"]))
         await chat_stub.wait_for_tokens(3)
+        # What the provider sent may wait in the connection for the answer's next read (at most
+        # a coalescing window): wait until the server saved the three tokens' text.
+        three = len("".join(TOKENS[:3]))
+        await eventually(lambda: _saved_at_least(server, answer["id"], three))
 
         result = await server.execute(CANCEL, {"id": answer["id"]}, token=account.access_token)
 
@@ -184,6 +188,10 @@ async def test_deleting_a_conversation_stops_its_running_answer(
         assert await count_rows(server, "conversations") == 0
         record = chat_stub.streams[-1]
         await eventually(lambda: _true(record.abandoned))
+
+
+async def _saved_at_least(server: LiveServer, message_id: str, chars: int) -> bool:
+    return len((await stored_message(server, message_id))["content"]) >= chars
 
 
 async def _status_is(server: LiveServer, message_id: str, status: str) -> bool:
