@@ -33,6 +33,7 @@ from ragstream.db.models.users import User
 from ragstream.db.repositories.documents import CHUNK_COPY_COLUMNS, HnswOptions, IndexBuild
 from ragstream.db.repositories.search import SearchRepository
 from ragstream.domain.llm.embeddings import HashingEmbedder
+from ragstream.domain.retrieval.service import SideSessions
 
 SEARCH = "query($q: String!) { search(query: $q, limit: 10) { score chunk { id } } }"
 CHUNKS_PER_DOCUMENT = 100
@@ -289,6 +290,9 @@ class Measured:
     statement_cpu_ms: float  # mean CPU time the PostgreSQL backend spent on the statement
     api_p50: float | None = None  # through the API (the default configuration only)
     api_p95: float | None = None
+    # The same questions through the API with both halves in one session, one after the other
+    # (search_side_connections 0), asked in the same rounds.
+    in_turn_p50: float | None = None
 
 
 @dataclass
@@ -389,12 +393,22 @@ async def measure(
                 await probe.approximate(
                     vector, fetch, configuration, state.settings.search_max_scan_tuples
                 )
-            recalls, gaps, statement_ms, statement_cpu, api_ms = [], [], [], [], []
-            for question, vector, truth in zip(questions, vectors, exact, strict=True):
+            recalls, gaps, statement_ms, statement_cpu = [], [], [], []
+            api_ms: list[float] = []
+            in_turn_ms: list[float] = []
+            sides = state.search_sides
+            for n, (question, vector, truth) in enumerate(
+                zip(questions, vectors, exact, strict=True)
+            ):
                 if default:
-                    started = time.perf_counter()
-                    await graphql(client, url, SEARCH, {"q": question}, token)
-                    api_ms.append((time.perf_counter() - started) * 1000)
+                    # Both ways in turn, each first every other question.
+                    ways = [(sides, api_ms), (SideSessions(0), in_turn_ms)]
+                    for way, times in ways if n % 2 == 0 else ways[::-1]:
+                        state.search_sides = way
+                        started = time.perf_counter()
+                        await graphql(client, url, SEARCH, {"q": question}, token)
+                        times.append((time.perf_counter() - started) * 1000)
+                    state.search_sides = sides
                 fetched, ms, cpu = await probe.approximate(
                     vector, fetch, configuration, state.settings.search_max_scan_tuples
                 )
@@ -414,6 +428,7 @@ async def measure(
                     statement_cpu_ms=sum(statement_cpu) / len(statement_cpu),
                     api_p50=percentile(api_ms, 50) if api_ms else None,
                     api_p95=percentile(api_ms, 95) if api_ms else None,
+                    in_turn_p50=percentile(in_turn_ms, 50) if in_turn_ms else None,
                 )
             )
     return results, percentile(exact_ms, 50)
@@ -500,6 +515,7 @@ def print_table(rows: list[Row], corpus: str, build: Build, server: str) -> None
         "API p50 ms",
         "API p95 ms",
         "API / statement",
+        "API, halves in turn, p50 ms",
         "exact ms",
     ):
         table.add_column(column, justify="right")
@@ -521,6 +537,7 @@ def print_table(rows: list[Row], corpus: str, build: Build, server: str) -> None
             "" if m.api_p50 is None else f"{m.api_p50:.1f}",
             "" if m.api_p95 is None else f"{m.api_p95:.1f}",
             "" if m.api_p50 is None else f"{m.api_p50 / m.statement_ms:.2f}x",
+            "" if m.in_turn_p50 is None else f"{m.in_turn_p50:.1f}",
             f"{row.exact_ms:.0f}",
         )
     # Wide enough for every column when the output is not a terminal (a log file).
@@ -530,8 +547,11 @@ def print_table(rows: list[Row], corpus: str, build: Build, server: str) -> None
         "The first row of each size is the default configuration: the vector statement search "
         "runs (the HNSW scan hands over `scan` candidates, ordered by exact distance, of which "
         "the closest 60 are kept) and the recall of its first 10 rows against an exact scan; "
-        "each question goes through the API (limit 10, both halves of the hybrid search) and "
-        "through the bare statement in turn. The other rows ask the statement for 10 rows "
+        "each question goes through the API (limit 10, both halves of the hybrid search, the "
+        "full-text half on a second connection as configured by default) and through the bare "
+        "statement in turn; API, halves in turn: the same questions through the API with both "
+        "halves in one session, one after the other (search_side_connections 0), each way "
+        "asked first every other question. The other rows ask the statement for 10 rows "
         "with the given scan and ef_search. insert ms/chunk: COPY of 1,000 more chunks into "
         "the indexed table. 10th dist. +%: how much farther the approximate 10th neighbour "
         "is than the exact one. backend CPU ms: mean CPU time of the PostgreSQL backend per "

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -25,7 +26,7 @@ from ragstream.db.repositories.search import (
     nearest_statement,
     tsquery_literal,
 )
-from ragstream.domain.retrieval.service import SearchTuning, search
+from ragstream.domain.retrieval.service import SearchTuning, SideSessions, search
 from tests.conftest import make_settings
 from tests.documents_support import create, ingest_common_word_corpus, wait_until_idle
 from tests.support import LiveServer
@@ -71,6 +72,80 @@ async def test_words_in_most_chunks_rank_but_do_not_select(server: LiveServer) -
     in_text = {hit.content for hit in common if hit.text_rank is not None}
     assert len(in_text) == 24
     assert "Widget spotted at the zebra crossing." not in in_text
+
+
+def ranked(hits: list[Any]) -> list[tuple[Any, ...]]:
+    return [(h.chunk_id, h.score, h.vector_rank, h.text_rank) for h in hits]
+
+
+async def test_the_full_text_half_beside_the_vector_half_ranks_alike(server: LiveServer) -> None:
+    account = await server.register()
+    await ingest_common_word_corpus(server, account.access_token)
+    sides = SideSessions(1)
+    engine = server.state.engine
+    assert engine is not None
+
+    async with server.state.sessionmaker() as session:
+        viewer = await session.get(User, uuid.UUID(account.id))
+        assert viewer is not None
+        in_turn = await search(session, viewer, "widget zebra", 25, server.state.embedder)
+        async with sides.session(server.state.sessionmaker) as side:
+            assert side is not None
+            in_use = engine.pool.checkedout()  # type: ignore[attr-defined]
+            beside = await search(
+                session, viewer, "widget zebra", 25, server.state.embedder, side=side
+            )
+            side_pid = await side.scalar(text("SELECT pg_backend_pid()"))
+        own_pid = await session.scalar(text("SELECT pg_backend_pid()"))
+
+    # the side session held a connection of its own, and both halves ranked as in one session
+    assert in_use == 2
+    assert side_pid != own_pid
+    assert ranked(beside) == ranked(in_turn)
+    assert any(hit.text_rank is not None for hit in beside)
+
+
+async def test_side_sessions_are_given_out_only_while_one_is_free(server: LiveServer) -> None:
+    sides = SideSessions(1)
+    maker = server.state.sessionmaker
+    async with sides.session(maker) as first, sides.session(maker) as second:
+        taken = (first is not None, second is None)
+    async with sides.session(maker) as again, SideSessions(0).session(maker) as off:
+        freed = (again is not None, off is None)
+
+    assert taken == (True, True)
+    assert freed == (True, True)
+
+
+async def test_when_the_vector_half_fails_the_full_text_half_is_stopped_and_returned(
+    server: LiveServer,
+) -> None:
+    account = await server.register()
+    await ingest_common_word_corpus(server, account.access_token)
+    engine = server.state.engine
+    assert engine is not None
+    # an ef_search pgvector refuses: the vector half's settings fail
+    broken = SearchTuning(ef_search=0)
+
+    async with server.state.sessionmaker() as session:
+        viewer = await session.get(User, uuid.UUID(account.id))
+        assert viewer is not None
+        before = engine.pool.checkedout()  # type: ignore[attr-defined]
+        with pytest.raises(asyncpg.exceptions.InvalidParameterValueError) as failed:
+            async with SideSessions(1).session(server.state.sessionmaker) as side:
+                await search(
+                    session,
+                    viewer,
+                    "widget zebra",
+                    5,
+                    server.state.embedder,
+                    tuning=broken,
+                    side=side,
+                )
+        after = engine.pool.checkedout()  # type: ignore[attr-defined]
+
+    assert "ef_search" in str(failed.value)
+    assert after == before
 
 
 SETTINGS = (

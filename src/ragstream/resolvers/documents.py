@@ -81,7 +81,10 @@ async def search(
     if limit is None:  # an explicit null asks for the default
         limit = DEFAULT_SEARCH_LIMIT
     state = info.context.state
-    async with info.context.transaction() as session:
+    async with (
+        info.context.transaction() as session,
+        state.search_sides.session(state.sessionmaker) as side,
+    ):
         with observe_search(state.metrics, state.tracing, "search", limit):
             results = await retrieve(
                 session,
@@ -90,6 +93,7 @@ async def search(
                 limit,
                 state.embedder,
                 tuning=SearchTuning.from_settings(state.settings),
+                side=side,
             )
     # Each result carries its document, read with the chunk under the same visibility rule.
     return [to_search_hit(result) for result in results]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ragstream.db.engine import AUTOCOMMIT
 from ragstream.db.models import User
 from ragstream.db.repositories.search import QueryTerm, SearchRepository, SearchResult
 from ragstream.domain.errors import InvalidInput
@@ -83,6 +87,35 @@ def fuse(rankings: list[list[uuid.UUID]], k: int = RRF_K) -> list[tuple[uuid.UUI
     return sorted(scores.items(), key=lambda pair: (-pair[1], str(pair[0])))
 
 
+class SideSessions:
+    """Sessions in which the full-text half of a search runs beside the vector half.
+
+    The two halves are independent statements: on a second connection the full-text
+    ranking runs while PostgreSQL walks the HNSW graph, and a search takes about as long as
+    its slower half instead of both. At most ``limit`` searches at a time get a second
+    connection; a search that finds none free runs both halves in its own session, one after
+    the other, so searches never hold more than ``limit`` connections beyond their own and
+    never wait for one. ``limit`` 0 turns this off.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = asyncio.Semaphore(limit) if limit > 0 else None
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self, sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> AsyncIterator[AsyncSession | None]:
+        """A session for one search's full-text half (reads only, no transaction), or None."""
+        free = self._free
+        if free is None or free.locked():
+            yield None
+            return
+        async with free, sessionmaker() as session:
+            await session.connection(execution_options=AUTOCOMMIT)
+            yield session
+
+
 async def search(
     session: AsyncSession,
     viewer: User,
@@ -92,12 +125,14 @@ async def search(
     *,
     tuning: SearchTuning | None = None,
     own_transaction: bool = False,
+    side: AsyncSession | None = None,
 ) -> list[SearchResult]:
     """The ``limit`` chunks most relevant to ``query`` among the documents the viewer may read
     (their own and shared ones), best first. ``score`` is the fused RRF score.
 
     ``own_transaction``: the session's transaction ends with the caller's reads, nothing
-    else runs in it (see `SearchRepository`).
+    else runs in it (see `SearchRepository`). ``side``: a session of its own for the
+    full-text half, which then runs at the same time as the vector half (`SideSessions`).
     """
     tuning = tuning or SearchTuning()
     query = " ".join(query.split())
@@ -110,7 +145,16 @@ async def search(
     pool = max(tuning.candidates, limit)
     [vector] = await embedder.embed([query])
     repo = SearchRepository(session, own_transaction=own_transaction)
-    by_vector = await repo.nearest_by_vector(
+
+    async def by_text(texts: SearchRepository) -> list[uuid.UUID]:
+        words = text_query(await texts.query_terms(query), tuning.common_term_share)
+        if words is None:
+            return []
+        return await texts.best_by_text(
+            viewer, words.match, words.rank, pool, match_all=words.match_all
+        )
+
+    by_vector = repo.nearest_by_vector(
         viewer,
         vector,
         pool,
@@ -118,16 +162,23 @@ async def search(
         ef_search=tuning.ef_search,
         max_scan_tuples=tuning.max_scan_tuples,
     )
-    words = text_query(await repo.query_terms(query), tuning.common_term_share)
-    by_text = (
-        await repo.best_by_text(viewer, words.match, words.rank, pool, match_all=words.match_all)
-        if words is not None
-        else []
-    )
-    fused = fuse([by_vector, by_text])[:limit]
+    if side is None:
+        vector_ranking = await by_vector
+        text_ranking = await by_text(repo)
+    else:
+        text_half = asyncio.create_task(by_text(SearchRepository(side)))
+        try:
+            vector_ranking = await by_vector
+        except BaseException:
+            text_half.cancel()
+            with contextlib.suppress(BaseException):  # the vector half's failure is the one
+                await text_half
+            raise
+        text_ranking = await text_half
+    fused = fuse([vector_ranking, text_ranking])[:limit]
     hits = await repo.load(viewer, [chunk_id for chunk_id, _ in fused])
-    vector_ranks = {chunk_id: rank for rank, chunk_id in enumerate(by_vector, start=1)}
-    text_ranks = {chunk_id: rank for rank, chunk_id in enumerate(by_text, start=1)}
+    vector_ranks = {chunk_id: rank for rank, chunk_id in enumerate(vector_ranking, start=1)}
+    text_ranks = {chunk_id: rank for rank, chunk_id in enumerate(text_ranking, start=1)}
     results = []
     for chunk_id, score in fused:
         hit = hits.get(chunk_id)
@@ -144,4 +195,12 @@ async def search(
     return results
 
 
-__all__ = ["SearchResult", "SearchTuning", "TextQuery", "fuse", "search", "text_query"]
+__all__ = [
+    "SearchResult",
+    "SearchTuning",
+    "SideSessions",
+    "TextQuery",
+    "fuse",
+    "search",
+    "text_query",
+]
