@@ -402,13 +402,15 @@ async def measure(
             ):
                 if default:
                     # Both ways in turn, each first every other question.
-                    ways = [(sides, api_ms), (SideSessions(0), in_turn_ms)]
-                    for way, times in ways if n % 2 == 0 else ways[::-1]:
-                        state.search_sides = way
-                        started = time.perf_counter()
-                        await graphql(client, url, SEARCH, {"q": question}, token)
-                        times.append((time.perf_counter() - started) * 1000)
-                    state.search_sides = sides
+                    ways = [(sides, api_ms), (SideSessions(), in_turn_ms)]
+                    try:
+                        for way, times in ways if n % 2 == 0 else ways[::-1]:
+                            state.search_sides = way
+                            started = time.perf_counter()
+                            await graphql(client, url, SEARCH, {"q": question}, token)
+                            times.append((time.perf_counter() - started) * 1000)
+                    finally:
+                        state.search_sides = sides
                 fetched, ms, cpu = await probe.approximate(
                     vector, fetch, configuration, state.settings.search_max_scan_tuples
                 )

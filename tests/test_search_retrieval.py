@@ -7,15 +7,15 @@ import json
 import math
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ragstream.backend import Backend, connect
 from ragstream.db.models import User
@@ -29,7 +29,7 @@ from ragstream.db.repositories.search import (
 from ragstream.domain.retrieval.service import SearchTuning, SideSessions, search
 from tests.conftest import make_settings
 from tests.documents_support import create, ingest_common_word_corpus, wait_until_idle
-from tests.support import LiveServer
+from tests.support import LiveServer, running_server
 
 
 async def test_lexemes_match_literally(server: LiveServer) -> None:
@@ -78,39 +78,56 @@ def ranked(hits: list[Any]) -> list[tuple[Any, ...]]:
     return [(h.chunk_id, h.score, h.vector_rank, h.text_rank) for h in hits]
 
 
-async def test_the_full_text_half_beside_the_vector_half_ranks_alike(server: LiveServer) -> None:
+@contextlib.contextmanager
+def statements_on(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL of every statement sent through ``engine`` inside the block."""
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_the_full_text_half_runs_on_a_side_connection_and_ranks_alike(
+    server: LiveServer,
+) -> None:
     account = await server.register()
     await ingest_common_word_corpus(server, account.access_token)
-    sides = SideSessions(1)
-    engine = server.state.engine
-    assert engine is not None
+    state = server.state
+    assert state.engine is not None
+    assert state.side_engine is not None
 
-    async with server.state.sessionmaker() as session:
+    async with state.sessionmaker() as session:
         viewer = await session.get(User, uuid.UUID(account.id))
         assert viewer is not None
-        in_turn = await search(session, viewer, "widget zebra", 25, server.state.embedder)
-        async with sides.session(server.state.sessionmaker) as side:
-            assert side is not None
-            in_use = engine.pool.checkedout()  # type: ignore[attr-defined]
-            beside = await search(
-                session, viewer, "widget zebra", 25, server.state.embedder, side=side
-            )
-            side_pid = await side.scalar(text("SELECT pg_backend_pid()"))
-        own_pid = await session.scalar(text("SELECT pg_backend_pid()"))
+        in_turn = await search(session, viewer, "widget zebra", 25, state.embedder)
+        with statements_on(state.engine) as main, statements_on(state.side_engine) as side_sent:
+            async with state.search_sides.session() as side:
+                assert side is not None
+                beside = await search(
+                    session, viewer, "widget zebra", 25, state.embedder, side=side
+                )
 
-    # the side session held a connection of its own, and both halves ranked as in one session
-    assert in_use == 2
-    assert side_pid != own_pid
+    # the full-text half went through the side pool, the vector half through the request's,
+    # and both ranked as they do in one session
+    assert any("@@" in sql for sql in side_sent)
+    assert not any("<=>" in sql for sql in side_sent)
+    assert any("<=>" in sql for sql in main)
+    assert not any("@@" in sql for sql in main)
     assert ranked(beside) == ranked(in_turn)
     assert any(hit.text_rank is not None for hit in beside)
 
 
 async def test_side_sessions_are_given_out_only_while_one_is_free(server: LiveServer) -> None:
-    sides = SideSessions(1)
-    maker = server.state.sessionmaker
-    async with sides.session(maker) as first, sides.session(maker) as second:
+    sides = SideSessions(server.state.sessionmaker, 1)
+    async with sides.session() as first, sides.session() as second:
         taken = (first is not None, second is None)
-    async with sides.session(maker) as again, SideSessions(0).session(maker) as off:
+    async with sides.session() as again, SideSessions().session() as off:
         freed = (again is not None, off is None)
 
     assert taken == (True, True)
@@ -122,30 +139,51 @@ async def test_when_the_vector_half_fails_the_full_text_half_is_stopped_and_retu
 ) -> None:
     account = await server.register()
     await ingest_common_word_corpus(server, account.access_token)
-    engine = server.state.engine
-    assert engine is not None
+    state = server.state
+    assert state.side_engine is not None
     # an ef_search pgvector refuses: the vector half's settings fail
     broken = SearchTuning(ef_search=0)
 
-    async with server.state.sessionmaker() as session:
+    async with state.sessionmaker() as session:
         viewer = await session.get(User, uuid.UUID(account.id))
         assert viewer is not None
-        before = engine.pool.checkedout()  # type: ignore[attr-defined]
         with pytest.raises(asyncpg.exceptions.InvalidParameterValueError) as failed:
-            async with SideSessions(1).session(server.state.sessionmaker) as side:
+            async with state.search_sides.session() as side:
                 await search(
-                    session,
-                    viewer,
-                    "widget zebra",
-                    5,
-                    server.state.embedder,
-                    tuning=broken,
-                    side=side,
+                    session, viewer, "widget zebra", 5, state.embedder, tuning=broken, side=side
                 )
-        after = engine.pool.checkedout()  # type: ignore[attr-defined]
+        side_in_use = state.side_engine.pool.checkedout()  # type: ignore[attr-defined]
 
     assert "ef_search" in str(failed.value)
-    assert after == before
+    assert side_in_use == 0
+
+
+SEARCH_QUERY = "query($q: String!) { search(query: $q, limit: 5) { chunk { content } } }"
+
+
+async def test_a_search_needs_one_connection_of_the_requests_pool(
+    database_url: str, tmp_path: Path
+) -> None:
+    # given a server whose requests' pool is a single connection, which must not wait on the
+    # search's second one
+    settings = make_settings(
+        database_url, tmp_path, db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.5
+    )
+    async with running_server(settings) as server:
+        account = await server.register()
+        await create(server, account.access_token, "Cold storage keeps fish at minus twenty.")
+        await wait_until_idle(server)
+        assert server.state.side_engine is not None
+
+        # when it searches
+        with statements_on(server.state.side_engine) as side_sent:
+            result = await server.execute(
+                SEARCH_QUERY, {"q": "fish storage"}, token=account.access_token
+            )
+
+    # then it answers, its full-text half on the side connection
+    assert result.ok()["search"][0]["chunk"]["content"].startswith("Cold storage")
+    assert any("@@" in sql for sql in side_sent)
 
 
 SETTINGS = (

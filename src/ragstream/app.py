@@ -25,7 +25,7 @@ from ragstream.domain.chat.preparation import knowledge_base_retriever
 from ragstream.domain.errors import InvalidInput
 from ragstream.domain.flags.features import defaults_from_settings
 from ragstream.domain.llm.providers import build_chat_provider
-from ragstream.domain.retrieval.service import SearchTuning, SideSessions
+from ragstream.domain.retrieval.service import SearchTuning
 from ragstream.domain.users.auth import AuthService
 from ragstream.domain.users.passwords import PasswordHasher
 from ragstream.domain.users.ratelimit import SlidingWindowLimiter
@@ -115,7 +115,6 @@ def build_state(settings: Settings, span_exporter: SpanExporter | None = None) -
         metrics=metrics,
         tracing=tracing,
         persisted=build_persisted(settings),
-        search_sides=SideSessions(settings.search_side_connections),
         prepared=PreparedReads(schema._schema, max_list_items=settings.max_list_items)
         if settings.compiled_reads
         else None,

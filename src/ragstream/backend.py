@@ -22,6 +22,7 @@ from ragstream.db.engine import make_engine, make_sessionmaker
 from ragstream.domain.events import EventBroker, InMemoryBroker
 from ragstream.domain.llm.embeddings import Embedder
 from ragstream.domain.llm.providers import build_embedder
+from ragstream.domain.retrieval.service import SideSessions
 from ragstream.observability.metrics import Metrics
 from ragstream.observability.pool import metered_pool_class
 from ragstream.observability.providers import observed_embedder
@@ -45,6 +46,10 @@ class Backend:
     # never waits behind requests for the pool, so an overloaded process keeps its answers.
     lease_engine: AsyncEngine | None = None
     lease_sessionmaker_: async_sessionmaker[AsyncSession] | None = None
+    # Connections of their own for the full-text half of `search` queries, beside the vector
+    # half (domain/retrieval/service.py): never taken from the requests' pool.
+    side_engine: AsyncEngine | None = None
+    search_sides: SideSessions = field(default_factory=SideSessions)
     embedded: EmbeddedDatabase | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     database_url: str | None = None
@@ -136,6 +141,10 @@ async def connect(
         backend.sessionmaker_ = make_sessionmaker(backend.engine)
         backend.lease_engine = make_engine(url, settings, size=1)
         backend.lease_sessionmaker_ = make_sessionmaker(backend.lease_engine)
+        if settings.search_side_connections > 0:
+            sides = settings.search_side_connections
+            backend.side_engine = make_engine(url, settings, size=sides)
+            backend.search_sides = SideSessions(make_sessionmaker(backend.side_engine), sides)
         # Processes start with the first job, not here.
         backend.work_ = WorkPool(settings.work_processes, niceness=work_niceness)
         backend.embedder_ = observed_embedder(
@@ -152,6 +161,8 @@ async def connect(
             backend.work_.shutdown()
         if backend.lease_engine is not None:
             await backend.lease_engine.dispose()
+        if backend.side_engine is not None:
+            await backend.side_engine.dispose()
         await backend.engine.dispose()
         if backend.embedded is not None:
             await asyncio.to_thread(backend.embedded.stop)

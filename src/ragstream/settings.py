@@ -124,9 +124,10 @@ class Settings(BaseSettings):
     search_ef_search: int = 200  # HNSW candidate list per scan round: recall against time
     search_max_scan_tuples: int = 20_000  # how far a filtered HNSW scan looks for readable rows
     search_common_term_share: float = 0.05  # words in more chunks only rank, never select
-    # Searches that may run their full-text half on a second connection, beside the vector
-    # half, at once (domain/retrieval/service.py SideSessions); 0: both halves in turn.
-    search_side_connections: int = 4
+    # Connections of their own (not the requests' pool) on which that many searches at once
+    # run their full-text half beside the vector half (retrieval/service.py SideSessions);
+    # 0: both halves in turn.
+    search_side_connections: int = Field(default=4, ge=0)
     document_events_poll_seconds: float = 2.0
 
     # Limits

@@ -14,7 +14,6 @@ import strawberry
 from ragstream.backend import Backend
 from ragstream.domain.chat.generation import GenerationManager
 from ragstream.domain.flags.features import FeatureDefaults
-from ragstream.domain.retrieval.service import SideSessions
 from ragstream.domain.users.auth import AuthService
 from ragstream.domain.users.tokens import TokenService
 from ragstream.persisted import PersistedDocuments
@@ -43,7 +42,5 @@ class AppState(Backend):
     # Repeated reads answered from their plan without the pipeline (schema/prepared.py);
     # None when compiled reads are off.
     prepared: PreparedReads | None = None
-    # Second connections for the full-text half of `search` queries (retrieval/service.py).
-    search_sides: SideSessions = field(default_factory=lambda: SideSessions(0))
     # A configuration error that stopped the lifespan from starting (serve reports it, exit 2).
     startup_error: ConfigurationError | None = None

@@ -83,7 +83,7 @@ async def search(
     state = info.context.state
     async with (
         info.context.transaction() as session,
-        state.search_sides.session(state.sessionmaker) as side,
+        state.search_sides.session() as side,
     ):
         with observe_search(state.metrics, state.tracing, "search", limit):
             results = await retrieve(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -16,6 +17,8 @@ from ragstream.db.repositories.search import QueryTerm, SearchRepository, Search
 from ragstream.domain.errors import InvalidInput
 from ragstream.domain.llm.embeddings import Embedder
 from ragstream.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 MAX_LIMIT = 50
 MAX_QUERY_CHARS = 1_000
@@ -91,24 +94,25 @@ class SideSessions:
     """Sessions in which the full-text half of a search runs beside the vector half.
 
     The two halves are independent statements: on a second connection the full-text
-    ranking runs while PostgreSQL walks the HNSW graph, and a search takes about as long as
-    its slower half instead of both. At most ``limit`` searches at a time get a second
-    connection; a search that finds none free runs both halves in its own session, one after
-    the other, so searches never hold more than ``limit`` connections beyond their own and
-    never wait for one. ``limit`` 0 turns this off.
+    ranking runs while PostgreSQL walks the HNSW graph, and a single search takes about as
+    long as its slower half instead of both (under load both halves still cost the database
+    the same CPU). The connections are a pool of their own (``sessionmaker``'s engine, of
+    ``limit`` connections), never the requests' pool, and a search that finds all of them
+    taken runs both halves in its own session, one after the other: a search never waits for
+    a second connection. ``limit`` 0 (or no sessionmaker) turns this off.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._free = asyncio.Semaphore(limit) if limit > 0 else None
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession] | None = None, limit: int = 0
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._free = asyncio.Semaphore(limit) if sessionmaker is not None and limit > 0 else None
 
     @contextlib.asynccontextmanager
-    async def session(
-        self, sessionmaker: async_sessionmaker[AsyncSession]
-    ) -> AsyncIterator[AsyncSession | None]:
+    async def session(self) -> AsyncIterator[AsyncSession | None]:
         """A session for one search's full-text half (reads only, no transaction), or None."""
-        free = self._free
-        if free is None or free.locked():
+        free, sessionmaker = self._free, self._sessionmaker
+        if free is None or sessionmaker is None or free.locked():
             yield None
             return
         async with free, sessionmaker() as session:
@@ -170,9 +174,12 @@ async def search(
         try:
             vector_ranking = await by_vector
         except BaseException:
+            # The vector half's failure is the one raised; the full-text half is stopped and
+            # waited for (its connection goes back to its pool), its own error only logged.
             text_half.cancel()
-            with contextlib.suppress(BaseException):  # the vector half's failure is the one
-                await text_half
+            await asyncio.wait([text_half])
+            if not text_half.cancelled() and text_half.exception() is not None:
+                logger.warning("the full-text half failed too", exc_info=text_half.exception())
             raise
         text_ranking = await text_half
     fused = fuse([vector_ranking, text_ranking])[:limit]
