@@ -46,13 +46,24 @@ async def test_lexemes_match_literally(server: LiveServer) -> None:
             assert matches is True, lexeme
 
 
-async def test_words_in_most_chunks_rank_but_do_not_select(server: LiveServer) -> None:
+async def common_word_reader(server: LiveServer) -> uuid.UUID:
+    """A new account holding the common-word corpus (`ingest_common_word_corpus`)."""
     account = await server.register()
     await ingest_common_word_corpus(server, account.access_token)
+    return uuid.UUID(account.id)
+
+
+async def user_of(session: AsyncSession, user_id: uuid.UUID) -> User:
+    user = await session.get(User, user_id)
+    assert user is not None
+    return user
+
+
+async def test_words_in_most_chunks_rank_but_do_not_select(server: LiveServer) -> None:
+    reader_id = await common_word_reader(server)
 
     async with server.state.sessionmaker() as session:
-        viewer = await session.get(User, uuid.UUID(account.id))
-        assert viewer is not None
+        viewer = await user_of(session, reader_id)
         shares = {
             term.lexeme: term.share
             for term in await SearchRepository(session).query_terms("widget zebra")
@@ -96,15 +107,13 @@ def statements_on(engine: AsyncEngine) -> Iterator[list[str]]:
 async def test_the_full_text_half_runs_on_a_side_connection_and_ranks_alike(
     server: LiveServer,
 ) -> None:
-    account = await server.register()
-    await ingest_common_word_corpus(server, account.access_token)
+    reader_id = await common_word_reader(server)
     state = server.state
     assert state.engine is not None
     assert state.side_engine is not None
 
     async with state.sessionmaker() as session:
-        viewer = await session.get(User, uuid.UUID(account.id))
-        assert viewer is not None
+        viewer = await user_of(session, reader_id)
         in_turn = await search(session, viewer, "widget zebra", 25, state.embedder)
         with statements_on(state.engine) as main, statements_on(state.side_engine) as side_sent:
             async with state.search_sides.session() as side:
@@ -137,16 +146,14 @@ async def test_side_sessions_are_given_out_only_while_one_is_free(server: LiveSe
 async def test_when_the_vector_half_fails_the_full_text_half_is_stopped_and_returned(
     server: LiveServer,
 ) -> None:
-    account = await server.register()
-    await ingest_common_word_corpus(server, account.access_token)
+    reader_id = await common_word_reader(server)
     state = server.state
     assert state.side_engine is not None
     # an ef_search pgvector refuses: the vector half's settings fail
     broken = SearchTuning(ef_search=0)
 
     async with state.sessionmaker() as session:
-        viewer = await session.get(User, uuid.UUID(account.id))
-        assert viewer is not None
+        viewer = await user_of(session, reader_id)
         with pytest.raises(asyncpg.exceptions.InvalidParameterValueError) as failed:
             async with state.search_sides.session() as side:
                 await search(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx2
 import pytest
@@ -65,6 +65,31 @@ async def raw_server(handler: Handler) -> AsyncIterator[tuple[RawServer, str]]:
 async def client() -> AsyncIterator[httpx2.AsyncClient]:
     async with httpx2.AsyncClient(transport=StreamingTransport(), timeout=2.0) as http:
         yield http
+
+
+@contextlib.contextmanager
+def reading_at(pace: ReadPace) -> Iterator[None]:
+    """Reads made in the block (in this task) follow ``pace``."""
+    token = READ_PACE.set(pace)
+    try:
+        yield
+    finally:
+        READ_PACE.reset(token)
+
+
+def one_event_then_another(server: Callable[[], RawServer], more: asyncio.Event) -> Handler:
+    """A handler that answers with one event, then with another once ``more`` is set."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server().read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"%x\r\n%s\r\n" % (11, b"data: one\n\n"))
+        await writer.drain()
+        await more.wait()
+        writer.write(chunked(b"data: two\n\n"))
+        await writer.drain()
+
+    return handler
 
 
 async def holds(condition: bool) -> bool:
@@ -137,21 +162,12 @@ async def test_what_arrives_while_the_reader_is_away_comes_in_one_piece() -> Non
 async def test_a_paced_reader_reads_the_socket_again_only_once_its_pace_allows() -> None:
     # given a server that sends an event, and the next one at once when told
     more = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        writer.write(b"%x\r\n%s\r\n" % (11, b"data: one\n\n"))
-        await writer.drain()
-        await more.wait()
-        writer.write(chunked(b"data: two\n\n"))
-        await writer.drain()
+    handler = one_event_then_another(lambda: server, more)
 
     loop = asyncio.get_running_loop()
     lateness: list[float] = []
     pace = ReadPace(late=lateness.append)
-    paced = READ_PACE.set(pace)
-    try:
+    with reading_at(pace):
         async with (
             raw_server(handler) as (server, url),
             client() as http,
@@ -166,8 +182,6 @@ async def test_a_paced_reader_reads_the_socket_again_only_once_its_pace_allows()
             more.set()
             second = await anext(pieces)
             arrived = loop.time()
-    finally:
-        READ_PACE.reset(paced)
 
     # then the transport took the pace from the start, and the event came no earlier than
     # it allowed
@@ -181,21 +195,12 @@ async def test_a_paced_reader_reads_the_socket_again_only_once_its_pace_allows()
 async def test_with_a_grid_a_read_that_found_nothing_waits_for_the_next_tick() -> None:
     # given a server that sends an event, and the next one only when told
     more = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        writer.write(b"%x\r\n%s\r\n" % (11, b"data: one\n\n"))
-        await writer.drain()
-        await more.wait()
-        writer.write(chunked(b"data: two\n\n"))
-        await writer.drain()
+    handler = one_event_then_another(lambda: server, more)
 
     loop = asyncio.get_running_loop()
     grid = 0.2
     pace = ReadPace(grid=grid)  # may read again at once, but on the grid's ticks only
-    paced = READ_PACE.set(pace)
-    try:
+    with reading_at(pace):
         async with (
             raw_server(handler) as (server, url),
             client() as http,
@@ -214,8 +219,6 @@ async def test_with_a_grid_a_read_that_found_nothing_waits_for_the_next_tick() -
             piece = await second
             arrived = loop.time()
             resumed_at = connection.resumed_at
-    finally:
-        READ_PACE.reset(paced)
 
     # then the reading paused again until the next tick, and the event was read once that
     # tick resumed it (no later one did)
@@ -238,8 +241,7 @@ async def test_a_released_connection_forgets_its_ticks() -> None:
             writer.write(b"0\r\n\r\n")
             await writer.drain()
 
-    paced = READ_PACE.set(ReadPace(grid=0.05))
-    try:
+    with reading_at(ReadPace(grid=0.05)):
         async with raw_server(handler) as (server, url), client() as http:
             # when a paced response is read to its end, and the connection is released
             async with http.stream("POST", f"{url}/v1/x", content=b"{}") as response:
@@ -249,8 +251,6 @@ async def test_a_released_connection_forgets_its_ticks() -> None:
             state = (connection.tick, connection.resumed_at, connection.pace)
             async with http.stream("POST", f"{url}/v1/x", content=b"{}") as response:
                 again = b"".join([piece async for piece in response.aiter_raw()])
-    finally:
-        READ_PACE.reset(paced)
 
     assert body == again == b"data: one\n\n"
     assert state == (None, None, None)

@@ -162,7 +162,7 @@ class _Connection(asyncio.Protocol):
         else:
             pace.honoured = True
             if self._paused and self.tick is None:
-                self._pacer.resume_at(pace.not_before, pace.grid, self)
+                self._pacer.resume_at(pace.not_before, self)
         waiter = self._waiter = self.loop.create_future()
         self._since = self.loop.time()
         self._silence = silence
@@ -253,7 +253,7 @@ class _Pacer:
         self.loop = loop
         self._groups: dict[float, list[_Connection]] = {}
 
-    def resume_at(self, when: float, grid: float, connection: _Connection) -> None:
+    def resume_at(self, when: float, connection: _Connection) -> None:
         if when <= self.loop.time():  # the reader came back late: no tick to wait for
             self._resume([connection], when, report=False)
         else:
@@ -268,8 +268,9 @@ class _Pacer:
         group.append(connection)
 
     def _fire(self, when: float) -> None:
-        group = [c for c in self._groups.pop(when, ()) if c.tick == when]  # else since resumed,
-        self._resume(group, when, report=True)  # closed or released
+        # A connection whose tick is another one was resumed, closed or released since.
+        group = [c for c in self._groups.pop(when, ()) if c.tick == when]
+        self._resume(group, when, report=True)
 
     def _resume(self, group: list[_Connection], when: float, *, report: bool) -> None:
         late = self.loop.time() - when
