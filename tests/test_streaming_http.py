@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx2
 import pytest
 
 from ragstream.domain.llm.pace import READ_PACE, ReadPace
-from ragstream.domain.llm.streaming_http import StreamingTransport
+from ragstream.domain.llm.streaming_http import STRICT_TICKS, StreamingTransport
 from tests.chat_support import eventually
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -62,8 +63,9 @@ async def raw_server(handler: Handler) -> AsyncIterator[tuple[RawServer, str]]:
 
 
 @contextlib.asynccontextmanager
-async def client() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(transport=StreamingTransport(), timeout=2.0) as http:
+async def client(strict_ticks: int = STRICT_TICKS) -> AsyncIterator[httpx2.AsyncClient]:
+    transport = StreamingTransport(strict_ticks=strict_ticks)
+    async with httpx2.AsyncClient(transport=transport, timeout=2.0) as http:
         yield http
 
 
@@ -203,7 +205,7 @@ async def test_with_a_grid_a_read_that_found_nothing_waits_for_the_next_tick() -
     with reading_at(pace):
         async with (
             raw_server(handler) as (server, url),
-            client() as http,
+            client(strict_ticks=1) as http,  # a tick of one connection holds it back
             http.stream("POST", f"{url}/v1/x", content=b"{}") as response,
         ):
             pieces = response.aiter_raw()
@@ -226,6 +228,71 @@ async def test_with_a_grid_a_read_that_found_nothing_waits_for_the_next_tick() -
     assert next_tick == pytest.approx(tick + grid)
     assert arrived >= next_tick
     assert resumed_at == next_tick
+
+
+async def test_a_tick_of_few_connections_leaves_them_reading_as_data_arrives() -> None:
+    # given a server that sends an event, and the next one only when told, read by a paced
+    # reader on a grid of an hour, through a transport that holds back ticks of two or more
+    more = asyncio.Event()
+    handler = one_event_then_another(lambda: server, more)
+
+    pace = ReadPace(grid=3600.0)
+    with reading_at(pace):
+        async with (
+            raw_server(handler) as (server, url),
+            client(strict_ticks=2) as http,
+            http.stream("POST", f"{url}/v1/x", content=b"{}") as response,
+        ):
+            pieces = response.aiter_raw()
+            first = await anext(pieces)
+            connection = response.stream._stream._connection  # type: ignore[union-attr]
+            second = asyncio.create_task(anext(pieces))
+            await eventually(lambda: holds(connection.transport.is_reading()))
+            await asyncio.sleep(0.01)  # past the moment a settle would have paused it
+            # when the next event is sent
+            reading = connection.transport.is_reading()
+            waits_for = connection.tick
+            more.set()
+            piece = await second
+
+    # then the resumed socket kept reading, waited for no tick, and the event came as it
+    # arrived (the next tick of the hour's grid is far off)
+    assert (first, piece) == (b"data: one\n\n", b"data: two\n\n")
+    assert reading
+    assert waits_for is None
+
+
+async def test_a_tick_of_enough_connections_holds_back_those_that_found_nothing() -> None:
+    # given two paced readers, each of a stream that sends one event and then waits, both
+    # allowed to read again from the same tick, through a transport that holds back ticks of
+    # two or more connections
+    loop = asyncio.get_running_loop()
+    grid = 0.2
+    tick = (math.floor(loop.time() / grid) + 2) * grid
+    never = asyncio.Event()
+    handler = one_event_then_another(lambda: server, never)
+
+    async def read_until_the_tick(http: httpx2.AsyncClient, url: str) -> float | None:
+        pace = ReadPace(grid=grid)
+        with reading_at(pace):
+            async with http.stream("POST", f"{url}/v1/x", content=b"{}") as response:
+                pieces = response.aiter_raw()
+                await anext(pieces)
+                connection = response.stream._stream._connection  # type: ignore[union-attr]
+                pace.not_before = tick
+                waiting = asyncio.create_task(anext(pieces))
+                # when the tick comes and neither socket has anything
+                await eventually(lambda: holds(connection.tick not in (None, tick)))
+                waiting.cancel()
+                next_tick: float | None = connection.tick
+                return next_tick
+
+    async with raw_server(handler) as (server, url), client(strict_ticks=2) as http:
+        next_ticks = await asyncio.gather(*(read_until_the_tick(http, url) for _ in range(2)))
+
+    # then both were paused again until the next tick
+    assert next_ticks == [pytest.approx(tick + grid)] * 2
+    assert server.connections == 2
 
 
 async def test_a_released_connection_forgets_its_ticks() -> None:
