@@ -3,7 +3,7 @@ ragstream's own vector statement (HNSW, iterative scan, exact re-ranking).
 
 Usage: python -m bench.vector_designs [--chunks 100000] [--queries 60]
            [--binary-candidates 400 3200] [--ivfflat-probes 8 32] [--parallel 1 2]
-           [--no-hnsw] [--server NAME=VALUE ...]
+           [--no-hnsw] [--no-halfvec-hnsw] [--server NAME=VALUE ...]
 
 The chunks are the topical synthetic passages of bench.search (the offline hashing embedder,
 COPY, the viewer owns half the documents). Each design answers every question for the 60
@@ -15,6 +15,11 @@ name says so. The CPU time of every process of the (private) PostgreSQL server i
 postmaster has reaped it, which happens as the statement ends):
 
 - *HNSW (default)*: ragstream's statement, through the repository, with the default settings.
+- *HNSW over halfvec, exact re-rank*: the same statement, settings and path (the repository's
+  settings and driver statement), but the candidates come from an HNSW index over the 16-bit
+  form of the embeddings (an expression index, ``embedding::halfvec(384)``, built with the
+  migration's m and ef_construction); they are still ordered by the full vectors' distance.
+  Its insert cost is the COPY with that index alone (ragstream's index dropped meanwhile).
 - *exact halfvec*: every readable chunk compared, on a narrow table of 16-bit vectors.
 - *exact halfvec, leader + N workers*: the same statement split over N parallel workers and
   the backend itself (``--parallel``; parallel plans made free so the planner takes them).
@@ -32,6 +37,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,9 +46,11 @@ from pathlib import Path
 
 import asyncpg
 from pgvector.asyncpg import register_vector
+from pgvector.sqlalchemy import HALFVEC as HalfvecType
+from pgvector.sqlalchemy import Vector
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import text
+from sqlalchemy import Float, Integer, Select, Text, Uuid, bindparam, cast, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from bench.common import embedded_database, percentile
@@ -53,9 +61,16 @@ from bench.search import (
     load_chunks,
     server_parameters,
 )
+from ragstream.db.driver import DriverStatement
+from ragstream.db.models.documents import Chunk, Document
 from ragstream.db.models.users import User
-from ragstream.db.repositories.documents import HnswOptions
-from ragstream.db.repositories.search import SearchRepository, vector_literal
+from ragstream.db.repositories.documents import HnswOptions, retrievable_by_id
+from ragstream.db.repositories.search import (
+    SearchRepository,
+    index_scan_settings,
+    nearest_statement,
+    vector_literal,
+)
 from ragstream.domain.llm.embeddings import HashingEmbedder
 from ragstream.domain.retrieval.service import SearchTuning
 
@@ -83,6 +98,40 @@ HALFVEC_INSERT = (
     " FROM chunks LIMIT 1000"
 )
 SERIAL = {"max_parallel_workers_per_gather": "0", "plan_cache_mode": "force_custom_plan"}
+DIMENSIONS = 384
+HALFVEC_HNSW_INDEX = "bench_chunks_halfvec_hnsw"
+
+
+def halfvec_nearest() -> Select[tuple[uuid.UUID]]:
+    """ragstream's vector statement (`search._nearest`: same readable filter, same bind
+    parameters) with the candidates found by the distance of the 16-bit vectors, which the
+    expression index ``HALFVEC_HNSW_INDEX`` orders, then ordered by the full vectors' distance."""
+    query = bindparam("vector", type_=Text)
+    distance = Chunk.embedding.op("<=>", return_type=Float)(cast(query, Vector())).label("distance")
+    approximate = cast(Chunk.embedding, HalfvecType(DIMENSIONS)).op("<=>", return_type=Float)(
+        cast(query, HalfvecType(DIMENSIONS))
+    )
+    candidates = (
+        select(Chunk.id, distance)
+        .join(Document, Document.id == Chunk.document_id)
+        .where(retrievable_by_id(bindparam("viewer_id", type_=Uuid)))
+        .where(Chunk.embedding.is_not(None))
+        .order_by(approximate)
+        .limit(bindparam("scan", type_=Integer))
+        .cte("candidates")
+        .prefix_with("MATERIALIZED")
+    )
+    # The CTE's rows come in the halfvec order, not by `distance`: a plain sort on it is a
+    # full sort of the candidates.
+    return (
+        select(candidates.c.id)
+        .order_by(candidates.c.distance, candidates.c.id)
+        .limit(bindparam("k", type_=Integer))
+    )
+
+
+HALFVEC_NEAREST = halfvec_nearest()
+_HALFVEC_NEAREST = DriverStatement(HALFVEC_NEAREST)
 
 
 def parallel(workers: int) -> dict[str, str]:
@@ -173,6 +222,12 @@ async def run(args: argparse.Namespace) -> None:
                     args, conn, session, owners[0], copy_ms, embedder, corpus
                 )
                 questions = [corpus.question() for _ in range(args.queries)]
+                if not args.no_halfvec_hnsw:
+                    [vector] = embedder.embed_sync(questions[:1])
+                    plan = await explain_halfvec_hnsw(
+                        session, owners[0], vector, with_default_index=not args.no_hnsw
+                    )
+                    print(plan, flush=True)
                 for design in designs:
                     print(f"{design.name}: built in {design.build_s:.1f} s", flush=True)
                 load = await measure(session, designs, questions, owners[0], embedder)
@@ -239,6 +294,41 @@ async def build_designs(
                 build_s,
                 hnsw_insert,
                 hnsw,
+            )
+        )
+    if not args.no_halfvec_hnsw:
+        options = HnswOptions()  # the migration's m and ef_construction
+        build_s = await timed_ddl(
+            conn,
+            "SET maintenance_work_mem = '1GB'",
+            f"CREATE INDEX {HALFVEC_HNSW_INDEX} ON chunks USING hnsw"
+            f" ((CAST(embedding AS halfvec({DIMENSIONS}))) halfvec_cosine_ops)"
+            f" WITH (m = {options.m}, ef_construction = {options.ef_construction})",
+        )
+        halfvec_hnsw_insert = await insert_cost_without_default_index(
+            conn, embedder, viewer_id, corpus
+        )
+        settings = index_scan_settings(defaults.ef_search, defaults.max_scan_tuples)
+
+        async def halfvec_hnsw(vector: list[float]) -> list[uuid.UUID]:
+            # As `SearchRepository.nearest_by_vector` runs its statement: the same settings,
+            # set and reset the same way, and the statement on the driver's connection.
+            params = {
+                "viewer_id": viewer_id,
+                "vector": vector_literal(vector),
+                "k": CANDIDATES,
+                "scan": max(defaults.scan, CANDIDATES),
+            }
+            async with repo._scoped(settings):
+                rows = await _HALFVEC_NEAREST.fetch(session, params)
+            return [row[0] for row in rows]
+
+        designs.append(
+            Design(
+                "HNSW over halfvec, exact re-rank (same settings)",
+                build_s,
+                halfvec_hnsw_insert,
+                halfvec_hnsw,
             )
         )
     build_s = await timed_ddl(
@@ -317,6 +407,78 @@ async def build_designs(
             )
     await conn.execute("ANALYZE")
     return designs
+
+
+async def insert_cost_without_default_index(
+    conn: asyncpg.Connection, embedder: HashingEmbedder, viewer_id: uuid.UUID, corpus: TopicalCorpus
+) -> float:
+    """`insert_cost` with ragstream's HNSW index dropped meanwhile (rolled back): what a
+    chunk pays when the halfvec index replaces it."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        await conn.execute("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw")
+        return await insert_cost(conn, embedder, [viewer_id], corpus)
+    finally:
+        await transaction.rollback()
+
+
+def literal_sql(session: AsyncSession, statement: Select[tuple[uuid.UUID]]) -> str:
+    """``statement`` with its values written into the SQL, for EXPLAIN."""
+    dialect = session.get_bind().dialect
+    return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+async def explain_halfvec_hnsw(
+    session: AsyncSession, viewer_id: uuid.UUID, vector: list[float], *, with_default_index: bool
+) -> str:
+    """The plan (EXPLAIN ANALYZE) of the halfvec design's statement for one question, under
+    its settings, with the values in the SQL (the custom plan the parameters get); fails
+    unless the candidates come from the halfvec index and are ordered by the full vectors'
+    distance. Also says whether ragstream's own statement takes its own index (if built)."""
+    defaults = SearchTuning()
+    values = {
+        "viewer_id": viewer_id,
+        "vector": vector_literal(vector),
+        "k": CANDIDATES,
+        "scan": max(defaults.scan, CANDIDATES),
+    }
+    settings = {
+        "max_parallel_workers_per_gather": "0",
+        **index_scan_settings(defaults.ef_search, defaults.max_scan_tuples),
+    }
+    async with scoped(session, settings):
+        rows = await session.execute(
+            text(
+                "EXPLAIN (ANALYZE, VERBOSE, BUFFERS, COSTS OFF) "
+                + literal_sql(session, HALFVEC_NEAREST.params(values))
+            )
+        )
+        plan = "\n".join(row[0] for row in rows)
+        default = await session.execute(
+            text(
+                "EXPLAIN (COSTS OFF) "
+                + literal_sql(session, nearest_statement_for(viewer_id, vector))
+            )
+        )
+        default_plan = "\n".join(row[0] for row in default)
+    plan = re.sub(r"'\[[^\]]*\]'", "'[...]'", plan)  # the 384 numbers of the question
+    assert f"Index Scan using {HALFVEC_HNSW_INDEX} on public.chunks" in plan, plan
+    assert "ix_chunks_embedding_hnsw" not in plan, plan
+    assert "Sort Key: candidates.distance, candidates.id" in plan, plan
+    assert "(chunks.embedding <=> '[...]'::vector)" in plan, plan  # the full-precision distance
+    report = f"plan of the halfvec HNSW statement (first question):\n{plan}"
+    if with_default_index:
+        # (A small table may leave it: the planner then sorts a few documents' chunks.)
+        uses = "Index Scan using ix_chunks_embedding_hnsw" in default_plan
+        report += f"\nragstream's statement through ix_chunks_embedding_hnsw: {uses}"
+    return report
+
+
+def nearest_statement_for(viewer_id: uuid.UUID, vector: list[float]) -> Select[tuple[uuid.UUID]]:
+    """ragstream's vector statement as `nearest_by_vector` sends it with the defaults."""
+    viewer = User(id=viewer_id)
+    return nearest_statement(viewer, vector, CANDIDATES, scan=max(SearchTuning().scan, CANDIDATES))
 
 
 async def measure(
@@ -418,8 +580,9 @@ def print_table(designs: list[Design], chunks: int, load: tuple[float, float]) -
         "backend CPU ms: mean CPU time of the PostgreSQL backend per statement (/proc), which "
         "competing processes hardly change; server CPU ms: of every server process, parallel "
         "workers included (what 'CPU vs first row' compares). insert ms/chunk: COPY of 1,000 "
-        "chunks into `chunks` (with the HNSW index for the first row, without it for the "
-        "others) plus adding their rows to the design's own table. build s: the index or the table."
+        "chunks into `chunks` (with the HNSW index for the first row, with the halfvec HNSW "
+        "index alone for its row, without either for the others) plus adding their rows to the "
+        "design's own table. build s: the index or the table."
     )
 
 
@@ -441,6 +604,11 @@ def main() -> None:
         "--no-hnsw",
         action="store_true",
         help="leave out ragstream's HNSW statement (its build is the long part at 1M chunks)",
+    )
+    parser.add_argument(
+        "--no-halfvec-hnsw",
+        action="store_true",
+        help="leave out the HNSW index over the 16-bit vectors (another long build)",
     )
     parser.add_argument("--server", nargs="*", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
