@@ -205,7 +205,7 @@ async def test_with_a_grid_a_read_that_found_nothing_waits_for_the_next_tick() -
     with reading_at(pace):
         async with (
             raw_server(handler) as (server, url),
-            client(strict_ticks=1) as http,  # a tick of one connection holds it back
+            client(strict_ticks=1) as http,  # one paced response: ticks hold it back
             http.stream("POST", f"{url}/v1/x", content=b"{}") as response,
         ):
             pieces = response.aiter_raw()
@@ -230,12 +230,14 @@ async def test_with_a_grid_a_read_that_found_nothing_waits_for_the_next_tick() -
     assert resumed_at == next_tick
 
 
-async def test_a_tick_of_few_connections_leaves_them_reading_as_data_arrives() -> None:
+async def test_with_few_paced_responses_a_read_that_found_nothing_waits_for_the_data() -> None:
     # given a server that sends an event, and the next one only when told, read by a paced
-    # reader on a grid of an hour, through a transport that holds back ticks of two or more
+    # reader on a grid of an hour whose next read may begin at a tick 50 ms away, through a
+    # transport that holds reads back for ticks while two or more paced responses are read
     more = asyncio.Event()
     handler = one_event_then_another(lambda: server, more)
 
+    loop = asyncio.get_running_loop()
     pace = ReadPace(grid=3600.0)
     with reading_at(pace):
         async with (
@@ -246,29 +248,31 @@ async def test_a_tick_of_few_connections_leaves_them_reading_as_data_arrives() -
             pieces = response.aiter_raw()
             first = await anext(pieces)
             connection = response.stream._stream._connection  # type: ignore[union-attr]
+            tick = pace.not_before = loop.time() + 0.05
             second = asyncio.create_task(anext(pieces))
-            await eventually(lambda: holds(connection.transport.is_reading()))
+            # when that tick has resumed it with nothing to read
+            await eventually(lambda: holds(connection.tick is None and loop.time() >= tick))
             await asyncio.sleep(0.01)  # past the moment a settle would have paused it
-            # when the next event is sent
             reading = connection.transport.is_reading()
             waits_for = connection.tick
+            # and the next event is sent
             more.set()
             piece = await second
 
-    # then the resumed socket kept reading, waited for no tick, and the event came as it
-    # arrived (the next tick of the hour's grid is far off)
+    # then the socket kept reading, waited for no later tick (the next is an hour away), and
+    # the event came as it arrived
     assert (first, piece) == (b"data: one\n\n", b"data: two\n\n")
     assert reading
     assert waits_for is None
 
 
-async def test_a_tick_of_enough_connections_holds_back_those_that_found_nothing() -> None:
+async def test_with_enough_paced_responses_a_read_that_found_nothing_waits_for_a_tick() -> None:
     # given two paced readers, each of a stream that sends one event and then waits, both
-    # allowed to read again from the same tick, through a transport that holds back ticks of
-    # two or more connections
+    # allowed to read again from the same tick, through a transport that holds reads back for
+    # ticks while two or more paced responses are read
     loop = asyncio.get_running_loop()
     grid = 0.2
-    tick = (math.floor(loop.time() / grid) + 2) * grid
+    both_read = asyncio.Barrier(2)
     never = asyncio.Event()
     handler = one_event_then_another(lambda: server, never)
 
@@ -279,19 +283,22 @@ async def test_a_tick_of_enough_connections_holds_back_those_that_found_nothing(
                 pieces = response.aiter_raw()
                 await anext(pieces)
                 connection = response.stream._stream._connection  # type: ignore[union-attr]
-                pace.not_before = tick
+                if await both_read.wait() == 0:  # one of them picks the tick, after both read
+                    tick.set_result((math.floor(loop.time() / grid) + 2) * grid)
+                pace.not_before = await tick
                 waiting = asyncio.create_task(anext(pieces))
                 # when the tick comes and neither socket has anything
-                await eventually(lambda: holds(connection.tick not in (None, tick)))
+                await eventually(lambda: holds(connection.tick not in (None, pace.not_before)))
                 waiting.cancel()
                 next_tick: float | None = connection.tick
                 return next_tick
 
+    tick: asyncio.Future[float] = loop.create_future()
     async with raw_server(handler) as (server, url), client(strict_ticks=2) as http:
         next_ticks = await asyncio.gather(*(read_until_the_tick(http, url) for _ in range(2)))
 
     # then both were paused again until the next tick
-    assert next_ticks == [pytest.approx(tick + grid)] * 2
+    assert next_ticks == [pytest.approx(tick.result() + grid)] * 2
     assert server.connections == 2
 
 
@@ -316,11 +323,13 @@ async def test_a_released_connection_forgets_its_ticks() -> None:
                 body = b"".join([piece async for piece in response.aiter_raw()])
             # then nothing of its pace stays with it to pause the next request's reads
             state = (connection.tick, connection.resumed_at, connection.pace)
+            paced = connection._pacer.paced
             async with http.stream("POST", f"{url}/v1/x", content=b"{}") as response:
                 again = b"".join([piece async for piece in response.aiter_raw()])
 
     assert body == again == b"data: one\n\n"
     assert state == (None, None, None)
+    assert paced == 0  # no longer counted among the paced responses
     assert server.connections == 1
 
 

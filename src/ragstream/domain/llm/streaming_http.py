@@ -33,13 +33,13 @@ from ragstream.domain.llm.pace import READ_PACE, ReadPace
 
 Origin = tuple[str, str, int]
 
-# A tick that resumes at least this many paced connections holds back, until the next tick,
-# those that found nothing to read (`_Pacer`); with fewer, what they wait for is read as it
-# arrives. At 20 deltas a second per answer and a 30 ms grid, 10 answers resume about 6
-# connections a tick: holding them back took a quarter off the little CPU they cost (250
-# against 325 µs per token) and made every delta wait about half a tick (p50 16 ms against
-# under 1). 30 answers resume about 18 a tick, 100 about 60, and there the CPU matters.
-STRICT_TICKS = 16
+# While at least this many paced responses are being read, a tick holds back until the next
+# one the connections that found nothing to read (`_Pacer`); with fewer, what they wait for is
+# read as it arrives. At 20 deltas a second per answer and a 30 ms grid, holding them back took
+# a fifth off the little CPU 10 to 15 answers cost (45-60 µs per token) and made every delta
+# wait about half a tick (p50 14-16 ms against under 1); at 100 answers it took a fifth off
+# CPU that matters.
+STRICT_TICKS = 20
 
 
 class _Connection(asyncio.Protocol):
@@ -164,7 +164,10 @@ class _Connection(asyncio.Protocol):
         once; if the task reads at a pace (`READ_PACE`), not before its ``not_before`` and,
         with a grid, on a tick of it (see `_Pacer`).
         """
-        pace = self.pace = READ_PACE.get()
+        pace = READ_PACE.get()
+        if (pace is None) != (self.pace is None):
+            self._pacer.paced += 1 if pace is not None else -1
+        self.pace = pace
         if pace is None:
             self.resume()
         else:
@@ -223,7 +226,9 @@ class _Connection(asyncio.Protocol):
     def stop_timer(self) -> None:
         self.tick = None
         self.resumed_at = None
-        self.pace = None
+        if self.pace is not None:
+            self._pacer.paced -= 1
+            self.pace = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -249,19 +254,22 @@ class _Pacer:
 
     A connection whose reader may read again from ``not_before`` on joins the group of that
     time; the group's timer resumes them all in one turn of the event loop, and the lateness
-    of that turn is reported once to each distinct ``late`` callback. With a grid, when a
-    tick resumes at least ``strict_from`` connections, those that found nothing in their
-    socket by the next turn are paused again until the next tick: reads begin on ticks only,
-    and a process serving many paced answers over plain HTTP wakes up once per tick, not once
-    per arriving delta. A tick that resumes fewer leaves them reading: their data wakes them
-    as it arrives, since the few wake-ups a tick would save are not worth making each delta
-    wait for it. (Over TLS the transport goes on reading the socket into its TLS buffer while
+    of that turn is reported once to each distinct ``late`` callback. With a grid, while at
+    least ``strict_from`` paced responses are being read (``paced``, kept by the connections),
+    those that found nothing in their socket by the next turn are paused again until the next
+    tick: reads begin on ticks only, and a process serving many paced answers over plain HTTP
+    wakes up once per tick, not once per arriving delta. With fewer they are left reading:
+    their data wakes them as it arrives, since the few wake-ups the ticks would save are not
+    worth making each delta wait for one. (Counting responses, not a tick's connections,
+    keeps the choice from feeding itself: held back, an answer is resumed at every tick.)
+    (Over TLS the transport goes on reading the socket into its TLS buffer while
     paused: the process still wakes as data arrives, only the reader does not.)
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, strict_from: int) -> None:
         self.loop = loop
         self.strict_from = strict_from
+        self.paced = 0  # connections whose reader waits at a pace (`_Connection.wait`)
         self._groups: dict[float, list[_Connection]] = {}
 
     def resume_at(self, when: float, connection: _Connection) -> None:
@@ -286,7 +294,7 @@ class _Pacer:
     def _resume(self, group: list[_Connection], when: float, *, report: bool) -> None:
         late = self.loop.time() - when
         told: set[Callable[[float], None]] = set()
-        strict = len(group) >= self.strict_from
+        strict = self.paced >= self.strict_from
         settle = []
         for connection in group:
             connection.resume()
