@@ -18,6 +18,7 @@ from sqlalchemy import cast, func, literal, select, text
 
 from ragstream.db.chunk_copy import chunk_copy_payload
 from ragstream.db.engine import make_engine, make_sessionmaker
+from ragstream.db.notify import asyncpg_dsn
 from ragstream.db.repositories.documents import DocumentRepository
 from ragstream.domain.documents.chunking import ChunkDraft
 from ragstream.settings import Settings
@@ -116,6 +117,63 @@ async def test_job_interrupted_by_a_restart_finishes_afterwards(settings: Settin
     assert document["chunkCount"] == 1
 
 
+def _worker_env(settings: Settings, tmp_path: Path, stub: OpenAIStub) -> dict[str, str]:
+    """The environment of a `ragstream worker` on the test database, embedding through
+    ``stub``."""
+    return {
+        **os.environ,
+        "RAGSTREAM_DATABASE_URL": str(settings.database_url),
+        "RAGSTREAM_DATA_DIR": str(tmp_path / "worker"),
+        "RAGSTREAM_JWT_SECRET": TEST_JWT_SECRET,
+        "RAGSTREAM_EMBEDDING_PROVIDER": "openai",
+        "RAGSTREAM_OPENAI_MAX_RETRIES": "0",
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_BASE_URL": stub.base_url,
+    }
+
+
+async def test_a_worker_process_stopped_by_sigterm_finishes_its_job_and_exits_0(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with OpenAIStub() as stub:
+        stub.hold(EMBEDDINGS)
+        quiet = _online(settings, stub, ingestion_worker=False)
+        async with running_server(quiet) as server:
+            account = await server.register()
+            created = (await create(server, account.access_token, "Finished first.")).ok()
+            document_id = created["createDocument"]["id"]
+            env = {
+                **_worker_env(settings, tmp_path, stub),
+                "RAGSTREAM_INGESTION_SHUTDOWN_TIMEOUT_SECONDS": "60",
+            }
+            worker = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "ragstream.cli", "worker"),
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            try:
+                await _until_waiting(stub)
+                # when it is told to stop while its job waits for the embeddings
+                worker.send_signal(signal.SIGTERM)
+                assert worker.stderr is not None
+                async with asyncio.timeout(60):
+                    while b"once its jobs are done" not in await worker.stderr.readline():
+                        pass
+                stub.release(EMBEDDINGS)
+                async with asyncio.timeout(60):
+                    code = await worker.wait()
+            finally:
+                if worker.returncode is None:
+                    worker.kill()
+                    await worker.wait()
+            document = await wait_for_status(server, account.access_token, document_id)
+
+    # then the job finished within the grace, and the process ended cleanly
+    assert code == 0
+    assert document["status"] == "READY"
+
+
 async def test_a_crashed_worker_process_is_recovered(settings: Settings, tmp_path: Path) -> None:
     async with OpenAIStub() as stub:
         stub.hold(EMBEDDINGS)
@@ -124,19 +182,9 @@ async def test_a_crashed_worker_process_is_recovered(settings: Settings, tmp_pat
             account = await server.register()
             created = (await create(server, account.access_token, "The worker dies.")).ok()
             document_id = created["createDocument"]["id"]
-        env = {
-            **os.environ,
-            "RAGSTREAM_DATABASE_URL": str(settings.database_url),
-            "RAGSTREAM_DATA_DIR": str(tmp_path / "worker"),
-            "RAGSTREAM_JWT_SECRET": TEST_JWT_SECRET,
-            "RAGSTREAM_EMBEDDING_PROVIDER": "openai",
-            "RAGSTREAM_OPENAI_MAX_RETRIES": "0",
-            "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": stub.base_url,
-        }
         worker = subprocess.Popen(  # noqa: ASYNC220  (a real process, killed below)
             [sys.executable, "-m", "ragstream.cli", "worker"],
-            env=env,
+            env=_worker_env(settings, tmp_path, stub),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -226,6 +274,49 @@ async def test_a_failed_chunk_copy_writes_nothing_and_leaves_the_connection_usab
     assert dimensions == 2
 
 
+async def _end_a_waiting_fetch(database_url: str) -> int:
+    """Holds a lock on the job table until a statement of the worker waits for it (its next
+    fetch of a job), ends the worker's connections that wait, then lets go: how many ended."""
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        async with conn.transaction(), asyncio.timeout(60):
+            await conn.execute("LOCK TABLE procrastinate_jobs IN ACCESS EXCLUSIVE MODE")
+            while True:
+                ended: int = await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = 'ragstream-worker'"
+                    " AND datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                if ended:
+                    return ended
+                await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+
+
+async def test_the_worker_comes_back_after_its_connection_ends_mid_query(
+    settings: Settings, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker whose fetch of a job fails (the server ended its connection mid-query: a
+    restart, an administrator) stops, as procrastinate stops one whose fetch, heartbeat or
+    listener fails; another takes its place, and documents are ingested all the same."""
+    polling = settings.model_copy(update={"ingestion_poll_seconds": 0.1})
+    async with running_server(polling) as server:
+        account = await server.register()
+        # when the connection of the worker's fetch is ended while the fetch waits
+        ended = await _end_a_waiting_fetch(database_url)
+        # then a new document is ingested all the same
+        created = (await create(server, account.access_token, "After the cut.")).ok()
+        document = await wait_for_status(
+            server, account.access_token, created["createDocument"]["id"]
+        )
+
+    assert ended
+    assert document["status"] == "READY"
+    assert document["chunkCount"] == 1
+    assert "the ingestion worker stopped" in caplog.text
+
+
 async def test_the_worker_goes_on_after_its_connections_are_ended(settings: Settings) -> None:
     """The job queue's pooled connections ended by the server (a restart, an administrator)
     are noticed when handed out, without a query, and replaced: the next document is
@@ -238,7 +329,7 @@ async def test_the_worker_goes_on_after_its_connections_are_ended(settings: Sett
         ended = await _scalar(
             server,
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'ragstream-worker'",
+            "WHERE application_name = 'ragstream-worker' AND datname = current_database()",
         )
         second = (await create(server, account.access_token, "After the cut.")).ok()
         document = await wait_for_status(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import select
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,6 +40,10 @@ from ragstream.settings import Settings
 logger = logging.getLogger(__name__)
 # How much longer than the jobs' grace a stopping worker gets to leave before it is cancelled.
 STOP_MARGIN_SECONDS = 5.0
+# Seconds before a worker that stopped by itself is replaced: the first pause, the longest
+# (doubling in between), and how long a worker must have run for the next pause to be the
+# first again.
+RESTART_PAUSES = (0.5, 30.0, 60.0)
 
 
 def libpq_conninfo(database_url: str) -> str:
@@ -168,13 +173,14 @@ async def _recovery_loop(app: procrastinate.App, deps: IngestionDeps, settings: 
         await asyncio.sleep(settings.ingestion_recovery_interval_seconds)
 
 
-def worker_options(settings: Settings, *, in_process: bool) -> dict[str, Any]:
+def worker_options(settings: Settings) -> dict[str, Any]:
     stalled = settings.ingestion_stalled_seconds
     return {
         "queues": [INGESTION_QUEUE],
         "concurrency": max(1, settings.ingestion_concurrency),
         "name": "ragstream-ingestion",
-        "install_signal_handlers": not in_process,
+        # Signals stop the supervisor (`running_worker`), not one worker it would replace.
+        "install_signal_handlers": False,
         "shutdown_graceful_timeout": settings.ingestion_shutdown_timeout_seconds,
         "delete_jobs": "successful",
         "fetch_job_polling_interval": settings.ingestion_poll_seconds,
@@ -183,34 +189,100 @@ def worker_options(settings: Settings, *, in_process: bool) -> dict[str, Any]:
     }
 
 
+class SupervisedWorker:
+    """procrastinate workers, one after another, until asked to stop.
+
+    procrastinate stops a worker whose fetch of a job fails, or one of whose side tasks (the
+    heartbeat, the notification listener) fails: a connection the server ends mid-query (a
+    restart, a failover, an administrator) is enough. Left at that, the process would ingest
+    nothing more until it is restarted. A worker that stops without being asked to is
+    replaced by a new one, registered afresh, after a pause (`RESTART_PAUSES`) that doubles
+    while workers keep stopping; jobs the stopped one still held are retried once its
+    heartbeat is stale (`recover`).
+    """
+
+    def __init__(self, app: procrastinate.App, options: dict[str, Any]) -> None:
+        self._app = app
+        self._options = options
+        self._stopping = False
+        self._worker: Worker | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> None:
+        """The running worker finishes its jobs (they get its grace), and none follows it."""
+        self._stopping = True
+        if self._worker is not None:
+            self._worker.stop()  # type: ignore[no-untyped-call]  # untyped upstream
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        first, longest, steady = RESTART_PAUSES
+        pause = first
+        while not self._stopping:
+            # Created and started in one step: a stop asked for from here on reaches it.
+            worker = self._worker = Worker(app=self._app, **self._options)
+            started = loop.time()
+            try:
+                await worker.run()  # type: ignore[no-untyped-call]  # untyped upstream
+            except Exception:
+                if self._stopping:
+                    raise
+                logger.error("the ingestion worker stopped on an error", exc_info=True)
+            if self._stopping:
+                return
+            if loop.time() - started >= steady:
+                pause = first
+            logger.error("the ingestion worker stopped; another starts in %.1f s", pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, longest)
+
+
 @contextlib.asynccontextmanager
 async def running_worker(
     settings: Settings, database_url: str, deps: IngestionDeps, *, in_process: bool = True
 ) -> AsyncIterator[asyncio.Task[None]]:
-    """Run a worker and the recovery loop in the background until the block exits.
+    """Run a supervised worker and the recovery loop in the background until the block exits.
 
     On exit running jobs get ``ingestion_shutdown_timeout_seconds`` to finish; the rest are
-    aborted and retried by the next worker.
+    aborted and retried by the next worker. Not ``in_process`` (a `ragstream worker`
+    process), SIGINT and SIGTERM stop it the same way, and a second one at once (its running
+    jobs are then aborted, and retried by the next worker).
     """
     app = build_job_app(settings, database_url, deps)
     async with app.open_async():
-        worker = Worker(app=app, **worker_options(settings, in_process=in_process))
-        running = asyncio.create_task(
-            worker.run(),  # type: ignore[no-untyped-call]  # untyped upstream
-            name="ingestion-worker",
-        )
-        # The worker's first step clears its stop request: let it take that step now, so that
-        # a stop asked for at once (a server stopped as it starts) is not lost.
+        supervisor = SupervisedWorker(app, worker_options(settings))
+        running = asyncio.create_task(supervisor.run(), name="ingestion-worker")
+        # Its first step starts the first worker, whose own first step clears its stop
+        # request: let them take it now, so that a stop asked for at once (a server stopped as
+        # it starts) is not lost.
         await asyncio.sleep(0)
         recovery = asyncio.create_task(_recovery_loop(app, deps, settings), name="recovery")
+        signals = () if in_process else (signal.SIGINT, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+
+        def stop_on_signal() -> None:
+            if supervisor.stopping:
+                logger.warning("stopping the ingestion worker at once")
+                running.cancel()
+            else:
+                logger.info("stopping the ingestion worker once its jobs are done")
+                supervisor.stop()
+
+        for number in signals:
+            loop.add_signal_handler(number, stop_on_signal)
         try:
             yield running
         finally:
+            for number in signals:
+                loop.remove_signal_handler(number)
             recovery.cancel()
             # Asked to stop rather than cancelled: a worker cancelled while it registers itself
             # can hang in its database call; stopped, it finishes registering, then its jobs
             # get the grace, then it leaves. Cancelled only if it does not.
-            worker.stop()  # type: ignore[no-untyped-call]  # untyped upstream
+            supervisor.stop()
             grace = settings.ingestion_shutdown_timeout_seconds + STOP_MARGIN_SECONDS
             await asyncio.wait({running}, timeout=grace)
             running.cancel()
