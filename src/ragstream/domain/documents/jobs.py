@@ -16,7 +16,7 @@ import select
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import procrastinate
@@ -192,28 +192,29 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 class SupervisedWorker:
     """procrastinate workers, one after another, until asked to stop.
 
-    procrastinate stops a worker whose fetch of a job fails, or one of whose side tasks (the
-    heartbeat, the notification listener) fails: a connection the server ends mid-query (a
-    restart, a failover, an administrator) is enough. Left at that, the process would ingest
-    nothing more until it is restarted. A worker that stops without being asked to is
-    replaced by a new one, registered afresh, after a pause (`RESTART_PAUSES`) that doubles
-    while workers keep stopping; jobs the stopped one still held are retried once its
-    heartbeat is stale (`recover`).
+    procrastinate stops a worker whose fetch of a job or whose heartbeat fails, or whose
+    notification listener cannot reconnect: a connection the server ends mid-query (a restart,
+    a failover, an administrator) is enough. Left at that, the process would ingest nothing
+    more until it is restarted. A worker that stops without being asked to is replaced by a
+    new one, registered afresh, after a pause (`RESTART_PAUSES`) that doubles while workers
+    keep stopping. A stopping worker has shut itself down first (given its running jobs their
+    grace, had the rest retried, left the workers' table); jobs it could not give back are
+    retried once its heartbeat is stale (`recover`).
     """
 
     def __init__(self, app: procrastinate.App, options: dict[str, Any]) -> None:
         self._app = app
         self._options = options
-        self._stopping = False
+        self._stop = asyncio.Event()
         self._worker: Worker | None = None
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        return self._stop.is_set()
 
     def stop(self) -> None:
         """The running worker finishes its jobs (they get its grace), and none follows it."""
-        self._stopping = True
+        self._stop.set()
         if self._worker is not None:
             self._worker.stop()  # type: ignore[no-untyped-call]  # untyped upstream
 
@@ -221,23 +222,53 @@ class SupervisedWorker:
         loop = asyncio.get_running_loop()
         first, longest, steady = RESTART_PAUSES
         pause = first
-        while not self._stopping:
+        while not self.stopping:
             # Created and started in one step: a stop asked for from here on reaches it.
             worker = self._worker = Worker(app=self._app, **self._options)
             started = loop.time()
             try:
                 await worker.run()  # type: ignore[no-untyped-call]  # untyped upstream
             except Exception:
-                if self._stopping:
+                if self.stopping:
                     raise
                 logger.error("the ingestion worker stopped on an error", exc_info=True)
-            if self._stopping:
+            if self.stopping:
                 return
             if loop.time() - started >= steady:
                 pause = first
             logger.error("the ingestion worker stopped; another starts in %.1f s", pause)
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):  # a stop ends the pause
+                await asyncio.wait_for(self._stop.wait(), pause)
             pause = min(pause * 2, longest)
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``stop``, the first of them only: after it the handlers the
+    process had before are back, so a second signal acts as it would have (SIGTERM ends the
+    process at once, SIGINT interrupts the program)."""
+    loop = asyncio.get_running_loop()
+    numbers = (signal.SIGINT, signal.SIGTERM)
+    before = {number: signal.getsignal(number) for number in numbers}
+    installed: list[signal.Signals] = []
+
+    def restore() -> None:
+        while installed:
+            number = installed.pop()
+            loop.remove_signal_handler(number)
+            signal.signal(number, before[number])
+
+    def first_signal() -> None:
+        restore()
+        stop()
+
+    try:
+        for number in numbers:
+            loop.add_signal_handler(number, first_signal)
+            installed.append(number)
+        yield
+    finally:
+        restore()
 
 
 @contextlib.asynccontextmanager
@@ -248,36 +279,24 @@ async def running_worker(
 
     On exit running jobs get ``ingestion_shutdown_timeout_seconds`` to finish; the rest are
     aborted and retried by the next worker. Not ``in_process`` (a `ragstream worker`
-    process), SIGINT and SIGTERM stop it the same way, and a second one at once (its running
-    jobs are then aborted, and retried by the next worker).
+    process), SIGINT or SIGTERM stops it the same way; a second one acts as if it had not
+    been handled (SIGTERM ends the process at once: its running jobs are retried by another
+    worker once its heartbeat is stale).
     """
     app = build_job_app(settings, database_url, deps)
     async with app.open_async():
         supervisor = SupervisedWorker(app, worker_options(settings))
         running = asyncio.create_task(supervisor.run(), name="ingestion-worker")
-        # Its first step starts the first worker, whose own first step clears its stop
-        # request: let them take it now, so that a stop asked for at once (a server stopped as
-        # it starts) is not lost.
-        await asyncio.sleep(0)
         recovery = asyncio.create_task(_recovery_loop(app, deps, settings), name="recovery")
-        signals = () if in_process else (signal.SIGINT, signal.SIGTERM)
-        loop = asyncio.get_running_loop()
 
         def stop_on_signal() -> None:
-            if supervisor.stopping:
-                logger.warning("stopping the ingestion worker at once")
-                running.cancel()
-            else:
-                logger.info("stopping the ingestion worker once its jobs are done")
-                supervisor.stop()
+            logger.info("stopping the ingestion worker once its jobs are done")
+            supervisor.stop()
 
-        for number in signals:
-            loop.add_signal_handler(number, stop_on_signal)
         try:
-            yield running
+            with contextlib.nullcontext() if in_process else _stopped_by_signals(stop_on_signal):
+                yield running
         finally:
-            for number in signals:
-                loop.remove_signal_handler(number)
             recovery.cancel()
             # Asked to stop rather than cancelled: a worker cancelled while it registers itself
             # can hang in its database call; stopped, it finishes registering, then its jobs
