@@ -20,6 +20,7 @@ from ragstream.db.chunk_copy import chunk_copy_payload
 from ragstream.db.engine import make_engine, make_sessionmaker
 from ragstream.db.notify import asyncpg_dsn
 from ragstream.db.repositories.documents import DocumentRepository
+from ragstream.domain.documents import jobs
 from ragstream.domain.documents.chunking import ChunkDraft
 from ragstream.settings import Settings
 from tests.conftest import TEST_JWT_SECRET
@@ -152,7 +153,8 @@ async def test_a_worker_process_stops_on_sigterm_after_its_job_and_at_once_on_a_
             document_id = created["createDocument"]["id"]
             env = {
                 **_worker_env(settings, tmp_path, stub),
-                "RAGSTREAM_INGESTION_SHUTDOWN_TIMEOUT_SECONDS": "60",
+                # Longer than the test waits: only a stop at once ends it in time.
+                "RAGSTREAM_INGESTION_SHUTDOWN_TIMEOUT_SECONDS": "120",
             }
             worker = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "ragstream.cli", "worker"),
@@ -315,16 +317,22 @@ async def _end_a_waiting_fetch(database_url: str) -> int:
         await conn.close()
 
 
+async def _no_recovery(*_: object) -> None:
+    await asyncio.Event().wait()  # until cancelled, as the recovery loop runs
+
+
 async def test_the_worker_comes_back_after_its_connection_ends_mid_query(
-    settings: Settings, database_url: str, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A worker whose fetch of a job fails (the server ended its connection mid-query: a
     restart, an administrator) stops, as procrastinate stops one whose fetch, heartbeat or
     listener fails; another takes its place, and documents are ingested all the same."""
-    # Its fetches are the only statements on the job table: the recovery ran at start only.
-    polling = settings.model_copy(
-        update={"ingestion_poll_seconds": 0.1, "ingestion_recovery_interval_seconds": 3600}
-    )
+    # Its fetches are the only statements on the job table: no recovery rounds.
+    monkeypatch.setattr(jobs, "_recovery_loop", _no_recovery)
+    polling = settings.model_copy(update={"ingestion_poll_seconds": 0.1})
     async with running_server(polling) as server:
         account = await server.register()
         # when the connection of the worker's fetch is ended while the fetch waits

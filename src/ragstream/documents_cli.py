@@ -46,7 +46,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             assert worker is not None
             await worker  # ends on SIGINT/SIGTERM, after running jobs finish or are requeued
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:  # a second SIGINT: stopped at once
+        return 130
     return 0
 
 

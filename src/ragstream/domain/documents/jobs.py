@@ -192,14 +192,13 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 class SupervisedWorker:
     """procrastinate workers, one after another, until asked to stop.
 
-    procrastinate stops a worker whose fetch of a job or whose heartbeat fails, or whose
-    notification listener cannot reconnect: a connection the server ends mid-query (a restart,
-    a failover, an administrator) is enough. Left at that, the process would ingest nothing
-    more until it is restarted. A worker that stops without being asked to is replaced by a
-    new one, registered afresh, after a pause (`RESTART_PAUSES`) that doubles while workers
-    keep stopping. A stopping worker has shut itself down first (given its running jobs their
-    grace, had the rest retried, left the workers' table); jobs it could not give back are
-    retried once its heartbeat is stale (`recover`).
+    procrastinate stops a worker whose fetch of a job fails: a connection the server ends
+    mid-query (a restart, a failover, an administrator) is enough. Left at that, the process
+    would ingest nothing more until it is restarted. A worker that stops without being asked
+    to is replaced by a new one, registered afresh, after a pause (`RESTART_PAUSES`) that
+    doubles while workers keep stopping. A stopping worker has shut itself down first (given
+    its running jobs their grace, had the rest retried, left the workers' table); jobs it
+    could not give back are retried once its heartbeat is stale (`recover`).
     """
 
     def __init__(self, app: procrastinate.App, options: dict[str, Any]) -> None:
@@ -244,9 +243,10 @@ class SupervisedWorker:
 
 @contextlib.contextmanager
 def _stopped_by_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGINT and SIGTERM call ``stop``, the first of them only: after it the handlers the
-    process had before are back, so a second signal acts as it would have (SIGTERM ends the
-    process at once, SIGINT interrupts the program)."""
+    """SIGINT and SIGTERM call ``stop``, the first of them only. After it SIGTERM has the
+    handler it had before (by default: the process ends at once) and SIGINT Python's own
+    (KeyboardInterrupt at once, where asyncio.run's would only cancel the main task, which
+    the worker turns into the same graceful stop)."""
     loop = asyncio.get_running_loop()
     numbers = (signal.SIGINT, signal.SIGTERM)
     before = {number: signal.getsignal(number) for number in numbers}
@@ -256,11 +256,15 @@ def _stopped_by_signals(stop: Callable[[], None]) -> Iterator[None]:
         while installed:
             number = installed.pop()
             loop.remove_signal_handler(number)
-            signal.signal(number, before[number])
+            handler = before[number]
+            if number == signal.SIGINT:
+                handler = signal.default_int_handler
+            if handler is not None:  # None: set outside Python, left as asyncio leaves it
+                signal.signal(number, handler)
 
     def first_signal() -> None:
-        restore()
         stop()
+        restore()
 
     try:
         for number in numbers:
