@@ -262,13 +262,21 @@ def _stopped_by_signals(stop: Callable[[], None]) -> Iterator[None]:
             if handler is not None:  # None: set outside Python, left as asyncio leaves it
                 signal.signal(number, handler)
 
-    def first_signal() -> None:
-        stop()
+    stopped = False
+
+    def on_signal(number: signal.Signals) -> None:
+        # Handlers back first: a signal that comes once ``stop`` has logged is a second one.
+        nonlocal stopped
         restore()
+        if stopped:  # a second one, handled in the same turn of the loop as the first
+            signal.raise_signal(number)
+            return
+        stopped = True
+        stop()
 
     try:
         for number in numbers:
-            loop.add_signal_handler(number, first_signal)
+            loop.add_signal_handler(number, on_signal, number)
             installed.append(number)
         yield
     finally:
