@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 import shutil
 import tempfile
 import uuid
@@ -47,6 +48,14 @@ def argon2_environment() -> dict[str, str]:
 
 PG_ROOT_KEY = "ragstream_pg_root"
 PG_ROOT = pytest.StashKey[Path]()
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: two workers per core, at most 8. The suite waits on servers, processes and
+    sockets more than it computes (a run on 2 cores used about one core's CPU time), so a
+    second worker per core fills the waits; measured on 2 cores, 236-261 s against 252-313 s
+    with one per core."""
+    return max(2, min(2 * (os.cpu_count() or 1), 8))
 
 
 def pytest_configure(config: pytest.Config) -> None:
