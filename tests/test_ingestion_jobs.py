@@ -23,6 +23,7 @@ from ragstream.db.repositories.documents import DocumentRepository
 from ragstream.domain.documents import jobs
 from ragstream.domain.documents.chunking import ChunkDraft
 from ragstream.settings import Settings
+from tests.chat_support import eventually
 from tests.conftest import TEST_JWT_SECRET
 from tests.documents_support import create, wait_for_status
 from tests.openai_stub import EMBEDDINGS, OpenAIStub
@@ -293,17 +294,18 @@ async def test_a_failed_chunk_copy_writes_nothing_and_leaves_the_connection_usab
     assert dimensions == 2
 
 
-async def _end_a_waiting_fetch(database_url: str) -> int:
-    """Holds a lock on the job table until a statement of the worker waits for it (its next
-    fetch of a job), ends the worker's connections that wait, then lets go: how many ended."""
+async def _end_a_waiting_statement(database_url: str, table: str, mode: str) -> int:
+    """Once the worker has registered itself, holds a lock on ``table`` until a statement of
+    the worker waits for it, ends the worker's connections that wait, then lets go: how many
+    ended."""
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
-        async with asyncio.timeout(60):  # the worker has started (registered itself)
+        async with asyncio.timeout(60):
             # (the state lives in the database: there is no event to await)
             while not await conn.fetchval("SELECT count(*) FROM procrastinate_workers"):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         async with conn.transaction(), asyncio.timeout(60):
-            await conn.execute("LOCK TABLE procrastinate_jobs IN ACCESS EXCLUSIVE MODE")
+            await conn.execute(f"LOCK TABLE {table} IN {mode} MODE")
             while True:
                 ended: int = await conn.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -335,8 +337,11 @@ async def test_the_worker_comes_back_after_its_connection_ends_mid_query(
     polling = settings.model_copy(update={"ingestion_poll_seconds": 0.1})
     async with running_server(polling) as server:
         account = await server.register()
-        # when the connection of the worker's fetch is ended while the fetch waits
-        ended = await _end_a_waiting_fetch(database_url)
+        # when the connection of the worker's fetch is ended while the fetch waits (on the
+        # job table, which nothing else of the worker reads once it has started)
+        ended = await _end_a_waiting_statement(
+            database_url, "procrastinate_jobs", "ACCESS EXCLUSIVE"
+        )
         # then a new document is ingested all the same
         created = (await create(server, account.access_token, "After the cut.")).ok()
         document = await wait_for_status(
@@ -347,6 +352,39 @@ async def test_the_worker_comes_back_after_its_connection_ends_mid_query(
     assert document["status"] == "READY"
     assert document["chunkCount"] == 1
     assert "the ingestion worker stopped" in caplog.text
+
+
+async def test_a_worker_whose_heartbeat_fails_is_replaced(
+    settings: Settings,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker whose heartbeat cannot be written would look stalled while it runs, and the
+    recovery would retry its jobs: it is stopped and replaced instead."""
+    monkeypatch.setattr(jobs, "_recovery_loop", _no_recovery)
+    # a heartbeat every third of a second
+    beating = settings.model_copy(
+        update={"ingestion_poll_seconds": 0.1, "ingestion_stalled_seconds": 1.0}
+    )
+    async with running_server(beating) as server:
+        account = await server.register()
+        # when the connection of its heartbeat is ended while the heartbeat waits (on the
+        # workers' table, which a fetch with no job to take does not write)
+        ended = await _end_a_waiting_statement(database_url, "procrastinate_workers", "SHARE")
+        # then it is replaced, and a new document is ingested
+        await eventually(lambda: _logged(caplog, "the ingestion worker stopped"))
+        created = (await create(server, account.access_token, "After the beat.")).ok()
+        document = await wait_for_status(
+            server, account.access_token, created["createDocument"]["id"]
+        )
+
+    assert ended
+    assert document["status"] == "READY"
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return text in caplog.text
 
 
 async def test_the_worker_goes_on_after_its_connections_are_ended(settings: Settings) -> None:

@@ -189,16 +189,34 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+class _WatchedWorker(Worker):
+    """procrastinate's worker, its side tasks watched for as long as it runs.
+
+    procrastinate stops a worker when one of its side tasks (the heartbeat, the notification
+    listener) fails, but watches them only until the first one ends, and the periodic
+    deferrer ends at once when there is no periodic task, as here. A failed heartbeat then went
+    unnoticed: the worker ran on with a stale one, and once it looked stalled the recovery
+    could retry a job it was still running. Kept waiting here, the deferrer keeps the watch on
+    until the worker's shutdown cancels it.
+    """
+
+    async def _periodic_deferrer(self) -> None:
+        await super()._periodic_deferrer()  # type: ignore[no-untyped-call]  # untyped upstream
+        await asyncio.Event().wait()
+
+
 class SupervisedWorker:
     """procrastinate workers, one after another, until asked to stop.
 
-    procrastinate stops a worker whose fetch of a job fails: a connection the server ends
-    mid-query (a restart, a failover, an administrator) is enough. Left at that, the process
-    would ingest nothing more until it is restarted. A worker that stops without being asked
-    to is replaced by a new one, registered afresh, after a pause (`RESTART_PAUSES`) that
-    doubles while workers keep stopping. A stopping worker has shut itself down first (given
-    its running jobs their grace, had the rest retried, left the workers' table); jobs it
-    could not give back are retried once its heartbeat is stale (`recover`).
+    procrastinate stops a worker whose fetch of a job or whose heartbeat fails
+    (`_WatchedWorker`), or whose notification listener cannot reconnect: a connection the
+    server ends mid-query (a restart, a failover, an administrator) is enough. Left at that,
+    the process would ingest nothing more until it is restarted. A worker that stops without
+    being asked to is replaced by a new one, registered afresh, after a pause
+    (`RESTART_PAUSES`) that doubles while workers keep stopping. A stopping worker has shut
+    itself down first (given its running jobs their grace, had the rest retried, left the
+    workers' table); jobs it could not give back are retried once its heartbeat is stale
+    (`recover`).
     """
 
     def __init__(self, app: procrastinate.App, options: dict[str, Any]) -> None:
@@ -223,7 +241,7 @@ class SupervisedWorker:
         pause = first
         while not self.stopping:
             # Created and started in one step: a stop asked for from here on reaches it.
-            worker = self._worker = Worker(app=self._app, **self._options)
+            worker = self._worker = _WatchedWorker(app=self._app, **self._options)
             started = loop.time()
             try:
                 await worker.run()  # type: ignore[no-untyped-call]  # untyped upstream
