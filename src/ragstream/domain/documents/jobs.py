@@ -189,6 +189,10 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+if not hasattr(Worker, "_periodic_deferrer"):  # what `_WatchedWorker` overrides
+    raise ImportError("this procrastinate's Worker has no _periodic_deferrer to override")
+
+
 class _WatchedWorker(Worker):
     """procrastinate's worker, its side tasks watched for as long as it runs.
 
