@@ -47,11 +47,11 @@ from pathlib import Path
 import asyncpg
 from pgvector.asyncpg import register_vector
 from pgvector.sqlalchemy import HALFVEC as HalfvecType
-from pgvector.sqlalchemy import Vector
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Float, Integer, Select, Text, Uuid, bindparam, cast, select, text
+from sqlalchemy import Float, Select, cast, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from bench.common import embedded_database, percentile
 from bench.search import (
@@ -62,12 +62,13 @@ from bench.search import (
     server_parameters,
 )
 from ragstream.db.driver import DriverStatement
-from ragstream.db.models.documents import Chunk, Document
+from ragstream.db.models.documents import Chunk
 from ragstream.db.models.users import User
-from ragstream.db.repositories.documents import HnswOptions, retrievable_by_id
+from ragstream.db.repositories.documents import HnswOptions
 from ragstream.db.repositories.search import (
     SearchRepository,
     index_scan_settings,
+    nearest_select,
     nearest_statement,
     vector_literal,
 )
@@ -103,31 +104,15 @@ HALFVEC_HNSW_INDEX = "bench_chunks_halfvec_hnsw"
 
 
 def halfvec_nearest() -> Select[tuple[uuid.UUID]]:
-    """ragstream's vector statement (`search._nearest`: same readable filter, same bind
-    parameters) with the candidates found by the distance of the 16-bit vectors, which the
-    expression index ``HALFVEC_HNSW_INDEX`` orders, then ordered by the full vectors' distance."""
-    query = bindparam("vector", type_=Text)
-    distance = Chunk.embedding.op("<=>", return_type=Float)(cast(query, Vector())).label("distance")
-    approximate = cast(Chunk.embedding, HalfvecType(DIMENSIONS)).op("<=>", return_type=Float)(
-        cast(query, HalfvecType(DIMENSIONS))
-    )
-    candidates = (
-        select(Chunk.id, distance)
-        .join(Document, Document.id == Chunk.document_id)
-        .where(retrievable_by_id(bindparam("viewer_id", type_=Uuid)))
-        .where(Chunk.embedding.is_not(None))
-        .order_by(approximate)
-        .limit(bindparam("scan", type_=Integer))
-        .cte("candidates")
-        .prefix_with("MATERIALIZED")
-    )
-    # The CTE's rows come in the halfvec order, not by `distance`: a plain sort on it is a
-    # full sort of the candidates.
-    return (
-        select(candidates.c.id)
-        .order_by(candidates.c.distance, candidates.c.id)
-        .limit(bindparam("k", type_=Integer))
-    )
+    """ragstream's vector statement (`search.nearest_select`: same readable filter, same bind
+    parameters) with the candidates scanned by the distance of the 16-bit vectors, which the
+    expression index ``HALFVEC_HNSW_INDEX`` orders, then kept by the full vectors' distance."""
+
+    def by_halfvec(vector: BindParameter[str]) -> ColumnElement[float]:
+        halfvec = HalfvecType(DIMENSIONS)
+        return cast(Chunk.embedding, halfvec).op("<=>", return_type=Float)(cast(vector, halfvec))
+
+    return nearest_select(by_halfvec)
 
 
 HALFVEC_NEAREST = halfvec_nearest()
@@ -465,7 +450,7 @@ async def explain_halfvec_hnsw(
     plan = re.sub(r"'\[[^\]]*\]'", "'[...]'", plan)  # the 384 numbers of the question
     assert f"Index Scan using {HALFVEC_HNSW_INDEX} on public.chunks" in plan, plan
     assert "ix_chunks_embedding_hnsw" not in plan, plan
-    assert "Sort Key: candidates.distance, candidates.id" in plan, plan
+    assert "Sort Key: ((candidates.distance + '0'::double precision)), candidates.id" in plan, plan
     assert "(chunks.embedding <=> '[...]'::vector)" in plan, plan  # the full-precision distance
     report = f"plan of the halfvec HNSW statement (first question):\n{plan}"
     if with_default_index:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from pgvector.sqlalchemy import Vector
@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import TSQUERY
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from ragstream.db.driver import DriverStatement
 from ragstream.db.models import User
@@ -107,24 +108,29 @@ def nearest_statement(
 # Query vectors and tsqueries are sent as text and cast in the statement, as pgvector and
 # PostgreSQL parse them; the planner still sees their values (custom plans: see
 # `index_scan_settings`).
-def _nearest() -> Select[tuple[uuid.UUID]]:
+def nearest_select(
+    scan_order: Callable[[BindParameter[str]], ColumnElement[float]] | None = None,
+) -> Select[tuple[uuid.UUID]]:
     """The nearest readable chunks, with bind parameters for the viewer, the vector and both
     limits; compiled once, the planner still sees their values (custom plans, see
-    `index_scan_settings`)."""
+    `index_scan_settings`). ``scan_order``: what the candidates are scanned by, given the
+    query vector's parameter (the full vectors' distance by default; another index's order
+    in `bench.vector_designs`); they are kept by the full vectors' distance either way."""
     # relaxed_order may return candidates out of order: materialize them, then sort by
     # the distance (exact: the index holds the full vectors) and keep the closest k. The
     # sort is on `distance + 0`: PostgreSQL knows the CTE's rows come ordered by
     # `distance`, and a sort on that would only break ties, leave the scan's order as it
     # came, and read just the first k candidates.
-    distance = Chunk.embedding.op("<=>", return_type=Float)(
-        cast(bindparam("vector", type_=Text), Vector())
-    ).label("distance")
+    vector = bindparam("vector", type_=Text)
+    distance = Chunk.embedding.op("<=>", return_type=Float)(cast(vector, Vector())).label(
+        "distance"
+    )
     candidates = (
         select(Chunk.id, distance)
         .join(Document, Document.id == Chunk.document_id)
         .where(retrievable_by_id(bindparam("viewer_id", type_=Uuid)))
         .where(Chunk.embedding.is_not(None))
-        .order_by(distance)
+        .order_by(distance if scan_order is None else scan_order(vector))
         .limit(bindparam("scan", type_=Integer))
         .cte("candidates")
         .prefix_with("MATERIALIZED")
@@ -136,7 +142,7 @@ def _nearest() -> Select[tuple[uuid.UUID]]:
     )
 
 
-_NEAREST_SELECT = _nearest()
+_NEAREST_SELECT = nearest_select()
 _NEAREST = DriverStatement(_NEAREST_SELECT)
 
 _BEST_BY_TEXT = DriverStatement(
