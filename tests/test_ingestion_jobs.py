@@ -156,6 +156,8 @@ async def test_a_worker_process_stops_on_sigterm_after_its_job_and_at_once_on_a_
                 **_worker_env(settings, tmp_path, stub),
                 # Longer than the test waits: only a stop at once ends it in time.
                 "RAGSTREAM_INGESTION_SHUTDOWN_TIMEOUT_SECONDS": "120",
+                # which the stalled time must leave room for
+                "RAGSTREAM_INGESTION_STALLED_SECONDS": "600",
             }
             worker = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "ragstream.cli", "worker"),
@@ -217,7 +219,7 @@ async def test_a_crashed_worker_process_is_recovered(settings: Settings, tmp_pat
         recovering = _online(
             settings,
             stub,
-            ingestion_stalled_seconds=1.0,
+            ingestion_stalled_seconds=2.0,
             ingestion_recovery_interval_seconds=0.5,
         )
         async with running_server(recovering) as server:
@@ -359,10 +361,7 @@ async def test_a_worker_whose_heartbeat_fails_is_replaced(
     """A worker whose heartbeat cannot be written would look stalled while it runs, and the
     recovery would retry its jobs: it is stopped and replaced instead."""
     monkeypatch.setattr(jobs, "_recovery_loop", _no_recovery)
-    # a heartbeat every third of a second
-    beating = settings.model_copy(
-        update={"ingestion_poll_seconds": 0.1, "ingestion_stalled_seconds": 1.0}
-    )
+    beating = _beating(settings)
     async with running_server(beating) as server:
         account = await server.register()
         # when the connection of its heartbeat is ended while the heartbeat waits (on the
@@ -376,8 +375,75 @@ async def test_a_worker_whose_heartbeat_fails_is_replaced(
     assert document["chunkCount"] == 1
 
 
+def _beating(settings: Settings) -> Settings:
+    """A heartbeat every half second, and a lock timeout of one."""
+    return settings.model_copy(
+        update={
+            "ingestion_poll_seconds": 0.1,
+            "ingestion_stalled_seconds": 2.0,
+            "ingestion_shutdown_timeout_seconds": 0.2,
+        }
+    )
+
+
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return text in caplog.text
+
+
+async def test_a_worker_whose_heartbeat_hangs_on_a_lock_is_replaced(
+    settings: Settings,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A heartbeat that waits on a lock (nothing ends its connection) fails after the job
+    queue's lock timeout: the worker is stopped and replaced before it looks stalled."""
+    monkeypatch.setattr(jobs, "_recovery_loop", _no_recovery)
+    beating = _beating(settings)
+    async with running_server(beating) as server:
+        account = await server.register()
+        locker = await asyncpg.connect(asyncpg_dsn(database_url))
+        watcher = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            await eventually(lambda: _registered(watcher))
+            # when the workers' table is locked against the heartbeat's update, and stays so
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE procrastinate_workers IN SHARE MODE")
+                await eventually(lambda: _waiting_on_a_lock(watcher))
+                # then the heartbeat gives up, and its worker stops
+                await eventually(lambda: _logged(caplog, "the ingestion worker stopped"))
+        finally:
+            await locker.close()
+            await watcher.close()
+        # and another one ingests the next document
+        document = await ingest_text(server, account.access_token, "After the wait.")
+
+    assert "LockNotAvailable" in caplog.text
+    assert document["chunkCount"] == 1
+
+
+async def _registered(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) FROM procrastinate_workers"))
+
+
+async def _waiting_on_a_lock(conn: asyncpg.Connection) -> bool:
+    waiting = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ragstream-worker'"
+        " AND datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return bool(waiting)
+
+
+def test_the_job_queue_connections_give_up_on_locks_and_dead_servers(settings: Settings) -> None:
+    url = "postgresql+asyncpg://u:p@db.internal/ragstream?options=-c%20search_path%3Dkb"
+    options = jobs.job_connection_options(settings, url)
+
+    # a quarter of the stalled time, as the heartbeat's interval
+    assert options["options"] == "-c search_path=kb -c lock_timeout=7500"
+    assert options["keepalives"] == 1
+    assert options["keepalives_idle"] == 8
+    assert options["tcp_user_timeout"] == 8000
+    assert options["application_name"] == "ragstream-worker"
 
 
 async def test_the_worker_goes_on_after_its_connections_are_ended(settings: Settings) -> None:

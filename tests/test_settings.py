@@ -42,6 +42,31 @@ def test_serve_exits_non_zero_with_a_clear_message_for_a_short_secret(
     assert not (tmp_path / "data" / "pgdata").exists()
 
 
+def test_a_grace_the_stalled_time_cannot_hold_refuses_to_start(tmp_path: Path) -> None:
+    # a heartbeat every 7.5 s and a lock timeout of 7.5 s leave 15 s of the 30 for the grace
+    with pytest.raises(ConfigurationError, match=r"\(15\) must be under .* \(15 s in all\)"):
+        create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=15))
+    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=14.9))
+    # with no worker in the server, it is the workers' concern
+    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=15, ingestion_worker=False))
+    # a longer stalled time leaves room: its heartbeat is at most 10 s apart
+    create_app(
+        settings(tmp_path, ingestion_shutdown_timeout_seconds=60, ingestion_stalled_seconds=81)
+    )
+
+
+def test_a_worker_process_with_such_a_grace_exits_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RAGSTREAM_INGESTION_SHUTDOWN_TIMEOUT_SECONDS", "20")
+    monkeypatch.setenv("RAGSTREAM_DATA_DIR", str(tmp_path / "data"))
+    assert cli.main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert "RAGSTREAM_INGESTION_SHUTDOWN_TIMEOUT_SECONDS (20) must be under" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "data" / "pgdata").exists()
+
+
 def test_production_requires_an_explicit_secret(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="required in production; generate one with"):
         create_app(settings(tmp_path, environment="production"))

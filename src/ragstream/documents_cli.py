@@ -31,10 +31,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ragstream.backend import Backend, connect
     from ragstream.documents_worker import ingestion_worker
     from ragstream.observability.logs import configure_logging
-    from ragstream.settings import Settings
+    from ragstream.settings import Settings, check_ingestion_timing
 
     settings = Settings()
     configure_logging(str(settings.log_format), settings.log_level)
+    check_ingestion_timing(settings)
     state = Backend(settings=settings)
 
     async def run() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import select
 import signal
 import time
@@ -71,6 +72,31 @@ async def _still_connected(connection: psycopg.AsyncConnection[Any]) -> None:
         raise psycopg.OperationalError("the server ended the connection")
 
 
+def job_connection_options(settings: Settings, database_url: str) -> dict[str, Any]:
+    """What the job queue's connections are opened with, besides the database's address.
+
+    A statement that waits on a lock fails after ``ingestion_lock_timeout_seconds`` (a
+    heartbeat held up must fail in time to stop its worker, see `_WatchedWorker`), and TCP
+    keepalives and a timeout for unacknowledged data end a connection whose server went away
+    without a word (a crashed host, a dropped route), which would otherwise be waited on
+    forever. Options set in the database URL are kept. (Over a Unix-domain socket libpq
+    ignores the TCP settings.)
+    """
+    lock_timeout = settings.ingestion_lock_timeout_seconds
+    seconds = max(1, math.ceil(lock_timeout))
+    given = make_url(database_url).query.get("options", "")
+    given = given if isinstance(given, str) else " ".join(given)
+    return {
+        "application_name": "ragstream-worker",
+        "options": f"{given} -c lock_timeout={round(lock_timeout * 1000)}".strip(),
+        "keepalives": 1,
+        "keepalives_idle": seconds,
+        "keepalives_interval": max(1, seconds // 3),
+        "keepalives_count": 3,
+        "tcp_user_timeout": seconds * 1000,
+    }
+
+
 def _job_pool(**options: Any) -> psycopg_pool.AsyncConnectionPool[Any]:
     return psycopg_pool.AsyncConnectionPool(**{**options, "check": _still_connected})
 
@@ -86,7 +112,7 @@ def build_job_app(settings: Settings, database_url: str, deps: IngestionDeps) ->
         conninfo=libpq_conninfo(database_url),
         min_size=1,
         max_size=settings.ingestion_concurrency + 3,
-        kwargs={"application_name": "ragstream-worker"},
+        kwargs=job_connection_options(settings, database_url),
         configure=_autocommit,
         pool_factory=_job_pool,
     )
@@ -175,6 +201,7 @@ async def _recovery_loop(app: procrastinate.App, deps: IngestionDeps, settings: 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
     stalled = settings.ingestion_stalled_seconds
+    # Heartbeat, lock timeout and grace fit in the stalled time (settings.check_ingestion_timing).
     return {
         "queues": [INGESTION_QUEUE],
         "concurrency": max(1, settings.ingestion_concurrency),
@@ -184,7 +211,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "shutdown_graceful_timeout": settings.ingestion_shutdown_timeout_seconds,
         "delete_jobs": "successful",
         "fetch_job_polling_interval": settings.ingestion_poll_seconds,
-        "update_heartbeat_interval": max(0.2, min(10.0, stalled / 3)),
+        "update_heartbeat_interval": settings.ingestion_heartbeat_seconds,
         "stalled_worker_timeout": stalled,
     }
 
