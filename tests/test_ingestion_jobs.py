@@ -376,7 +376,7 @@ async def test_a_worker_whose_heartbeat_fails_is_replaced(
 
 
 def _beating(settings: Settings) -> Settings:
-    """A heartbeat every half second, and a lock timeout of one."""
+    """A heartbeat every third of a second, which may take half a second."""
     return settings.model_copy(
         update={
             "ingestion_poll_seconds": 0.1,
@@ -396,8 +396,8 @@ async def test_a_worker_whose_heartbeat_hangs_on_a_lock_is_replaced(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A heartbeat that waits on a lock (nothing ends its connection) fails after the job
-    queue's lock timeout: the worker is stopped and replaced before it looks stalled."""
+    """A heartbeat that waits on a lock (nothing ends its connection) fails after its
+    timeout: the worker is stopped and replaced before it looks stalled."""
     monkeypatch.setattr(jobs, "_recovery_loop", _no_recovery)
     beating = _beating(settings)
     async with running_server(beating) as server:
@@ -410,15 +410,16 @@ async def test_a_worker_whose_heartbeat_hangs_on_a_lock_is_replaced(
             async with locker.transaction():
                 await locker.execute("LOCK TABLE procrastinate_workers IN SHARE MODE")
                 await eventually(lambda: _waiting_on_a_lock(watcher))
-                # then the heartbeat gives up, and its worker stops
-                await eventually(lambda: _logged(caplog, "the ingestion worker stopped"))
+                # then the heartbeat gives up, which stops its worker (once it could leave the
+                # workers' table)
+                await eventually(lambda: _logged(caplog, "Side task update_heartbeats failed"))
         finally:
             await locker.close()
             await watcher.close()
+        await eventually(lambda: _logged(caplog, "the ingestion worker stopped"))
         # and another one ingests the next document
         document = await ingest_text(server, account.access_token, "After the wait.")
 
-    assert "LockNotAvailable" in caplog.text
     assert document["chunkCount"] == 1
 
 
@@ -432,35 +433,3 @@ async def _waiting_on_a_lock(conn: asyncpg.Connection) -> bool:
         " AND datname = current_database() AND wait_event_type = 'Lock'"
     )
     return bool(waiting)
-
-
-def test_the_job_queue_connections_give_up_on_locks_and_dead_servers(settings: Settings) -> None:
-    url = "postgresql+asyncpg://u:p@db.internal/ragstream?options=-c%20search_path%3Dkb"
-    options = jobs.job_connection_options(settings, url)
-
-    # a quarter of the stalled time, as the heartbeat's interval
-    assert options["options"] == "-c search_path=kb -c lock_timeout=7500"
-    assert options["keepalives"] == 1
-    assert options["keepalives_idle"] == 8
-    assert options["tcp_user_timeout"] == 8000
-    assert options["application_name"] == "ragstream-worker"
-
-
-async def test_the_worker_goes_on_after_its_connections_are_ended(settings: Settings) -> None:
-    """The job queue's pooled connections ended by the server (a restart, an administrator)
-    are noticed when handed out, without a query, and replaced: the next document is
-    ingested all the same."""
-    polling = settings.model_copy(update={"ingestion_poll_seconds": 0.1})
-    async with running_server(polling) as server:
-        account = await server.register()
-        first = (await create(server, account.access_token, "Before the cut.")).ok()
-        await wait_for_status(server, account.access_token, first["createDocument"]["id"])
-        ended = await _scalar(
-            server,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'ragstream-worker' AND datname = current_database()",
-        )
-        document = await ingest_text(server, account.access_token, "After the cut.")
-
-    assert ended
-    assert document["chunkCount"] == 1

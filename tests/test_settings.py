@@ -43,13 +43,13 @@ def test_serve_exits_non_zero_with_a_clear_message_for_a_short_secret(
 
 
 def test_a_grace_the_stalled_time_cannot_hold_refuses_to_start(tmp_path: Path) -> None:
-    # a heartbeat every 7.5 s and a lock timeout of 7.5 s leave 15 s of the 30 for the grace
-    with pytest.raises(ConfigurationError, match=r"\(15\) must be under .* \(15 s in all\)"):
-        create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=15))
-    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=14.9))
+    # a heartbeat every 5 s that may take 2.5 s leaves 20 s of the 30 for the grace
+    with pytest.raises(ConfigurationError, match=r"\(20\) must be under .* \(10 s\)"):
+        create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=20))
+    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=19.9))
     # with no worker in the server, it is the workers' concern
-    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=15, ingestion_worker=False))
-    # a longer stalled time leaves room: its heartbeat is at most 10 s apart
+    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=20, ingestion_worker=False))
+    # a longer stalled time leaves room: its heartbeats are at most 10 s apart
     create_app(
         settings(tmp_path, ingestion_shutdown_timeout_seconds=60, ingestion_stalled_seconds=81)
     )

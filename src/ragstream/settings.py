@@ -232,15 +232,14 @@ class Settings(BaseSettings):
 
     @property
     def ingestion_heartbeat_seconds(self) -> float:
-        """How often a worker writes its heartbeat: a quarter of the stalled time, at most 10 s."""
-        return max(0.2, min(10.0, self.ingestion_stalled_seconds / 4))
+        """How often a worker writes its heartbeat: a sixth of the stalled time, at most 10 s."""
+        return max(0.2, min(10.0, self.ingestion_stalled_seconds / 6))
 
     @property
-    def ingestion_lock_timeout_seconds(self) -> float:
-        """How long a statement of the job queue may wait for a lock (PostgreSQL's
-        ``lock_timeout``): a heartbeat held up longer fails, and its worker is replaced, before
-        the worker looks stalled while it still runs its jobs."""
-        return max(1.0, self.ingestion_heartbeat_seconds)
+    def ingestion_heartbeat_timeout_seconds(self) -> float:
+        """How long a heartbeat may take before its worker is stopped and replaced: half an
+        interval, at least 0.5 s."""
+        return max(0.5, self.ingestion_heartbeat_seconds / 2)
 
     @property
     def ws_message_limit(self) -> int:
@@ -291,20 +290,20 @@ def check_ingestion_timing(settings: Settings) -> None:
     """Refuses a shutdown grace that would let the recovery retry a stopping worker's jobs.
 
     A worker's jobs count as stalled once its heartbeat is ``ingestion_stalled_seconds`` old.
-    The last heartbeat may be an interval old when the next one is held up, which then fails
-    after the lock timeout; the worker stops and its running jobs get their grace. All of it
-    must fit in the stalled time, else a job could be run twice at once.
+    A heartbeat stores the time it began, and may have taken nearly its timeout to succeed;
+    the next one, an interval later, may fail only after its timeout; the worker then stops,
+    and its running jobs get their grace. All of it must fit in the stalled time, else a job
+    could be run twice at once.
     """
     stalled = settings.ingestion_stalled_seconds
-    taken = settings.ingestion_heartbeat_seconds + settings.ingestion_lock_timeout_seconds
+    taken = settings.ingestion_heartbeat_seconds + 2 * settings.ingestion_heartbeat_timeout_seconds
     if settings.ingestion_shutdown_timeout_seconds + taken >= stalled:
         raise ConfigurationError(
             "RAGSTREAM_INGESTION_SHUTDOWN_TIMEOUT_SECONDS "
             f"({settings.ingestion_shutdown_timeout_seconds:g}) must be under "
-            f"RAGSTREAM_INGESTION_STALLED_SECONDS ({stalled:g}) less a heartbeat interval and "
-            f"the job queue's lock timeout ({taken:g} s in all): otherwise a stopping worker's "
-            "jobs could be retried elsewhere while they still run; lower the first or raise "
-            "the second"
+            f"RAGSTREAM_INGESTION_STALLED_SECONDS ({stalled:g}) less what heartbeats may take "
+            f"({taken:g} s): otherwise a stopping worker's jobs could be retried elsewhere "
+            "while they still run; lower the first or raise the second"
         )
 
 

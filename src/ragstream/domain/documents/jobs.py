@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import select
 import signal
 import time
@@ -72,31 +71,6 @@ async def _still_connected(connection: psycopg.AsyncConnection[Any]) -> None:
         raise psycopg.OperationalError("the server ended the connection")
 
 
-def job_connection_options(settings: Settings, database_url: str) -> dict[str, Any]:
-    """What the job queue's connections are opened with, besides the database's address.
-
-    A statement that waits on a lock fails after ``ingestion_lock_timeout_seconds`` (a
-    heartbeat held up must fail in time to stop its worker, see `_WatchedWorker`), and TCP
-    keepalives and a timeout for unacknowledged data end a connection whose server went away
-    without a word (a crashed host, a dropped route), which would otherwise be waited on
-    forever. Options set in the database URL are kept. (Over a Unix-domain socket libpq
-    ignores the TCP settings.)
-    """
-    lock_timeout = settings.ingestion_lock_timeout_seconds
-    seconds = max(1, math.ceil(lock_timeout))
-    given = make_url(database_url).query.get("options", "")
-    given = given if isinstance(given, str) else " ".join(given)
-    return {
-        "application_name": "ragstream-worker",
-        "options": f"{given} -c lock_timeout={round(lock_timeout * 1000)}".strip(),
-        "keepalives": 1,
-        "keepalives_idle": seconds,
-        "keepalives_interval": max(1, seconds // 3),
-        "keepalives_count": 3,
-        "tcp_user_timeout": seconds * 1000,
-    }
-
-
 def _job_pool(**options: Any) -> psycopg_pool.AsyncConnectionPool[Any]:
     return psycopg_pool.AsyncConnectionPool(**{**options, "check": _still_connected})
 
@@ -112,7 +86,7 @@ def build_job_app(settings: Settings, database_url: str, deps: IngestionDeps) ->
         conninfo=libpq_conninfo(database_url),
         min_size=1,
         max_size=settings.ingestion_concurrency + 3,
-        kwargs=job_connection_options(settings, database_url),
+        kwargs={"application_name": "ragstream-worker"},
         configure=_autocommit,
         pool_factory=_job_pool,
     )
@@ -201,7 +175,7 @@ async def _recovery_loop(app: procrastinate.App, deps: IngestionDeps, settings: 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
     stalled = settings.ingestion_stalled_seconds
-    # Heartbeat, lock timeout and grace fit in the stalled time (settings.check_ingestion_timing).
+    # Heartbeats and the grace fit in the stalled time (settings.check_ingestion_timing).
     return {
         "queues": [INGESTION_QUEUE],
         "concurrency": max(1, settings.ingestion_concurrency),
@@ -212,12 +186,14 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "delete_jobs": "successful",
         "fetch_job_polling_interval": settings.ingestion_poll_seconds,
         "update_heartbeat_interval": settings.ingestion_heartbeat_seconds,
+        "heartbeat_timeout": settings.ingestion_heartbeat_timeout_seconds,
         "stalled_worker_timeout": stalled,
     }
 
 
-if not hasattr(Worker, "_periodic_deferrer"):  # what `_WatchedWorker` overrides
-    raise ImportError("this procrastinate's Worker has no _periodic_deferrer to override")
+# What `_WatchedWorker` overrides.
+if not all(hasattr(Worker, name) for name in ("_periodic_deferrer", "_update_heartbeat")):
+    raise ImportError("this procrastinate's Worker lacks a method _WatchedWorker overrides")
 
 
 class _WatchedWorker(Worker):
@@ -229,11 +205,26 @@ class _WatchedWorker(Worker):
     unnoticed: the worker ran on with a stale one, and once it looked stalled the recovery
     could retry a job it was still running. Kept waiting here, the deferrer keeps the watch on
     until the worker's shutdown cancels it.
+
+    A heartbeat that hangs rather than fails (waiting on a lock, for a pooled connection, on a
+    server gone without closing the connection) fails after ``heartbeat_timeout`` seconds, so
+    that the worker stops then too, before it looks stalled.
     """
+
+    def __init__(self, *, heartbeat_timeout: float, **options: Any) -> None:
+        super().__init__(**options)
+        self._heartbeat_timeout = heartbeat_timeout
 
     async def _periodic_deferrer(self) -> None:
         await super()._periodic_deferrer()  # type: ignore[no-untyped-call]  # untyped upstream
         await asyncio.Event().wait()
+
+    async def _update_heartbeat(self) -> None:
+        assert self.worker_id is not None
+        while True:
+            await asyncio.sleep(self.update_heartbeat_interval)
+            async with asyncio.timeout(self._heartbeat_timeout):
+                await self.app.job_manager.update_heartbeat(self.worker_id)
 
 
 class SupervisedWorker:
