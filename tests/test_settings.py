@@ -43,16 +43,22 @@ def test_serve_exits_non_zero_with_a_clear_message_for_a_short_secret(
 
 
 def test_a_grace_the_stalled_time_cannot_hold_refuses_to_start(tmp_path: Path) -> None:
-    # a heartbeat every 5 s that may take 2.5 s leaves 20 s of the 30 for the grace
-    with pytest.raises(ConfigurationError, match=r"\(20\) must be under .* \(10 s\)"):
-        create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=20))
-    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=19.9))
+    # a heartbeat every 5 s that may take 2.5 s, twice, and 1 s to stop leave 19 s of the 30
+    with pytest.raises(ConfigurationError, match=r"\(19\) must be under .* \(11 s\)"):
+        create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=19))
+    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=18.9))
     # with no worker in the server, it is the workers' concern
-    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=20, ingestion_worker=False))
-    # a longer stalled time leaves room: its heartbeats are at most 10 s apart
-    create_app(
-        settings(tmp_path, ingestion_shutdown_timeout_seconds=60, ingestion_stalled_seconds=81)
-    )
+    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=19, ingestion_worker=False))
+    # heartbeats at most 10 s apart, which may take 5 s
+    longer = {"ingestion_stalled_seconds": 81}
+    with pytest.raises(ConfigurationError, match=r"\(60\) must be under .* \(21 s\)"):
+        create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=60, **longer))
+    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=59.9, **longer))
+    # a heartbeat every 5/6 s, which may take 1 s at least
+    shorter = {"ingestion_stalled_seconds": 5}
+    with pytest.raises(ConfigurationError, match=r"\(1.2\) must be under"):
+        create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=1.2, **shorter))
+    create_app(settings(tmp_path, ingestion_shutdown_timeout_seconds=1.1, **shorter))
 
 
 def test_a_worker_process_with_such_a_grace_exits_before_it_starts(

@@ -91,10 +91,12 @@ async def _ingest(args: argparse.Namespace, console: Console) -> list[Outcome]:
     from ragstream.db.repositories.users import UserRepository
     from ragstream.documents_worker import ingestion_worker
     from ragstream.domain.users.validation import normalize_email
-    from ragstream.settings import ConfigurationError, Settings
+    from ragstream.settings import ConfigurationError, Settings, check_ingestion_timing
 
     files, unsupported = collect_files(args.paths)
-    state = Backend(settings=Settings())
+    settings = Settings()
+    check_ingestion_timing(settings)  # before the embedded database starts
+    state = Backend(settings=settings)
     outcomes = [Outcome(path) for path in files]
     skipped = [
         Outcome(path, status="SKIPPED", note=f"unsupported file type ({path.suffix or 'none'})")

@@ -238,8 +238,8 @@ class Settings(BaseSettings):
     @property
     def ingestion_heartbeat_timeout_seconds(self) -> float:
         """How long a heartbeat may take before its worker is stopped and replaced: half an
-        interval, at least 0.5 s."""
-        return max(0.5, self.ingestion_heartbeat_seconds / 2)
+        interval, at least 1 s."""
+        return max(1.0, self.ingestion_heartbeat_seconds / 2)
 
     @property
     def ws_message_limit(self) -> int:
@@ -273,6 +273,11 @@ class Settings(BaseSettings):
         return max(1, pool - pool // 4)
 
 
+# What a stopping ingestion worker may take besides its jobs' grace: cancelling its side
+# tasks, aborting the jobs still running and recording that (see check_ingestion_timing).
+STOP_STEPS_SECONDS = 1.0
+
+
 class ConfigurationError(RuntimeError):
     """Raised at start-up when the configuration cannot be used; the message says how to fix it."""
 
@@ -291,19 +296,23 @@ def check_ingestion_timing(settings: Settings) -> None:
 
     A worker's jobs count as stalled once its heartbeat is ``ingestion_stalled_seconds`` old.
     A heartbeat stores the time it began, and may have taken nearly its timeout to succeed;
-    the next one, an interval later, may fail only after its timeout; the worker then stops,
-    and its running jobs get their grace. All of it must fit in the stalled time, else a job
-    could be run twice at once.
+    the next one, an interval later, fails at its timeout; the worker then stops, and its
+    running jobs get their grace, then a second (`STOP_STEPS_SECONDS`) to be aborted. All of
+    it must fit in the stalled time, else a job could be run twice at once.
     """
     stalled = settings.ingestion_stalled_seconds
-    taken = settings.ingestion_heartbeat_seconds + 2 * settings.ingestion_heartbeat_timeout_seconds
+    taken = (
+        settings.ingestion_heartbeat_seconds
+        + 2 * settings.ingestion_heartbeat_timeout_seconds
+        + STOP_STEPS_SECONDS
+    )
     if settings.ingestion_shutdown_timeout_seconds + taken >= stalled:
         raise ConfigurationError(
             "RAGSTREAM_INGESTION_SHUTDOWN_TIMEOUT_SECONDS "
             f"({settings.ingestion_shutdown_timeout_seconds:g}) must be under "
-            f"RAGSTREAM_INGESTION_STALLED_SECONDS ({stalled:g}) less what heartbeats may take "
-            f"({taken:g} s): otherwise a stopping worker's jobs could be retried elsewhere "
-            "while they still run; lower the first or raise the second"
+            f"RAGSTREAM_INGESTION_STALLED_SECONDS ({stalled:g}) less what heartbeats and "
+            f"stopping may take ({taken:g} s): otherwise a stopping worker's jobs could be "
+            "retried elsewhere while they still run; lower the first or raise the second"
         )
 
 

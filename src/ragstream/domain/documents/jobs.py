@@ -71,6 +71,20 @@ async def _still_connected(connection: psycopg.AsyncConnection[Any]) -> None:
         raise psycopg.OperationalError("the server ended the connection")
 
 
+# TCP keepalives and a limit on unacknowledged data: a connection whose server went away
+# without a word (a crashed host, a dropped route) fails within about half a minute instead of
+# the kernel's quarter of an hour, so a stopping worker can leave and be replaced. (libpq
+# ignores them over a Unix-domain socket.)
+JOB_CONNECTION_OPTIONS: dict[str, Any] = {
+    "application_name": "ragstream-worker",
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # milliseconds
+}
+
+
 def _job_pool(**options: Any) -> psycopg_pool.AsyncConnectionPool[Any]:
     return psycopg_pool.AsyncConnectionPool(**{**options, "check": _still_connected})
 
@@ -86,7 +100,7 @@ def build_job_app(settings: Settings, database_url: str, deps: IngestionDeps) ->
         conninfo=libpq_conninfo(database_url),
         min_size=1,
         max_size=settings.ingestion_concurrency + 3,
-        kwargs={"application_name": "ragstream-worker"},
+        kwargs=JOB_CONNECTION_OPTIONS,
         configure=_autocommit,
         pool_factory=_job_pool,
     )
@@ -223,8 +237,35 @@ class _WatchedWorker(Worker):
         assert self.worker_id is not None
         while True:
             await asyncio.sleep(self.update_heartbeat_interval)
-            async with asyncio.timeout(self._heartbeat_timeout):
-                await self.app.job_manager.update_heartbeat(self.worker_id)
+            beat = asyncio.ensure_future(self.app.job_manager.update_heartbeat(self.worker_id))
+            try:
+                done, _ = await asyncio.wait({beat}, timeout=self._heartbeat_timeout)
+            except asyncio.CancelledError:
+                _abandon(beat)
+                raise
+            if not done:
+                # Failed at once: the driver's cancelling of the statement (which, on a server
+                # that is gone, can take seconds) goes on without holding up the stop.
+                _abandon(beat)
+                raise TimeoutError(f"the heartbeat took longer than {self._heartbeat_timeout:g} s")
+            beat.result()
+
+
+_abandoned: set[asyncio.Future[Any]] = set()
+
+
+def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancels ``task`` and leaves it to end by itself, its outcome read (so never logged as
+    an exception nobody retrieved), and kept from the garbage collector meanwhile."""
+    task.cancel()
+    _abandoned.add(task)
+
+    def ended(done: asyncio.Future[Any]) -> None:
+        _abandoned.discard(done)
+        if not done.cancelled():
+            done.exception()
+
+    task.add_done_callback(ended)
 
 
 class SupervisedWorker:
