@@ -94,6 +94,23 @@ async def test_ingest_with_an_unknown_owner_stores_nothing(
     assert await fetch(database_url, DOCUMENTS) == []
 
 
+async def test_ingest_with_a_grace_the_stalled_time_cannot_hold_stores_nothing(
+    database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "a.md").write_text("Anything.\n")
+    monkeypatch.setenv("RAGSTREAM_INGESTION_SHUTDOWN_TIMEOUT_SECONDS", "25")
+
+    status, _, err = await run_cli(capsys, "ingest", str(tmp_path / "a.md"))
+
+    assert status == 2
+    assert "RAGSTREAM_INGESTION_SHUTDOWN_TIMEOUT_SECONDS (25) must be under" in err
+    assert "Traceback" not in err
+    assert await fetch(database_url, DOCUMENTS) == []
+
+
 async def test_reindex_rebuilds_the_index_with_new_parameters_and_keeps_them(
     server: LiveServer, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
