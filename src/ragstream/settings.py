@@ -105,10 +105,13 @@ class Settings(BaseSettings):
     ingestion_concurrency: int = 2
     ingestion_max_attempts: int = 5
     ingestion_retry_base_seconds: int = 2
+    # A worker whose heartbeat is this old counts as gone: its jobs are retried (heartbeats
+    # come every sixth of it, at most 10 s apart).
     ingestion_stalled_seconds: float = 30.0
     ingestion_recovery_interval_seconds: float = 30.0
     # How often the worker looks for jobs whose retry time has come (new jobs wake it at once).
     ingestion_poll_seconds: float = 5.0
+    # How long a stopping worker's running jobs may go on (see check_ingestion_timing).
     ingestion_shutdown_timeout_seconds: float = 10.0
     chunk_target_tokens: int = 500
     chunk_overlap_tokens: int = 50
