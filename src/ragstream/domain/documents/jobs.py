@@ -72,7 +72,7 @@ async def _still_connected(connection: psycopg.AsyncConnection[Any]) -> None:
 
 
 # TCP keepalives and a limit on unacknowledged data: a connection whose server went away
-# without a word (a crashed host, a dropped route) fails within about half a minute instead of
+# without a word (a crashed host, a dropped route) fails within about a minute instead of
 # the kernel's quarter of an hour, so a stopping worker can leave and be replaced. (libpq
 # ignores them over a Unix-domain socket.)
 JOB_CONNECTION_OPTIONS: dict[str, Any] = {
