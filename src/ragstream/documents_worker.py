@@ -12,7 +12,7 @@ from ragstream.db.repositories.documents import embedding_column_dimensions
 from ragstream.domain.documents.jobs import running_worker
 from ragstream.domain.documents.pipeline import IngestionDeps
 from ragstream.domain.documents.reading import ReadingLimits
-from ragstream.settings import ConfigurationError, check_ingestion_timing
+from ragstream.settings import ConfigurationError
 
 if TYPE_CHECKING:
     from ragstream.backend import Backend
@@ -68,7 +68,6 @@ async def ingestion_worker(
     if not (state.settings.ingestion_worker if enabled is None else enabled):
         yield None
         return
-    check_ingestion_timing(state.settings)
     assert state.database_url is not None
     async with running_worker(
         state.settings,
