@@ -2,7 +2,8 @@
 ragstream's own vector statement (HNSW, iterative scan, exact re-ranking).
 
 Usage: python -m bench.vector_designs [--chunks 100000] [--queries 60]
-           [--binary-candidates 400 3200] [--ivfflat-probes 8 32] [--parallel 1 2]
+           [--binary-candidates 400 3200] [--simhash-candidates 600 800 1600]
+           [--simhash-bits 1024] [--ivfflat-probes 8 32] [--parallel 1 2]
            [--no-hnsw] [--no-halfvec-hnsw] [--server NAME=VALUE ...]
 
 The chunks are the topical synthetic passages of bench.search (the offline hashing embedder,
@@ -26,6 +27,13 @@ postmaster has reaped it, which happens as the statement ends):
 - *binary K, re-ranked*: the K readable chunks closest by Hamming distance of
   ``binary_quantize(embedding)`` (an exact scan of the 48-byte codes: an index over them can
   only find fewer of the true ones), then ordered by the full vectors' cosine distance.
+- *SimHash B bits, K re-ranked*: the K readable chunks closest by Hamming distance of
+  random-hyperplane codes (the signs of B fixed Gaussian projections of the embedding, computed
+  with numpy; Hamming distance between them estimates the angle between the vectors), in a
+  narrow table scanned exactly, then ordered by the full vectors' cosine distance. Unlike
+  ``binary_quantize`` (the sign of each component, mostly the zero components of a short
+  question's sparse vector) these codes follow the cosine. Build and insert include the
+  projection.
 - *ivfflat P of L lists*: an IVFFlat index on the narrow 16-bit table, P lists probed
   (iterative scan, so the viewer's filter still yields 60 rows).
 """
@@ -45,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import numpy as np
+from asyncpg import BitString
 from pgvector.asyncpg import register_vector
 from pgvector.sqlalchemy import HALFVEC as HalfvecType
 from rich.console import Console
@@ -91,6 +101,15 @@ BINARY = (
     " SELECT c.id FROM chunks c JOIN candidates USING (id)"
     " ORDER BY c.embedding <=> CAST(CAST(:q AS text) AS vector), c.id LIMIT :limit"
 )
+SIMHASH = (
+    "WITH candidates AS MATERIALIZED ("  # noqa: S608
+    " SELECT b.id FROM bench_simhash b JOIN documents d ON d.id = b.document_id"
+    f" WHERE {READABLE}"
+    " ORDER BY b.code <~> CAST(CAST(:code AS text) AS bit({bits})) LIMIT :scan)"
+    " SELECT c.id FROM chunks c JOIN candidates USING (id)"
+    " ORDER BY c.embedding <=> CAST(CAST(:q AS text) AS vector), c.id LIMIT :limit"
+)
+SIMHASH_SEED = 20261201
 # No parallel workers (the backend's CPU time is then all of it), and a plan made for each
 # statement with the settings of the moment: the exact and the ivfflat designs send the same
 # SQL, and a cached generic plan would not see their different planner settings.
@@ -237,8 +256,14 @@ async def build_designs(
     defaults = SearchTuning()
     designs: list[Design] = []
 
-    def statement(sql: str, settings: dict[str, str], **extra: int) -> Search:
-        """A design's statement for the viewer, run with ``settings``."""
+    def statement(
+        sql: str,
+        settings: dict[str, str],
+        derived: Callable[[list[float]], dict[str, object]] | None = None,
+        **extra: int,
+    ) -> Search:
+        """A design's statement for the viewer, run with ``settings`` (and parameters
+        ``derived`` from the question's vector)."""
 
         async def run(vector: list[float]) -> list[uuid.UUID]:
             params: dict[str, object] = {
@@ -246,6 +271,7 @@ async def build_designs(
                 "viewer": str(viewer_id),
                 "limit": CANDIDATES,
                 **extra,
+                **(derived(vector) if derived else {}),
             }
             async with scoped(session, {**SERIAL, **settings}):
                 return list(await session.scalars(text(sql), params))
@@ -364,6 +390,20 @@ async def build_designs(
                 statement(BINARY, {}, scan=scan),
             )
         )
+    if args.simhash_candidates:
+        codes = SimHash(args.simhash_bits)
+        build_s = await codes.build(conn)
+        simhash_insert = await codes.insert_ms(conn)
+        sql = SIMHASH.replace("{bits}", str(codes.bits))
+        for scan in args.simhash_candidates:
+            designs.append(
+                Design(
+                    f"SimHash {codes.bits} bits, {scan} re-ranked",
+                    build_s,
+                    copy_ms + simhash_insert,
+                    statement(sql, {}, lambda v: {"code": codes.text(v)}, scan=scan),
+                )
+            )
     if args.ivfflat_probes:
         lists = max(10, int(args.chunks**0.5))
         build_s = await timed_ddl(
@@ -392,6 +432,61 @@ async def build_designs(
             )
     await conn.execute("ANALYZE")
     return designs
+
+
+class SimHash:
+    """Random-hyperplane codes of the embeddings: bit i is whether the vector lies on the
+    positive side of the i-th of ``bits`` fixed Gaussian directions."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        generator = np.random.default_rng(SIMHASH_SEED)
+        self.planes = generator.standard_normal((DIMENSIONS, bits)).astype(np.float32)
+
+    def codes(self, vectors: np.ndarray) -> np.ndarray:
+        return np.packbits((vectors @ self.planes) > 0, axis=1)
+
+    def text(self, vector: list[float]) -> str:
+        signs = np.asarray(vector, dtype=np.float32) @ self.planes > 0
+        return "".join("1" if bit else "0" for bit in signs)
+
+    async def _copy(self, conn: asyncpg.Connection, limit: int | None) -> None:
+        rows = await conn.fetch(
+            "SELECT id, document_id, embedding FROM chunks ORDER BY id LIMIT $1", limit
+        )
+        for start in range(0, len(rows), 50_000):
+            batch = rows[start : start + 50_000]
+            packed = self.codes(np.stack([row["embedding"].to_numpy() for row in batch]))
+            await conn.copy_records_to_table(
+                "bench_simhash",
+                records=[
+                    (row["id"], row["document_id"], BitString.frombytes(code.tobytes(), self.bits))
+                    for row, code in zip(batch, packed, strict=True)
+                ],
+            )
+
+    async def build(self, conn: asyncpg.Connection) -> float:
+        """The table of every chunk's code; returns the seconds it took."""
+        started = time.perf_counter()
+        await conn.execute(
+            "CREATE TABLE bench_simhash (id uuid NOT NULL, document_id uuid NOT NULL,"
+            f" code bit({self.bits}) NOT NULL)"
+        )
+        await self._copy(conn, None)
+        await conn.execute("VACUUM ANALYZE bench_simhash")
+        return time.perf_counter() - started
+
+    async def insert_ms(self, conn: asyncpg.Connection) -> float:
+        """Milliseconds per chunk of reading, projecting and adding 1,000 chunks' codes (the
+        rows are added a second time, then rolled back)."""
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            started = time.perf_counter()
+            await self._copy(conn, 1000)
+            return (time.perf_counter() - started) * 1000 / 1000
+        finally:
+            await transaction.rollback()
 
 
 async def insert_cost_without_default_index(
@@ -576,6 +671,14 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=60)
     parser.add_argument("--binary-candidates", type=int, nargs="*", default=[400, 3200])
+    parser.add_argument(
+        "--simhash-candidates",
+        type=int,
+        nargs="*",
+        default=[600, 800, 1600],
+        help="candidates the SimHash design re-ranks (none: leave it out)",
+    )
+    parser.add_argument("--simhash-bits", type=int, default=1024)
     parser.add_argument("--ivfflat-probes", type=int, nargs="*", default=[8, 32])
     parser.add_argument(
         "--parallel",
