@@ -105,10 +105,15 @@ async def send(server: LiveServer, token: str, conversation_id: str, content: st
 
 
 async def subscribe_all(
-    server: LiveServer, token: str, query: str, variables: dict[str, Any]
+    server: LiveServer,
+    token: str,
+    query: str,
+    variables: dict[str, Any],
+    into: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every event of one subscription until it completes."""
-    events: list[dict[str, Any]] = []
+    """Every event of one subscription until it completes (appended to ``into``, if given,
+    as each arrives)."""
+    events: list[dict[str, Any]] = [] if into is None else into
     async with asyncio.timeout(WITHIN), server.websocket(token) as session:
         async for data in session.subscribe(GraphQLRequest(query, variable_values=variables)):
             events.append(next(iter(data.values())))
@@ -142,10 +147,14 @@ async def chat_all(
 
 
 async def stream_all(
-    server: LiveServer, token: str, message_id: str, from_offset: int = 0
+    server: LiveServer,
+    token: str,
+    message_id: str,
+    from_offset: int = 0,
+    into: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     return await subscribe_all(
-        server, token, MESSAGE_STREAM, {"id": message_id, "from": from_offset}
+        server, token, MESSAGE_STREAM, {"id": message_id, "from": from_offset}, into
     )
 
 

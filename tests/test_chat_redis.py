@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -139,13 +139,22 @@ async def test_redis_lost_mid_answer_the_answer_is_stored_and_the_follower_gets_
     chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
     async with two_servers(database_url, tmp_path, chat_stub, redis) as (a, b):
         account, answer = await _answering(a, chat_stub, tokens=5)
-        follower = asyncio.create_task(stream_all(b, account.access_token, answer["id"]))
+        received: list[dict[str, Any]] = []
+        follower = asyncio.create_task(
+            stream_all(b, account.access_token, answer["id"], into=received)
+        )
         await chat_stub.wait_for_tokens(20)
 
         await redis.kill()
         if back:
             await chat_stub.wait_for_tokens(60)
             await redis.start()  # empty: what it held is gone
+        else:
+            # While Redis is gone the follower gets the text A saves, as it is saved: well
+            # past what Redis carried before it went, before the answer ends.
+            generation = await chat_stub.wait_for_tokens(170)
+            assert not generation.finished
+            assert len(joined(received)) >= len("".join(TOKENS[:60]))
 
         # Never a hang: the rest comes through Redis once back, or from the database.
         async with asyncio.timeout(WITHIN):

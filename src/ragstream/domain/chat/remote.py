@@ -283,6 +283,16 @@ class RemoteAnswers:
                         view = await self._load(message_id)
                         if view is None or view.status != STREAMING:
                             break
+                        if len(view.content) > offset:
+                            # Saved text this follower has not had: the broker's events
+                            # went missing (Redis gone) or are late; the database has it.
+                            if not sources_sent:
+                                sources_sent = True
+                                yield SourcesItem(view.sources)
+                            piece = view.content[offset:]
+                            yield TextItem(offset, piece)
+                            offset = len(view.content)
+                            sent = None if sent is None else sent + piece
                         await self._ask(message_id, {"op": "follow", "from": offset})
                         continue
                     kind = event.get("kind")
