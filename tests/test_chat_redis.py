@@ -2,13 +2,14 @@
 generated on one is resumed and cancelled through another, and survives Redis going away.
 
 Two servers run in this test process (each its own state, lease, pool and Redis connections);
-the last test runs `ragstream serve` processes. Redis is a real `redis-server` started per test.
+the last tests run `ragstream serve` processes. Redis is a real `redis-server` started per test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,7 +36,7 @@ from tests.support import LiveServer
 from tests.test_chat_replicas import _abandoned, _answering
 from tests.test_chat_replicas import two_servers as replicas_two_servers
 from tests.test_chat_restart import _row
-from tests.test_scale_processes import serving_all
+from tests.test_scale_processes import _leases, _status_is, serving, serving_all
 
 TOKENS = [f"word{i} " for i in range(200)]
 FULL = "".join(TOKENS)
@@ -195,3 +196,33 @@ async def test_serve_processes_resume_and_cancel_through_redis(
 
 async def _streams(stub: ChatStub, count: int) -> bool:
     return len(stub.streams) == count
+
+
+async def test_redis_a_new_replica_interrupts_nothing_a_killed_ones_answers_are_interrupted(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub, redis: RedisServer
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS * 20, delay=0.03)
+    env = {"RAGSTREAM_REDIS_URL": redis.url, "RAGSTREAM_CHAT_LEASE_SECONDS": "2"}
+    async with serving_all(database_url, [tmp_path / "a", tmp_path / "b"], chat_stub, **env) as (
+        (process_a, a),
+        (_, b),
+    ):
+        account, answer = await _answering(a, chat_stub, tokens=5)
+        follower = asyncio.create_task(stream_all(b, account.access_token, answer["id"]))
+
+        # A third replica starts (and sweeps once) while A generates: nothing is interrupted.
+        async with serving(database_url, tmp_path / "c", chat_stub, **env):
+            assert await _leases(database_url) == 3
+            assert (await _row(database_url, answer["id"]))["status"] == "STREAMING"
+
+            process_a.send_signal(signal.SIGKILL)
+            await process_a.wait()
+            await eventually(lambda: _status_is(database_url, answer["id"], "INTERRUPTED"))
+
+        events = await follower
+        stored = await _row(database_url, answer["id"])
+        assert kinds(events)[-1] == "GenerationFailed"
+        assert events[-1]["code"] == "INTERRUPTED"
+        assert stored["content"]
+        assert joined(events) == stored["content"]  # everything saved, once, in order
+        assert (FULL * 20).startswith(stored["content"])
