@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from tests.conftest import argon2_environment
@@ -58,9 +59,9 @@ def postgres_pids(data_dir: Path) -> list[int]:
 
 
 @contextmanager
-def serving(data_dir: Path, port: int, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+def serving(data_dir: Path, port: int, cwd: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(  # noqa: S603  (our own console script, fixed arguments)
-        [*command(), "serve", "--port", str(port)],
+        [*command(), "serve", "--port", str(port), *args],
         env=environment(data_dir),
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -192,3 +193,43 @@ async def test_serve_end_to_end_on_the_embedded_database(tmp_path: Path) -> None
             assert me.json() == {"data": {"me": register_payload["user"]}}
             await stop(again)
         assert postgres_pids(data_dir) == []
+
+
+async def live_leases(data_dir: Path) -> int:
+    """Server processes holding a live lease, read from the embedded server (its socket
+    directory is in `postmaster.pid`)."""
+    socket_dir = (data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[4]
+    conn = await asyncpg.connect(host=socket_dir, user="postgres", database="ragstream")
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM server_processes WHERE lease_expires_at > now()"
+        )
+    finally:
+        await conn.close()
+    return count
+
+
+async def test_serve_with_two_workers_starts_one_embedded_database_for_both(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(timeout=60) as client:
+        with serving(data_dir, port, tmp_path, "--workers", "2") as server:
+            await wait_healthy(client, base, server)
+            assert len(postgres_pids(data_dir)) == 1  # one postmaster, started once
+
+            async with asyncio.timeout(120):  # both workers up (a hang guard, not a timing)
+                while await live_leases(data_dir) != 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            registered = await graphql(
+                client,
+                base,
+                REGISTER,
+                {"input": {"email": "w@example.com", "password": PASSWORD, "displayName": "W"}},
+            )
+            assert isinstance(registered["register"], dict)
+
+            await stop(server)
+        assert postgres_pids(data_dir) == []  # stopped with the server, once both were done
