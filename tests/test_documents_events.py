@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +16,7 @@ from ragstream.documents_worker import ingestion_deps
 from ragstream.domain.documents.jobs import running_worker
 from ragstream.settings import Settings
 from tests.documents_support import create, ingest_text, upload
+from tests.processes import stop_process
 from tests.support import LiveServer, running_server
 
 EVENTS = """subscription($id: ID!) {
@@ -38,12 +42,7 @@ async def test_events_follow_ingestion_until_ready(settings: Settings) -> None:
         document_id = created["createDocument"]["id"]
 
         watcher = asyncio.create_task(_collect(server, account.access_token, document_id))
-        topic = f"document:{document_id}"
-        async with asyncio.timeout(30):
-            while True:
-                if server.state.broker.subscriber_count(topic):  # type: ignore[attr-defined]
-                    break
-                await asyncio.sleep(0.01)
+        await _subscribed(server, document_id)
         assert server.state.database_url is not None
         async with running_worker(
             settings, server.state.database_url, ingestion_deps(server.state)
@@ -54,6 +53,52 @@ async def test_events_follow_ingestion_until_ready(settings: Settings) -> None:
     assert [e["status"] for e in events] == ["PENDING", "PROCESSING", "READY"]
     assert events[-1]["chunkCount"] == 1
     assert {e["id"] for e in events} == {document_id}
+
+
+async def test_a_worker_process_sends_its_events_to_the_servers_subscribers(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # The server does not poll the document while the test runs: every status after PENDING
+    # must come from the `ragstream worker` process, through the broker.
+    quiet = settings.model_copy(
+        update={"ingestion_worker": False, "document_events_poll_seconds": 3600.0}
+    )
+    async with running_server(quiet) as server:
+        account = await server.register()
+        created = (await create(server, account.access_token, "Ingested elsewhere.")).ok()
+        document_id = created["createDocument"]["id"]
+        watcher = asyncio.create_task(_collect(server, account.access_token, document_id))
+        await _subscribed(server, document_id)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RAGSTREAM_")},
+            "RAGSTREAM_DATABASE_URL": str(settings.database_url),
+            "RAGSTREAM_DATA_DIR": str(tmp_path / "worker"),
+            "RAGSTREAM_EMBEDDING_PROVIDER": str(settings.embedding_provider),
+            "RAGSTREAM_EMBEDDING_DIMENSIONS": str(settings.embedding_dimensions),
+        }
+        worker = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "ragstream.cli", "worker"),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(60):
+                events = await watcher
+        finally:
+            await stop_process(worker, 60)
+
+    assert [e["status"] for e in events] == ["PENDING", "PROCESSING", "READY"]
+    assert events[-1]["chunkCount"] == 1
+
+
+async def _subscribed(server: LiveServer, document_id: str) -> None:
+    topic = f"document:{document_id}"
+    async with asyncio.timeout(30):
+        while True:
+            if server.state.broker.subscriber_count(topic):  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.01)
 
 
 async def test_late_subscriber_gets_the_final_state_and_completes(server: LiveServer) -> None:

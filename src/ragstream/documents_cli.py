@@ -28,7 +28,7 @@ SUPPORTED_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pd
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from ragstream.backend import Backend, connect
+    from ragstream.backend import Backend, connect, shared_events
     from ragstream.documents_worker import ingestion_worker
     from ragstream.observability.logs import configure_logging
     from ragstream.settings import Settings, check_ingestion_timing
@@ -42,6 +42,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         async with (
             # No API in this process to keep responsive: the pool runs at our own priority.
             connect(state, work_niceness=0),
+            # Its documents' status events reach the servers' subscribers as they happen
+            # (Redis, or LISTEN/NOTIFY), not at their next poll of the document.
+            shared_events(state),
             ingestion_worker(state, enabled=True, signal_handlers=True) as worker,
         ):
             assert worker is not None
