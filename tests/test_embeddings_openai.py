@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
@@ -42,8 +43,24 @@ async def test_ingestion_and_search_use_the_provider(settings: Settings) -> None
             hits = (
                 await server.execute(SEARCH, {"q": "subject 3"}, token=account.access_token)
             ).ok()["search"]
+            async with server.state.sessionmaker() as session:
+                stored = (
+                    await session.execute(
+                        text(
+                            "SELECT embedding::real[] FROM chunks"
+                            " WHERE document_id = :id ORDER BY ordinal"
+                        ),
+                        {"id": document["id"]},
+                    )
+                ).scalars()
+                stored_vectors = [list(vector) for vector in stored]
 
     requests = stub.requests_to(EMBEDDINGS)
+    # Each chunk holds the vector the provider gave its text, batch after batch, in order
+    # (as float4, which is how they are stored).
+    sent = [t for r in requests[:-1] for t in r.body["input"]]
+    expected = [np.asarray(stub.vector(t, 384), dtype=np.float32).tolist() for t in sent]
+    assert stored_vectors == expected
     assert document["chunkCount"] == 5
     # 5 chunks in batches of 2, then the query.
     assert [len(r.body["input"]) for r in requests] == [2, 2, 1, 1]
