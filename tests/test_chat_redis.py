@@ -133,6 +133,26 @@ async def test_an_answer_generated_on_one_server_is_cancelled_through_another_vi
         assert not a.state.chat.active
 
 
+async def test_with_redis_gone_a_cancel_through_another_server_still_reaches_the_owner(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub, redis: RedisServer
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    async with two_servers(database_url, tmp_path, chat_stub, redis) as (a, b):
+        account, answer = await _answering(a, chat_stub, tokens=5)
+        await redis.kill()
+
+        # The request goes through the database: A reads it with its next write of the text.
+        result = await b.execute(CANCEL, {"id": answer["id"]}, token=account.access_token)
+
+        cancelled = result.ok()["cancelGeneration"]
+        assert cancelled["status"] == "CANCELLED"
+        assert FULL.startswith(cancelled["content"])
+        assert cancelled["content"] != FULL
+        stored = await stored_message(a, answer["id"])
+        assert (stored["status"], stored["content"]) == ("CANCELLED", cancelled["content"])
+        await eventually(lambda: _abandoned(chat_stub))  # the provider call was stopped on A
+
+
 @pytest.mark.parametrize("back", [True, False], ids=["restarted", "gone"])
 async def test_redis_lost_mid_answer_the_answer_is_stored_and_the_follower_gets_the_rest(
     database_url: str, tmp_path: Path, chat_stub: ChatStub, redis: RedisServer, back: bool

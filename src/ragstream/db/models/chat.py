@@ -86,6 +86,9 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
     # The server process generating the answer (`server_processes.id`); no foreign key, as the
     # process's row goes when its lease has expired and its answers were interrupted.
     generator_id: Mapped[uuid.UUID | None] = mapped_column()
+    # A stop asked for by another process (CANCELLED): the generator reads it with each write
+    # of the text, should the broker's request not reach it. Loaded only where asked for.
+    stop_requested: Mapped[str | None] = mapped_column(String(32), deferred=True)
 
 
 class ServerProcess(Base):

@@ -274,18 +274,36 @@ class MessageRepository(ReadableRepository[Message]):
             | {name: [getattr(s, name) for s in sources] for name in _SOURCE_FIELDS},
         )
 
-    async def save_partial(self, contents: Sequence[tuple[uuid.UUID, str]]) -> None:
-        """Write the text streamed so far for many running answers in one statement."""
+    async def save_partial(
+        self, contents: Sequence[tuple[uuid.UUID, str]]
+    ) -> list[tuple[uuid.UUID, str]]:
+        """Write the text streamed so far for many running answers in one statement; returns
+        the stops other processes asked for among them (`request_stop`)."""
         if not contents:
-            return
-        await self.session.execute(
+            return []
+        result = await self.session.execute(
             text(
-                "UPDATE messages AS m SET content = u.content, updated_at = now() "
+                "WITH saved AS (UPDATE messages AS m SET content = u.content, updated_at = now() "
                 "FROM unnest(CAST(:ids AS uuid[]), CAST(:contents AS text[])) AS u(id, content) "
-                "WHERE m.id = u.id AND m.status = 'STREAMING'"
+                "WHERE m.id = u.id AND m.status = 'STREAMING' "
+                "RETURNING m.id, m.stop_requested) "
+                "SELECT id, stop_requested FROM saved WHERE stop_requested IS NOT NULL"
             ),
             {"ids": [i for i, _ in contents], "contents": [c for _, c in contents]},
         )
+        return [(row[0], row[1]) for row in result]
+
+    async def request_stop(self, message_id: uuid.UUID, reason: str) -> bool:
+        """Leaves a request to stop a running answer for the process generating it (which
+        reads it with its next write of the text); False if the answer is not running."""
+        result = await self.session.execute(
+            text(
+                "UPDATE messages SET stop_requested = :reason "
+                "WHERE id = :id AND status = 'STREAMING'"
+            ),
+            {"id": message_id, "reason": reason},
+        )
+        return bool(getattr(result, "rowcount", 0))
 
     async def extend_interrupted(self, message_id: uuid.UUID, content: str) -> bool:
         """Store ``content`` for an interrupted answer whose saved text is a shorter start of it

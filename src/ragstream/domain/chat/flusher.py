@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,9 +22,17 @@ logger = logging.getLogger(__name__)
 
 
 class Flusher:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], interval: float) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        interval: float,
+        on_stop_requested: Callable[[uuid.UUID, str], None] | None = None,
+    ) -> None:
+        """``on_stop_requested``: called with an answer and the reason when a write finds that
+        another process asked to stop it (`MessageRepository.request_stop`)."""
         self._sessionmaker = sessionmaker
         self._interval = interval
+        self._on_stop_requested = on_stop_requested
         self._streams: dict[uuid.UUID, GenerationStream] = {}
         self._written: dict[uuid.UUID, int] = {}  # text length already in the database
         self._grown: set[uuid.UUID] = set()
@@ -82,7 +90,7 @@ class Flusher:
             return
         try:
             async with self._sessionmaker.begin() as session:
-                await MessageRepository(session).save_partial(batch)
+                stops = await MessageRepository(session).save_partial(batch)
         except Exception:
             logger.warning("could not save partial answers; retrying", exc_info=True)
             self._grown |= grown
@@ -91,3 +99,6 @@ class Flusher:
         for message_id, text in batch:
             if message_id in self._written:  # not forgotten during the write
                 self._written[message_id] = len(text)
+        if self._on_stop_requested is not None:
+            for message_id, reason in stops:
+                self._on_stop_requested(message_id, reason)

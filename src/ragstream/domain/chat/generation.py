@@ -48,7 +48,13 @@ from ragstream.domain.chat.endings import (
 from ragstream.domain.chat.flusher import Flusher
 from ragstream.domain.chat.ownership import Ownership
 from ragstream.domain.chat.preparation import Retriever
-from ragstream.domain.chat.remote import Relay, RemoteAnswers, message_topic, process_topic
+from ragstream.domain.chat.remote import (
+    STOP_REASONS,
+    Relay,
+    RemoteAnswers,
+    message_topic,
+    process_topic,
+)
 from ragstream.domain.chat.streams import (
     Crowd,
     EndItem,
@@ -132,7 +138,9 @@ class GenerationManager:
         self._remote = RemoteAnswers(
             self._broker, sessionmaker, ownership, self.settings.chat_follow_poll_seconds
         )
-        flusher = Flusher(sessionmaker, self.settings.chat_flush_interval_ms / 1000)
+        flusher = Flusher(
+            sessionmaker, self.settings.chat_flush_interval_ms / 1000, self._stop_requested
+        )
         lanes = asyncio.Semaphore(self.settings.chat_database_connections)
         self._tools = Collaborators(
             sessionmaker, self.settings, self.provider, retriever, flusher, lanes, self.hub.crowd
@@ -273,6 +281,12 @@ class GenerationManager:
             await self.remote.cancel(message_id, self._store_cancelled)
         async with self.tools.sessionmaker() as session:
             return await service.get_message(session, viewer, message_id)
+
+    def _stop_requested(self, message_id: uuid.UUID, reason: str) -> None:
+        """Another process asked, through the database, to stop an answer running here."""
+        answer = self._answers.get(message_id)
+        if answer is not None and reason in STOP_REASONS:
+            answer.stop(reason)
 
     async def _store_cancelled(self, answer: MessageView) -> None:
         """Stores the end of an answer nothing generates any more, as CANCELLED."""

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ragstream.db.repositories.chat import MessageRepository
 from ragstream.db.repositories.processes import Generator
 from ragstream.domain.chat import service
 from ragstream.domain.chat.endings import (
@@ -341,6 +342,10 @@ class RemoteAnswers:
         and ``store_cancelled`` does with the text saved so far (a no-op for an answer that ended
         meanwhile).
         """
+        # Also left in the database, where the owner finds it with its next write of the
+        # text (within about a flush interval) should the broker's request not get through.
+        async with self._sessionmaker.begin() as session:
+            await MessageRepository(session).request_stop(message_id, str(CANCELLED))
         async with self._broker.subscribe(message_topic(message_id)) as events:
             while True:
                 view = await self._load(message_id)
