@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import psycopg
 import pytest
 from pgvector.sqlalchemy import Vector
 from pydantic import SecretStr
@@ -56,6 +57,12 @@ async def _until_waiting(stub: OpenAIStub, path: str = EMBEDDINGS) -> None:
 async def _scalar(server: LiveServer, sql: str) -> object:
     async with server.state.sessionmaker() as session:
         return await session.scalar(text(sql))
+
+
+def test_the_job_queue_talks_to_postgresql_through_psycopgs_compiled_backend() -> None:
+    # procrastinate runs on psycopg, whose pure-Python (ctypes) wrapper of libpq costs far more
+    # CPU per statement; the `psycopg[binary]` dependency brings the compiled one.
+    assert psycopg.pq.__impl__ in {"binary", "c"}
 
 
 async def test_transient_provider_errors_are_retried_with_backoff(settings: Settings) -> None:
