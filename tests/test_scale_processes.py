@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -215,3 +217,44 @@ async def test_serve_with_two_workers_runs_two_servers_on_one_port_and_stops_gra
 
 async def _two_leases(database_url: str) -> bool:
     return await _leases(database_url) == 2
+
+
+async def _generator_pid(database_url: str, message_id: str) -> int:
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        pid: int = await conn.fetchval(
+            "SELECT p.pid FROM messages m JOIN server_processes p ON p.id = m.generator_id"
+            " WHERE m.id = $1",
+            uuid.UUID(message_id),
+        )
+    finally:
+        await conn.close()
+    return pid
+
+
+async def test_a_killed_worker_of_serve_workers_2_has_its_answer_interrupted_once_its_lease_ends(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS * 10, delay=0.03)
+    lease = {"RAGSTREAM_CHAT_LEASE_SECONDS": "2"}
+    async with serving(database_url, tmp_path, chat_stub, "--workers", "2", **lease) as (
+        process,
+        server,
+    ):
+        await eventually(lambda: _two_leases(database_url), within=120)
+        account, answer = await _answering(server, chat_stub)
+        await chat_stub.wait_for_tokens(20)
+        owner = await _generator_pid(database_url, answer["id"])
+        assert owner != process.pid  # a worker, not the supervisor
+
+        os.kill(owner, signal.SIGKILL)
+        await eventually(lambda: _status_is(database_url, answer["id"], "INTERRUPTED"))
+
+        # Whichever worker takes the connection, the answer ends as stored.
+        events = await stream_all(server, account.access_token, answer["id"])
+        stored = await _row(database_url, answer["id"])
+        assert kinds(events)[-1] == "GenerationFailed"
+        assert events[-1]["code"] == "INTERRUPTED"
+        assert stored["content"]
+        assert joined(events) == stored["content"]
+        assert process.returncode is None  # the server itself still runs
