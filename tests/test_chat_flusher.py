@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ragstream.db.models.chat import Message
+from ragstream.db.repositories.chat import MessageRepository
 from ragstream.domain.chat.enums import MessageStatus
 from ragstream.domain.chat.flusher import Flusher
 from ragstream.domain.chat.streams import GenerationStream
@@ -123,3 +124,59 @@ async def test_a_flush_skips_finished_streams(database_url: str, tmp_path: Path)
         await flusher.flush()
 
         assert await content(db, message_id) == ""
+
+
+async def test_a_write_brings_back_the_stops_asked_for_its_answers(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        [asked, other] = await running_answers(db, 2)
+        stops: list[tuple[uuid.UUID, str]] = []
+        flusher = Flusher(db.sessionmaker, 3600, lambda *stop: stops.append(stop))
+        for message_id in (asked, other):
+            stream = GenerationStream()
+            flusher.track(message_id, stream)
+            stream.append("Some text")
+            flusher.grew(message_id)
+        async with db.sessionmaker.begin() as session:
+            assert await MessageRepository(session).request_stop(asked, "CANCELLED")
+
+        await flusher.flush()
+
+        assert stops == [(asked, "CANCELLED")]
+        assert await content(db, asked) == "Some text"  # written all the same
+
+
+async def test_an_answer_whose_text_does_not_grow_is_still_checked_for_a_stop(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        [message_id] = await running_answers(db, 1)
+        stops: list[tuple[uuid.UUID, str]] = []
+        flusher = Flusher(db.sessionmaker, 3600, lambda *stop: stops.append(stop), stop_check=0.05)
+        async with flusher.running():
+            flusher.track(message_id, GenerationStream())  # preparing: no text, no wake
+            async with db.sessionmaker.begin() as session:
+                assert await MessageRepository(session).request_stop(message_id, "CANCELLED")
+            await eventually(lambda: _has(stops))
+
+        assert stops[0] == (message_id, "CANCELLED")
+        assert await content(db, message_id) == ""  # nothing was written to find it
+
+
+async def test_a_stop_asked_for_an_ended_answer_is_refused(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        [message_id] = await running_answers(db, 1)
+        async with db.sessionmaker.begin() as session:
+            row = await session.get(Message, message_id)
+            assert row is not None
+            row.status, row.content = MessageStatus.COMPLETE, "done"
+        async with db.sessionmaker.begin() as session:
+            assert not await MessageRepository(session).request_stop(message_id, "CANCELLED")
+            assert await MessageRepository(session).requested_stops([message_id]) == []
+
+
+async def _has(items: list[tuple[uuid.UUID, str]]) -> bool:
+    return bool(items)

@@ -293,6 +293,19 @@ class MessageRepository(ReadableRepository[Message]):
         )
         return [(row[0], row[1]) for row in result]
 
+    async def requested_stops(
+        self, message_ids: Sequence[uuid.UUID]
+    ) -> list[tuple[uuid.UUID, str]]:
+        """The stops other processes asked for among these running answers."""
+        result = await self.session.execute(
+            text(
+                "SELECT id, stop_requested FROM messages WHERE id = ANY(CAST(:ids AS uuid[])) "
+                "AND status = 'STREAMING' AND stop_requested IS NOT NULL"
+            ),
+            {"ids": list(message_ids)},
+        )
+        return [(row[0], row[1]) for row in result]
+
     async def request_stop(self, message_id: uuid.UUID, reason: str) -> bool:
         """Leaves a request to stop a running answer for the process generating it (which
         reads it with its next write of the text); False if the answer is not running."""

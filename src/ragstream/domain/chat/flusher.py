@@ -27,12 +27,18 @@ class Flusher:
         sessionmaker: async_sessionmaker[AsyncSession],
         interval: float,
         on_stop_requested: Callable[[uuid.UUID, str], None] | None = None,
+        stop_check: float = 1.0,
     ) -> None:
-        """``on_stop_requested``: called with an answer and the reason when a write finds that
-        another process asked to stop it (`MessageRepository.request_stop`)."""
+        """``on_stop_requested``: called with an answer and the reason when another process
+        asked to stop it (`MessageRepository.request_stop`): found with each write of the
+        answer's text, and for an answer whose text has not been written for ``stop_check``
+        seconds (still preparing, or its provider silent) by a read of its own."""
         self._sessionmaker = sessionmaker
         self._interval = interval
         self._on_stop_requested = on_stop_requested
+        self._stop_check = stop_check
+        # When each tracked answer's row was last written or checked for a stop (loop time).
+        self._looked: dict[uuid.UUID, float] = {}
         self._streams: dict[uuid.UUID, GenerationStream] = {}
         self._written: dict[uuid.UUID, int] = {}  # text length already in the database
         self._grown: set[uuid.UUID] = set()
@@ -41,6 +47,7 @@ class Flusher:
     def track(self, message_id: uuid.UUID, stream: GenerationStream) -> None:
         self._streams[message_id] = stream
         self._written[message_id] = 0
+        self._looked[message_id] = asyncio.get_running_loop().time()
 
     def grew(self, message_id: uuid.UUID) -> None:
         """The answer's text grew: write it within the next interval."""
@@ -51,6 +58,7 @@ class Flusher:
         """The answer's end is stored (or about to be): its partial text no longer matters."""
         self._streams.pop(message_id, None)
         self._written.pop(message_id, None)
+        self._looked.pop(message_id, None)
         self._grown.discard(message_id)
 
     @contextlib.asynccontextmanager
@@ -66,11 +74,41 @@ class Flusher:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            try:
+                # Wake at least every stop_check for the answers not written meanwhile (an
+                # answer tracked while this waits sets no wake of its own).
+                looking = self._stop_check if self._on_stop_requested else None
+                async with asyncio.timeout(looking):
+                    await self._wake.wait()
+            except TimeoutError:
+                await self.check_stops()
+                continue
             # Everything that grows during the interval goes into the same write.
             await asyncio.sleep(self._interval)
             self._wake.clear()
             await self.flush()
+            await self.check_stops()
+
+    async def check_stops(self) -> None:
+        """Reads the stops asked for the tracked answers not written or checked for
+        ``stop_check`` seconds (those being written learn of theirs with the write)."""
+        if self._on_stop_requested is None:
+            return
+        now = asyncio.get_running_loop().time()
+        due = [i for i, looked in self._looked.items() if now - looked >= self._stop_check]
+        if not due:
+            return
+        try:
+            async with self._sessionmaker() as session:
+                stops = await MessageRepository(session).requested_stops(due)
+        except Exception:
+            logger.warning("could not read the stops asked for; retrying", exc_info=True)
+            return
+        for message_id in due:
+            if message_id in self._looked:
+                self._looked[message_id] = now
+        for message_id, reason in stops:
+            self._on_stop_requested(message_id, reason)
 
     async def flush(self) -> None:
         """Writes the text of every tracked answer that grew since its last write.
@@ -96,9 +134,11 @@ class Flusher:
             self._grown |= grown
             self._wake.set()
             return
+        now = asyncio.get_running_loop().time()
         for message_id, text in batch:
             if message_id in self._written:  # not forgotten during the write
                 self._written[message_id] = len(text)
+                self._looked[message_id] = now
         if self._on_stop_requested is not None:
             for message_id, reason in stops:
                 self._on_stop_requested(message_id, reason)
