@@ -63,6 +63,21 @@ async def test_events_arrive_in_the_order_they_were_published(database_url: str)
     assert received == list(range(500))
 
 
+async def test_what_was_published_just_before_a_close_still_goes(database_url: str) -> None:
+    b = PgBroker(asyncpg_dsn(database_url))
+    await b.start()
+    try:
+        async with b.subscribe("document:1") as there:
+            a = PgBroker(asyncpg_dsn(database_url))
+            await a.start()
+            await a.publish("document:1", {"status": "READY"})
+            await a.close()  # at once: the event is still in A's outbox
+
+            assert await _next(there) == {"status": "READY"}
+    finally:
+        await b.close()
+
+
 async def test_an_event_too_large_for_a_notification_is_refused(database_url: str) -> None:
     async with two_brokers(database_url) as (a, b), b.subscribe("t") as there:
         with pytest.raises(ValueError, match="larger than a notification"):

@@ -53,3 +53,32 @@ async def test_without_a_pace_each_entry_put_after_a_send_goes_on_its_own() -> N
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
+
+
+async def test_drain_waits_until_what_was_put_is_sent_and_no_longer_than_its_timeout() -> None:
+    outbox: Outbox[int] = Outbox(100, pace=0.05)
+    batches: list[list[int]] = []
+    failing = False
+
+    async def send(batch: list[int]) -> None:
+        if failing:
+            raise OSError("the broker is away")
+        batches.append(batch)
+
+    assert await outbox.drain(0)  # nothing put: nothing to wait for
+    sender = asyncio.create_task(outbox.send_forever(send, (OSError,)))
+    try:
+        outbox.put(1)
+        outbox.put(2)
+        assert await outbox.drain(5)
+        assert batches == [[1, 2]]
+
+        failing = True
+        outbox.put(3)
+        assert not await outbox.drain(0.3)  # kept by a broker that is away, not forever
+        failing = False
+        assert await outbox.drain(10)
+        assert batches == [[1, 2], [3]]
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)

@@ -40,7 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ragstream.domain.events import InMemoryBroker, Outbox, Payload
+from ragstream.domain.events import CLOSE_DRAIN_SECONDS, InMemoryBroker, Outbox, Payload
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,9 @@ class RedisBroker:
             logger.warning("Redis is not reachable yet; events will wait for it")
 
     async def close(self) -> None:
+        if self._sender is not None:
+            # What was published last (a document's final status, an answer's end) still goes.
+            await self._outbox.drain(CLOSE_DRAIN_SECONDS)
         for task in (self._sender, self._listener):
             if task is not None:
                 task.cancel()

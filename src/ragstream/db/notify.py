@@ -29,7 +29,13 @@ import asyncpg
 import orjson
 from sqlalchemy.engine import make_url
 
-from ragstream.domain.events import EventStream, InMemoryBroker, Outbox, Payload
+from ragstream.domain.events import (
+    CLOSE_DRAIN_SECONDS,
+    EventStream,
+    InMemoryBroker,
+    Outbox,
+    Payload,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +90,8 @@ class PgBroker:
 
     async def close(self) -> None:
         if self._sender is not None:
+            # What was published last (a document's final status, an answer's end) still goes.
+            await self._outbox.drain(CLOSE_DRAIN_SECONDS)
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender

@@ -184,6 +184,10 @@ Entry = TypeVar("Entry")
 logger = logging.getLogger(__name__)
 
 
+# How long closing a broker waits for its outbox to be sent (a broker that is away is left).
+CLOSE_DRAIN_SECONDS = 1.0
+
+
 class Outbox(Generic[Entry]):
     """What a process has yet to send to the others, in order, sent in batches by one task.
 
@@ -200,12 +204,25 @@ class Outbox(Generic[Entry]):
         self.pace = pace
         self._entries: list[Entry] = []
         self._wake = asyncio.Event()
+        self._sent = asyncio.Event()  # everything put so far has been sent
+        self._sent.set()
 
     def put(self, entry: Entry) -> None:
         self._entries.append(entry)
         if len(self._entries) > self.limit:
             del self._entries[0]
+        self._sent.clear()
         self._wake.set()
+
+    async def drain(self, within: float) -> bool:
+        """Waits until everything put so far has been sent, at most ``within`` seconds (a
+        broker that is away keeps it); whether it was."""
+        try:
+            async with asyncio.timeout(within):
+                await self._sent.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def wake(self) -> None:
         """Runs the sender once more even with nothing to send (e.g. to reconnect)."""
@@ -244,3 +261,5 @@ class Outbox(Generic[Entry]):
                 self._wake.set()
             else:
                 backoff = 0.1
+                if not self._entries:
+                    self._sent.set()
