@@ -146,7 +146,7 @@ class RedisBroker:
             logger.warning("Redis is not reachable yet; events will wait for it")
 
     async def close(self) -> None:
-        if self._sender is not None:
+        if self._sender is not None and not self._sender.done():
             # What was published last (a document's final status, an answer's end) still goes.
             await self._outbox.drain(CLOSE_DRAIN_SECONDS)
         for task in (self._sender, self._listener):

@@ -89,7 +89,7 @@ class PgBroker:
         )
 
     async def close(self) -> None:
-        if self._sender is not None:
+        if self._sender is not None and not self._sender.done():
             # What was published last (a document's final status, an answer's end) still goes.
             await self._outbox.drain(CLOSE_DRAIN_SECONDS)
             self._sender.cancel()
