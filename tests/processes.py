@@ -40,3 +40,58 @@ async def stop_process(process: asyncio.subprocess.Process, within: float) -> No
     except TimeoutError:
         process.kill()
         await process.wait()
+
+
+def _socket_inode(server_port: int, client_port: int) -> str | None:
+    """The inode of the server's end of a loopback TCP connection (from /proc/net/tcp*)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)  # the header
+            for line in lines:
+                fields = line.split()
+                local, remote, inode = fields[1], fields[2], fields[9]
+                if (
+                    int(local.rsplit(":", 1)[1], 16) == server_port
+                    and int(remote.rsplit(":", 1)[1], 16) == client_port
+                ):
+                    return inode
+    return None
+
+
+def process_serving(server_port: int, client_port: int, candidates: list[int]) -> int | None:
+    """Which of ``candidates`` (process ids) holds the server's end of the connection that a
+    client made from ``client_port`` to ``server_port``, as the kernel has it; None if none."""
+    inode = _socket_inode(server_port, client_port)
+    if inode is None:
+        return None
+    wanted = f"socket:[{inode}]"
+    for pid in candidates:
+        fds = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(fds)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            try:
+                if os.readlink(f"{fds}/{name}") == wanted:
+                    return pid
+            except FileNotFoundError:  # closed meanwhile
+                continue
+    return None
+
+
+def children_of(pid: int) -> list[int]:
+    """The process ids whose parent is ``pid``."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if ppid == pid:
+            children.append(int(entry))
+    return children

@@ -13,15 +13,19 @@ import functools
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
+from gql import GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
 
 from tests.chat_stub import ChatScript, ChatStub
 from tests.chat_support import (
     CANCEL,
+    MESSAGE_STREAM,
     WITHIN,
     eventually,
     joined,
@@ -31,8 +35,9 @@ from tests.chat_support import (
     stream_all,
 )
 from tests.ports import free_port
-from tests.processes import stop_process
-from tests.support import Account, LiveServer
+from tests.processes import children_of, process_serving, stop_process
+from tests.support import PASSWORD, Account, LiveServer
+from tests.test_auth import LOGIN
 from tests.test_chat_restart import SERVE, _healthy, _row, serve_environment
 
 TOKENS = [f"part{i} " for i in range(300)]
@@ -258,3 +263,105 @@ async def test_a_killed_worker_of_serve_workers_2_has_its_answer_interrupted_onc
         assert stored["content"]
         assert joined(events) == stored["content"]
         assert process.returncode is None  # the server itself still runs
+
+
+@contextlib.asynccontextmanager
+async def websocket_on_worker(
+    server: LiveServer, token: str | None, supervisor: int, wanted: Callable[[int], bool]
+) -> AsyncIterator[tuple[Any, int]]:
+    """A websocket session of ``server`` (`serve --workers N`, supervised by ``supervisor``)
+    that a worker ``wanted`` took, and that worker's process id: the kernel hands each
+    connection to one of the workers, so connect until a wanted one has it."""
+    for _ in range(50):  # with two workers, each attempt misses with a probability of about ½
+        async with server.websocket(token) as session:
+            client_port = session.transport.adapter.websocket.local_address[1]
+            worker = process_serving(server.port, client_port, children_of(supervisor))
+            assert worker is not None, "no worker holds the connection"
+            if wanted(worker):
+                yield session, worker
+                return
+    raise AssertionError("no connection went to a wanted worker")
+
+
+async def test_an_answer_generated_by_one_worker_is_resumed_and_cancelled_through_the_other(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    async with serving(database_url, tmp_path, chat_stub, "--workers", "2") as (process, server):
+        await eventually(lambda: _two_leases(database_url), within=120)
+        account, answer = await _answering(server, chat_stub)
+        owner = await _generator_pid(database_url, answer["id"])
+        token = account.access_token
+
+        async with websocket_on_worker(server, token, process.pid, lambda w: w != owner) as (
+            other,
+            _,
+        ):
+            events: list[dict[str, Any]] = []
+
+            async def follow() -> None:
+                request = GraphQLRequest(
+                    MESSAGE_STREAM, variable_values={"id": answer["id"], "from": 5}
+                )
+                async for data in other.subscribe(request):
+                    events.append(next(iter(data.values())))
+
+            async with asyncio.timeout(WITHIN), asyncio.TaskGroup() as tasks:
+                tasks.create_task(follow())
+                await eventually(lambda: _followed(events, 3))  # live deltas from the owner
+                result = await other.execute(
+                    GraphQLRequest(CANCEL, variable_values={"id": answer["id"]})
+                )
+
+        cancelled = result["cancelGeneration"]
+        assert cancelled["status"] == "CANCELLED"
+        assert FULL.startswith(cancelled["content"])
+        assert cancelled["content"] != FULL
+        assert await _row(database_url, answer["id"]) == {
+            "status": "CANCELLED",
+            "content": cancelled["content"],
+        }
+        assert kinds(events)[0] == "SourcesRetrieved"
+        assert kinds(events)[-1] == "GenerationCompleted"
+        assert events[-1]["message"]["status"] == "CANCELLED"
+        assert joined(events, start=5) == cancelled["content"][5:]  # no gap, no duplicate
+        await eventually(lambda: _abandoned(chat_stub))  # the owner stopped the provider call
+
+
+async def _followed(events: list[dict[str, Any]], deltas: int) -> bool:
+    return kinds(events).count("TokenDelta") >= deltas
+
+
+async def _login_error(session: Any, email: str, password: str) -> dict[str, Any]:
+    """The error of a `login` sent over a websocket session (it must fail)."""
+    request = GraphQLRequest(LOGIN, variable_values={"email": email, "password": password})
+    with pytest.raises(TransportQueryError) as caught:
+        await session.execute(request)
+    (error,) = caught.value.errors or []
+    return dict(error)
+
+
+async def test_login_limits_hold_across_the_workers_of_serve_workers_2(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub
+) -> None:
+    limit = {"RAGSTREAM_LOGIN_ATTEMPTS_PER_MINUTE": "2"}
+    async with serving(database_url, tmp_path, chat_stub, "--workers", "2", **limit) as (
+        process,
+        server,
+    ):
+        await eventually(lambda: _two_leases(database_url), within=120)
+        account = await server.register()
+        async with (
+            websocket_on_worker(server, None, process.pid, lambda _: True) as (first, worker),
+            websocket_on_worker(server, None, process.pid, lambda w: w != worker) as (second, _),
+        ):
+            for session in (first, second):
+                wrong = await _login_error(session, account.email, "wrong password!")
+                assert wrong["extensions"]["code"] == "UNAUTHENTICATED"
+
+            # Two attempts, one on each worker: even the right password is refused, on either.
+            for session in (first, second):
+                refused = await _login_error(session, account.email, PASSWORD)
+                assert refused["extensions"]["code"] == "RATE_LIMITED"
+                assert refused["extensions"]["reason"] == "TOO_MANY_ATTEMPTS"
+                assert refused["extensions"]["limit"] == 2
