@@ -24,7 +24,7 @@ EVENTS = """subscription($id: ID!) {
 }"""
 
 
-async def _collect(server: LiveServer, token: str, document_id: str) -> list[dict[str, Any]]:
+async def collect_events(server: LiveServer, token: str, document_id: str) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     async with server.websocket(token) as session:
         async for data in session.subscribe(
@@ -41,8 +41,8 @@ async def test_events_follow_ingestion_until_ready(settings: Settings) -> None:
         created = (await create(server, account.access_token, "Watch me become ready.")).ok()
         document_id = created["createDocument"]["id"]
 
-        watcher = asyncio.create_task(_collect(server, account.access_token, document_id))
-        await _subscribed(server, document_id)
+        watcher = asyncio.create_task(collect_events(server, account.access_token, document_id))
+        await subscribed(server, document_id)
         assert server.state.database_url is not None
         async with running_worker(
             settings, server.state.database_url, ingestion_deps(server.state)
@@ -67,8 +67,8 @@ async def test_a_worker_process_sends_its_events_to_the_servers_subscribers(
         account = await server.register()
         created = (await create(server, account.access_token, "Ingested elsewhere.")).ok()
         document_id = created["createDocument"]["id"]
-        watcher = asyncio.create_task(_collect(server, account.access_token, document_id))
-        await _subscribed(server, document_id)
+        watcher = asyncio.create_task(collect_events(server, account.access_token, document_id))
+        await subscribed(server, document_id)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RAGSTREAM_")},
             "RAGSTREAM_DATABASE_URL": str(settings.database_url),
@@ -92,7 +92,7 @@ async def test_a_worker_process_sends_its_events_to_the_servers_subscribers(
     assert events[-1]["chunkCount"] == 1
 
 
-async def _subscribed(server: LiveServer, document_id: str) -> None:
+async def subscribed(server: LiveServer, document_id: str) -> None:
     topic = f"document:{document_id}"
     async with asyncio.timeout(30):
         while True:
@@ -106,7 +106,7 @@ async def test_late_subscriber_gets_the_final_state_and_completes(server: LiveSe
     document = await ingest_text(server, account.access_token, "Already done.")
 
     async with asyncio.timeout(30):
-        events = await _collect(server, account.access_token, document["id"])
+        events = await collect_events(server, account.access_token, document["id"])
 
     assert [e["status"] for e in events] == ["READY"]
 
@@ -117,7 +117,7 @@ async def test_failed_ingestion_ends_the_stream(server: LiveServer) -> None:
     document_id = result.ok()["uploadDocument"]["id"]
 
     async with asyncio.timeout(30):
-        events = await _collect(server, account.access_token, document_id)
+        events = await collect_events(server, account.access_token, document_id)
 
     assert events[-1]["status"] == "FAILED"
     assert "PDF could not be read" in events[-1]["error"]
@@ -137,19 +137,19 @@ async def test_only_owner_or_admin_may_watch(server: LiveServer) -> None:
         (other.access_token, "not-a-uuid"),
     ):
         with pytest.raises(TransportQueryError) as raised:
-            await _collect(server, token, document_id)
+            await collect_events(server, token, document_id)
         assert raised.value.errors is not None
         assert raised.value.errors[0]["extensions"]["code"] == "NOT_FOUND"
 
-    assert [e["status"] for e in await _collect(server, admin.access_token, private["id"])] == [
-        "READY"
-    ]
+    assert [
+        e["status"] for e in await collect_events(server, admin.access_token, private["id"])
+    ] == ["READY"]
 
 
 async def test_events_need_a_signed_in_socket(server: LiveServer) -> None:
     owner = await server.register()
     document = await ingest_text(server, owner.access_token, "Anonymous watchers refused.")
     with pytest.raises(TransportQueryError) as raised:
-        await _collect(server, None, document["id"])  # type: ignore[arg-type]
+        await collect_events(server, None, document["id"])  # type: ignore[arg-type]
     assert raised.value.errors is not None
     assert raised.value.errors[0]["extensions"]["code"] == "UNAUTHENTICATED"

@@ -90,7 +90,7 @@ class Outcome:
 
 
 async def _ingest(args: argparse.Namespace, console: Console) -> list[Outcome]:
-    from ragstream.backend import Backend, connect
+    from ragstream.backend import Backend, connect, shared_events
     from ragstream.db.repositories.users import UserRepository
     from ragstream.documents_worker import ingestion_worker
     from ragstream.domain.users.validation import normalize_email
@@ -118,7 +118,9 @@ async def _ingest(args: argparse.Namespace, console: Console) -> list[Outcome]:
                 "no such owner: pass --owner EMAIL of an existing account "
                 "(or create an admin with `ragstream create-admin`)"
             )
-        async with ingestion_worker(state, enabled=True):
+        # Its worker takes any document's job, a server's uploads too: the status events reach
+        # the servers' subscribers as they happen, as a `ragstream worker`'s do.
+        async with shared_events(state), ingestion_worker(state, enabled=True):
             imported = await _import(state, owner, outcomes, args.shared, console)
     return imported + skipped
 
