@@ -187,3 +187,27 @@ def test_a_batch_is_packed_into_notifications_within_the_size_limit() -> None:
     unpacked = [entry for payload in payloads for entry in json.loads(payload)["e"]]
     assert unpacked == [json.loads(entry) for entry in entries]
     assert len(payloads) < len(entries) // 2  # packed, not one notification per event
+
+
+async def test_a_broker_that_only_publishes_reaches_the_others_and_listens_to_nothing(
+    database_url: str,
+) -> None:
+    listening = PgBroker(asyncpg_dsn(database_url))
+    publishing = PgBroker(asyncpg_dsn(database_url), listen=False)
+    await listening.start()
+    await publishing.start()
+    try:
+        async with listening.subscribe("document:1") as there:
+            await publishing.publish("document:1", {"status": "READY"})
+            assert await _next(there) == {"status": "READY"}
+
+        assert publishing._conn is not None
+        assert await publishing._conn.fetch("SELECT pg_listening_channels()") == []
+        assert listening._conn is not None
+        channels = await listening._conn.fetch("SELECT pg_listening_channels() AS c")
+        assert [row["c"] for row in channels] == ["ragstream_events"]
+        with pytest.raises(RuntimeError, match="only publishes"):
+            publishing.subscribe("document:1")
+    finally:
+        await listening.close()
+        await publishing.close()

@@ -260,3 +260,27 @@ async def _length(redis: RedisServer, topic: str, length: int) -> bool:
         return bool(await client.xlen(stream_key(topic)) == length)
     finally:
         await client.aclose()
+
+
+async def test_a_broker_that_only_publishes_reaches_the_others_and_listens_to_nothing(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path / "redis") as redis:
+        listening = RedisBroker(redis.url)
+        publishing = RedisBroker(redis.url, listen=False)
+        await listening.start()
+        await publishing.start()
+        client = redis.client()
+        try:
+            async with listening.subscribe("document:1") as there:
+                await publishing.publish("document:1", {"n": 1})
+                assert await _next(there) == {"n": 1}
+
+            # One subscriber on the channel: the listening broker's listener.
+            assert await client.pubsub_numsub(CHANNEL) == [(CHANNEL, 1)]
+            with pytest.raises(RuntimeError, match="only publishes"):
+                publishing.subscribe("document:1")
+        finally:
+            await client.aclose()
+            await listening.close()
+            await publishing.close()

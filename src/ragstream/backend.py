@@ -169,9 +169,10 @@ async def connect(
 
 
 @contextlib.asynccontextmanager
-async def shared_events(backend: Backend) -> AsyncIterator[None]:
+async def shared_events(backend: Backend, *, listen: bool = True) -> AsyncIterator[None]:
     """Events reach every process on the database for the block's duration: through Redis
-    Streams when `RAGSTREAM_REDIS_URL` is set, else through LISTEN/NOTIFY."""
+    Streams when `RAGSTREAM_REDIS_URL` is set, else through LISTEN/NOTIFY. ``listen=False``:
+    this process only publishes (it has no subscribers), and hears nothing of the others."""
     if backend.database_url is None:
         raise RuntimeError("the database is not connected yet")
     broker: PgBroker | RedisBroker
@@ -179,11 +180,11 @@ async def shared_events(backend: Backend) -> AsyncIterator[None]:
     if backend.settings.redis_url:
         from ragstream.redis_events import RedisBroker
 
-        broker = RedisBroker(backend.settings.redis_url, connect_timeout=timeout)
+        broker = RedisBroker(backend.settings.redis_url, connect_timeout=timeout, listen=listen)
     else:
         from ragstream.db.notify import PgBroker, asyncpg_dsn
 
-        broker = PgBroker(asyncpg_dsn(backend.database_url), connect_timeout=timeout)
+        broker = PgBroker(asyncpg_dsn(backend.database_url), connect_timeout=timeout, listen=listen)
     await broker.start()
     previous, backend.broker = backend.broker, broker
     try:

@@ -44,7 +44,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             connect(state, work_niceness=0),
             # Its documents' status events reach the servers' subscribers as they happen
             # (Redis, or LISTEN/NOTIFY), not at their next poll of the document.
-            shared_events(state),
+            shared_events(state, listen=False),  # it publishes; nothing here subscribes
             ingestion_worker(state, enabled=True, signal_handlers=True) as worker,
         ):
             assert worker is not None
@@ -120,7 +120,7 @@ async def _ingest(args: argparse.Namespace, console: Console) -> list[Outcome]:
             )
         # Its worker takes any document's job, a server's uploads too: the status events reach
         # the servers' subscribers as they happen, as a `ragstream worker`'s do.
-        async with shared_events(state), ingestion_worker(state, enabled=True):
+        async with shared_events(state, listen=False), ingestion_worker(state, enabled=True):
             imported = await _import(state, owner, outcomes, args.shared, console)
     return imported + skipped
 

@@ -99,8 +99,19 @@ class RedisBroker:
 
     retains_history = True
 
-    def __init__(self, url: str, *, connect_timeout: float = 5.0, max_pending: int = 1_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        max_pending: int = 1_000,
+        listen: bool = True,
+    ) -> None:
+        """``listen=False``: a broker that only publishes (a process with no subscribers, such
+        as `ragstream worker`): no listener subscribes to the channel, so every other process's
+        batches are neither sent to it nor decoded."""
         self.origin = uuid.uuid4().hex
+        self._listens = listen
         self._timeout = connect_timeout
         self._client: redis.Redis = redis.Redis.from_url(
             url,
@@ -134,14 +145,18 @@ class RedisBroker:
         self._own = f'{{"o":"{self.origin}"'  # how this process's own batches start
 
     async def start(self) -> None:
-        self._listener = asyncio.create_task(self._listen_forever(), name="events-redis-listen")
+        if self._listens:
+            self._listener = asyncio.create_task(self._listen_forever(), name="events-redis-listen")
         self._sender = asyncio.create_task(
             self._outbox.send_forever(self._send, (RedisError, OSError)), name="events-redis"
         )
         try:
             async with asyncio.timeout(self._timeout):
-                await self._listening.wait()
-        except TimeoutError:
+                if self._listens:
+                    await self._listening.wait()
+                else:
+                    await self._client.ping()
+        except (TimeoutError, RedisError, OSError):
             # Not fatal: answers are generated and stored without Redis; events wait for it.
             logger.warning("Redis is not reachable yet; events will wait for it")
 
@@ -196,6 +211,8 @@ class RedisBroker:
     # --- subscribing -------------------------------------------------------------------------
 
     def subscribe(self, topic: str, *, replay: bool = False) -> _RedisStream:
+        if not self._listens:
+            raise RuntimeError("this broker only publishes: it cannot be subscribed to")
         return _RedisStream(self, topic, replay)
 
     def subscriber_count(self, topic: str) -> int:

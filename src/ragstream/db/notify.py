@@ -66,8 +66,19 @@ class PgBroker:
 
     retains_history = False
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 5.0, max_pending: int = 1_000) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        connect_timeout: float = 5.0,
+        max_pending: int = 1_000,
+        listen: bool = True,
+    ) -> None:
+        """``listen=False``: a broker that only publishes (a process with no subscribers, such
+        as `ragstream worker`), whose connection does not LISTEN, so it is not sent, and does
+        not decode, every other process's events."""
         self.origin = uuid.uuid4().hex
+        self._listens = listen
         # Every notification of this process: this, its events as [topic, payload] pairs
         # separated by commas, then "]}".
         self._head = f'{{"o":"{self.origin}","e":['
@@ -140,6 +151,8 @@ class PgBroker:
         """Notifications keep no history."""
 
     def subscribe(self, topic: str, *, replay: bool = False) -> EventStream:
+        if not self._listens:
+            raise RuntimeError("this broker only publishes: it cannot be subscribed to")
         return self._local.subscribe(topic)
 
     def subscriber_count(self, topic: str) -> int:
@@ -167,11 +180,12 @@ class PgBroker:
             timeout=self._timeout,
             server_settings={"application_name": "ragstream-events"},
         )
-        try:
-            await conn.add_listener(CHANNEL, self._received)
-        except BaseException:
-            await conn.close()
-            raise
+        if self._listens:
+            try:
+                await conn.add_listener(CHANNEL, self._received)
+            except BaseException:
+                await conn.close()
+                raise
         conn.add_termination_listener(self._lost)
         self._conn = conn
         return conn
