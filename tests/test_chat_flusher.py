@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete
 
 from ragstream.db.models.chat import Message
 from ragstream.db.repositories.chat import MessageRepository
@@ -180,3 +181,27 @@ async def test_a_stop_asked_for_an_ended_answer_is_refused(
 
 async def _has(items: list[tuple[uuid.UUID, str]]) -> bool:
     return bool(items)
+
+
+async def test_an_answer_whose_row_is_gone_is_stopped_as_deleted_by_a_write_and_by_a_check(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        [written, idle, kept] = await running_answers(db, 3)
+        stops: list[tuple[uuid.UUID, str]] = []
+        flusher = Flusher(db.sessionmaker, 3600, lambda *stop: stops.append(stop), stop_check=0)
+        for message_id in (written, idle, kept):
+            stream = GenerationStream()
+            flusher.track(message_id, stream)
+            if message_id != idle:
+                stream.append("Some text")
+                flusher.grew(message_id)
+        async with db.sessionmaker.begin() as session:  # as a conversation's delete does
+            await session.execute(delete(Message).where(Message.id.in_([written, idle])))
+
+        await flusher.flush()
+        assert stops == [(written, "CONVERSATION_DELETED")]
+        await flusher.check_stops()  # every tracked answer is due (stop_check 0)
+
+        assert set(stops) == {(written, "CONVERSATION_DELETED"), (idle, "CONVERSATION_DELETED")}
+        assert await content(db, kept) == "Some text"  # the others were written as before

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from sqlalchemy import text
 
 from ragstream.domain.chat.remote import message_topic
 from ragstream.redis_events import RETIRED_EXPIRY_SECONDS, RedisBroker, stream_key
@@ -33,6 +34,7 @@ from tests.chat_support import (
 )
 from tests.redis_support import RedisServer, redis_server
 from tests.support import LiveServer
+from tests.test_chat_limits import DELETE
 from tests.test_chat_replicas import _abandoned, _answering
 from tests.test_chat_replicas import two_servers as replicas_two_servers
 from tests.test_chat_restart import _row
@@ -151,6 +153,34 @@ async def test_with_redis_gone_a_cancel_through_another_server_still_reaches_the
         stored = await stored_message(a, answer["id"])
         assert (stored["status"], stored["content"]) == ("CANCELLED", cancelled["content"])
         await eventually(lambda: _abandoned(chat_stub))  # the provider call was stopped on A
+
+
+async def test_with_redis_gone_a_conversation_deleted_through_another_server_stops_the_owner(
+    database_url: str, tmp_path: Path, chat_stub: ChatStub, redis: RedisServer
+) -> None:
+    chat_stub.script = ChatScript(tokens=TOKENS, delay=0.03)
+    async with two_servers(database_url, tmp_path, chat_stub, redis) as (a, b):
+        account = await a.register()
+        conversation_id = await new_conversation(a, account.access_token)
+        answer = await send(a, account.access_token, conversation_id, "Go on")
+        await chat_stub.wait_for_tokens(5)
+        await redis.kill()
+
+        deleted = await b.execute(DELETE, {"id": conversation_id}, token=account.access_token)
+
+        assert deleted.ok()["deleteConversation"] == conversation_id
+        # No broker to say so: A finds the answer's row gone with its next write of the text.
+        await eventually(lambda: _abandoned(chat_stub))
+        await eventually(lambda: _idle(a))
+        async with a.state.sessionmaker() as session:  # nothing stored it again
+            left = await session.scalar(
+                text("SELECT count(*) FROM messages WHERE id = :id"), {"id": answer["id"]}
+            )
+        assert left == 0
+
+
+async def _idle(server: LiveServer) -> bool:
+    return not server.state.chat.active
 
 
 @pytest.mark.parametrize("back", [True, False], ids=["restarted", "gone"])

@@ -276,18 +276,23 @@ class MessageRepository(ReadableRepository[Message]):
 
     async def save_partial(
         self, contents: Sequence[tuple[uuid.UUID, str]]
-    ) -> list[tuple[uuid.UUID, str]]:
+    ) -> list[tuple[uuid.UUID, str | None]]:
         """Write the text streamed so far for many running answers in one statement; returns
-        the stops other processes asked for among them (`request_stop`)."""
+        the stops other processes asked for among them (`request_stop`), and the answers whose
+        row is gone (deleted with their conversation) with None."""
         if not contents:
             return []
         result = await self.session.execute(
             text(
-                "WITH saved AS (UPDATE messages AS m SET content = u.content, updated_at = now() "
-                "FROM unnest(CAST(:ids AS uuid[]), CAST(:contents AS text[])) AS u(id, content) "
-                "WHERE m.id = u.id AND m.status = 'STREAMING' "
+                "WITH u AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:contents AS text[]))"
+                " AS u(id, content)), "
+                "saved AS (UPDATE messages AS m SET content = u.content, updated_at = now() "
+                "FROM u WHERE m.id = u.id AND m.status = 'STREAMING' "
                 "RETURNING m.id, m.stop_requested) "
-                "SELECT id, stop_requested FROM saved WHERE stop_requested IS NOT NULL"
+                "SELECT id, stop_requested FROM saved WHERE stop_requested IS NOT NULL "
+                "UNION ALL "
+                "SELECT u.id, NULL FROM u "
+                "WHERE NOT EXISTS (SELECT FROM messages m WHERE m.id = u.id)"
             ),
             {"ids": [i for i, _ in contents], "contents": [c for _, c in contents]},
         )
@@ -295,12 +300,14 @@ class MessageRepository(ReadableRepository[Message]):
 
     async def requested_stops(
         self, message_ids: Sequence[uuid.UUID]
-    ) -> list[tuple[uuid.UUID, str]]:
-        """The stops other processes asked for among these running answers."""
+    ) -> list[tuple[uuid.UUID, str | None]]:
+        """The stops other processes asked for among these running answers, and the answers
+        whose row is gone with None."""
         result = await self.session.execute(
             text(
-                "SELECT id, stop_requested FROM messages WHERE id = ANY(CAST(:ids AS uuid[])) "
-                "AND status = 'STREAMING' AND stop_requested IS NOT NULL"
+                "SELECT u.id, m.stop_requested FROM unnest(CAST(:ids AS uuid[])) AS u(id) "
+                "LEFT JOIN messages m ON m.id = u.id WHERE m.id IS NULL "
+                "OR (m.status = 'STREAMING' AND m.stop_requested IS NOT NULL)"
             ),
             {"ids": list(message_ids)},
         )

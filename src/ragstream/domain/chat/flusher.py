@@ -16,7 +16,10 @@ from collections.abc import AsyncIterator, Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ragstream.db.repositories.chat import MessageRepository
+from ragstream.domain.chat.enums import FailureCode
 from ragstream.domain.chat.streams import GenerationStream
+
+GONE = str(FailureCode.CONVERSATION_DELETED)  # the stop for an answer whose row was deleted
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +33,11 @@ class Flusher:
         stop_check: float = 1.0,
     ) -> None:
         """``on_stop_requested``: called with an answer and the reason when another process
-        asked to stop it (`MessageRepository.request_stop`): found with each write of the
-        answer's text, and for an answer whose text has not been written for ``stop_check``
-        seconds (still preparing, or its provider silent) by a read of its own."""
+        asked to stop it (`MessageRepository.request_stop`), or with CONVERSATION_DELETED when
+        its row is gone (another process deleted the conversation while the broker could not
+        say so): found with each write of the answer's text, and for an answer whose text has
+        not been written for ``stop_check`` seconds (still preparing, or its provider silent)
+        by a read of its own."""
         self._sessionmaker = sessionmaker
         self._interval = interval
         self._on_stop_requested = on_stop_requested
@@ -107,8 +112,14 @@ class Flusher:
         for message_id in due:
             if message_id in self._looked:
                 self._looked[message_id] = now
+        self._stop(stops)
+
+    def _stop(self, stops: list[tuple[uuid.UUID, str | None]]) -> None:
+        if self._on_stop_requested is None:
+            return
         for message_id, reason in stops:
-            self._on_stop_requested(message_id, reason)
+            if message_id in self._streams:  # not ended meanwhile
+                self._on_stop_requested(message_id, reason or GONE)
 
     async def flush(self) -> None:
         """Writes the text of every tracked answer that grew since its last write.
@@ -139,6 +150,4 @@ class Flusher:
             if message_id in self._written:  # not forgotten during the write
                 self._written[message_id] = len(text)
                 self._looked[message_id] = now
-        if self._on_stop_requested is not None:
-            for message_id, reason in stops:
-                self._on_stop_requested(message_id, reason)
+        self._stop(stops)
