@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import delete
 
 from ragstream.db.models.chat import Message
+from ragstream.db.models.users import User
 from ragstream.db.repositories.chat import MessageRepository
 from ragstream.domain.chat.enums import MessageStatus
 from ragstream.domain.chat.flusher import Flusher
@@ -36,6 +37,15 @@ async def one_grown_answer(
     stream.append(text)
     flusher.grew(message_id)
     return flusher, stream, message_id
+
+
+async def owner(db: ChatDatabase, message_id: uuid.UUID) -> User:
+    async with db.sessionmaker() as session:
+        row = await session.get(Message, message_id)
+        assert row is not None
+        user = await session.get(User, row.owner_id)
+    assert user is not None
+    return user
 
 
 async def content(db: ChatDatabase, message_id: uuid.UUID) -> str:
@@ -132,6 +142,7 @@ async def test_a_write_brings_back_the_stops_asked_for_its_answers(
 ) -> None:
     async with chat_database(database_url, tmp_path) as db:
         [asked, other] = await running_answers(db, 2)
+        viewer = await owner(db, asked)
         stops: list[tuple[uuid.UUID, str]] = []
         flusher = Flusher(db.sessionmaker, 3600, lambda *stop: stops.append(stop))
         for message_id in (asked, other):
@@ -140,7 +151,7 @@ async def test_a_write_brings_back_the_stops_asked_for_its_answers(
             stream.append("Some text")
             flusher.grew(message_id)
         async with db.sessionmaker.begin() as session:
-            assert await MessageRepository(session).request_stop(asked, "CANCELLED")
+            assert await MessageRepository(session).request_stop(viewer, asked, "CANCELLED")
 
         await flusher.flush()
 
@@ -153,12 +164,15 @@ async def test_an_answer_whose_text_does_not_grow_is_still_checked_for_a_stop(
 ) -> None:
     async with chat_database(database_url, tmp_path) as db:
         [message_id] = await running_answers(db, 1)
+        viewer = await owner(db, message_id)
         stops: list[tuple[uuid.UUID, str]] = []
         flusher = Flusher(db.sessionmaker, 3600, lambda *stop: stops.append(stop), stop_check=0.05)
         async with flusher.running():
             flusher.track(message_id, GenerationStream())  # preparing: no text, no wake
             async with db.sessionmaker.begin() as session:
-                assert await MessageRepository(session).request_stop(message_id, "CANCELLED")
+                assert await MessageRepository(session).request_stop(
+                    viewer, message_id, "CANCELLED"
+                )
             await eventually(lambda: _has(stops))
 
         assert stops[0] == (message_id, "CANCELLED")
@@ -170,12 +184,15 @@ async def test_a_stop_asked_for_an_ended_answer_is_refused(
 ) -> None:
     async with chat_database(database_url, tmp_path) as db:
         [message_id] = await running_answers(db, 1)
+        viewer = await owner(db, message_id)
         async with db.sessionmaker.begin() as session:
             row = await session.get(Message, message_id)
             assert row is not None
             row.status, row.content = MessageStatus.COMPLETE, "done"
         async with db.sessionmaker.begin() as session:
-            assert not await MessageRepository(session).request_stop(message_id, "CANCELLED")
+            assert not await MessageRepository(session).request_stop(
+                viewer, message_id, "CANCELLED"
+            )
             assert await MessageRepository(session).requested_stops([message_id]) == []
 
 
@@ -205,3 +222,15 @@ async def test_an_answer_whose_row_is_gone_is_stopped_as_deleted_by_a_write_and_
 
         assert set(stops) == {(written, "CONVERSATION_DELETED"), (idle, "CONVERSATION_DELETED")}
         assert await content(db, kept) == "Some text"  # the others were written as before
+
+
+async def test_a_stop_is_left_only_by_the_answers_owner(database_url: str, tmp_path: Path) -> None:
+    async with chat_database(database_url, tmp_path) as db:
+        [message_id] = await running_answers(db, 1)
+        stranger = await db.user("stranger")
+        async with db.sessionmaker.begin() as session:
+            assert not await MessageRepository(session).request_stop(
+                stranger, message_id, "CANCELLED"
+            )
+        async with db.sessionmaker() as session:
+            assert await MessageRepository(session).requested_stops([message_id]) == []

@@ -313,15 +313,16 @@ class MessageRepository(ReadableRepository[Message]):
         )
         return [(row[0], row[1]) for row in result]
 
-    async def request_stop(self, message_id: uuid.UUID, reason: str) -> bool:
-        """Leaves a request to stop a running answer for the process generating it (which
-        reads it with its next write of the text); False if the answer is not running."""
+    async def request_stop(self, viewer: User, message_id: uuid.UUID, reason: str) -> bool:
+        """Leaves the viewer's request to stop their running answer for the process generating
+        it (which reads it with its next write of the text); False if the answer is not
+        running or not the viewer's."""
         result = await self.session.execute(
             text(
                 "UPDATE messages SET stop_requested = :reason "
-                "WHERE id = :id AND status = 'STREAMING'"
+                "WHERE id = :id AND owner_id = :owner AND status = 'STREAMING'"
             ),
-            {"id": message_id, "reason": reason},
+            {"id": message_id, "owner": viewer.id, "reason": reason},
         )
         return bool(getattr(result, "rowcount", 0))
 

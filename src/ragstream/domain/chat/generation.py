@@ -278,7 +278,7 @@ class GenerationManager:
                 await asyncio.wait([answer.task])
         elif status == STREAMING:
             # Another process generates it; one whose lease expired stores nothing any more.
-            await self.remote.cancel(message_id, self._store_cancelled)
+            await self.remote.cancel(viewer, message_id, self._store_cancelled)
         async with self.tools.sessionmaker() as session:
             return await service.get_message(session, viewer, message_id)
 

@@ -60,6 +60,7 @@ from ragstream.domain.chat.views import Ending, MessageView
 from ragstream.domain.events import EventBroker, EventStream, Payload
 
 if TYPE_CHECKING:
+    from ragstream.db.models.users import User
     from ragstream.domain.chat.answer import Answer
 
 logger = logging.getLogger(__name__)
@@ -334,7 +335,10 @@ class RemoteAnswers:
         await self._ask(message_id, {"op": "stop", "reason": reason})
 
     async def cancel(
-        self, message_id: uuid.UUID, store_cancelled: Callable[[MessageView], Awaitable[None]]
+        self,
+        viewer: User,
+        message_id: uuid.UUID,
+        store_cancelled: Callable[[MessageView], Awaitable[None]],
     ) -> None:
         """Stops an answer another process generates, and returns once its end is stored.
 
@@ -345,7 +349,7 @@ class RemoteAnswers:
         # Also left in the database, where the owner finds it with its next write of the
         # text (within about a flush interval) should the broker's request not get through.
         async with self._sessionmaker.begin() as session:
-            await MessageRepository(session).request_stop(message_id, str(CANCELLED))
+            await MessageRepository(session).request_stop(viewer, message_id, str(CANCELLED))
         async with self._broker.subscribe(message_topic(message_id)) as events:
             while True:
                 view = await self._load(message_id)
