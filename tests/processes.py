@@ -42,6 +42,9 @@ async def stop_process(process: asyncio.subprocess.Process, within: float) -> No
         await process.wait()
 
 
+ESTABLISHED = "01"  # the state column of /proc/net/tcp
+
+
 def _socket_inode(server_port: int, client_port: int) -> str | None:
     """The inode of the server's end of a loopback TCP connection (from /proc/net/tcp*)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -49,9 +52,10 @@ def _socket_inode(server_port: int, client_port: int) -> str | None:
             next(lines)  # the header
             for line in lines:
                 fields = line.split()
-                local, remote, inode = fields[1], fields[2], fields[9]
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
                 if (
-                    int(local.rsplit(":", 1)[1], 16) == server_port
+                    state == ESTABLISHED
+                    and int(local.rsplit(":", 1)[1], 16) == server_port
                     and int(remote.rsplit(":", 1)[1], 16) == client_port
                 ):
                     return inode

@@ -201,10 +201,13 @@ async def test_a_broker_that_only_publishes_reaches_the_others_and_listens_to_no
             await publishing.publish("document:1", {"status": "READY"})
             assert await _next(there) == {"status": "READY"}
 
-        assert publishing._conn is not None
-        assert await publishing._conn.fetch("SELECT pg_listening_channels()") == []
-        assert listening._conn is not None
-        channels = await listening._conn.fetch("SELECT pg_listening_channels() AS c")
+        # On each broker's own connection, which its lock keeps to one operation at a time.
+        async with publishing._lock:
+            assert publishing._conn is not None
+            assert await publishing._conn.fetch("SELECT pg_listening_channels()") == []
+        async with listening._lock:
+            assert listening._conn is not None
+            channels = await listening._conn.fetch("SELECT pg_listening_channels() AS c")
         assert [row["c"] for row in channels] == ["ragstream_events"]
         with pytest.raises(RuntimeError, match="only publishes"):
             publishing.subscribe("document:1")

@@ -272,7 +272,9 @@ async def websocket_on_worker(
     """A websocket session of ``server`` (`serve --workers N`, supervised by ``supervisor``)
     that a worker ``wanted`` took, and that worker's process id: the kernel hands each
     connection to one of the workers, so connect until a wanted one has it."""
-    for _ in range(50):  # with two workers, each attempt misses with a probability of about ½
+    # Idle workers race to accept, and one may win most races: connecting costs little, so
+    # try many times.
+    for _ in range(300):
         async with server.websocket(token) as session:
             client_port = session.transport.adapter.websocket.local_address[1]
             worker = process_serving(server.port, client_port, children_of(supervisor))
