@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from ragstream.domain.documents.jobs import running_worker
 from ragstream.settings import Settings
 from tests.documents_support import create, ingest_text, upload
 from tests.processes import stop_process
-from tests.support import LiveServer, running_server
+from tests.support import Account, LiveServer, running_server
 
 EVENTS = """subscription($id: ID!) {
   documentEvents(id: $id) { id status error chunkCount }
@@ -55,11 +57,13 @@ async def test_events_follow_ingestion_until_ready(settings: Settings) -> None:
     assert {e["id"] for e in events} == {document_id}
 
 
-async def test_a_worker_process_sends_its_events_to_the_servers_subscribers(
-    settings: Settings, tmp_path: Path
-) -> None:
-    # The server does not poll the document while the test runs: every status after PENDING
-    # must come from the `ragstream worker` process, through the broker.
+@contextlib.asynccontextmanager
+async def watched_elsewhere(
+    settings: Settings,
+) -> AsyncIterator[tuple[Account, asyncio.Task[list[dict[str, Any]]]]]:
+    """A document created on a server that runs no jobs and does not poll its documents while
+    the block runs, with a `documentEvents` subscriber (the task): every status after PENDING
+    must reach it from another process, through the broker."""
     quiet = settings.model_copy(
         update={"ingestion_worker": False, "document_events_poll_seconds": 3600.0}
     )
@@ -69,6 +73,21 @@ async def test_a_worker_process_sends_its_events_to_the_servers_subscribers(
         document_id = created["createDocument"]["id"]
         watcher = asyncio.create_task(collect_events(server, account.access_token, document_id))
         await subscribed(server, document_id)
+        yield account, watcher
+
+
+async def ingested_elsewhere(watcher: asyncio.Task[list[dict[str, Any]]]) -> None:
+    """The subscriber of `watched_elsewhere` saw the document become READY, step by step."""
+    async with asyncio.timeout(60):
+        events = await watcher
+    assert [e["status"] for e in events] == ["PENDING", "PROCESSING", "READY"]
+    assert events[-1]["chunkCount"] == 1
+
+
+async def test_a_worker_process_sends_its_events_to_the_servers_subscribers(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with watched_elsewhere(settings) as (_, watcher):
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RAGSTREAM_")},
             "RAGSTREAM_DATABASE_URL": str(settings.database_url),
@@ -83,13 +102,9 @@ async def test_a_worker_process_sends_its_events_to_the_servers_subscribers(
             stderr=asyncio.subprocess.DEVNULL,
         )
         try:
-            async with asyncio.timeout(60):
-                events = await watcher
+            await ingested_elsewhere(watcher)
         finally:
             await stop_process(worker, 60)
-
-    assert [e["status"] for e in events] == ["PENDING", "PROCESSING", "READY"]
-    assert events[-1]["chunkCount"] == 1
 
 
 async def subscribed(server: LiveServer, document_id: str) -> None:
